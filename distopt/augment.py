@@ -1,0 +1,56 @@
+"""Batched random affine augmentation (rotation, shift, shear, zoom) on the training device.
+
+One ``affine_grid`` + ``grid_sample`` call transforms a whole batch, each sample with its own
+random matrix, so the cost stays a small fraction of a training step. Units follow Keras'
+``ImageDataGenerator``: rotation and shear in degrees (uniform in +-value), shift as a fraction
+of width/height, zoom ``z`` as independent x/y scales in ``[1 - z, 1 + z]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from distopt.config import AugmentConfig
+
+__all__ = ["random_affine", "is_identity"]
+
+
+def is_identity(cfg: AugmentConfig) -> bool:
+    return cfg.rotation == 0 and cfg.shift == 0 and cfg.shear == 0 and cfg.zoom == 0
+
+
+def _uniform(n: int, bound: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (torch.rand(n, generator=g, device=device) * 2 - 1) * bound
+
+
+def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Transform a float batch ``(B, C, H, W)``; returns a new tensor of the same shape.
+
+    ``generator`` must live on ``x.device``; seeding it makes the augmentation reproducible."""
+    if is_identity(cfg):
+        return x
+    b, dev = x.shape[0], x.device
+    rot = _uniform(b, math.radians(cfg.rotation), generator, dev)
+    shear = _uniform(b, math.radians(cfg.shear), generator, dev)
+    # affine_grid works in normalized [-1, 1] coordinates: a shift of f * width is 2f.
+    tx = _uniform(b, 2 * cfg.shift, generator, dev)
+    ty = _uniform(b, 2 * cfg.shift, generator, dev)
+    zx = 1 + _uniform(b, cfg.zoom, generator, dev)
+    zy = 1 + _uniform(b, cfg.zoom, generator, dev)
+    cos, sin = torch.cos(rot), torch.sin(rot)
+    one, zero = torch.ones_like(rot), torch.zeros_like(rot)
+
+    def mat(a: torch.Tensor, b_: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.stack([a, b_], 1), torch.stack([c, d], 1)], 1)  # (B, 2, 2)
+
+    # theta maps output coordinates to input coordinates, composed as Keras does:
+    # rotation, then shear, then zoom. Dividing by zoom > 1 samples a smaller input window,
+    # which enlarges the digit.
+    linear = mat(cos, -sin, sin, cos) @ mat(one, -torch.sin(shear), zero, torch.cos(shear)) \
+        @ mat(1 / zx, zero, zero, 1 / zy)
+    theta = torch.cat([linear, torch.stack([tx, ty], 1)[:, :, None]], 2)  # (B, 2, 3)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,153 @@
+"""The ``distopt`` command: parse, validate, run, report. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from distopt import metrics as M
+from distopt.config import ConfigError, load_config, reference_markdown
+from distopt.data import DataError
+
+log = logging.getLogger("distopt")
+
+EXIT_CONFIG = 2  # bad config or bad command line: nothing was started
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _prepare_output(out: Path, resume: bool, overwrite: bool) -> list[str]:
+    """Problems with the output directory, checked before anything starts."""
+    if resume and overwrite:
+        return ["--resume and --overwrite exclude each other"]
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        return [f"output directory {out} exists and is not empty: pass --resume to continue "
+                "it or --overwrite to replace it"]
+    if resume and not out.exists():
+        return [f"--resume: output directory {out} does not exist"]
+    return []
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.output)
+    problems = _prepare_output(out, args.resume, args.overwrite)
+    if problems:
+        raise ConfigError(problems, "command line")
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    from distopt.run import run_trial  # Ray is imported only once the config is valid
+
+    log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %d-bit weights",
+             cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
+             cfg.compress.finetune_epochs if cfg.compress.prune_ratio else 0,
+             cfg.compress.prune_ratio, cfg.compress.prune_kind, cfg.compress.quant_bits)
+    result = run_trial(cfg, out / "ray", name="train", evaluate_test=True)
+    (out / "model.dopt").write_bytes(result.artifact)
+    m = dict(result.metrics)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float) + "\n")
+    (out / "history.json").write_text(json.dumps(result.history, indent=2, default=float) + "\n")
+    log.info(
+        "\n%-12s %s\n%-12s %.4f (decoded artifact)\n%-12s %.4f\n%-12s %s bytes (%.1fx smaller "
+        "than dense fp32 %s)\n%-12s %s of %s non-zero\n%-12s %.3f ms\n%-12s %s\n%-12s %s",
+        "precision", m[M.PRECISION], "val acc", m[M.VAL_ACCURACY], "test acc",
+        m.get(M.TEST_ACCURACY, float("nan")), "size", f"{m[M.SIZE_BYTES]:,}",
+        m[M.COMPRESSION_RATIO], f"{m[M.DENSE_FP32_BYTES]:,}", "params",
+        f"{m[M.NONZERO_PARAMS]:,}", f"{m[M.PARAMS]:,}", "latency", m[M.LATENCY_MS],
+        "artifact", out / "model.dopt", "metrics", out / "metrics.json")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from distopt.compress import ArtifactError
+    from distopt.data import load_splits
+    from distopt.train_loop import evaluate_artifact
+
+    path = Path(args.artifact)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"artifact {path}: {e.strerror}"], "command line") from None
+    splits = load_splits(cfg.data)
+    try:
+        result = evaluate_artifact(data, splits, "test")
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    result["samples"] = len(splits.y_test)
+    result["data"] = cfg.data.name
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference_markdown())
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distopt", description="Search the accuracy/size Pareto "
+                                "front of neural networks on Ray.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML config (default: built-in defaults)")
+        sp.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.epochs=3 compress.prune_ratio=0.9")
+
+    t = sub.add_parser("train", help="train, prune, quantize and export one configuration")
+    common(t)
+    t.add_argument("--output", required=True, help="directory for model.dopt and metrics.json")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="test accuracy of an artifact file, as JSON")
+    e.add_argument("artifact", help="a .dopt file")
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("config", help="print the validated config, or the reference table")
+    common(c)
+    c.add_argument("--reference", action="store_true", help="print every key and its rule")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

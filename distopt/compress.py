@@ -1,0 +1,297 @@
+"""Weight pruning, weight quantization and the ``.dopt`` artifact whose length is the model size.
+
+The artifact is what a user deploys and what every reported compressed accuracy is measured on:
+``decode(encode(model))`` is evaluated, never the in-memory model.
+
+File layout (little-endian)::
+
+    b"DOPT" | version u16 | codec u8 | reserved u8 | body_len u32 | body | crc32 u32
+    body (compressed by codec) = header_len u32 | header JSON | tensor payloads in header order
+
+Each weight tensor's payload is: a bitmask of its non-zeros (only if it is sparse), then one
+float32 scale per output channel (only if quantized), then the non-zero values, as float32,
+int16, int8 or two 4-bit values per byte. Biases stay float32. The CRC covers everything before
+it, so truncated or altered files are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from distopt import metrics as M
+from distopt.models import ModelSpec, Net, build_model, prunable_layers
+
+__all__ = [
+    "ArtifactError",
+    "Masks",
+    "global_magnitude_masks",
+    "apply_masks",
+    "structured_prune",
+    "quantize_per_channel",
+    "encode",
+    "decode",
+    "size_report",
+]
+
+MAGIC = b"DOPT"
+VERSION = 1
+_PREAMBLE = struct.Struct("<4sHBBI")
+_CODECS = {1: "lzma", 2: "zlib"}
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+Masks = dict[str, torch.Tensor]  # parameter name -> bool mask of the same shape
+
+
+class ArtifactError(ValueError):
+    """The file is not a valid distopt artifact (wrong magic, version, length or checksum)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning
+# --------------------------------------------------------------------------------------------
+
+
+def _weights(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    layer_ids = {id(m) for m in prunable_layers(model)}
+    for name, module in model.named_modules():
+        if id(module) in layer_ids:
+            yield f"{name}.weight", module.weight
+
+
+def global_magnitude_masks(model: nn.Module, ratio: float) -> Masks:
+    """Masks that remove the ``ratio`` smallest-magnitude weights across all conv/dense layers.
+
+    Works on any memory format (``torch.nn.utils.prune`` fails on channels-last weights)."""
+    named = list(_weights(model))
+    if ratio <= 0:
+        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in named}
+    scores = torch.cat([w.detach().abs().flatten().float() for _, w in named])
+    k = int(ratio * scores.numel())
+    if k == 0:
+        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in named}
+    threshold = torch.kthvalue(scores.cpu(), k).values.item()
+    masks = {n: w.detach().abs() > threshold for n, w in named}
+    # Ties at the threshold can leave fewer than k removed; that is fine (never more than k).
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero the pruned weights (after every optimizer step, so Adam cannot revive them)."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        params[name].mul_(mask.to(params[name].dtype))
+
+
+def _keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    n_keep = max(1, math.ceil((1 - ratio) * scores.numel()))
+    return torch.sort(torch.topk(scores, n_keep).indices).values
+
+
+@torch.no_grad()
+def structured_prune(model: Net, ratio: float) -> Net:
+    """Remove the ``ratio`` lowest-L1-norm channels of every conv layer and units of every
+    hidden dense layer, returning a physically smaller model with the surviving weights."""
+    spec = model.spec
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    denses = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    state: dict[str, torch.Tensor] = {}
+    keep_in = torch.arange(spec.in_shape[0])
+    new_channels = []
+    for conv in convs:
+        w = conv.weight.contiguous()[:, keep_in]
+        keep = _keep(w.abs().sum(dim=(1, 2, 3)).float(), ratio)
+        state[f"c{len(new_channels)}.w"], state[f"c{len(new_channels)}.b"] = w[keep], conv.bias[keep]
+        new_channels.append(len(keep))
+        keep_in = keep
+    if convs:
+        h, w_ = spec.conv_out_side()
+        # Flattened features are (channel, y, x): keep every spatial position of kept channels.
+        keep_in = (keep_in[:, None] * (h * w_) + torch.arange(h * w_)[None]).flatten()
+    else:
+        keep_in = torch.arange(int(np.prod(spec.in_shape)))
+    new_units = []
+    for i, dense in enumerate(denses):
+        w = dense.weight[:, keep_in]
+        last = i == len(denses) - 1
+        keep = torch.arange(w.shape[0]) if last else _keep(w.abs().sum(1).float(), ratio)
+        state[f"d{i}.w"], state[f"d{i}.b"] = w[keep], dense.bias[keep]
+        if not last:
+            new_units.append(len(keep))
+        keep_in = keep
+    new_spec = ModelSpec(spec.family, spec.in_shape, spec.num_classes, tuple(new_channels),
+                         tuple(new_units), spec.kernel_size, spec.dropout)
+    new = build_model(new_spec)
+    new_convs = [m for m in new.features if isinstance(m, nn.Conv2d)]
+    new_denses = [m for m in new.classifier if isinstance(m, nn.Linear)]
+    for i, m in enumerate(new_convs):
+        m.weight.copy_(state[f"c{i}.w"])
+        m.bias.copy_(state[f"c{i}.b"])
+    for i, m in enumerate(new_denses):
+        m.weight.copy_(state[f"d{i}.w"])
+        m.bias.copy_(state[f"d{i}.b"])
+    return new
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization
+# --------------------------------------------------------------------------------------------
+
+
+def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel quantization: ``w ~= q * scale[:, None...]``.
+
+    Returns int codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` and float32 scales (1.0 for all-zero
+    channels, so decoding never divides by zero)."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.reshape(w.shape[0], -1).astype(np.float32)
+    amax = np.abs(flat).max(axis=1)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint(flat / scale[:, None]), -qmax, qmax).astype(np.int32)
+    return q.reshape(w.shape), scale
+
+
+def _pack(q: np.ndarray, bits: int) -> bytes:
+    if bits == 16:
+        return q.astype("<i2").tobytes()
+    if bits == 8:
+        return q.astype(np.int8).tobytes()
+    u = (q + 8).astype(np.uint8)  # 4 bits: offset to 1..15, two per byte
+    if len(u) % 2:
+        u = np.append(u, np.uint8(8))
+    return (u[0::2] | (u[1::2] << 4)).tobytes()
+
+
+def _unpack(buf: memoryview, n: int, bits: int) -> tuple[np.ndarray, int]:
+    if bits == 16:
+        return np.frombuffer(buf, "<i2", n).astype(np.int32), 2 * n
+    if bits == 8:
+        return np.frombuffer(buf, np.int8, n).astype(np.int32), n
+    nbytes = (n + 1) // 2
+    b = np.frombuffer(buf, np.uint8, nbytes)
+    u = np.empty(2 * nbytes, np.int32)
+    u[0::2], u[1::2] = b & 0x0F, b >> 4
+    return u[:n] - 8, nbytes
+
+
+# --------------------------------------------------------------------------------------------
+# The artifact
+# --------------------------------------------------------------------------------------------
+
+
+def encode(model: Net, bits: int, meta: dict[str, Any] | None = None) -> bytes:
+    """Serialize a (pruned) model: sparse bitmask + per-channel quantized weights, compressed.
+
+    Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values."""
+    if bits not in (32, 16, 8, 4):
+        raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {bits!r}")
+    weight_names = {n for n, _ in _weights(model)}
+    tensors, chunks = [], []
+    for name, t in model.state_dict().items():
+        a = t.detach().float().contiguous().cpu().numpy()
+        is_weight = name in weight_names
+        b = bits if is_weight else 32
+        nz = a != 0
+        sparse = is_weight and bool((~nz).any())
+        entry = {"name": name, "shape": list(a.shape), "bits": b, "sparse": sparse}
+        if sparse:
+            chunks.append(np.packbits(nz.ravel()).tobytes())
+        if b == 32:
+            chunks.append((a[nz] if sparse else a.ravel()).astype("<f4").tobytes())
+        else:
+            q, scale = quantize_per_channel(a, b)
+            chunks.append(scale.astype("<f4").tobytes())
+            chunks.append(_pack((q[nz] if sparse else q.ravel()), b))
+        tensors.append(entry)
+    header = json.dumps({"spec": model.spec.to_dict(), "tensors": tensors, "meta": meta or {}},
+                        separators=(",", ":")).encode()
+    raw = struct.pack("<I", len(header)) + header + b"".join(chunks)
+    # Keep whichever codec is smaller for this model: lzma usually, zlib on tiny ones.
+    candidates = {1: lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS),
+                  2: zlib.compress(raw, 9)}
+    codec = min(candidates, key=lambda c: len(candidates[c]))
+    body = candidates[codec]
+    head = _PREAMBLE.pack(MAGIC, VERSION, codec, 0, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    model: Net
+    meta: dict[str, Any]
+    tensors: list[dict[str, Any]]
+
+
+def decode(data: bytes, source: str = "artifact") -> Decoded:
+    """Rebuild the model from artifact bytes, checking magic, version, length and CRC."""
+    if len(data) < _PREAMBLE.size + 4:
+        raise ArtifactError(f"{source}: {len(data)} bytes is too short to be an artifact")
+    magic, version, codec, _, body_len = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise ArtifactError(f"{source}: not a distopt artifact (magic {magic!r}, expected "
+                            f"{MAGIC!r})")
+    if version != VERSION:
+        raise ArtifactError(f"{source}: artifact version {version} is not supported (this "
+                            f"distopt reads version {VERSION})")
+    expected = _PREAMBLE.size + body_len + 4
+    if len(data) != expected:
+        raise ArtifactError(f"{source}: length {len(data)} bytes, header says {expected}; the "
+                            "file is truncated or has trailing data")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise ArtifactError(f"{source}: CRC mismatch; the file is corrupt")
+    if codec not in _CODECS:
+        raise ArtifactError(f"{source}: unknown codec {codec}")
+    body = data[_PREAMBLE.size:-4]
+    raw = (lzma.decompress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+           if codec == 1 else zlib.decompress(body))
+    (hlen,) = struct.unpack_from("<I", raw)
+    header = json.loads(raw[4:4 + hlen])
+    buf = memoryview(raw)[4 + hlen:]
+    state, pos = {}, 0
+    for e in header["tensors"]:
+        shape, bits = tuple(e["shape"]), e["bits"]
+        n = int(np.prod(shape)) if shape else 1
+        if e["sparse"]:
+            nbytes = (n + 7) // 8
+            nz = np.unpackbits(np.frombuffer(buf[pos:pos + nbytes], np.uint8))[:n].astype(bool)
+            pos += nbytes
+        else:
+            nz = np.ones(n, bool)
+        count = int(nz.sum())
+        values = np.zeros(n, np.float32)
+        if bits == 32:
+            values[nz] = np.frombuffer(buf[pos:pos + 4 * count], "<f4")
+            pos += 4 * count
+        else:
+            rows = shape[0]
+            scale = np.frombuffer(buf[pos:pos + 4 * rows], "<f4")
+            pos += 4 * rows
+            q, used = _unpack(buf[pos:], count, bits)
+            pos += used
+            dense_q = np.zeros(n, np.float32)
+            dense_q[nz] = q
+            values = (dense_q.reshape(rows, -1) * scale[:, None]).ravel()
+        state[e["name"]] = torch.from_numpy(values.reshape(shape).copy())
+    model = build_model(ModelSpec.from_dict(header["spec"]))
+    model.load_state_dict(state)
+    model.eval()
+    return Decoded(model, header["meta"], header["tensors"])
+
+
+def size_report(model: nn.Module, artifact: bytes) -> dict[str, float]:
+    """Parameter counts and sizes of a model and its artifact (metric names from metrics)."""
+    params = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    return {M.PARAMS: params, M.NONZERO_PARAMS: nonzero, M.DENSE_FP32_BYTES: 4 * params,
+            M.SIZE_BYTES: len(artifact), M.COMPRESSION_RATIO: 4 * params / len(artifact)}

@@ -1,0 +1,587 @@
+"""The one typed, frozen configuration object, built from YAML plus dotted ``key=value`` overrides.
+
+Every component receives a :class:`Config` (or the plain dict of one, across Ray processes).
+Validation runs before Ray starts and reports every problem at once: each names the dotted key,
+the value received and the rule broken, the way Optuna's errors do.
+
+Each field declares its rule next to its default, so the rule text shown in an error is also
+the rule documented in the README's config reference (``distopt config-reference``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from distopt import metrics
+
+__all__ = [
+    "AugmentConfig",
+    "CompressConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "RegularizationConfig",
+    "SearchConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration broke one or more rules; ``problems`` lists each, one line per problem."""
+
+    def __init__(self, problems: Sequence[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: a predicate and the sentence that states it.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    check: Callable[[Any], bool]
+    text: str
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Rule:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+
+    def check(v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return False
+        return True
+
+    return Rule(check, "must be " + " and ".join(parts))
+
+
+def _opt(default: Any, rule: Rule | None = None, doc: str = "") -> Any:
+    meta = {"rule": rule, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+MNIST_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["mnist-mini", "mnist", "parquet"] = _opt(
+        "mnist-mini", doc="mnist-mini: embedded 12k/2k subset (offline); mnist: full 70k; "
+        "parquet: your own files")
+    path: str | None = _opt(None, doc="mnist: directory with the four IDX files (raw or .gz); "
+                            "parquet: training file, directory or glob")
+    test_path: str | None = _opt(None, doc="parquet: test file, directory or glob")
+    mirrors: tuple[str, ...] = _opt(MNIST_MIRRORS, doc="mnist: base URLs tried in order when "
+                                    "`path` is unset")
+    cache_dir: str = _opt("~/.cache/distopt", doc="where downloads are kept")
+    val_fraction: float = _opt(0.1, _range(0, 1, lo_open=True, hi_open=True),
+                               "fraction of the training set held out for validation")
+    split_seed: int = _opt(0, _range(0), "seed of the train/validation split")
+    feature_column: str = _opt("image", doc="parquet: fixed-size list of numbers, or encoded "
+                               "raw uint8 bytes")
+    label_column: str = _opt("label", doc="parquet: integer class labels")
+    shape: tuple[int, ...] = _opt((1, 28, 28), Rule(lambda v: len(v) == 3 and min(v) >= 1,
+                                  "must be 3 positive integers (channels, height, width)"),
+                                  "input shape (C, H, W)")
+    num_classes: int = _opt(10, _range(2), "number of classes")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Literal["cnn", "mlp"] = _opt("cnn", doc="cnn: conv blocks + dense head; mlp: dense")
+    preset: Literal["seed_cnn", "lenet_300_100"] | None = _opt(
+        None, doc="named architecture; keys given beside it override it")
+    channels: int = _opt(32, _range(1), "cnn: channels of the first conv block; each next "
+                         "block doubles them")
+    blocks: int = _opt(2, _range(1, 6), "cnn: conv blocks (conv 3x3 valid + max-pool 2); "
+                       "mlp: hidden layers")
+    dense_units: int = _opt(128, _range(1), "width of each hidden dense layer")
+    dense_layers: int = _opt(1, _range(0, 4), "cnn: hidden dense layers after the conv blocks")
+    kernel_size: int = _opt(3, _range(1, 7), "cnn: conv kernel size")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(5, _range(1), "dense training epochs (before weight pruning)")
+    batch_size: int = _opt(128, _range(1), "per-worker batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = _opt("adam", doc="adam/sgd: L2 is coupled "
+                                                      "weight decay; adamw: decoupled")
+    lr: float = _opt(1e-3, _range(0, lo_open=True), "learning rate")
+    momentum: float = _opt(0.9, _range(0, 1, hi_open=True), "sgd momentum")
+    schedule: Literal["constant", "cosine"] = _opt("constant", doc="learning-rate schedule "
+                                                   "over the dense epochs")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
+        "auto", doc="auto: bf16 on GPUs that have it, else fp16 + loss scaling; on CPU bf16 "
+        "where measured faster than fp32")
+    channels_last: bool = _opt(True, doc="cnn: channels-last memory format")
+    num_workers: int = _opt(1, _range(1), "Ray Train workers (DDP ranks)")
+    use_gpu: bool = _opt(False, doc="one GPU per worker")
+    cpus_per_worker: float = _opt(2.0, _range(0, lo_open=True), "CPUs each worker holds")
+    seed: int = _opt(0, _range(0), "seed of weights, shuffling, dropout and augmentation")
+    max_failures: int = _opt(1, _range(0), "worker-group restarts from the last checkpoint")
+    max_steps_per_epoch: int | None = _opt(None, Rule(lambda v: v is None or v >= 1,
+                                           "must be null or >= 1"), "cap on steps per epoch")
+
+
+@dataclass(frozen=True)
+class RegularizationConfig:
+    l1: float = _opt(0.0, _range(0), "L1 penalty on weights (not biases); 0 = off")
+    l2: float = _opt(0.0, _range(0), "L2 weight decay; 0 = off")
+    dropout: float = _opt(0.0, _range(0, 1, hi_open=True), "dropout before dense layers")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation: float = _opt(0.0, _range(0, 180), "max rotation, degrees (uniform +-)")
+    shift: float = _opt(0.0, _range(0, 1, hi_open=True), "max shift, fraction of width/height")
+    shear: float = _opt(0.0, _range(0, 89), "max shear angle, degrees (uniform +-; Keras units)")
+    zoom: float = _opt(0.0, _range(0, 1, hi_open=True), "zoom in [1-z, 1+z], x and y drawn "
+                       "independently")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    prune_ratio: float = _opt(0.0, _range(0, 1, hi_open=True),
+                              "fraction of weights (unstructured) or channels (structured) removed")
+    prune_kind: Literal["unstructured", "structured"] = _opt(
+        "unstructured", doc="unstructured: global magnitude; structured: L1-norm channels, "
+        "layers physically shrink")
+    finetune_epochs: int = _opt(1, _range(0), "epochs of training with the pruning masks held")
+    finetune_lr_scale: float = _opt(0.5, _range(0, lo_open=True), "fine-tune lr = lr x this")
+    quant_bits: Literal[32, 16, 8, 4] = _opt(8, doc="weight bits in the artifact: 32 = float32; "
+                                             "16/8/4 = symmetric per-output-channel integers")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: dict[str, Any] = _opt({}, doc="dotted key -> {low, high, log, step} or {choices}")
+    objectives: tuple[tuple[str, str], ...] = _opt(
+        metrics.DEFAULT_OBJECTIVES, doc="(metric, max|min) pairs")
+    sampler: Literal["nsga2", "tpe", "random"] = _opt("nsga2", doc="Optuna sampler")
+    seed: int = _opt(0, _range(0), "sampler seed")
+    num_trials: int = _opt(16, _range(1), "trials in the search")
+    max_concurrent: int | None = _opt(None, Rule(lambda v: v is None or v >= 1,
+                                      "must be null or >= 1"),
+                                      "null: derived from cluster and per-trial resources")
+    storage: str | None = _opt(None, doc="Optuna RDB URL; null: SQLite in the experiment dir")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a trial or a search. Frozen: derive variants with
+    :meth:`with_overrides`."""
+
+    name: str = _opt("distopt", Rule(lambda v: bool(v) and "/" not in v,
+                                     "must be a non-empty name without '/'"), "experiment name")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serializable nested dict (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> Config:
+        """Build and validate; raises :class:`ConfigError` listing every problem."""
+        return _build(raw, source)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A new validated config with dotted keys replaced (used by the search per trial)."""
+        raw = self.to_dict()
+        problems: list[str] = []
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value, problems)
+        if problems:
+            raise ConfigError(problems)
+        return _build(raw, "config")
+
+    def get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Keras' classic mnist_cnn: Conv32-Conv64 (3x3 valid, each + max-pool 2), Dense128: 225,034.
+    "seed_cnn": {"family": "cnn", "channels": 32, "blocks": 2, "dense_units": 128,
+                 "dense_layers": 1, "kernel_size": 3},
+    # Deep Compression's LeNet-300-100 shape needs unequal widths; closest in the family.
+    "lenet_300_100": {"family": "mlp", "blocks": 2, "dense_units": 300},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Building and validating
+# --------------------------------------------------------------------------------------------
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _describe(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Coerce a YAML value to the annotated type, or record why it can't be."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, problems)
+    if origin is Literal:
+        if value in args and type(value) is type(args[0]):
+            return value
+        problems.append(f"{key}: got {_describe(value)}; must be one of "
+                        f"{', '.join(repr(a) for a in args)}")
+        return args[0]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: got {_describe(value)}; must be true or false")
+        return False
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{key}: got {_describe(value)}; must be an integer")
+        return 0
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{key}: got {_describe(value)}; must be a number")
+        return 0.0
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{key}: got {_describe(value)}; must be a string")
+        return ""
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: got {_describe(value)}; must be a list")
+            return ()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", problems)
+                         for i, v in enumerate(value))
+        if len(value) != len(args):
+            problems.append(f"{key}: got {_describe(value)}; must have {len(args)} items")
+            return tuple(value)
+        return tuple(_coerce(v, a, f"{key}[{i}]", problems)
+                     for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: got {_describe(value)}; must be a mapping")
+            return {}
+        return dict(value)
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _build_section(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{prefix}: got {_describe(raw)}; must be a mapping")
+        raw = {}
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in names:
+            problems.append(f"{prefix}.{k}: unknown key (known: {', '.join(sorted(names))})"
+                            .lstrip("."))
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}".lstrip(".")
+        if f.name not in raw:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build_section(hints[f.name], raw[f.name], key, problems)
+            continue
+        before = len(problems)
+        value = _coerce(raw[f.name], hints[f.name], key, problems)
+        rule: Rule | None = f.metadata.get("rule")
+        if len(problems) == before and rule is not None and value is not None:
+            try:
+                ok = rule.check(value)
+            except TypeError:
+                ok = False
+            if not ok:
+                problems.append(f"{key}: got {_describe(raw[f.name])}; {rule.text}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _field_info(dotted: str) -> tuple[Any, Rule | None] | None:
+    """Type and rule of a dotted leaf key, or None if no such key exists."""
+    cls: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return None
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            return (None if dataclasses.is_dataclass(tp) else (tp, fields[part].metadata.get("rule")))
+        cls = tp
+    return None
+
+
+def _check_value(dotted: str, value: Any, what: str, problems: list[str]) -> None:
+    """Check one candidate value of a searched key against the key's own type and rule."""
+    info = _field_info(dotted)
+    assert info is not None
+    tp, rule = info
+    before = len(problems)
+    v = _coerce(value, tp, f"search.space.{dotted}.{what}", problems)
+    if len(problems) == before and rule is not None and v is not None and not rule.check(v):
+        problems.append(f"search.space.{dotted}.{what}: got {_describe(value)}; "
+                        f"{dotted} {rule.text}")
+
+
+SPACE_KEYS = {"low", "high", "log", "step", "choices"}
+
+
+def _check_space(space: Mapping[str, Any], problems: list[str]) -> None:
+    for key, spec in space.items():
+        where = f"search.space.{key}"
+        info = _field_info(key)
+        if info is None or key.startswith("search."):
+            problems.append(f"{where}: not a config key that can be searched")
+            continue
+        if not isinstance(spec, Mapping):
+            problems.append(f"{where}: got {_describe(spec)}; must be a mapping with "
+                            "low/high[/log/step] or choices")
+            continue
+        unknown = set(spec) - SPACE_KEYS
+        if unknown:
+            problems.append(f"{where}: unknown entries {sorted(unknown)} (known: "
+                            f"{', '.join(sorted(SPACE_KEYS))})")
+        if "choices" in spec:
+            if set(spec) & {"low", "high", "log", "step"}:
+                problems.append(f"{where}: give either choices or low/high, not both")
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                problems.append(f"{where}.choices: got {_describe(choices)}; must be a "
+                                "non-empty list")
+                continue
+            for i, c in enumerate(choices):
+                _check_value(key, c, f"choices[{i}]", problems)
+            continue
+        if "low" not in spec or "high" not in spec:
+            problems.append(f"{where}: needs both low and high (or choices)")
+            continue
+        tp = info[0]
+        if tp not in (int, float):
+            problems.append(f"{where}: {key} is not numeric; search it with choices")
+            continue
+        low, high = spec["low"], spec["high"]
+        _check_value(key, low, "low", problems)
+        _check_value(key, high, "high", problems)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            continue
+        if low > high:
+            problems.append(f"{where}: low <= high must hold, but got (low={low!r}, "
+                            f"high={high!r})")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            problems.append(f"{where}.log: got {_describe(log)}; must be true or false")
+        elif log and low <= 0:
+            problems.append(f"{where}: a log range needs low > 0, but got low={low!r}")
+        step = spec.get("step")
+        if step is not None:
+            if log:
+                problems.append(f"{where}: step and log cannot be combined")
+            elif not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0:
+                problems.append(f"{where}.step: got {_describe(step)}; must be a number > 0")
+            elif tp is int and not float(step).is_integer():
+                problems.append(f"{where}.step: got {step!r}; {key} is an integer, so step "
+                                "must be an integer")
+
+
+def _cross_checks(cfg: Config, problems: list[str]) -> None:
+    d, m = cfg.data, cfg.model
+    if d.name == "parquet" and not d.path:
+        problems.append("data.path: got None; data.name 'parquet' needs the training file(s)")
+    if d.name == "mnist" and d.path is None and not d.mirrors:
+        problems.append("data.mirrors: got []; data.name 'mnist' without data.path needs at "
+                        "least one mirror URL")
+    for p in (d.path, d.test_path):
+        if p and not any(ch in p for ch in "*?[") and "://" not in p and \
+                not Path(p).expanduser().exists():
+            problems.append(f"data: path {p!r} does not exist")
+    if d.name in ("mnist", "mnist-mini") and (tuple(d.shape) != (1, 28, 28)
+                                              or d.num_classes != 10):
+        problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
+                        f"{d.name} is (1, 28, 28) with 10 classes")
+    if m.family == "cnn":
+        side = min(d.shape[1:])
+        for _ in range(m.blocks):
+            side = (side - m.kernel_size + 1) // 2
+        if side < 1:
+            problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
+                            f"the {d.shape[1]}x{d.shape[2]} input shrinks to nothing")
+    names = [o[0] for o in cfg.search.objectives]
+    for i, (name, direction) in enumerate(cfg.search.objectives):
+        obj = metrics.OBJECTIVES.get(name)
+        if obj is None:
+            problems.append(f"search.objectives[{i}]: got metric {name!r}; must be one of "
+                            f"{', '.join(metrics.OBJECTIVES)}")
+        elif direction != obj.direction:
+            problems.append(f"search.objectives[{i}]: got direction {direction!r} for {name}; "
+                            f"{name} is better when {obj.direction}imized")
+    if len(set(names)) != len(names):
+        problems.append(f"search.objectives: got {names}; each metric at most once")
+    if not names:
+        problems.append("search.objectives: got []; needs at least one objective")
+
+
+def _build(raw: Mapping[str, Any], source: str) -> Config:
+    problems: list[str] = []
+    raw = copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else raw
+    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping):
+        preset = raw["model"].get("preset")
+        if preset in PRESETS:
+            raw["model"] = {**PRESETS[preset], **raw["model"]}
+    cfg = _build_section(Config, raw, "", problems)
+    # Cross-field checks need well-typed fields; the search space is checked on its own.
+    if not problems:
+        _cross_checks(cfg, problems)
+    _check_space(cfg.search.space, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            problems.append(f"{key}: {part} is not a section")
+            return
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "augment.rotation=0"]`` -> ``{"train.epochs": 3, ...}``.
+
+    Values are parsed as YAML, so numbers, booleans, ``null`` and ``[lists]`` work."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r}: must be key=value with a dotted key")
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            problems.append(f"override {item!r}: value is not valid YAML ({e.__class__.__name__})")
+    if problems:
+        raise ConfigError(problems, "overrides")
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()
+                ) -> Config:
+    """Load a YAML file (or defaults if ``path`` is None), apply overrides, validate all."""
+    raw: Any = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError([f"config file {path} does not exist"], source) from None
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], source) from None
+        if not isinstance(raw, dict):
+            raise ConfigError([f"top level: got {_describe(raw)}; must be a mapping"], source)
+    ov = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    problems: list[str] = []
+    for key, value in ov.items():
+        _set_dotted(raw, key, value, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return _build(raw, source)
+
+
+def reference_markdown() -> str:
+    """The config reference table (key, default, rule, meaning) for the README."""
+    rows = ["| key | default | rule | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], key + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rule = f.metadata.get("rule")
+            tp = hints[f.name]
+            rule_text = rule.text if rule else (
+                "one of " + ", ".join(repr(a) for a in typing.get_args(tp) if a is not None
+                                      and a is not type(None))
+                if typing.get_origin(tp) is Literal else "")
+            dflt = str(_plain(default)).replace("|", "\\|")
+            if len(dflt) > 40:
+                dflt = dflt[:37] + "..."
+            rows.append(f"| `{key}` | `{dflt}` | {rule_text} | {f.metadata.get('doc', '')} |")
+
+    walk(Config, "")
+    return "\n".join(rows)

@@ -1,0 +1,318 @@
+"""Datasets as numpy arrays: the embedded MNIST subset, full MNIST (local or downloaded with
+checksums) and bring-your-own Parquet.
+
+Every worker loads its data itself (no Ray Data: its read tasks need free CPUs and deadlock when
+trial workers hold every CPU of a small machine) and takes a strided shard by rank.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock
+
+from distopt.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataError", "Splits", "load_splits", "read_idx", "fetch_mnist", "MNIST_FILES"]
+
+
+class DataError(RuntimeError):
+    """Data could not be read or failed a check; the message names the file and the problem."""
+
+
+# SHA-256 of the decompressed IDX payloads (the .gz wrappers differ between mirrors).
+MNIST_FILES: dict[str, str] = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+MINI_FILE = "mnist_mini.parquet"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train/validation/test arrays. Images are ``(N, C, H, W)``, uint8 (scale 1/255) or
+    float32 (scale 1); labels int64. ``digest`` identifies the data for manifests."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    digest: str
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / 255.0 if self.x_train.dtype == np.uint8 else 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------------------------
+
+_IDX_DTYPE = {0x08: np.uint8}
+
+
+def _read_payload(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'}"
+                        f" ({e.__class__.__name__}: {e}); the file is truncated or corrupt")
+
+
+def parse_idx(payload: bytes, name: str, expect_ndim: int | None = None) -> np.ndarray:
+    """Parse IDX bytes (magic 0x0000 TT NN, then NN big-endian uint32 dims, then data)."""
+    if len(payload) < 4 or payload[:2] != b"\x00\x00":
+        raise DataError(f"{name}: wrong IDX magic {payload[:4].hex()!r}; expected 0000TTNN")
+    dtype_code, ndim = payload[2], payload[3]
+    if dtype_code not in _IDX_DTYPE:
+        raise DataError(f"{name}: IDX data type 0x{dtype_code:02x} is not supported (uint8 only)")
+    if expect_ndim is not None and ndim != expect_ndim:
+        raise DataError(f"{name}: IDX has {ndim} dimensions; expected {expect_ndim}")
+    header = 4 + 4 * ndim
+    if len(payload) < header:
+        raise DataError(f"{name}: IDX header is truncated")
+    dims = struct.unpack(f">{ndim}I", payload[4:header])
+    n = int(np.prod(dims))
+    if len(payload) != header + n:
+        raise DataError(f"{name}: IDX dimensions {dims} need {header + n} bytes, file has "
+                        f"{len(payload)}")
+    return np.frombuffer(payload, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx(path: str | Path, expect_ndim: int | None = None,
+             sha256: str | None = None) -> np.ndarray:
+    """Read a raw or gzipped IDX file; verify the decompressed payload's SHA-256 if given."""
+    path = Path(path)
+    payload = _read_payload(path)
+    if sha256 is not None:
+        got = hashlib.sha256(payload).hexdigest()
+        if got != sha256:
+            raise DataError(f"{path}: checksum mismatch: SHA-256 of the decompressed content is "
+                            f"{got}, expected {sha256}; the file is corrupt or not MNIST")
+    return parse_idx(payload, str(path), expect_ndim)
+
+
+def _find_local(directory: Path, stem: str) -> Path | None:
+    for cand in (directory / stem, directory / f"{stem}.gz"):
+        if cand.exists():
+            return cand
+    return None
+
+
+def fetch_mnist(cache_dir: str | Path, mirrors: Sequence[str],
+                files: Mapping[str, str] = MNIST_FILES, timeout_s: float = 60.0) -> Path:
+    """Download the MNIST files into ``cache_dir`` once, verified, and return the directory.
+
+    A file lock serializes parallel workers: the first downloads, the rest find verified files.
+    Each file is tried on every mirror in order; a checksum mismatch moves on to the next mirror.
+    """
+    target = Path(cache_dir).expanduser() / "mnist"
+    target.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target / ".lock")):
+        for stem, digest in files.items():
+            final = target / stem
+            if final.exists() and hashlib.sha256(final.read_bytes()).hexdigest() == digest:
+                continue
+            errors = []
+            for base in mirrors:
+                url = base.rstrip("/") + f"/{stem}.gz"
+                try:
+                    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                        raw = r.read()
+                    payload = gzip.decompress(raw)
+                except (urllib.error.URLError, OSError, EOFError, zlib.error) as e:
+                    errors.append(f"{url}: {e.__class__.__name__}: {e}")
+                    continue
+                got = hashlib.sha256(payload).hexdigest()
+                if got != digest:
+                    errors.append(f"{url}: checksum mismatch (SHA-256 {got}, expected {digest})")
+                    continue
+                # Atomic rename: a crash mid-write never leaves a half file with the final name.
+                fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{stem}.")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(payload)
+                os.replace(tmp, final)
+                log.info("downloaded %s from %s", stem, url)
+                break
+            else:
+                raise DataError(f"{stem}: no mirror gave a verified copy:\n  " +
+                                "\n  ".join(errors))
+    return target
+
+
+def load_mnist_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full MNIST from ``cfg.path`` if set, else downloaded into ``cfg.cache_dir``."""
+    if cfg.path:
+        directory = Path(cfg.path).expanduser()
+        missing = [s for s in MNIST_FILES if _find_local(directory, s) is None]
+        if missing:
+            raise DataError(f"{directory}: missing MNIST file(s) {', '.join(missing)} "
+                            "(raw or .gz)")
+        paths = {s: _find_local(directory, s) for s in MNIST_FILES}
+    else:
+        directory = fetch_mnist(cfg.cache_dir, cfg.mirrors)
+        paths = {s: directory / s for s in MNIST_FILES}
+    arrays = {s: read_idx(p, 3 if "images" in s else 1, MNIST_FILES[s])  # type: ignore[arg-type]
+              for s, p in paths.items()}
+    return (arrays["train-images-idx3-ubyte"][:, None], arrays["train-labels-idx1-ubyte"],
+            arrays["t10k-images-idx3-ubyte"][:, None], arrays["t10k-labels-idx1-ubyte"])
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet (embedded subset and bring-your-own)
+# --------------------------------------------------------------------------------------------
+
+
+def _expand(pattern: str) -> list[Path]:
+    p = Path(pattern).expanduser()
+    if p.is_dir():
+        files = sorted(p.glob("*.parquet"))
+    elif any(ch in pattern for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(p)))
+    else:
+        files = [p]
+    if not files:
+        raise DataError(f"{pattern}: no Parquet files found")
+    return files
+
+
+def read_parquet_arrays(paths: Sequence[Path], feature_column: str, label_column: str,
+                        shape: Sequence[int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read features ``(N, *shape)`` and labels from Parquet, checking every file."""
+    xs, ys = [], []
+    n_feat = int(np.prod(shape))
+    for path in paths:
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        missing = [c for c in (feature_column, label_column) if c not in table.column_names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; has {table.column_names}")
+        col = table.column(feature_column).combine_chunks()
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or \
+                pa.types.is_fixed_size_binary(col.type):
+            lengths = {len(v) for v in col.to_pylist()}
+            if lengths != {n_feat}:
+                raise DataError(f"{path}: column {feature_column!r} holds byte strings of "
+                                f"length(s) {sorted(lengths)[:5]}; shape {list(shape)} needs "
+                                f"{n_feat}")
+            x = np.frombuffer(b"".join(col.to_pylist()), dtype=np.uint8).reshape(-1, *shape)
+        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
+                pa.types.is_fixed_size_list(col.type):
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            if len(flat) != len(col) * n_feat or (
+                    not pa.types.is_fixed_size_list(col.type) and
+                    np.any(np.diff(col.offsets.to_numpy()) != n_feat)):
+                raise DataError(f"{path}: column {feature_column!r} rows are not all of length "
+                                f"{n_feat} (shape {list(shape)})")
+            x = flat.reshape(-1, *shape)
+            x = x if x.dtype == np.uint8 else x.astype(np.float32)
+        else:
+            raise DataError(f"{path}: column {feature_column!r} has type {col.type}; expected a "
+                            "list of numbers or binary image bytes")
+        y_col = table.column(label_column)
+        if not pa.types.is_integer(y_col.type):
+            raise DataError(f"{path}: label column {label_column!r} has type {y_col.type}; "
+                            "expected integers")
+        y = y_col.to_numpy().astype(np.int64)
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            raise DataError(f"{path}: {int(bad.sum())} label(s) outside [0, {num_classes}), "
+                            f"e.g. {int(y[bad][0])}")
+        xs.append(x)
+        ys.append(y)
+    dtypes = {x.dtype for x in xs}
+    x_all = np.concatenate([x.astype(np.float32) for x in xs]) if len(dtypes) > 1 else \
+        np.concatenate(xs)
+    return x_all, np.concatenate(ys)
+
+
+def mini_path() -> Path:
+    return Path(str(resources.files("distopt") / "_data" / MINI_FILE))
+
+
+def load_mini() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The embedded class-stratified MNIST subset, verified against its recorded digest."""
+    path = mini_path()
+    meta = json.loads((path.parent / "mnist_mini.json").read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != meta["sha256"]:
+        raise DataError(f"{path}: checksum mismatch (SHA-256 {digest}, expected "
+                        f"{meta['sha256']}); reinstall distopt")
+    table = pq.read_table(path)
+    split = table.column("split").to_numpy(zero_copy_only=False)
+    x = table.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 28, 28)
+    y = table.column("label").to_numpy().astype(np.int64)
+    tr, te = split == "train", split == "test"
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()[:16]
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load the configured dataset and carve a deterministic validation split from training.
+
+    The test set is returned for final reports only; nothing selects on it."""
+    if cfg.name == "mnist-mini":
+        x_tr, y_tr, x_te, y_te = load_mini()
+    elif cfg.name == "mnist":
+        x_tr, y_tr, x_te, y_te = load_mnist_arrays(cfg)
+    else:
+        assert cfg.path is not None
+        x_tr, y_tr = read_parquet_arrays(_expand(cfg.path), cfg.feature_column,
+                                         cfg.label_column, cfg.shape, cfg.num_classes)
+        if cfg.test_path:
+            x_te, y_te = read_parquet_arrays(_expand(cfg.test_path), cfg.feature_column,
+                                             cfg.label_column, cfg.shape, cfg.num_classes)
+        else:
+            x_te, y_te = x_tr[:0], y_tr[:0]
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(x_tr))
+    n_val = max(1, int(round(cfg.val_fraction * len(x_tr))))
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return Splits(x_tr[train], y_tr[train], x_tr[val], y_tr[val], x_te, y_te,
+                  _digest(x_tr, y_tr, x_te, y_te))
+
+
+def shard(n: int, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool = True
+          ) -> np.ndarray:
+    """Indices of this rank's part of an epoch: a seeded permutation, strided by rank.
+
+    Every rank gets the same count (the tail is dropped when shuffling) so that DDP ranks take
+    the same number of steps and no collective waits forever."""
+    if not shuffle:
+        return np.arange(rank, n, world_size)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = n // world_size
+    return perm[rank::world_size][:per_rank]

@@ -1,0 +1,164 @@
+"""One trial as a Ray Train job: ``TorchTrainer`` workers run :func:`distopt.train_loop.fit`.
+
+Also the single-process path (:func:`fit_local`), used by benchmarks to compare the same loop
+with and without Ray Train.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from distopt.config import Config
+from distopt.train_loop import WorkerEnv, fit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrialResult", "ensure_ray", "fit_local", "run_trial", "train_loop_per_worker"]
+
+STATE_FILE = "state.pt"
+ARTIFACT_FILE = "model.dopt"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    metrics: dict[str, Any]
+    artifact: bytes
+    history: list[dict[str, Any]]
+
+
+def ensure_ray(**init_kwargs: Any) -> None:
+    """Join the cluster named by ``RAY_ADDRESS``, or start a local Ray instance if unset."""
+    import ray
+
+    if not ray.is_initialized():
+        # Keep Ray's own chatter (worker start-up, deprecation notices) off the user's console.
+        init_kwargs.setdefault("logging_level", logging.WARNING)
+        init_kwargs.setdefault("configure_logging", True)
+        ray.init(**init_kwargs)
+
+
+def save_state(state: dict[str, Any], files: dict[str, bytes] | None, directory: Path) -> None:
+    torch.save(state, directory / STATE_FILE)
+    for name, data in (files or {}).items():
+        (directory / name).write_bytes(data)
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    # weights_only: a checkpoint is data, never code to execute.
+    return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _worker_logging(rank: int) -> None:
+    """Progress lines from rank 0 only; other ranks log warnings and errors."""
+    logger = logging.getLogger("distopt")
+    if not logger.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False
+
+
+def format_epoch(m: dict[str, Any]) -> str:
+    from distopt import metrics as M
+
+    return (f"epoch {m[M.EPOCH]:>3} {m[M.PHASE]:<8} loss {m[M.TRAIN_LOSS]:.4f} "
+            f"train {m[M.TRAIN_ACCURACY]:.4f} val {m[M.VAL_ACCURACY]:.4f} "
+            f"gap {m[M.GAP]:+.4f} {m[M.SAMPLES_PER_S]:,.0f} samples/s")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The function every Ray Train worker runs: rank, device and checkpoints from Ray."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    _worker_logging(rank)
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    env = WorkerEnv(rank=rank, world_size=ctx.get_world_size(), device=device)
+
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(Path(d))
+        log.info("resuming from the checkpoint of epoch %d", state["epoch"])
+
+    history: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, Any], st: dict[str, Any] | None,
+               files: dict[str, bytes] | None = None) -> None:
+        if metrics.get("phase") != "final":
+            history.append(metrics)
+            if rank == 0:
+                log.info(format_epoch(metrics))
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if st is not None:
+                save_state(st, files, Path(d))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    out = fit(cfg, env, report, state, evaluate_test=loop_config.get("evaluate_test", False))
+    if rank != 0:
+        return None
+    return {"metrics": out["metrics"], "artifact": out["artifact"], "history": history}
+
+
+def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
+              evaluate_test: bool = True, callbacks: Sequence[Any] = ()) -> TrialResult:
+    """Run one configuration as a ``TorchTrainer`` job and return its final metrics and artifact.
+
+    Re-running with the same ``storage_path`` and ``name`` resumes from the last epoch
+    checkpoint (Ray Train's behaviour), so callers pick a fresh name for a fresh run."""
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ScalingConfig)
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    ensure_ray()
+    resources: dict[str, float] = {"CPU": t.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "evaluate_test": evaluate_test},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=list(callbacks),
+            # Ray Train logs every report at INFO; our one line per epoch is enough.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    out = result.return_value
+    assert out is not None, "rank 0 returned nothing"
+    return TrialResult(out["metrics"], out["artifact"], out["history"])
+
+
+def fit_local(cfg: Config, evaluate_test: bool = True) -> TrialResult:
+    """The same loop in this process, without Ray (benchmarks, debugging)."""
+    history: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, Any], st: dict[str, Any] | None,
+               files: dict[str, bytes] | None = None) -> None:
+        if metrics.get("phase") != "final":
+            history.append(metrics)
+            log.info(format_epoch(metrics))
+
+    device = torch.device("cuda") if cfg.train.use_gpu and torch.cuda.is_available() else \
+        torch.device("cpu")
+    out = fit(cfg, WorkerEnv(device=device), report, evaluate_test=evaluate_test)
+    return TrialResult(out["metrics"], out["artifact"], history)

@@ -1,0 +1,405 @@
+"""The per-worker training loop: dense training, weight pruning, fine-tuning, then the artifact.
+
+Plain PyTorch, in the spirit of nanoGPT's loop. It runs the same as a single process (``rank 0
+of 1``) or as one DDP rank of a Ray Train worker group: :mod:`distopt.run` supplies the rank,
+the device and a :class:`Reporter`, and this module imports nothing from Ray.
+
+Randomness is derived from ``(seed, epoch, rank)`` at the start of every epoch (shuffling,
+augmentation, dropout), so a run resumed from an epoch checkpoint draws the same numbers as an
+uninterrupted one without carrying generator state.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from distopt import metrics as M
+from distopt.augment import random_affine
+from distopt.compress import (Masks, apply_masks, decode, encode, global_magnitude_masks,
+                              size_report, structured_prune)
+from distopt.config import Config
+from distopt.data import Splits, load_splits, shard
+from distopt.models import Net, ModelSpec, build_model, spec_from_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WorkerEnv", "Reporter", "TrainingDiverged", "fit", "resolve_precision",
+           "evaluate_artifact"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial cannot produce a meaningful model."""
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict[str, Any], state: dict[str, Any] | None,
+                 files: dict[str, bytes] | None = None) -> None:
+        """Report one epoch's metrics; ``state`` (rank 0 only) is the checkpoint to keep and
+        ``files`` extra files for it (the final artifact)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _time_steps(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, n: int = 6
+                ) -> float:
+    """Median seconds of a forward+backward step (no optimizer) after warm-up."""
+    times = []
+    for i in range(n + 2):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(x).float().logsumexp(1).mean()
+        loss.backward()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times))
+
+
+def resolve_precision(requested: str, device: torch.device, model: nn.Module,
+                      sample: torch.Tensor) -> tuple[str, str]:
+    """Pick the training precision for ``auto`` and say why: (precision, reason)."""
+    if requested != "auto":
+        return requested, "set in the config"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{torch.cuda.get_device_name(device)} supports bf16"
+        return "fp16", "GPU without bf16: fp16 with loss scaling"
+    if not _cpu_bf16_supported():
+        return "fp32", "this CPU has no native bf16 support"
+    probe = copy.deepcopy(model)
+    fp32_s = _time_steps(probe, sample, None)
+    bf16_s = _time_steps(probe, sample, torch.bfloat16)
+    if bf16_s < 0.9 * fp32_s:
+        return "bf16", f"bf16 step {bf16_s * 1e3:.1f} ms vs fp32 {fp32_s * 1e3:.1f} ms"
+    return "fp32", f"bf16 not faster here ({bf16_s * 1e3:.1f} ms vs fp32 {fp32_s * 1e3:.1f} ms)"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """Maps stored pixels to network inputs: ``(x * scale - mean) / std``. Stored in the
+    artifact so that a deployed model preprocesses exactly as in training."""
+
+    scale: float
+    mean: float
+    std: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * self.scale - self.mean) / self.std
+
+
+def input_norm(splits: Splits) -> InputNorm:
+    sample = splits.x_train[: min(len(splits.x_train), 10_000)].astype(np.float32) * splits.scale
+    return InputNorm(splits.scale, float(sample.mean()), float(sample.std()) or 1.0)
+
+
+def _all_sum(values: list[float], env: WorkerEnv) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)  # nccl needs CUDA tensors
+    if env.distributed:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _unwrap(model: nn.Module) -> Net:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore[return-value]
+
+
+def _wrap(model: Net, env: WorkerEnv, channels_last: bool) -> nn.Module:
+    model = model.to(env.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if env.distributed:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def _make_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    t, wd = cfg.train, cfg.regularization.l2
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=wd)
+
+
+def _l1(model: nn.Module) -> torch.Tensor:
+    return sum(m.weight.abs().sum() for m in model.modules()  # type: ignore[return-value]
+               if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, env: WorkerEnv,
+             batch_size: int, precision: str = "fp32", channels_last: bool = False
+             ) -> tuple[float, float]:
+    """(mean loss, accuracy) over all of ``x``, each rank taking a strided shard."""
+    model.eval()
+    idx = shard(len(x), env.rank, env.world_size, 0, 0, shuffle=False)
+    loss_sum = correct = 0.0
+    dtype = _DTYPES[precision]
+    for s in range(0, len(idx), batch_size):
+        b = idx[s:s + batch_size]
+        xb = norm(torch.from_numpy(x[b]).to(env.device))
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = torch.from_numpy(y[b]).to(env.device)
+        with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
+            out = model(xb).float()
+        loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
+        correct += (out.argmax(1) == yb).sum().item()
+    loss_sum, correct, n = _all_sum([loss_sum, correct, float(len(idx))], env)
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def measure_latency_ms(model: nn.Module, in_shape: tuple[int, ...], runs: int = 50) -> float:
+    """Median batch-1 CPU latency of ``model`` in fp32, after warm-up, on one thread."""
+    model = model.eval().cpu()
+    x = torch.zeros(1, *in_shape)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(10):
+                model(x)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return float(np.median(times) * 1e3)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _nan_artifact_metrics() -> dict[str, float]:
+    return {k: math.nan for k in M.ALWAYS_REPORTED if k not in (M.EPOCH, M.VAL_ACCURACY)}
+
+
+def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
+        evaluate_test: bool = False, splits: Splits | None = None,
+        on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train, weight-prune, fine-tune, export and evaluate one configuration.
+
+    Reports after every epoch (with a checkpoint ``state`` on rank 0) and once more at the end
+    with the decoded artifact's metrics (phase ``final``). ``state`` resumes from a checkpoint.
+    Returns ``{"metrics": ..., "artifact": bytes}`` (the same on every rank)."""
+    t_start = time.perf_counter()
+    t = cfg.train
+    splits = splits if splits is not None else load_splits(cfg.data)
+    norm = input_norm(splits)
+    spec = ModelSpec.from_dict(state["spec"]) if state else spec_from_config(cfg)
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    net = build_model(spec)
+    channels_last = t.channels_last and spec.family == "cnn"
+    masks: Masks | None = None
+    if state:
+        net.load_state_dict(state["model"])
+        masks = state.get("masks")
+        precision, why = state["precision"], "restored from checkpoint"
+    else:
+        sample = norm(torch.from_numpy(splits.x_train[: t.batch_size])).to(env.device)
+        probe_net = net.to(env.device)
+        if channels_last:
+            probe_net = probe_net.to(memory_format=torch.channels_last)
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        precision, why = resolve_precision(t.precision, env.device, probe_net, sample)
+        if env.distributed:  # every rank must train in the same precision: rank 0 decides
+            choice = [precision]
+            dist.broadcast_object_list(choice, src=0)
+            precision = choice[0]
+    if env.rank == 0:
+        log.info("precision %s (%s)", precision, why)
+    dtype = _DTYPES[precision]
+    model = _wrap(net, env, channels_last)
+
+    dense_epochs = t.epochs
+    prune = cfg.compress.prune_ratio > 0
+    total_epochs = dense_epochs + (cfg.compress.finetune_epochs if prune else 0)
+    start_epoch = state["epoch"] + 1 if state else 0
+
+    n_train = len(splits.x_train)
+    steps = (n_train // env.world_size + t.batch_size - 1) // t.batch_size
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+
+    def new_optimizer(finetune: bool) -> tuple[torch.optim.Optimizer, Any]:
+        lr = t.lr * (cfg.compress.finetune_lr_scale if finetune else 1.0)
+        opt = _make_optimizer(cfg, model, lr)
+        sched = None
+        if t.schedule == "cosine" and not finetune:
+            total = dense_epochs * steps
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return opt, sched
+
+    # A checkpoint of the last dense epoch resumes into weight pruning; later ones are fine-tuning.
+    finetuning = start_epoch > dense_epochs
+    opt, sched = new_optimizer(finetuning)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    last: dict[str, Any] = {}
+    ckpt: dict[str, Any] | None = state if env.rank == 0 else None
+    for epoch in range(start_epoch, total_epochs):
+        if epoch == dense_epochs and prune and not finetuning:
+            # Dense training is over: weight-prune, then fine-tune with the masks held.
+            base = _unwrap(model)
+            if cfg.compress.prune_kind == "structured":
+                base = structured_prune(base.cpu().to(memory_format=torch.contiguous_format),
+                                        cfg.compress.prune_ratio)
+                masks = {}
+            else:
+                base = base.cpu().to(memory_format=torch.contiguous_format)
+                masks = global_magnitude_masks(base, cfg.compress.prune_ratio)
+                apply_masks(base, masks)
+            model = _wrap(base, env, channels_last)
+            if masks:
+                masks = {k: v.to(env.device) for k, v in masks.items()}
+            finetuning = True
+            opt, sched = new_optimizer(True)
+            scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+        phase = "finetune" if finetuning else "train"
+        # Per-epoch seeding: resumable without generator state, distinct per rank.
+        torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
+        gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 + env.rank)
+        idx = shard(n_train, env.rank, env.world_size, t.seed, epoch)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+        correct = torch.zeros((), dtype=torch.int64, device=env.device)
+        seen = 0
+        t0 = time.perf_counter()
+        for step in range(steps):
+            b = idx[step * t.batch_size:(step + 1) * t.batch_size]
+            xb = norm(torch.from_numpy(splits.x_train[b]).to(env.device, non_blocking=True))
+            yb = torch.from_numpy(splits.y_train[b]).to(env.device, non_blocking=True)
+            xb = random_affine(xb, cfg.augment, gen)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
+                out = model(xb)
+            loss = F.cross_entropy(out.float(), yb)
+            total = loss + cfg.regularization.l1 * _l1(model) if cfg.regularization.l1 else loss
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(opt)
+            scaler.update()
+            if sched is not None:
+                sched.step()
+            if masks:
+                apply_masks(_unwrap(model), masks)
+            loss_sum += loss.detach() * len(b)
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += len(b)
+            if on_step is not None:
+                on_step(step)
+        elapsed = time.perf_counter() - t0
+        tr_loss, tr_correct, tr_n, tr_time = _all_sum(
+            [loss_sum.item(), float(correct.item()), float(seen), elapsed], env)
+        if not math.isfinite(tr_loss):
+            raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
+                                   "or the regularization strengths")
+        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, norm, env, 512,
+                                     precision, channels_last)
+        tr_acc = tr_correct / max(tr_n, 1)
+        last = {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
+                M.TRAIN_ACCURACY: tr_acc, M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc,
+                M.GAP: tr_acc - val_acc, M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
+                M.PRECISION: precision, **_nan_artifact_metrics()}
+        ckpt = None
+        if env.rank == 0:
+            base = _unwrap(model)
+            ckpt = {"epoch": epoch, "spec": base.spec.to_dict(), "precision": precision,
+                    "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "masks": {k: v.cpu() for k, v in masks.items()} if masks else None}
+        report(last, ckpt)
+
+    # The artifact, and metrics of the model decoded from it (never of the in-memory model).
+    base = _unwrap(model).cpu().to(memory_format=torch.contiguous_format)
+    meta = {"input": {"scale": norm.scale, "mean": norm.mean, "std": norm.std},
+            "config_name": cfg.name, "data_digest": splits.digest}
+    artifact = encode(base, cfg.compress.quant_bits, meta)
+    decoded = decode(artifact).model.to(env.device)
+    final = dict(last)
+    final.update(size_report(decoded, artifact))
+    final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val, norm,
+                                                        env, 512)
+    final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), spec.in_shape) \
+        if env.rank == 0 else math.nan
+    final[M.LATENCY_MS] = _broadcast_float(final[M.LATENCY_MS], env)
+    if M.TRAIN_ACCURACY in final:
+        final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
+    if evaluate_test and len(splits.x_test):
+        _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm, env, 512)
+    final[M.PHASE] = "final"
+    final[M.PRECISION] = precision
+    final["train_seconds"] = time.perf_counter() - t_start
+    report(final, ckpt, {"model.dopt": artifact} if env.rank == 0 else None)
+    return {"metrics": final, "artifact": artifact}
+
+
+def _broadcast_float(value: float, env: WorkerEnv) -> float:
+    if not env.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return float(box[0])
+
+
+def evaluate_artifact(data: bytes, splits: Splits, which: str = "test") -> dict[str, float]:
+    """Accuracy of a decoded artifact on a split, on CPU in fp32, using its stored input norm."""
+    dec = decode(data)
+    inp = dec.meta["input"]
+    norm = InputNorm(inp["scale"], inp["mean"], inp["std"])
+    x, y = (splits.x_test, splits.y_test) if which == "test" else (splits.x_val, splits.y_val)
+    loss, acc = evaluate(dec.model, x, y, norm, WorkerEnv(), 512)
+    return {f"{which}_loss": loss, f"{which}_accuracy": acc, M.SIZE_BYTES: len(data)}

@@ -1,0 +1,38 @@
+"""Shared fixtures: the full MNIST location, a local Ray instance, small configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# Full MNIST lives beside the project in CI and dev machines, never in a user's clone.
+MNIST_DIR = Path(os.environ.get("DISTOPT_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"full MNIST not found at {MNIST_DIR} (set DISTOPT_MNIST_DIR); only "
+                    "development and CI machines have it")
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One real local Ray instance (2 CPUs, no dashboard) for the in-process Ray tests."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()
+
+
+# A few optimizer steps per epoch: real training on real data, in seconds.
+TINY = ["train.epochs=2", "train.max_steps_per_epoch=5", "train.batch_size=64",
+        "compress.prune_ratio=0.5", "compress.finetune_epochs=1", "train.precision=fp32"]

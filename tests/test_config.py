@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from distopt import metrics as M
+from distopt.config import Config, ConfigError, load_config, parse_overrides, reference_markdown
+
+from conftest import CONFIGS
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("**/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    raw = yaml.safe_load(path.read_text())
+    if "provider" in raw:  # Ray cluster-launcher files are validated by their own test
+        pytest.skip("cluster file")
+    cfg = load_config(path)
+    # Round trip: the dict form rebuilds the same config.
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_seed_config_is_the_seed_practice():
+    cfg = load_config(CONFIGS / "mnist_cnn.yaml")
+    assert (cfg.model.channels, cfg.model.blocks, cfg.model.dense_units) == (32, 2, 128)
+    assert (cfg.augment.rotation, cfg.augment.shift, cfg.augment.shear, cfg.augment.zoom) == \
+        (20, 0.1, 0.1, 0.1)
+    assert cfg.train.optimizer == "adam"
+    assert cfg.compress.prune_ratio == 0.5 and cfg.compress.finetune_epochs >= 1
+    assert cfg.data.name == "mnist-mini"  # runs offline by default
+
+
+def test_overrides_are_parsed_as_yaml_and_applied():
+    ov = parse_overrides(["train.epochs=3", "compress.prune_ratio=0.9", "train.use_gpu=true",
+                          "data.path=null", "data.mirrors=[http://a/, http://b/]"])
+    assert ov == {"train.epochs": 3, "compress.prune_ratio": 0.9, "train.use_gpu": True,
+                  "data.path": None, "data.mirrors": ["http://a/", "http://b/"]}
+    cfg = load_config(CONFIGS / "mnist_cnn.yaml", ["train.epochs=3", "compress.prune_ratio=0.9"])
+    assert cfg.train.epochs == 3 and cfg.compress.prune_ratio == 0.9
+
+
+def test_config_is_frozen_and_with_overrides_validates():
+    cfg = load_config(None)
+    with pytest.raises(AttributeError):
+        cfg.train.epochs = 9  # type: ignore[misc]
+    assert cfg.with_overrides({"train.lr": 0.01}).train.lr == 0.01
+    with pytest.raises(ConfigError, match="train.lr"):
+        cfg.with_overrides({"train.lr": -1.0})
+
+
+def test_every_problem_is_reported_at_once_with_key_value_and_rule():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [
+            "train.lr=-0.1", "compress.prune_ratio=1.0", "compress.quant_bits=3",
+            "model.blocks=many", "traain.epochs=3", "data.name=cifar", "train.use_gpu=maybe",
+            "regularization.dropout=1.5", "augment.rotation=-5", "search.sampler=grid",
+            "search.objectives=[[accuracy, max]]",
+        ])
+    text = str(e.value)
+    expected = [
+        "train.lr: got -0.1 (float); must be > 0",
+        "compress.prune_ratio: got 1.0 (float); must be >= 0 and < 1",
+        "compress.quant_bits: got 3 (int); must be one of 32, 16, 8, 4",
+        "model.blocks: got 'many' (str); must be an integer",
+        "traain: unknown key",
+        "data.name: got 'cifar' (str); must be one of 'mnist-mini', 'mnist', 'parquet'",
+        "train.use_gpu: got 'maybe' (str); must be true or false",
+        "regularization.dropout: got 1.5 (float)",
+        "augment.rotation: got -5 (int); must be >= 0",
+        "search.sampler: got 'grid'",
+    ]
+    for line in expected:
+        assert line in text, line
+    assert len(e.value.problems) >= len(expected)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.name=parquet", "model.blocks=5",
+                           "search.objectives=[[val_accuracy, min], [bogus, max]]"])
+    text = str(e.value)
+    assert "data.name 'parquet' needs the training file(s)" in text
+    assert "model.blocks: got 5" in text and "shrinks to nothing" in text
+    assert "val_accuracy is better when maximized" in text
+    assert "got metric 'bogus'" in text
+
+
+def test_missing_data_path_is_named():
+    with pytest.raises(ConfigError, match="path '/no/such/dir' does not exist"):
+        load_config(None, ["data.name=mnist", "data.path=/no/such/dir"])
+
+
+def test_search_space_rules():
+    space = {
+        "train.lr": {"low": 0.0, "high": 0.1, "log": True},
+        "model.channels": {"low": 64, "high": 8},
+        "model.nope": {"choices": [1, 2]},
+        "compress.quant_bits": {"choices": [8, 3]},
+        "model.dense_units": {"low": 16, "high": 256, "step": 2.5},
+        "train.optimizer": {"low": 1, "high": 2},
+        "regularization.l1": {"low": 0, "high": 1, "bins": 3},
+    }
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict({"search": {"space": space}})
+    text = str(e.value)
+    assert "search.space.train.lr: a log range needs low > 0, but got low=0.0" in text
+    assert "search.space.model.channels: low <= high must hold, but got (low=64, high=8)" in text
+    assert "search.space.model.nope: not a config key that can be searched" in text
+    assert "search.space.compress.quant_bits.choices[1]: got 3 (int)" in text
+    assert "model.dense_units is an integer, so step must be an integer" in text
+    assert "train.optimizer is not numeric" in text
+    assert "unknown entries ['bins']" in text
+
+
+def test_valid_search_space_passes():
+    cfg = Config.from_dict({"search": {"space": {
+        "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+        "model.channels": {"low": 8, "high": 32, "step": 8},
+        "compress.quant_bits": {"choices": [4, 8]}}}})
+    assert set(cfg.search.space) == {"train.lr", "model.channels", "compress.quant_bits"}
+
+
+def test_presets_fill_and_explicit_keys_override():
+    cfg = load_config(None, ["model.preset=seed_cnn", "model.dense_units=64"])
+    assert (cfg.model.channels, cfg.model.blocks, cfg.model.dense_units) == (32, 2, 64)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="must be key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_metric_directions_are_defined_once():
+    assert M.OBJECTIVES[M.VAL_ACCURACY].direction == "max"
+    assert M.OBJECTIVES[M.SIZE_BYTES].direction == "min"
+    assert all(name in M.OBJECTIVES for name, _ in M.DEFAULT_OBJECTIVES)
+
+
+def test_reference_lists_every_key():
+    ref = reference_markdown()
+    for key in ("data.name", "train.precision", "compress.quant_bits", "augment.shear",
+                "search.sampler"):
+        assert f"`{key}`" in ref
+
+
+def test_bad_config_exits_2_before_ray_starts(tmp_path):
+    code = ("import sys; from distopt.cli import main; "
+            "rc = main(['train', '--output', sys.argv[1], 'train.lr=0', 'compress.quant_bits=7']);"
+            "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY'); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "train.lr: got 0" in p.stderr and "compress.quant_bits: got 7" in p.stderr
+    assert "NO_RAY" in p.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_resume_or_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    from distopt.cli import main
+
+    assert main(["train", "--output", str(out)]) == 2
+    assert main(["train", "--output", str(out), "--resume", "--overwrite"]) == 2

@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from distopt.config import DataConfig, load_config
+from distopt.data import (MNIST_FILES, DataError, fetch_mnist, load_mini, load_splits, parse_idx,
+                          read_idx, read_parquet_arrays, shard)
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    return b"\x00\x00\x08" + bytes([a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + \
+        a.astype(np.uint8).tobytes()
+
+
+# ---------------------------------------------------------------- IDX
+
+
+def test_idx_round_trip_raw_and_gz(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "x").write_bytes(idx_bytes(a))
+    (tmp_path / "x.gz").write_bytes(gzip.compress(idx_bytes(a)))
+    np.testing.assert_array_equal(read_idx(tmp_path / "x"), a)
+    np.testing.assert_array_equal(read_idx(tmp_path / "x.gz", 3), a)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    a = np.zeros((2, 2, 2), np.uint8)
+    with pytest.raises(DataError, match="f1: wrong IDX magic"):
+        parse_idx(b"\x01\x02" + idx_bytes(a)[2:], "f1")
+    with pytest.raises(DataError, match="f2: IDX has 3 dimensions; expected 1"):
+        parse_idx(idx_bytes(a), "f2", expect_ndim=1)
+    with pytest.raises(DataError, match=r"f3: IDX dimensions \(2, 2, 2\) need 24 bytes"):
+        parse_idx(idx_bytes(a)[:-1], "f3")
+    p = tmp_path / "trunc.gz"
+    p.write_bytes(gzip.compress(idx_bytes(a))[:-8])
+    with pytest.raises(DataError, match="trunc.gz: cannot be read as gzip.*truncated or corrupt"):
+        read_idx(p)
+    p = tmp_path / "ok.gz"
+    p.write_bytes(gzip.compress(idx_bytes(a)))
+    with pytest.raises(DataError, match="ok.gz: checksum mismatch"):
+        read_idx(p, sha256="0" * 64)
+
+
+# ---------------------------------------------------------------- download
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving a temporary directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _fake_mnist(root: Path, corrupt: str | None = None) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    files = {}
+    for stem in MNIST_FILES:
+        a = rng.integers(0, 255, (5, 28, 28) if "images" in stem else (5,), dtype=np.uint8)
+        payload = idx_bytes(a)
+        files[stem] = hashlib.sha256(payload).hexdigest()
+        if stem == corrupt:
+            payload = payload[:-1] + b"\xff"
+        (root / f"{stem}.gz").write_bytes(gzip.compress(payload))
+    return files
+
+
+def test_download_good_files_verified_and_cached(http_dir, tmp_path):
+    root, url = http_dir
+    files = _fake_mnist(root)
+    cache = tmp_path / "cache"
+    d = fetch_mnist(cache, [url], files)
+    for stem, digest in files.items():
+        assert hashlib.sha256((d / stem).read_bytes()).hexdigest() == digest
+    for f in root.iterdir():  # cached: a second call needs no server
+        f.unlink()
+    assert fetch_mnist(cache, [url], files) == d
+
+
+def test_download_corrupt_file_fails_checksum_and_names_it(http_dir, tmp_path):
+    root, url = http_dir
+    files = _fake_mnist(root, corrupt="train-labels-idx1-ubyte")
+    with pytest.raises(DataError, match=r"(?s)train-labels-idx1-ubyte: no mirror.*checksum mismatch"):
+        fetch_mnist(tmp_path / "cache", [url], files)
+    assert not (tmp_path / "cache" / "mnist" / "train-labels-idx1-ubyte").exists()
+
+
+def test_download_missing_file_tries_next_mirror(http_dir, tmp_path):
+    root, url = http_dir
+    files = _fake_mnist(root)
+    (root / "good").mkdir()
+    for f in list(root.glob("*.gz")):
+        f.rename(root / "good" / f.name)
+    with pytest.raises(DataError, match=r"(?s)no mirror gave.*HTTP Error 404"):
+        fetch_mnist(tmp_path / "c1", [url + "/empty"], files)
+    d = fetch_mnist(tmp_path / "c2", [url + "/empty", url + "/good"], files)
+    assert all((d / s).exists() for s in files)
+
+
+def test_parallel_downloads_do_not_race(http_dir, tmp_path):
+    root, url = http_dir
+    files = _fake_mnist(root)
+    with ThreadPoolExecutor(4) as ex:
+        dirs = list(ex.map(lambda _: fetch_mnist(tmp_path / "cache", [url], files), range(4)))
+    assert len(set(dirs)) == 1
+    leftovers = [p.name for p in dirs[0].iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert leftovers == []
+
+
+def test_full_mnist_from_local_directory(mnist_dir):
+    s = load_splits(DataConfig(name="mnist", path=str(mnist_dir)))
+    assert len(s.x_train) + len(s.x_val) == 60_000 and len(s.x_test) == 10_000
+    assert s.x_train.shape[1:] == (1, 28, 28) and s.x_train.dtype == np.uint8
+
+
+def test_full_mnist_download_from_local_mirror(mnist_dir, http_dir, tmp_path):
+    """The real files, served over HTTP, pass the real checksums."""
+    root, url = http_dir
+    for f in mnist_dir.glob("*.gz"):
+        (root / f.name).write_bytes(f.read_bytes())
+    cfg = load_config(None, ["data.name=mnist", f"data.mirrors=[{url}]",
+                             f"data.cache_dir={tmp_path / 'cache'}"])
+    s = load_splits(cfg.data)
+    assert len(s.x_test) == 10_000
+
+
+# ---------------------------------------------------------------- embedded subset
+
+
+def test_embedded_subset_is_real_stratified_and_small():
+    from distopt.data import mini_path
+
+    x_tr, y_tr, x_te, y_te = load_mini()
+    assert x_tr.shape == (12_000, 1, 28, 28) and x_te.shape == (2_000, 1, 28, 28)
+    assert np.bincount(y_tr).tolist() == [1200] * 10 and np.bincount(y_te).tolist() == [200] * 10
+    assert mini_path().stat().st_size <= 3 * 1024 * 1024
+    assert 25 < x_tr.mean() < 40  # MNIST's mean pixel is about 33, not noise
+
+
+def test_embedded_subset_matches_source(mnist_dir, tmp_path):
+    """The build script reproduces the shipped file byte for byte from the IDX files."""
+    from distopt._embedded import build
+    from distopt.data import mini_path
+
+    build(mnist_dir, tmp_path / "mini.parquet")
+    assert (tmp_path / "mini.parquet").read_bytes() == mini_path().read_bytes()
+
+
+def test_validation_split_is_deterministic_and_disjoint():
+    a, b = load_splits(DataConfig()), load_splits(DataConfig())
+    np.testing.assert_array_equal(a.y_val, b.y_val)
+    assert len(a.x_val) == 1200 and len(a.x_train) == 10_800
+    c = load_splits(DataConfig(split_seed=1))
+    assert not np.array_equal(a.x_val, c.x_val)
+    # No validation image is also a training image (rows compared as bytes).
+    train_rows = {r.tobytes() for r in a.x_train.reshape(len(a.x_train), -1)}
+    assert sum(r.tobytes() in train_rows for r in a.x_val.reshape(len(a.x_val), -1)) < 5
+
+
+def test_shard_equal_disjoint_and_seeded():
+    parts = [shard(103, r, 3, seed=1, epoch=2) for r in range(3)]
+    assert {len(p) for p in parts} == {34}
+    assert len(set(np.concatenate(parts))) == 102
+    assert not np.array_equal(shard(103, 0, 3, 1, 2), shard(103, 0, 3, 1, 3))
+    np.testing.assert_array_equal(shard(103, 0, 3, 1, 2), shard(103, 0, 3, 1, 2))
+    assert sorted(np.concatenate([shard(10, r, 3, 0, 0, False) for r in range(3)])) == \
+        list(range(10))
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def _write(path: Path, features: pa.Array, labels: list[int], **cols: pa.Array) -> Path:
+    pq.write_table(pa.table({"image": features, "label": pa.array(labels, pa.int64()), **cols}),
+                   path)
+    return path
+
+
+def test_parquet_list_and_binary_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (6, 16), dtype=np.uint8)
+    p1 = _write(tmp_path / "a.parquet",
+                pa.FixedSizeListArray.from_arrays(pa.array(imgs.ravel()), 16), [0, 1, 2, 0, 1, 2])
+    p2 = _write(tmp_path / "b.parquet", pa.array([r.tobytes() for r in imgs]), [0, 1, 2, 0, 1, 2])
+    for p in (p1, p2):
+        x, y = read_parquet_arrays([p], "image", "label", (1, 4, 4), 3)
+        assert x.shape == (6, 1, 4, 4)
+        np.testing.assert_array_equal(x.reshape(6, 16), imgs)
+    floats = pa.array([list(map(float, r)) for r in imgs])
+    x, _ = read_parquet_arrays([_write(tmp_path / "c.parquet", floats, [0] * 6)], "image",
+                               "label", (1, 4, 4), 3)
+    assert x.dtype == np.float32
+
+
+def test_parquet_errors_name_file_and_problem(tmp_path):
+    good = pa.array([[1, 2, 3, 4]] * 2)
+    p = _write(tmp_path / "cols.parquet", good, [0, 1])
+    with pytest.raises(DataError, match=r"cols.parquet: missing column\(s\) \['pixels'\]"):
+        read_parquet_arrays([p], "pixels", "label", (1, 2, 2), 2)
+    p = _write(tmp_path / "len.parquet", pa.array([[1, 2, 3], [1, 2, 3]]), [0, 1])
+    with pytest.raises(DataError, match="len.parquet: column 'image' rows are not all of length 4"):
+        read_parquet_arrays([p], "image", "label", (1, 2, 2), 2)
+    p = _write(tmp_path / "lab.parquet", good, [0, 7])
+    with pytest.raises(DataError, match=r"lab.parquet: 1 label\(s\) outside \[0, 2\), e.g. 7"):
+        read_parquet_arrays([p], "image", "label", (1, 2, 2), 2)
+    p = tmp_path / "junk.parquet"
+    p.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="junk.parquet: not a readable Parquet file"):
+        read_parquet_arrays([p], "image", "label", (1, 2, 2), 2)
+
+
+def test_parquet_dataset_through_config(tmp_path):
+    x_tr, y_tr, x_te, y_te = load_mini()
+    for name, x, y in (("train", x_tr[:500], y_tr[:500]), ("test", x_te[:100], y_te[:100])):
+        _write(tmp_path / f"{name}.parquet", pa.array([r.tobytes() for r in x]), y.tolist())
+    cfg = load_config(None, ["data.name=parquet", f"data.path={tmp_path / 'train.parquet'}",
+                             f"data.test_path={tmp_path / 'test.parquet'}"])
+    s = load_splits(cfg.data)
+    assert len(s.x_train) + len(s.x_val) == 500 and len(s.x_test) == 100

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distopt import metrics as M
+from distopt.config import load_config
+from distopt.data import load_splits
+from distopt.train_loop import (TrainingDiverged, WorkerEnv, _cpu_bf16_supported, evaluate_artifact,
+                                fit, resolve_precision)
+from distopt.models import build_model, seed_cnn
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_splits(load_config(None).data)
+
+
+class Recorder:
+    def __init__(self, crash_after: int | None = None) -> None:
+        self.reports: list[dict] = []
+        self.states: list[dict] = []
+        self.files: list[dict] = []
+        self.crash_after = crash_after
+
+    def __call__(self, metrics, state, files=None):
+        self.reports.append(dict(metrics))
+        if state is not None:
+            self.states.append(state)
+        if files:
+            self.files.append(files)
+        if self.crash_after is not None and metrics[M.EPOCH] == self.crash_after:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_fit_reports_every_epoch_then_the_decoded_artifact(splits):
+    cfg = load_config(None, TINY + ["compress.quant_bits=4"])
+    rec = Recorder()
+    out = fit(cfg, WorkerEnv(), rec, evaluate_test=True, splits=splits)
+    phases = [r[M.PHASE] for r in rec.reports]
+    assert phases == ["train", "train", "finetune", "final"]
+    for r in rec.reports:
+        for key in M.ALWAYS_REPORTED:
+            assert key in r  # Tune's strict metric check sees every key on every result
+    final = rec.reports[-1]
+    assert final[M.SIZE_BYTES] == len(out["artifact"]) == len(rec.files[-1]["model.dopt"])
+    assert final[M.NONZERO_PARAMS] < 0.6 * final[M.PARAMS]
+    # The accuracy reported is that of the file, measured again here from its bytes.
+    again = evaluate_artifact(out["artifact"], splits, "val")
+    assert again["val_accuracy"] == pytest.approx(final[M.VAL_ACCURACY], abs=1e-9)
+    assert 0 <= final[M.TEST_ACCURACY] <= 1 and final[M.LATENCY_MS] > 0
+    assert math.isnan(rec.reports[0][M.SIZE_BYTES])
+
+
+def test_no_finetune_without_pruning(splits):
+    cfg = load_config(None, TINY + ["compress.prune_ratio=0"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    assert [r[M.PHASE] for r in rec.reports] == ["train", "train", "final"]
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "structured"])
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(splits, kind):
+    cfg = load_config(None, TINY + ["train.epochs=3", f"compress.prune_kind={kind}"])
+    full = Recorder()
+    fit(cfg, WorkerEnv(), full, splits=splits)
+    crashed = Recorder(crash_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, WorkerEnv(), crashed, splits=splits)
+    state = crashed.states[-1]
+    assert state["epoch"] == 1
+    resumed = Recorder()
+    fit(cfg, WorkerEnv(), resumed, state=state, splits=splits)
+    assert [r[M.EPOCH] for r in resumed.reports] == [2, 3, 3]  # starts after the checkpoint
+    for a, b in zip(full.reports[2:], resumed.reports):
+        assert a[M.TRAIN_LOSS] == pytest.approx(b[M.TRAIN_LOSS], rel=1e-6)
+        assert a[M.VAL_ACCURACY] == b[M.VAL_ACCURACY]
+    assert full.reports[-1][M.SIZE_BYTES] == resumed.reports[-1][M.SIZE_BYTES]
+
+
+def test_resume_inside_finetuning_keeps_the_masks(splits):
+    cfg = load_config(None, TINY + ["compress.finetune_epochs=2", "compress.prune_ratio=0.8"])
+    crashed = Recorder(crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, WorkerEnv(), crashed, splits=splits)
+    state = crashed.states[-1]
+    assert state["masks"] is not None
+    resumed = Recorder()
+    fit(cfg, WorkerEnv(), resumed, state=state, splits=splits)
+    assert [r[M.PHASE] for r in resumed.reports] == ["finetune", "final"]
+    assert resumed.reports[-1][M.NONZERO_PARAMS] < 0.21 * resumed.reports[-1][M.PARAMS] + 300
+
+
+def test_checkpoints_load_with_weights_only(splits, tmp_path):
+    from distopt.run import load_state, save_state
+
+    cfg = load_config(None, TINY)
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    save_state(rec.states[-1], rec.files[-1], tmp_path)
+    state = load_state(tmp_path)  # torch.load(weights_only=True) inside
+    assert state["epoch"] == 2 and (tmp_path / "model.dopt").exists()
+
+
+def test_diverging_training_fails_with_the_reason(splits):
+    cfg = load_config(None, TINY + ["train.lr=1e12", "train.optimizer=sgd"])
+    with pytest.raises(TrainingDiverged, match="non-finite loss at epoch 0"):
+        fit(cfg, WorkerEnv(), Recorder(), splits=splits)
+
+
+def test_l1_shrinks_weights(splits):
+    norms = {}
+    for l1 in (0.0, 1e-3):
+        cfg = load_config(None, TINY + ["compress.prune_ratio=0", f"regularization.l1={l1}",
+                                        "compress.quant_bits=32"])
+        out = fit(cfg, WorkerEnv(), Recorder(), splits=splits)
+        from distopt.compress import decode
+
+        model = decode(out["artifact"]).model
+        norms[l1] = sum(m.abs().sum().item() for n, m in model.named_parameters() if "weight" in n)
+    assert norms[1e-3] < 0.9 * norms[0.0]
+
+
+def test_precision_resolution_explains_itself():
+    model = build_model(seed_cnn())
+    x = torch.randn(32, 1, 28, 28)
+    assert resolve_precision("fp32", torch.device("cpu"), model, x) == ("fp32", "set in the config")
+    precision, why = resolve_precision("auto", torch.device("cpu"), model, x)
+    assert precision in ("fp32", "bf16") and why
+    if not _cpu_bf16_supported():
+        assert precision == "fp32"
+
+
+def test_bf16_training_runs(splits):
+    if not _cpu_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    cfg = load_config(None, TINY + ["train.precision=bf16"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    assert rec.reports[-1][M.PRECISION] == "bf16"

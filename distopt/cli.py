@@ -74,6 +74,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    out = Path(args.output) if args.output else None
+    stored = out / "config.yaml" if out is not None else None
+    if args.resume and args.config is None and stored is not None and stored.exists():
+        cfg = load_config(stored, args.overrides)  # resume what was started
+    else:
+        cfg = load_config(args.config, args.overrides)
+    out = out or Path("results") / cfg.name
+    problems = _prepare_output(out, args.resume, args.overwrite)
+    if not cfg.search.space:
+        problems.append("search.space: got {}; name at least one config key to search")
+    if args.resume and (out / "config.yaml").exists() and \
+            load_config(out / "config.yaml").to_dict() != cfg.to_dict():
+        problems.append(f"--resume: the config differs from the one {out} was started with; "
+                        "resume without --config (or with the same one)")
+    if problems:
+        raise ConfigError(problems, "command line")
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from distopt.report import collect, save_config, write_report
+    from distopt.run import ensure_ray
+    from distopt.tuning import check_fits, run_search
+
+    save_config(cfg, out)
+    ensure_ray()
+    problems = check_fits(cfg)
+    if problems:  # would wait forever for a placement group: say so now instead
+        raise ConfigError(problems, "per-trial resources")
+    grid = run_search(cfg, out, resume=args.resume)
+    collect(cfg, out, grid)
+    summary = write_report(out)
+    log.info("\n%s", (out / "report.md").read_text().split("\n![")[0].strip())
+    log.info("\n%d trials (%d failed), %d on the front; results in %s", summary["trials"],
+             summary["failed"], summary["front"], out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from distopt.report import TRIALS, write_report
+
+    out = Path(args.directory)
+    if not (out / TRIALS).exists() or not (out / "config.yaml").exists():
+        raise ConfigError([f"{out}: no {TRIALS} and config.yaml; is it a search's output?"],
+                          "command line")
+    summary = write_report(out)
+    log.info("%s", (out / "report.md").read_text().split("\n![")[0].strip())
+    log.info("\nrebuilt pareto.csv, pareto.png, hypervolume.png, report.md, manifest.json "
+             "(%d trials, %d on the front)", summary["trials"], summary["front"])
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from distopt.compress import ArtifactError
@@ -123,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
     t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("search", help="search the accuracy/size Pareto front (Tune + Optuna)")
+    common(s)
+    s.add_argument("--output", help="experiment directory (default: results/<name>)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
+    s.set_defaults(func=cmd_search)
+
+    r = sub.add_parser("report", help="rebuild a search's report from its stored results")
+    r.add_argument("directory", help="a search's experiment directory")
+    r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("evaluate", help="test accuracy of an artifact file, as JSON")
     e.add_argument("artifact", help="a .dopt file")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,6 +197,8 @@ class SearchConfig:
                                       "must be null or >= 1"),
                                       "null: derived from cluster and per-trial resources")
     storage: str | None = _opt(None, doc="Optuna RDB URL; null: SQLite in the experiment dir")
+    trial_overrides: dict[str, Any] = _opt({}, doc="dotted key -> value every trial uses "
+                                            "instead of the sections above (e.g. fewer epochs)")
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,13 @@ class Config:
         if problems:
             raise ConfigError(problems)
         return _build(raw, "config")
+
+    def trial_config(self) -> Config:
+        """The config every search trial starts from: this one with ``search.trial_overrides``."""
+        if not self.search.trial_overrides:
+            return self
+        # The result has no trial_overrides left, so applying them is not repeated.
+        return self.with_overrides({**self.search.trial_overrides, "search.trial_overrides": {}})
 
     def get(self, dotted: str) -> Any:
         obj: Any = self
@@ -361,7 +371,7 @@ def _build_section(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any
     return cls(**kwargs)
 
 
-def _field_info(dotted: str) -> tuple[Any, Rule | None] | None:
+def field_info(dotted: str) -> tuple[Any, Rule | None] | None:
     """Type and rule of a dotted leaf key, or None if no such key exists."""
     cls: Any = Config
     parts = dotted.split(".")
@@ -380,7 +390,7 @@ def _field_info(dotted: str) -> tuple[Any, Rule | None] | None:
 
 def _check_value(dotted: str, value: Any, what: str, problems: list[str]) -> None:
     """Check one candidate value of a searched key against the key's own type and rule."""
-    info = _field_info(dotted)
+    info = field_info(dotted)
     assert info is not None
     tp, rule = info
     before = len(problems)
@@ -396,7 +406,7 @@ SPACE_KEYS = {"low", "high", "log", "step", "choices"}
 def _check_space(space: Mapping[str, Any], problems: list[str]) -> None:
     for key, spec in space.items():
         where = f"search.space.{key}"
-        info = _field_info(key)
+        info = field_info(key)
         if info is None or key.startswith("search."):
             problems.append(f"{where}: not a config key that can be searched")
             continue
@@ -450,14 +460,14 @@ def _check_space(space: Mapping[str, Any], problems: list[str]) -> None:
                                 "must be an integer")
 
 
-def _cross_checks(cfg: Config, problems: list[str]) -> None:
+def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     d, m = cfg.data, cfg.model
     if d.name == "parquet" and not d.path:
         problems.append("data.path: got None; data.name 'parquet' needs the training file(s)")
     if d.name == "mnist" and d.path is None and not d.mirrors:
         problems.append("data.mirrors: got []; data.name 'mnist' without data.path needs at "
                         "least one mirror URL")
-    for p in (d.path, d.test_path):
+    for p in (d.path, d.test_path) if check_paths else ():
         if p and not any(ch in p for ch in "*?[") and "://" not in p and \
                 not Path(p).expanduser().exists():
             problems.append(f"data: path {p!r} does not exist")
@@ -487,7 +497,9 @@ def _cross_checks(cfg: Config, problems: list[str]) -> None:
         problems.append("search.objectives: got []; needs at least one objective")
 
 
-def _build(raw: Mapping[str, Any], source: str) -> Config:
+def _build(raw: Mapping[str, Any], source: str, check_paths: bool = False) -> Config:
+    """Validate everything; ``check_paths`` also checks that local data paths exist (on the
+    machine where the user typed them, not in workers that may run elsewhere)."""
     problems: list[str] = []
     raw = copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else raw
     if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping):
@@ -497,8 +509,16 @@ def _build(raw: Mapping[str, Any], source: str) -> Config:
     cfg = _build_section(Config, raw, "", problems)
     # Cross-field checks need well-typed fields; the search space is checked on its own.
     if not problems:
-        _cross_checks(cfg, problems)
+        _cross_checks(cfg, problems, check_paths)
     _check_space(cfg.search.space, problems)
+    for key in cfg.search.trial_overrides:
+        if field_info(key) is None or key.startswith("search."):
+            problems.append(f"search.trial_overrides.{key}: not a config key a trial can set")
+    if not problems and cfg.search.trial_overrides:
+        try:
+            cfg.trial_config()
+        except ConfigError as e:
+            problems += [f"search.trial_overrides: {p}" for p in e.problems]
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -557,7 +577,14 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
         _set_dotted(raw, key, value, problems)
     if problems:
         raise ConfigError(problems, source)
-    return _build(raw, source)
+    # Relative data paths mean relative to where the command runs, not to Ray's workers.
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("path", "test_path", "cache_dir"):
+            v = data.get(key)
+            if isinstance(v, str) and v and "://" not in v:
+                data[key] = os.path.abspath(os.path.expanduser(v))
+    return _build(raw, source, check_paths=True)
 
 
 def reference_markdown() -> str:

@@ -54,15 +54,20 @@ def load_state(directory: Path) -> dict[str, Any]:
     return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def _worker_logging(rank: int) -> None:
-    """Progress lines from rank 0 only; other ranks log warnings and errors."""
+def _worker_logging(rank: int, progress: bool = True) -> None:
+    """Progress lines from rank 0 only (none in searches); others log warnings and errors."""
     logger = logging.getLogger("distopt")
     if not logger.handlers:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(h)
-    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.setLevel(logging.INFO if rank == 0 and progress else logging.WARNING)
     logger.propagate = False
+    # Ray Train's worker context logs every report at INFO under a logger named by its file
+    # path, which LoggingConfig does not reach: one line per epoch (ours) is enough.
+    for name in list(logging.root.manager.loggerDict):
+        if "ray/train" in name or "ray\\train" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def format_epoch(m: dict[str, Any]) -> str:
@@ -81,7 +86,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    _worker_logging(rank)
+    _worker_logging(rank, loop_config.get("log_epochs", True))
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     env = WorkerEnv(rank=rank, world_size=ctx.get_world_size(), device=device)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import resource
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -226,7 +227,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     Reports after every epoch (with a checkpoint ``state`` on rank 0) and once more at the end
     with the decoded artifact's metrics (phase ``final``). ``state`` resumes from a checkpoint.
     Returns ``{"metrics": ..., "artifact": bytes}`` (the same on every rank)."""
-    t_start = time.perf_counter()
+    t_start, started_at = time.perf_counter(), time.time()
     t = cfg.train
     splits = splits if splits is not None else load_splits(cfg.data)
     norm = input_norm(splits)
@@ -383,6 +384,8 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     final[M.PHASE] = "final"
     final[M.PRECISION] = precision
     final["train_seconds"] = time.perf_counter() - t_start
+    final["started_at"] = started_at  # wall clock, so callers can measure start-up overhead
+    final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report(final, ckpt, {"model.dopt": artifact} if env.rank == 0 else None)
     return {"metrics": final, "artifact": artifact}
 

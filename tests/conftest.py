@@ -22,9 +22,12 @@ def mnist_dir() -> Path:
     return MNIST_DIR
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One real local Ray instance (2 CPUs, no dashboard) for the in-process Ray tests."""
+    """A real local Ray instance (2 CPUs, no dashboard) for one module's in-process Ray tests.
+
+    Module-scoped: the CLI tests start their own instances in subprocesses, and two instances
+    on one machine confuse Ray's helper actors that look for "the" local cluster."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",

@@ -1,0 +1,113 @@
+"""Pareto fronts and hypervolumes, numpy only.
+
+Objectives come with directions ("max" or "min"); internally everything is turned into
+minimization by negating maximized columns. Rules for awkward values:
+
+- a point with NaN in any objective is *infeasible*: never on the front, never dominating;
+- infinities compare as numbers (``+inf`` size is worse than any finite size);
+- identical points do not dominate each other, so duplicates are all on the front;
+- a point contributes to the hypervolume only where it is strictly better than the reference
+  point in every objective.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["to_minimization", "dominates", "non_dominated", "pareto_ranks", "hypervolume"]
+
+
+def to_minimization(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Copy of ``points`` (n, k) with maximized columns negated."""
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] != len(directions):
+        raise ValueError(f"points must have shape (n, {len(directions)}), but got "
+                         f"{points.shape}")
+    bad = [d for d in directions if d not in ("max", "min")]
+    if bad:
+        raise ValueError(f"directions must be 'max' or 'min', but got {bad}")
+    sign = np.array([-1.0 if d == "max" else 1.0 for d in directions])
+    return points * sign
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` dominates ``b`` (minimization): no worse anywhere, strictly better somewhere."""
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def non_dominated(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the points no other feasible point dominates."""
+    p = to_minimization(points, directions)
+    feasible = ~np.isnan(p).any(axis=1)
+    mask = feasible.copy()
+    idx = np.flatnonzero(feasible)
+    for i in idx:
+        others = p[idx]
+        # Any feasible j with p_j <= p_i everywhere and < somewhere dominates i.
+        dom = np.all(others <= p[i], axis=1) & np.any(others < p[i], axis=1)
+        if dom.any():
+            mask[i] = False
+    return mask
+
+
+def pareto_ranks(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Non-dominated sorting: rank 0 is the front, 1 the front once 0 is removed, ...;
+    infeasible (NaN) points get rank -1."""
+    p = np.asarray(points, dtype=float)
+    ranks = np.full(len(p), -1)
+    remaining = ~np.isnan(to_minimization(p, directions)).any(axis=1)
+    rank = 0
+    while remaining.any():
+        sub = np.flatnonzero(remaining)
+        front = sub[non_dominated(p[sub], directions)]
+        ranks[front] = rank
+        remaining[front] = False
+        rank += 1
+    return ranks
+
+
+def _hv_min(p: np.ndarray, ref: np.ndarray) -> float:
+    """Exact hypervolume of minimization points ``p`` (all strictly better than ``ref``)."""
+    if len(p) == 0:
+        return 0.0
+    k = p.shape[1]
+    if k == 1:
+        return float(ref[0] - p[:, 0].min())
+    if k == 2:
+        # Sweep by the first objective; keep the running best of the second.
+        order = np.lexsort((p[:, 1], p[:, 0]))
+        area, best = 0.0, ref[1]
+        for x, y in p[order]:
+            if y < best:
+                area += (ref[0] - x) * (best - y)
+                best = y
+        return float(area)
+    # Slicing on the last objective (HSO): exact, fine for the fronts a search produces.
+    order = np.argsort(p[:, -1])
+    p = p[order]
+    volume = 0.0
+    for i in range(len(p)):
+        upper = p[i + 1, -1] if i + 1 < len(p) else ref[-1]
+        depth = upper - p[i, -1]
+        if depth > 0:
+            sl = p[: i + 1, :-1]
+            volume += depth * _hv_min(sl[non_dominated(sl, ["min"] * (k - 1))], ref[:-1])
+    return float(volume)
+
+
+def hypervolume(points: np.ndarray, directions: Sequence[str], reference: Sequence[float]
+                ) -> float:
+    """Volume dominated by ``points`` and bounded by ``reference`` (in the objectives' own
+    units and directions: for a maximized accuracy the reference is a low accuracy)."""
+    p = to_minimization(points, directions)
+    ref = to_minimization(np.asarray([reference], dtype=float), directions)[0]
+    if np.isnan(ref).any() or np.isinf(ref).any():
+        raise ValueError(f"reference must be finite, but got {list(reference)}")
+    keep = ~np.isnan(p).any(axis=1) & np.all(p < ref, axis=1)
+    p = p[keep]
+    if len(p) == 0:
+        return 0.0
+    p = p[non_dominated(p, ["min"] * p.shape[1])]
+    return _hv_min(np.unique(p, axis=0), ref)

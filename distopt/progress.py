@@ -1,0 +1,91 @@
+"""A compact live table of the search on the driver: one row per trial, redrawn at most every
+few seconds, instead of Tune's per-result log lines."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from distopt import metrics as M
+from distopt.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _short(key: str) -> str:
+    return key.split(".")[-1][:10]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+class ProgressTable(Callback):
+    """Trial id, status, searched values, epoch, val accuracy and artifact size."""
+
+    def __init__(self, cfg: Config, interval_s: float = 15.0) -> None:
+        self.keys = list(cfg.search.space)
+        self.interval_s = interval_s
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.last_print = 0.0
+        self.done = 0
+        self.failed = 0
+        self.total = cfg.search.num_trials
+
+    def _row(self, trial: Any, status: str, result: dict[str, Any] | None = None) -> None:
+        row = self.rows.setdefault(trial.trial_id, {"status": status})
+        row["status"] = status
+        for k in self.keys:
+            row.setdefault(k, trial.config.get(k, "-"))
+        if result:
+            row[M.EPOCH] = result.get(M.EPOCH, "-")
+            row[M.PHASE] = result.get(M.PHASE, "-")
+            row[M.VAL_ACCURACY] = result.get(M.VAL_ACCURACY, math.nan)
+            row[M.SIZE_BYTES] = result.get(M.SIZE_BYTES, math.nan)
+
+    def render(self) -> str:
+        head = ["trial", "status"] + [_short(k) for k in self.keys] + ["epoch", "phase", "val_acc",
+                                                                        "bytes"]
+        lines = [head]
+        for tid, r in self.rows.items():
+            lines.append([tid[-5:], r["status"]] + [_fmt(r.get(k, "-")) for k in self.keys] +
+                         [_fmt(r.get(M.EPOCH, "-")), str(r.get(M.PHASE, "-")),
+                          _fmt(r.get(M.VAL_ACCURACY, math.nan)), _fmt(r.get(M.SIZE_BYTES, math.nan))])
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+        body = "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
+        return f"[{self.done} done, {self.failed} failed of {self.total}]\n{body}"
+
+    def _maybe_print(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_print >= self.interval_s:
+            self.last_print = now
+            log.info("%s", self.render())
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._row(trial, "RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._row(trial, "RUNNING", result)
+        self._maybe_print()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        self._row(trial, "DONE", trial.last_result)
+        self._maybe_print()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.failed += 1
+        self._row(trial, "FAILED", trial.last_result)
+        self._maybe_print(force=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._maybe_print(force=True)

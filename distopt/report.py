@@ -1,0 +1,289 @@
+"""The experiment directory: every trial, the Pareto front, its exported models and plots.
+
+:func:`collect` runs once after a search: it turns Tune's results into ``trials.parquet``,
+copies the Pareto models' artifacts to ``models/`` and evaluates their *test* accuracy (the only
+use of the test set) from the decoded files. :func:`write_report` derives everything else from
+``trials.parquet`` and ``config.yaml`` alone, so ``distopt report DIR`` rebuilds it without
+rerunning anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from distopt import metrics as M
+from distopt.config import Config, load_config
+from distopt.pareto import hypervolume, non_dominated
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collect", "write_report", "verdict", "hypervolume_curve", "load_trials"]
+
+TRIALS = "trials.parquet"
+FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
+                 M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
+                 M.EPOCH, "train_seconds", "time_total_s")
+OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
+UNDERFIT_GAP = -0.02  # below this (train accuracy under augmentation/dropout lags): underfitting
+
+
+def verdict(train_accuracy: float, val_accuracy: float) -> str:
+    """Over/underfitting from the train-validation gap (train accuracy is measured on the
+    augmented, dropout-regularized batches of the last epoch)."""
+    if any(math.isnan(v) for v in (train_accuracy, val_accuracy)):
+        return "unknown"
+    gap = train_accuracy - val_accuracy
+    if gap > OVERFIT_GAP:
+        return f"overfits (gap {gap:+.3f})"
+    if gap < UNDERFIT_GAP:
+        return f"underfits (gap {gap:+.3f}): regularization or augmentation could be weaker"
+    return f"balanced (gap {gap:+.3f})"
+
+
+def _objective_matrix(rows: Sequence[dict[str, Any]], cfg: Config) -> np.ndarray:
+    """Objectives as a matrix; sizes on a log10 scale (the front spans decades)."""
+    cols = []
+    for name, _ in cfg.search.objectives:
+        v = np.array([float(r.get(name, math.nan)) for r in rows], dtype=float)
+        if name == M.SIZE_BYTES:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.log10(v)
+        cols.append(v)
+    return np.stack(cols, axis=1) if cols else np.empty((len(rows), 0))
+
+
+def hv_reference(cfg: Config, points: np.ndarray) -> list[float]:
+    """Fixed per experiment: chance accuracy for accuracy, else 10% beyond the worst value."""
+    ref = []
+    for i, (name, direction) in enumerate(cfg.search.objectives):
+        col = points[:, i][np.isfinite(points[:, i])] if len(points) else np.array([])
+        if name == M.VAL_ACCURACY:
+            ref.append(1.0 / cfg.data.num_classes)
+        elif len(col) == 0:
+            ref.append(0.0)
+        elif direction == "min":
+            ref.append(float(col.max() + 0.1 * (abs(col.max()) + 1e-9)))
+        else:
+            ref.append(float(col.min() - 0.1 * (abs(col.min()) + 1e-9)))
+    return ref
+
+
+def hypervolume_curve(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[int], list[float]]:
+    """Hypervolume of the completed trials among the first n, for every trial number n."""
+    ordered = sorted(rows, key=lambda r: r["trial_number"])
+    pts = _objective_matrix(ordered, cfg)
+    done = np.array([r["status"] == "COMPLETE" for r in ordered], bool)
+    ref = hv_reference(cfg, pts[done])
+    dirs = [d for _, d in cfg.search.objectives]
+    xs, ys = [], []
+    for n in range(1, len(ordered) + 1):
+        sel = pts[:n][done[:n]]
+        xs.append(ordered[n - 1]["trial_number"])
+        ys.append(hypervolume(sel, dirs, ref) if len(sel) else 0.0)
+    return xs, ys
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("distopt", "torch", "ray", "optuna", "numpy", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
+    """Tune results -> ``trials.parquet`` + ``models/``; test accuracy of the front only."""
+    from distopt.data import load_splits
+    from distopt.train_loop import evaluate_artifact
+
+    rows = []
+    # The grid lists trials in the order Tune created them: that order is the trial number.
+    for number, result in enumerate(grid):
+        m = result.metrics or {}
+        trial_id = m.get("trial_id") or Path(result.path).name
+        complete = result.error is None and m.get(M.PHASE) == "final"
+        row: dict[str, Any] = {
+            "trial_id": trial_id, "trial_number": number,
+            "status": "COMPLETE" if complete else "FAILED",
+            "error": "" if result.error is None else _error_text(result.error),
+            "checkpoint_path": m.get("checkpoint_path", ""),
+            "params_json": json.dumps({k: result.config.get(k) for k in cfg.search.space}),
+        }
+        for k in cfg.search.space:
+            row[f"param.{k}"] = result.config.get(k)
+        for k in FINAL_METRICS:
+            v = m.get(k, math.nan)
+            row[k] = float(v) if isinstance(v, (int, float)) and complete else math.nan
+        row[M.PRECISION] = str(m.get(M.PRECISION, ""))
+        row["config_json"] = json.dumps(
+            cfg.with_overrides({k: result.config[k] for k in cfg.search.space
+                                if k in result.config}).to_dict()) if result.config else ""
+        rows.append(row)
+    rows.sort(key=lambda r: r["trial_number"])
+
+    pts = _objective_matrix(rows, cfg)
+    done = np.array([r["status"] == "COMPLETE" for r in rows], bool)
+    front = np.zeros(len(rows), bool)
+    if done.any():
+        front[np.flatnonzero(done)] = non_dominated(pts[done], [d for _, d in cfg.search.objectives])
+    models = output / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(cfg.data) if front.any() else None
+    for row, on_front in zip(rows, front):
+        row["pareto"] = bool(on_front)
+        row[M.TEST_ACCURACY] = math.nan
+        row["artifact"] = ""
+        if not on_front:
+            continue
+        src = Path(row["checkpoint_path"].replace("file://", "")) / "model.dopt"
+        dst = models / f"{row['trial_id']}.dopt"
+        shutil.copyfile(src, dst)
+        row["artifact"] = str(dst.relative_to(output))
+        assert splits is not None
+        row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
+    pq.write_table(pa.Table.from_pylist(rows), output / TRIALS)
+    return rows
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    # Tune wraps the trial's exception; the last line names the root cause.
+    return (text[-1] if text else type(error).__name__)[:500]
+
+
+def load_trials(output: Path) -> list[dict[str, Any]]:
+    return pq.read_table(output / TRIALS).to_pylist()
+
+
+def _plot_front(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "COMPLETE"]
+    front = sorted((r for r in done if r["pareto"]), key=lambda r: r[M.SIZE_BYTES])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([r[M.SIZE_BYTES] for r in done], [r[M.VAL_ACCURACY] for r in done], s=18,
+               color="0.6", label="trials")
+    ax.step([r[M.SIZE_BYTES] for r in front], [r[M.VAL_ACCURACY] for r in front], where="post",
+            color="C3", lw=1.2)
+    ax.scatter([r[M.SIZE_BYTES] for r in front], [r[M.VAL_ACCURACY] for r in front], s=36,
+               color="C3", label="Pareto front", zorder=3)
+    for r in front:
+        ax.annotate(r["trial_id"][-5:], (r[M.SIZE_BYTES], r[M.VAL_ACCURACY]), fontsize=7,
+                    xytext=(3, -9), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("artifact size (bytes, log scale)")
+    ax.set_ylabel("validation accuracy (decoded artifact)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_hv(xs: list[int], ys: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, ys, marker="o", ms=3)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("hypervolume")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(output: Path) -> dict[str, Any]:
+    """pareto.csv, pareto.png, hypervolume.png, report.md, manifest.json from stored results."""
+    cfg = load_config(output / "config.yaml")
+    rows = load_trials(output)
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r[M.SIZE_BYTES])
+    keys = list(cfg.search.space)
+
+    with open(output / "pareto.csv", "w", newline="") as f:
+        cols = ["trial_id", M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES, M.COMPRESSION_RATIO,
+                M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.TRAIN_ACCURACY, "artifact"] + \
+            [f"param.{k}" for k in keys]
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(front)
+
+    xs, ys = hypervolume_curve(rows, cfg)
+    _plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
+    _plot_hv(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
+
+    failed = [r for r in rows if r["status"] != "COMPLETE"]
+    lines = [f"# {cfg.name}: Pareto front", "",
+             f"{len(rows)} trials, {len(rows) - len(failed)} complete, {len(failed)} failed; "
+             f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
+             + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
+             "Accuracies are those of the models decoded from their artifacts; test accuracy is "
+             "evaluated once, after the search, on the front only.", "",
+             "| trial | " + " | ".join(keys) + " | val acc | test acc | bytes | compression | "
+             "fit |", "|---" * (len(keys) + 6) + "|"]
+    for r in front:
+        vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
+        lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
+                     f"{r[M.TEST_ACCURACY]:.4f} | {int(r[M.SIZE_BYTES]):,} | "
+                     f"{r[M.COMPRESSION_RATIO]:.1f}x | "
+                     f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
+    if failed:
+        lines += ["", "## Failed trials", "", "| trial | error |", "|---|---|"]
+        lines += [f"| {r['trial_id']} | {r['error'].replace('|', '/')} |" for r in failed]
+    lines += ["", f"Final hypervolume: {ys[-1] if ys else 0.0:.4g}.", "",
+              "![front](pareto.png)", "", "![hypervolume](hypervolume.png)", ""]
+    (output / "report.md").write_text("\n".join(lines))
+
+    manifest = {
+        "experiment": cfg.name, "versions": _versions(),
+        "objectives": [list(o) for o in cfg.search.objectives],
+        "models": [{
+            "file": r["artifact"], "trial_id": r["trial_id"],
+            "config": json.loads(r["config_json"]),
+            "seed": json.loads(r["config_json"])["train"]["seed"],
+            "data_digest": _artifact_digest(output / r["artifact"]),
+            "metrics": {k: r[k] for k in (M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+                                          M.COMPRESSION_RATIO, M.PARAMS, M.NONZERO_PARAMS,
+                                          M.LATENCY_MS, M.TRAIN_ACCURACY)},
+        } for r in front],
+    }
+    (output / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    return {"trials": len(rows), "failed": len(failed), "front": len(front),
+            "hypervolume": ys[-1] if ys else 0.0}
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _artifact_digest(path: Path) -> str:
+    from distopt.compress import decode
+
+    return str(decode(path.read_bytes(), str(path)).meta.get("data_digest", ""))
+
+
+def save_config(cfg: Config, output: Path) -> None:
+    (output / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,53 @@
+"""The `distopt` command end to end, in fresh processes as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS, ROOT, TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def distopt(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    return subprocess.run([sys.executable, "-m", "distopt", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_train_then_evaluate(tmp_path):
+    out = tmp_path / "run"
+    p = distopt("train", "--config", str(CONFIGS / "mnist_cnn.yaml"), "--output", str(out), *TINY)
+    assert p.returncode == 0, p.stdout + p.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("val_accuracy", "test_accuracy", "size_bytes", "params", "nonzero_params",
+                "dense_fp32_bytes", "precision", "compression_ratio"):
+        assert key in metrics
+    assert metrics["size_bytes"] == (out / "model.dopt").stat().st_size
+    assert "epoch   0 train" in p.stdout + p.stderr and "test acc" in p.stdout
+    e = distopt("evaluate", str(out / "model.dopt"))
+    assert e.returncode == 0, e.stderr
+    assert json.loads(e.stdout)["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    # The output exists now: a second run must choose --resume or --overwrite.
+    again = distopt("train", "--output", str(out), *TINY)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_evaluate_rejects_a_foreign_file(tmp_path):
+    bad = tmp_path / "x.dopt"
+    bad.write_bytes(b"GIF89a" + bytes(100))
+    p = distopt("evaluate", str(bad))
+    assert p.returncode == 1 and "not a distopt artifact" in p.stderr
+
+
+def test_python_m_and_console_script_agree():
+    p = subprocess.run(["distopt", "config", "--reference"], capture_output=True, text=True)
+    q = distopt("config", "--reference")
+    assert p.returncode == q.returncode == 0 and p.stdout == q.stdout

@@ -42,10 +42,12 @@ __all__ = [
 class ConfigError(ValueError):
     """A configuration broke one or more rules; ``problems`` lists each, one line per problem."""
 
-    def __init__(self, problems: Sequence[str], source: str = "config") -> None:
-        self.problems = list(problems)
+    def __init__(self, problems: Sequence[str] | str, source: str = "config") -> None:
+        # A str is one problem (Ray re-raises remote exceptions from their message alone).
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
+        super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}"
+                         if not isinstance(problems, str) else problems)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from distopt import metrics as M
-from distopt.config import Config, load_config
+from distopt.config import Config, ConfigError, load_config
 from distopt.pareto import hypervolume, non_dominated
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,7 @@ def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
             v = m.get(k, math.nan)
             row[k] = float(v) if isinstance(v, (int, float)) and complete else math.nan
         row[M.PRECISION] = str(m.get(M.PRECISION, ""))
-        row["config_json"] = json.dumps(
-            cfg.with_overrides({k: result.config[k] for k in cfg.search.space
-                                if k in result.config}).to_dict()) if result.config else ""
+        row["config_json"] = _trial_config_json(cfg, result.config or {})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_number"])
 
@@ -158,6 +156,20 @@ def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
     pq.write_table(pa.Table.from_pylist(rows), output / TRIALS)
     return rows
+
+
+def _trial_config_json(cfg: Config, params: dict[str, Any]) -> str:
+    """The full config a trial ran with; for a trial whose sampled values were invalid, the
+    starting config with those values written in unvalidated."""
+    sampled = {k: params[k] for k in cfg.search.space if k in params}
+    try:
+        return json.dumps(cfg.trial_config().with_overrides(sampled).to_dict())
+    except ConfigError:
+        raw = cfg.trial_config().to_dict()
+        for key, value in sampled.items():
+            section, _, leaf = key.rpartition(".")
+            raw[section][leaf] = value
+        return json.dumps(raw)
 
 
 def _error_text(error: BaseException) -> str:

@@ -603,6 +603,8 @@ def reference_markdown() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rule = f.metadata.get("rule")
             tp = hints[f.name]
+            if typing.get_origin(tp) in (Union, types.UnionType):  # Optional[Literal[...]]
+                tp = next(a for a in typing.get_args(tp) if a is not type(None))
             rule_text = rule.text if rule else (
                 "one of " + ", ".join(repr(a) for a in typing.get_args(tp) if a is not None
                                       and a is not type(None))

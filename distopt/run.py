@@ -7,6 +7,7 @@ with and without Ray Train.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ def ensure_ray(**init_kwargs: Any) -> None:
     """Join the cluster named by ``RAY_ADDRESS``, or start a local Ray instance if unset."""
     import ray
 
+    # The Train controller polls its workers every 2 s by default, so every short trial waits
+    # up to 2 s to notice its workers finished. Processes of a local instance inherit this.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if not ray.is_initialized():
         # Keep Ray's own chatter (worker start-up, deprecation notices) off the user's console.
         init_kwargs.setdefault("logging_level", logging.WARNING)

@@ -51,3 +51,35 @@ def test_python_m_and_console_script_agree():
     p = subprocess.run(["distopt", "config", "--reference"], capture_output=True, text=True)
     q = distopt("config", "--reference")
     assert p.returncode == q.returncode == 0 and p.stdout == q.stdout
+
+
+# ---- The acceptance numbers, measured for real (each a few minutes on 2 cores) ----
+
+
+def _train_metrics(tmp_path: Path, *overrides: str) -> dict:
+    out = tmp_path / "run"
+    p = distopt("train", "--config", str(CONFIGS / "mnist_cnn.yaml"), "--output", str(out),
+                *overrides)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_default_config_on_embedded_data_reaches_97(tmp_path):
+    m = _train_metrics(tmp_path)
+    assert m["test_accuracy"] >= 0.97, m
+
+
+def test_full_mnist_seed_cnn_reaches_99(tmp_path, mnist_dir):
+    m = _train_metrics(tmp_path, "data.name=mnist", f"data.path={mnist_dir}",
+                       "compress.prune_ratio=0", "compress.quant_bits=32")
+    assert m["params"] == 225_034
+    assert m["test_accuracy"] >= 0.990, m
+
+
+def test_full_mnist_pruned_90_8bit_is_small_and_accurate(tmp_path, mnist_dir):
+    m = _train_metrics(tmp_path, "data.name=mnist", f"data.path={mnist_dir}",
+                       "compress.prune_ratio=0.9", "compress.quant_bits=8",
+                       "compress.finetune_epochs=1")
+    assert m["test_accuracy"] >= 0.988, m
+    assert m["size_bytes"] <= 40_000, m
+    assert m["dense_fp32_bytes"] == 900_136

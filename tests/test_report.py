@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from distopt import metrics as M
+from distopt.config import load_config
+from distopt.report import _trial_config_json, hypervolume_curve, verdict
+
+from conftest import CONFIGS
+
+
+def test_verdict_from_the_gap():
+    assert verdict(0.99, 0.95).startswith("overfits (gap +0.040)")
+    assert verdict(0.90, 0.95).startswith("underfits (gap -0.050)")
+    assert verdict(0.96, 0.95).startswith("balanced")
+    assert verdict(math.nan, 0.9) == "unknown"
+
+
+def test_trial_config_json_applies_the_sampled_values_and_overrides():
+    cfg = load_config(CONFIGS / "mnist_cnn.yaml")
+    full = json.loads(_trial_config_json(cfg, {"model.channels": 8, "train.lr": 0.003}))
+    assert full["model"]["channels"] == 8 and full["train"]["lr"] == 0.003
+    assert full["train"]["epochs"] == 2  # search.trial_overrides applied
+    # An invalid sampled value is still recorded, unvalidated, for the failed trial's row.
+    bad = json.loads(_trial_config_json(cfg, {"model.blocks": 5}))
+    assert bad["model"]["blocks"] == 5
+
+
+def test_hypervolume_curve_never_decreases_and_skips_failed():
+    cfg = load_config(CONFIGS / "smoke.yaml")
+    rows = [
+        {"trial_number": 0, "status": "COMPLETE", M.VAL_ACCURACY: 0.5, M.SIZE_BYTES: 1e4},
+        {"trial_number": 1, "status": "FAILED", M.VAL_ACCURACY: math.nan, M.SIZE_BYTES: math.nan},
+        {"trial_number": 2, "status": "COMPLETE", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 1e3},
+        {"trial_number": 3, "status": "COMPLETE", M.VAL_ACCURACY: 0.4, M.SIZE_BYTES: 1e5},
+    ]
+    xs, ys = hypervolume_curve(rows, cfg)
+    assert xs == [0, 1, 2, 3]
+    assert ys[0] == ys[1] and ys[2] > ys[1] and ys[3] == pytest.approx(ys[2])

@@ -31,8 +31,11 @@ def _fmt(v: Any) -> str:
 class ProgressTable(Callback):
     """Trial id, status, searched values, epoch, val accuracy and artifact size."""
 
+    MAX_KEYS = 6  # searched values shown; the rest are in trials.parquet
+    RECENT = 5  # finished trials kept in view beside the running ones
+
     def __init__(self, cfg: Config, interval_s: float = 15.0) -> None:
-        self.keys = list(cfg.search.space)
+        self.keys = list(cfg.search.space)[: self.MAX_KEYS]
         self.interval_s = interval_s
         self.rows: dict[str, dict[str, Any]] = {}
         self.last_print = 0.0
@@ -55,7 +58,11 @@ class ProgressTable(Callback):
         head = ["trial", "status"] + [_short(k) for k in self.keys] + ["epoch", "phase", "val_acc",
                                                                         "bytes"]
         lines = [head]
+        finished = [t for t, r in self.rows.items() if r["status"] != "RUNNING"]
+        shown = set(finished[-self.RECENT:])
         for tid, r in self.rows.items():
+            if r["status"] != "RUNNING" and tid not in shown:
+                continue
             lines.append([tid[-5:], r["status"]] + [_fmt(r.get(k, "-")) for k in self.keys] +
                          [_fmt(r.get(M.EPOCH, "-")), str(r.get(M.PHASE, "-")),
                           _fmt(r.get(M.VAL_ACCURACY, math.nan)), _fmt(r.get(M.SIZE_BYTES, math.nan))])

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from distopt import metrics as M
 from distopt.config import Config
 from distopt.train_loop import WorkerEnv, fit
 
@@ -75,8 +76,6 @@ def _worker_logging(rank: int, progress: bool = True) -> None:
 
 
 def format_epoch(m: dict[str, Any]) -> str:
-    from distopt import metrics as M
-
     return (f"epoch {m[M.EPOCH]:>3} {m[M.PHASE]:<8} loss {m[M.TRAIN_LOSS]:.4f} "
             f"train {m[M.TRAIN_ACCURACY]:.4f} val {m[M.VAL_ACCURACY]:.4f} "
             f"gap {m[M.GAP]:+.4f} {m[M.SAMPLES_PER_S]:,.0f} samples/s")

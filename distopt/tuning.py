@@ -79,8 +79,8 @@ def default_max_concurrent(cfg: Config) -> int:
 
 def check_fits(cfg: Config) -> list[str]:
     """Problems with a per-trial shape that this cluster can never place (fail fast instead of
-    waiting forever for a placement group). Autoscaling clusters are given the benefit of the
-    doubt only if they report no resources at all."""
+    waiting forever for a placement group). It judges the nodes alive now: a cluster that would
+    autoscale up to the shape is not yet recognized."""
     import ray
 
     t = cfg.trial_config().train

@@ -179,3 +179,21 @@ def test_killed_search_resumes_without_losing_completed_trials(tmp_path):
     assert len(rows) == 5 and sum(r["status"] == "COMPLETE" for r in rows) == 5
     finals = {tuple(v) for _, v in before.values()}
     assert finals <= {(r[M.VAL_ACCURACY], r[M.SIZE_BYTES]) for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_impossible_trial_shape_is_rejected_up_front(ray_local):
+    from distopt.tuning import check_fits, default_max_concurrent
+
+    ok = load_config(SMOKE)
+    assert check_fits(ok) == []
+    assert default_max_concurrent(ok) == 2  # 1-CPU workers on 2 CPUs
+    assert default_max_concurrent(load_config(SMOKE, ["train.cpus_per_worker=2"])) == 1
+    too_many = load_config(SMOKE, ["train.num_workers=3", "train.cpus_per_worker=1"])
+    assert "= 3 CPUs per trial, but the cluster has 2" in " ".join(check_fits(too_many))
+    gpu = load_config(SMOKE, ["train.use_gpu=true"])
+    assert "needs 1 GPUs, but the cluster has 0" in " ".join(check_fits(gpu))
+    # trial_overrides count: the shape every trial actually asks for.
+    via_overrides = load_config(SMOKE, ["search.trial_overrides={train.cpus_per_worker: 4}"])
+    assert "no node has that many CPUs" in " ".join(check_fits(via_overrides))

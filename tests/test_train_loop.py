@@ -142,3 +142,15 @@ def test_bf16_training_runs(splits):
     rec = Recorder()
     fit(cfg, WorkerEnv(), rec, splits=splits)
     assert rec.reports[-1][M.PRECISION] == "bf16"
+
+
+def test_mlp_family_with_structured_pruning_trains(splits):
+    cfg = load_config(None, TINY + ["model.family=mlp", "model.blocks=2", "model.dense_units=64",
+                                    "compress.prune_kind=structured", "compress.prune_ratio=0.5"])
+    rec = Recorder()
+    out = fit(cfg, WorkerEnv(), rec, splits=splits)
+    from distopt.compress import decode
+
+    spec = decode(out["artifact"]).model.spec
+    assert spec.family == "mlp" and spec.dense_units == (32, 32)
+    assert rec.reports[-1][M.PARAMS] < 784 * 64  # physically smaller than the dense model

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distopt.config import DataConfig
-from distopt.data import MINI_FILE, load_mnist_arrays, mini_path
+from distopt.data import load_mnist_arrays, mini_path
 
 log = logging.getLogger(__name__)
 

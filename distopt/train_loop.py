@@ -17,7 +17,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -220,8 +220,7 @@ def _nan_artifact_metrics() -> dict[str, float]:
 
 
 def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
-        evaluate_test: bool = False, splits: Splits | None = None,
-        on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        evaluate_test: bool = False, splits: Splits | None = None) -> dict[str, Any]:
     """Train, weight-prune, fine-tune, export and evaluate one configuration.
 
     Reports after every epoch (with a checkpoint ``state`` on rank 0) and once more at the end
@@ -339,8 +338,6 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             loss_sum += loss.detach() * len(b)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(b)
-            if on_step is not None:
-                on_step(step)
         elapsed = time.perf_counter() - t0
         tr_loss, tr_correct, tr_n, tr_time = _all_sum(
             [loss_sum.item(), float(correct.item()), float(seen), elapsed], env)

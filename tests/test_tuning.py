@@ -102,16 +102,18 @@ def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_failing_trials_fail_alone_and_busy_cluster_queues(ray_local, tmp_path):
-    """Some trials raise (an invalid sampled config) or diverge; 2-worker trials on 2 CPUs with
-    max_concurrent 3 queue instead of waiting forever for placement groups."""
-    from distopt.report import collect, write_report
-    from distopt.report import save_config
+    """Trials that raise (an invalid sampled config), run out of memory (a 6.4 TB layer: the
+    allocation fails at once, nothing is touched) or diverge fail alone with their reason; the
+    others complete. 2-worker trials on 2 CPUs with max_concurrent 3 queue instead of waiting
+    forever for placement groups."""
+    from distopt.report import collect, save_config, write_report
     from distopt.tuning import run_search
 
     cfg = load_config(SMOKE, [
-        "search.num_trials=5", "search.max_concurrent=3", "search.seed=4",
+        "search.num_trials=6", "search.max_concurrent=3", "search.seed=2",
         "train.num_workers=2", "train.cpus_per_worker=1", "train.optimizer=sgd",
-        "search.space={train.lr: {choices: [0.01, 1.0e+12]}, model.blocks: {choices: [2, 5]}}",
+        "search.space={train.lr: {choices: [0.01, 1.0e+12]}, model.blocks: {choices: [2, 5]}, "
+        "model.dense_units: {choices: [16, 1000000000]}}",
     ])
     out = tmp_path / "faults"
     out.mkdir()
@@ -119,17 +121,27 @@ def test_failing_trials_fail_alone_and_busy_cluster_queues(ray_local, tmp_path):
     grid = run_search(cfg, out)
     rows = collect(cfg, out, grid)
     write_report(out)
-    status = {(r["param.train.lr"], r["param.model.blocks"]): r["status"] for r in rows}
-    assert len(rows) == 5
-    for (lr, blocks), st in status.items():
-        assert st == ("COMPLETE" if lr == 0.01 and blocks == 2 else "FAILED"), status
-    assert any(s == "COMPLETE" for s in status.values())
-    assert any(s == "FAILED" for s in status.values())
-    errors = " ".join(r["error"] for r in rows)
-    if any(lr > 1 and b == 2 for lr, b in status):
-        assert "non-finite loss at epoch 0" in errors
-    if any(b == 5 for _, b in status):
-        assert "model.blocks: got 5" in errors
+    assert len(rows) == 6
+    kinds = set()
+    for r in rows:
+        lr, blocks, units = (r["param.train.lr"], r["param.model.blocks"],
+                             r["param.model.dense_units"])
+        ok = lr == 0.01 and blocks == 2 and units == 16
+        assert r["status"] == ("COMPLETE" if ok else "FAILED"), r
+        if blocks == 5:
+            kinds.add("invalid")
+            assert "model.blocks: got 5" in r["error"]
+        elif units > 16:
+            kinds.add("oom")
+            assert "can't allocate memory" in r["error"]
+        elif lr > 1:
+            kinds.add("diverged")
+            assert "non-finite loss at epoch 0" in r["error"]
+        else:
+            kinds.add("complete")
+            assert r[M.SIZE_BYTES] > 0
+    # The seed was chosen so that all four outcomes occur (Optuna's RandomSampler is seeded).
+    assert kinds == {"invalid", "oom", "diverged", "complete"}
     report = (out / "report.md").read_text()
     assert "## Failed trials" in report
     assert not _study(out).get_trials(states=(optuna.trial.TrialState.RUNNING,))

@@ -244,12 +244,6 @@ class Config:
         # The result has no trial_overrides left, so applying them is not repeated.
         return self.with_overrides({**self.search.trial_overrides, "search.trial_overrides": {}})
 
-    def get(self, dotted: str) -> Any:
-        obj: Any = self
-        for part in dotted.split("."):
-            obj = getattr(obj, part)
-        return obj
-
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Keras' classic mnist_cnn: Conv32-Conv64 (3x3 valid, each + max-pool 2), Dense128: 225,034.

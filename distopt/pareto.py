@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["to_minimization", "dominates", "non_dominated", "pareto_ranks", "hypervolume"]
+__all__ = ["to_minimization", "non_dominated", "pareto_ranks", "hypervolume"]
 
 
 def to_minimization(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -30,11 +30,6 @@ def to_minimization(points: np.ndarray, directions: Sequence[str]) -> np.ndarray
         raise ValueError(f"directions must be 'max' or 'min', but got {bad}")
     sign = np.array([-1.0 if d == "max" else 1.0 for d in directions])
     return points * sign
-
-
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    """``a`` dominates ``b`` (minimization): no worse anywhere, strictly better somewhere."""
-    return bool(np.all(a <= b) and np.any(a < b))
 
 
 def non_dominated(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:

@@ -21,7 +21,8 @@ from distopt.train_loop import WorkerEnv, fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrialResult", "ensure_ray", "fit_local", "run_trial", "train_loop_per_worker"]
+__all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial",
+           "train_loop_per_worker"]
 
 STATE_FILE = "state.pt"
 ARTIFACT_FILE = "model.dopt"
@@ -121,24 +122,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     return {"metrics": out["metrics"], "artifact": out["artifact"], "history": history}
 
 
-def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
-              evaluate_test: bool = True, callbacks: Sequence[Any] = ()) -> TrialResult:
-    """Run one configuration as a ``TorchTrainer`` job and return its final metrics and artifact.
-
-    Re-running with the same ``storage_path`` and ``name`` resumes from the last epoch
-    checkpoint (Ray Train's behaviour), so callers pick a fresh name for a fresh run."""
+def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_test: bool,
+                 log_epochs: bool = True, callbacks: Sequence[Any] = ()) -> Any:
+    """The ``TorchTrainer`` of one configuration: the workers hold the CPUs (and GPUs), every
+    epoch is checkpointed, and ``train.max_failures`` worker-group restarts resume from the last
+    checkpoint. Re-running one with the same ``storage_path`` and ``name`` resumes it too."""
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchTrainer
 
     t = cfg.train
-    ensure_ray()
-    resources: dict[str, float] = {"CPU": t.cpus_per_worker}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "evaluate_test": evaluate_test},
+        train_loop_config={"config": cfg.to_dict(), "evaluate_test": evaluate_test,
+                           "log_epochs": log_epochs},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(
             name=name, storage_path=str(Path(storage_path).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -148,7 +147,16 @@ def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
+
+
+def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
+              evaluate_test: bool = True) -> TrialResult:
+    """Run one configuration as a Ray Train job and return its final metrics and artifact.
+
+    Re-running with the same ``storage_path`` and ``name`` resumes from the last epoch
+    checkpoint (Ray Train's behaviour), so callers pick a fresh name for a fresh run."""
+    ensure_ray()
+    result = make_trainer(cfg, storage_path, name, evaluate_test=evaluate_test).fit()
     if result.error is not None:
         raise result.error
     out = result.return_value

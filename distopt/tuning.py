@@ -14,7 +14,6 @@ its last epoch checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from distopt.space import to_optuna
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchPaths", "check_fits", "default_max_concurrent", "make_sampler", "objective_values",
-           "run_search", "trainable", "trial"]
+__all__ = ["SearchPaths", "check_fits", "default_max_concurrent", "make_sampler", "run_search",
+           "trainable", "trial"]
 
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
 
@@ -105,29 +104,15 @@ def trial(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> N
 
     A config the sampled values make invalid raises here, and fails this trial alone."""
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from distopt.run import train_loop_per_worker
+    from distopt.run import make_trainer
 
     cfg = Config.from_dict(base).trial_config().with_overrides(params)
-    t = cfg.train
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "evaluate_test": False,
-                           "log_epochs": False},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(
-            name=trial_id, storage_path=train_storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            callbacks=[TuneReportCallback()],
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    # The trial id names the Train run: a restored trial resumes its own checkpoints.
+    trainer = make_trainer(cfg, train_storage, ray.tune.get_context().get_trial_id(),
+                           evaluate_test=False, log_epochs=False,
+                           callbacks=[TuneReportCallback()])
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -156,8 +141,7 @@ def trainable(cfg: Config, paths: SearchPaths) -> Any:
     return ray.tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY_BYTES})
 
 
-def run_search(cfg: Config, output: Path, resume: bool = False,
-               callbacks: list[Any] | None = None) -> Any:
+def run_search(cfg: Config, output: Path, resume: bool = False) -> Any:
     """Run (or resume) the search and return Tune's ``ResultGrid``."""
     import ray.tune
 
@@ -167,9 +151,8 @@ def run_search(cfg: Config, output: Path, resume: bool = False,
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     paths = SearchPaths(output.resolve())
     paths.train.mkdir(parents=True, exist_ok=True)
-    cbs = [ProgressTable(cfg)] + list(callbacks or [])
     run_config = ray.tune.RunConfig(
-        name="tune", storage_path=str(paths.root), verbose=0, callbacks=cbs,
+        name="tune", storage_path=str(paths.root), verbose=0, callbacks=[ProgressTable(cfg)],
         failure_config=ray.tune.FailureConfig(max_failures=0),  # a failing trial fails alone
     )
     if resume:
@@ -209,7 +192,4 @@ def _close_orphans(cfg: Config, paths: SearchPaths) -> None:
         log.warning("optuna trial %d was left RUNNING by an interrupted run: marked FAIL",
                     t.number)
 
-
-def objective_values(result: dict[str, Any], cfg: Config) -> list[float]:
-    return [float(result.get(name, math.nan)) for name, _ in cfg.search.objectives]
 

@@ -171,3 +171,19 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
 
     assert main(["train", "--output", str(out)]) == 2
     assert main(["train", "--output", str(out), "--resume", "--overwrite"]) == 2
+
+
+def test_relative_data_paths_become_absolute(tmp_path, monkeypatch):
+    """Ray workers run in another directory: a path typed relative to the shell must not be
+    re-read relative to theirs."""
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.name=mnist", "data.path=mnist", "data.cache_dir=cache"])
+    assert cfg.data.path == str(tmp_path / "mnist")
+    assert cfg.data.cache_dir == str(tmp_path / "cache")
+    # Rebuilt in a worker from its dict form, no filesystem check runs (the path may only
+    # exist on the worker's node).
+    from distopt.config import Config
+
+    assert Config.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
+                                                        "path": "/only/on/workers"}})

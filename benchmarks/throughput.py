@@ -3,9 +3,11 @@
 Same model (seed CNN), data, batch size and loop code (:func:`distopt.train_loop.fit`) in
 every setup; only the launcher differs. Samples/s are steady state: epochs after the first,
 training steps only. Start-up (``fit()`` call to the first line of the loop) and teardown are
-reported apart. Also: augmentation cost per step and peak memory of a 1-worker trial.
+reported apart. Also: augmentation cost per step, peak memory of a 1-worker trial, and the
+recurrent models' training step in fp32 versus bf16 (each cell, sequential MNIST and tokens).
 
-    python benchmarks/throughput.py            # embedded data, about 4 minutes on 2 cores
+    python benchmarks/throughput.py            # embedded data, about 5 minutes on 2 cores
+    python benchmarks/throughput.py --only rnn # just the recurrent step timings, ~1 minute
     python benchmarks/throughput.py --epochs 4 --data mnist --mnist-dir ../shared/data/mnist
 """
 
@@ -29,7 +31,7 @@ from _common import table, write  # noqa: E402
 from distopt import metrics as M  # noqa: E402
 from distopt.augment import random_affine  # noqa: E402
 from distopt.config import Config, load_config  # noqa: E402
-from distopt.models import build_model, seed_cnn  # noqa: E402
+from distopt.models import build_model, seed_cnn, seed_rnn  # noqa: E402
 from distopt.run import ensure_ray, fit_local, run_trial  # noqa: E402
 from distopt.train_loop import _cpu_bf16_supported  # noqa: E402
 
@@ -79,6 +81,55 @@ def augmentation_cost(batch: int = 128, reps: int = 30) -> dict[str, float]:
             "batch": batch}
 
 
+def rnn_step_times(batch: int = 128, reps: int = 10) -> list[dict[str, Any]]:
+    """Training step (forward, backward, Adam) of the seed RNN shape per cell, fp32 vs bf16
+    autocast, timed interleaved (fp32, bf16, fp32, bf16, ...) so that both see the same load."""
+    import dataclasses
+
+    out = []
+    for tokens in (False, True):
+        for cell in ("rnn", "gru", "lstm"):
+            torch.manual_seed(0)
+            spec = dataclasses.replace(seed_rnn(tokens), cell=cell)
+            model = build_model(spec)
+            opt = torch.optim.Adam(model.parameters())
+            x = (torch.randint(1, 5000, (batch, *spec.in_shape)) if tokens else
+                 torch.randn(batch, *spec.in_shape))
+            y = torch.randint(0, 10, (batch,))
+
+            def step(bf16: bool) -> float:
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                return time.perf_counter() - t0
+
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for i in range(reps + 2):
+                for bf16 in (False, True):
+                    dt = step(bf16)
+                    if i >= 2:  # warm-up
+                        times[bf16].append(dt)
+            fp32_ms = statistics.median(times[False]) * 1e3
+            bf16_ms = statistics.median(times[True]) * 1e3
+            out.append({"input": "tokens (5000 x 128 embedding, 64 steps)" if tokens
+                        else "MNIST rows (28 steps x 28)", "cell": cell, "batch": batch,
+                        "fp32_ms": fp32_ms, "bf16_ms": bf16_ms, "bf16_speedup": fp32_ms / bf16_ms,
+                        "fp32_samples_per_s": batch / fp32_ms * 1e3,
+                        "bf16_samples_per_s": batch / bf16_ms * 1e3})
+    return out
+
+
+def print_rnn(rnn: list[dict[str, Any]]) -> None:
+    print(table(["input", "cell", "fp32 ms/step", "bf16 ms/step", "fp32 samples/s",
+                 "bf16 samples/s", "bf16 speed-up"],
+                [[r["input"], r["cell"], r["fp32_ms"], r["bf16_ms"], r["fp32_samples_per_s"],
+                  r["bf16_samples_per_s"], f"{r['bf16_speedup']:.2f}x"] for r in rnn]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--epochs", type=int, default=4)
@@ -86,8 +137,16 @@ def main() -> None:
     ap.add_argument("--mnist-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--out", default=None, help="directory for throughput.json")
+    ap.add_argument("--only", choices=["rnn"], default=None,
+                    help="rnn: only the recurrent step timings (writes throughput_rnn.json)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    out_dir = Path(args.out) if args.out else Path(__file__).parent / "results"
+    if args.only == "rnn":
+        rnn = rnn_step_times()
+        print_rnn(rnn)
+        print(f"\nwrote {write('throughput_rnn', {'rnn_step': rnn}, out_dir)}")
+        return
 
     overrides = [f"train.epochs={args.epochs}", "compress.prune_ratio=0", "compress.quant_bits=32",
                  "augment.rotation=0", "augment.shift=0", "augment.shear=0", "augment.zoom=0",
@@ -134,6 +193,7 @@ def main() -> None:
                   flush=True)
 
     aug = augmentation_cost()
+    rnn = rnn_step_times()
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     one_worker = [r for r in results if r["setup"].startswith("Ray Train 1")]
     memory = {"driver_peak_rss_mb": driver_peak,
@@ -153,10 +213,12 @@ def main() -> None:
     print(table(["driver peak RSS MB", "1-worker peak RSS MB", "driver + worker MB"],
                 [[memory["driver_peak_rss_mb"], memory["worker_peak_rss_mb"],
                   memory["driver_plus_worker_mb"]]]))
+    print()
+    print_rnn(rnn)
     out = write("throughput", {"config": base.to_dict(), "ray_init_s": ray_init_s,
                                "results": results, "augmentation": aug, "memory": memory,
-                               "seeds": {"train.seed": base.train.seed}},
-                Path(args.out) if args.out else Path(__file__).parent / "results")
+                               "rnn_step": rnn, "seeds": {"train.seed": base.train.seed}},
+                out_dir)
     print(f"\nwrote {out}")
 
 

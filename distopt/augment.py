@@ -1,4 +1,5 @@
-"""Batched random affine augmentation (rotation, shift, shear, zoom) on the training device.
+"""Batched augmentation on the training device: random affine transforms for images
+(rotation, shift, shear, zoom) and random cropping and token dropout for token sequences.
 
 One ``affine_grid`` + ``grid_sample`` call transforms a whole batch, each sample with its own
 random matrix, so the cost stays a small fraction of a training step. Units follow Keras'
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from distopt.config import AugmentConfig
 
-__all__ = ["random_affine", "is_identity"]
+__all__ = ["random_affine", "random_tokens", "is_identity"]
 
 
 def is_identity(cfg: AugmentConfig) -> bool:
@@ -54,3 +55,31 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     theta = torch.cat([linear, torch.stack([tx, ty], 1)[:, :, None]], 2)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_tokens(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Crop and drop tokens of a front-padded id batch ``(B, L)`` (0 = padding).
+
+    Cropping cuts ``floor(u * crop * length)`` ids (u uniform in [0, 1)) from the start or,
+    with equal odds, from the end of each sequence's real tokens and re-pads it at the front;
+    token dropout then replaces each id by padding with probability ``token_dropout``. Both keep
+    the order of what remains, which is what a sequence model must read."""
+    if cfg.crop == 0 and cfg.token_dropout == 0:
+        return x
+    b, length = x.shape
+    dev = x.device
+    pos = torch.arange(length, device=dev)
+    if cfg.crop:
+        nonzero = x != 0
+        # First real position; length for an all-padding row.
+        start = torch.where(nonzero.any(1), nonzero.int().argmax(1),
+                            torch.full((b,), length, device=dev))
+        cut = (torch.rand(b, generator=generator, device=dev) * cfg.crop
+               * (length - start)).long()
+        from_end = torch.rand(b, generator=generator, device=dev) < 0.5
+        shift = cut * from_end  # cutting the end = shifting right by `cut`
+        x = x.gather(1, (pos[None] - shift[:, None]).clamp(min=0))
+        x = x * (pos[None] >= (start + cut)[:, None])
+    if cfg.token_dropout:
+        x = x * (torch.rand(b, length, generator=generator, device=dev) >= cfg.token_dropout)
+    return x

@@ -8,14 +8,16 @@ File layout (little-endian)::
     b"DOPT" | version u16 | codec u8 | reserved u8 | body_len u32 | body | crc32 u32
     body (compressed by codec) = header_len u32 | header JSON | tensor payloads in header order
 
-Each weight tensor's payload is: a bitmask of its non-zeros (only if it is sparse), then one
-float32 scale per output channel (only if quantized), then the non-zero values, as float32,
-int16, int8 or two 4-bit values per byte. Biases stay float32. The CRC covers everything before
+Each weight tensor's payload (conv, dense, recurrent, embedding) is: a bitmask of its non-zeros
+(only if it is sparse), then one float32 scale per output channel, or per column for embeddings
+(only if quantized), then the non-zero values, as float32, int16, int8 or two 4-bit values per
+byte. Biases stay float32. The CRC covers everything before
 it, so truncated or altered files are rejected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import math
@@ -29,7 +31,8 @@ import torch
 from torch import nn
 
 from distopt import metrics as M
-from distopt.models import ModelSpec, Net, build_model, prunable_layers
+from distopt.models import (GATES, Model, ModelSpec, RecurrentNet, build_model,
+                            prunable_weights)
 
 __all__ = [
     "ArtifactError",
@@ -62,14 +65,13 @@ class ArtifactError(ValueError):
 
 
 def _weights(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    layer_ids = {id(m) for m in prunable_layers(model)}
-    for name, module in model.named_modules():
-        if id(module) in layer_ids:
-            yield f"{name}.weight", module.weight
+    for name, w, _ in prunable_weights(model):
+        yield name, w
 
 
 def global_magnitude_masks(model: nn.Module, ratio: float) -> Masks:
-    """Masks that remove the ``ratio`` smallest-magnitude weights across all conv/dense layers.
+    """Masks that remove the ``ratio`` smallest-magnitude weights across all weight matrices
+    (conv, dense, recurrent, embedding: see :func:`distopt.models.prunable_weights`).
 
     Works on any memory format (``torch.nn.utils.prune`` fails on channels-last weights)."""
     named = list(_weights(model))
@@ -99,9 +101,12 @@ def _keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def structured_prune(model: Net, ratio: float) -> Net:
-    """Remove the ``ratio`` lowest-L1-norm channels of every conv layer and units of every
-    hidden dense layer, returning a physically smaller model with the surviving weights."""
+def structured_prune(model: Model, ratio: float) -> Model:
+    """Remove the ``ratio`` lowest-L1-norm channels of every conv layer, units of every hidden
+    dense layer and (rnn) embedding dimensions and hidden units of every recurrent layer,
+    returning a physically smaller model with the surviving weights."""
+    if isinstance(model, RecurrentNet):
+        return _structured_prune_rnn(model, ratio)
     spec = model.spec
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     denses = [m for m in model.classifier if isinstance(m, nn.Linear)]
@@ -120,17 +125,9 @@ def structured_prune(model: Net, ratio: float) -> Net:
         keep_in = (keep_in[:, None] * (h * w_) + torch.arange(h * w_)[None]).flatten()
     else:
         keep_in = torch.arange(int(np.prod(spec.in_shape)))
-    new_units = []
-    for i, dense in enumerate(denses):
-        w = dense.weight[:, keep_in]
-        last = i == len(denses) - 1
-        keep = torch.arange(w.shape[0]) if last else _keep(w.abs().sum(1).float(), ratio)
-        state[f"d{i}.w"], state[f"d{i}.b"] = w[keep], dense.bias[keep]
-        if not last:
-            new_units.append(len(keep))
-        keep_in = keep
-    new_spec = ModelSpec(spec.family, spec.in_shape, spec.num_classes, tuple(new_channels),
-                         tuple(new_units), spec.kernel_size, spec.dropout)
+    new_units = _prune_head([(f"d{i}.", d) for i, d in enumerate(denses)], keep_in, ratio, state)
+    new_spec = dataclasses.replace(spec, conv_channels=tuple(new_channels),
+                                   dense_units=tuple(new_units))
     new = build_model(new_spec)
     new_convs = [m for m in new.features if isinstance(m, nn.Conv2d)]
     new_denses = [m for m in new.classifier if isinstance(m, nn.Linear)]
@@ -138,9 +135,66 @@ def structured_prune(model: Net, ratio: float) -> Net:
         m.weight.copy_(state[f"c{i}.w"])
         m.bias.copy_(state[f"c{i}.b"])
     for i, m in enumerate(new_denses):
-        m.weight.copy_(state[f"d{i}.w"])
-        m.bias.copy_(state[f"d{i}.b"])
+        m.weight.copy_(state[f"d{i}.weight"])
+        m.bias.copy_(state[f"d{i}.bias"])
     return new
+
+
+def _prune_head(denses: list[tuple[str, nn.Linear]], keep_in: torch.Tensor, ratio: float,
+                state: dict[str, torch.Tensor]) -> list[int]:
+    """Prune hidden dense units (never the classifier's outputs) of ``(state key prefix,
+    layer)`` pairs into ``state``; returns the new hidden widths."""
+    new_units = []
+    for i, (key, dense) in enumerate(denses):
+        w = dense.weight[:, keep_in]
+        last = i == len(denses) - 1
+        keep = torch.arange(w.shape[0]) if last else _keep(w.abs().sum(1).float(), ratio)
+        state[f"{key}weight"], state[f"{key}bias"] = w[keep], dense.bias[keep]
+        if not last:
+            new_units.append(len(keep))
+        keep_in = keep
+    return new_units
+
+
+def _structured_prune_rnn(model: RecurrentNet, ratio: float) -> RecurrentNet:
+    """Embedding dimensions and recurrent hidden units, scored by the L1 norm of the weights
+    that produce them (a unit's rows in every gate block of ``weight_ih`` and ``weight_hh``).
+
+    Removing a unit is exact for a unit whose incoming weights and biases are zero: its state
+    stays 0 in all three cells (tanh(0) = 0; GRU and LSTM keep 0 * 0.5 = 0), so it feeds
+    nothing forward. A test checks the pruned model against the original with the removed units'
+    incoming weights zeroed."""
+    spec = model.spec
+    state: dict[str, torch.Tensor] = {}
+    embed_dim = 0
+    if model.embedding is not None:
+        w = model.embedding.weight
+        keep_in = _keep(w.abs().sum(0).float(), ratio)
+        state["embedding.weight"] = w[:, keep_in]
+        embed_dim = len(keep_in)
+    else:
+        keep_in = torch.arange(spec.in_shape[0] * spec.in_shape[2])
+    gates = GATES[spec.cell]
+    new_units = []
+    for i, layer in enumerate(model.recurrent):
+        hidden = layer.hidden_size
+        w_ih, w_hh = layer.weight_ih_l0[:, keep_in], layer.weight_hh_l0
+        per_unit = (w_ih.abs().sum(1) + w_hh.abs().sum(1)).reshape(gates, hidden).sum(0)
+        keep = _keep(per_unit.float(), ratio)
+        rows = (torch.arange(gates)[:, None] * hidden + keep[None]).flatten()
+        p = f"recurrent.{i}."
+        state[p + "weight_ih_l0"], state[p + "weight_hh_l0"] = w_ih[rows], w_hh[rows][:, keep]
+        state[p + "bias_ih_l0"], state[p + "bias_hh_l0"] = layer.bias_ih_l0[rows], \
+            layer.bias_hh_l0[rows]
+        new_units.append(len(keep))
+        keep_in = keep
+    denses = [(f"classifier.{k}.", m) for k, m in enumerate(model.classifier)
+              if isinstance(m, nn.Linear)]
+    new_dense = _prune_head(denses, keep_in, ratio, state)
+    new = build_model(dataclasses.replace(spec, rnn_units=tuple(new_units),
+                                          dense_units=tuple(new_dense), embed_dim=embed_dim))
+    new.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return new  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,25 +243,32 @@ def _unpack(buf: memoryview, n: int, bits: int) -> tuple[np.ndarray, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def encode(model: Net, bits: int, meta: dict[str, Any] | None = None) -> bytes:
+def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes:
     """Serialize a (pruned) model: sparse bitmask + per-channel quantized weights, compressed.
 
     Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values."""
     if bits not in (32, 16, 8, 4):
         raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {bits!r}")
-    weight_names = {n for n, _ in _weights(model)}
+    axes = {n: axis for n, _, axis in prunable_weights(model)}
     tensors, chunks = [], []
     for name, t in model.state_dict().items():
         a = t.detach().float().contiguous().cpu().numpy()
-        is_weight = name in weight_names
+        is_weight = name in axes
         b = bits if is_weight else 32
         nz = a != 0
         sparse = is_weight and bool((~nz).any())
-        entry = {"name": name, "shape": list(a.shape), "bits": b, "sparse": sparse}
+        entry: dict[str, Any] = {"name": name, "shape": list(a.shape), "bits": b,
+                                 "sparse": sparse}
         if sparse:
             chunks.append(np.packbits(nz.ravel()).tobytes())
         if b == 32:
             chunks.append((a[nz] if sparse else a.ravel()).astype("<f4").tobytes())
+        elif axes[name] == 1:  # one scale per column (embeddings)
+            entry["axis"] = 1
+            qt, scale = quantize_per_channel(np.ascontiguousarray(a.T), b)
+            chunks.append(scale.astype("<f4").tobytes())
+            q = np.ascontiguousarray(qt.T)
+            chunks.append(_pack((q[nz] if sparse else q.ravel()), b))
         else:
             q, scale = quantize_per_channel(a, b)
             chunks.append(scale.astype("<f4").tobytes())
@@ -227,7 +288,7 @@ def encode(model: Net, bits: int, meta: dict[str, Any] | None = None) -> bytes:
 
 @dataclass(frozen=True)
 class Decoded:
-    model: Net
+    model: Model
     meta: dict[str, Any]
     tensors: list[dict[str, Any]]
 
@@ -274,14 +335,16 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
             values[nz] = np.frombuffer(buf[pos:pos + 4 * count], "<f4")
             pos += 4 * count
         else:
-            rows = shape[0]
+            axis = e.get("axis", 0)
+            rows = shape[axis]
             scale = np.frombuffer(buf[pos:pos + 4 * rows], "<f4")
             pos += 4 * rows
             q, used = _unpack(buf[pos:], count, bits)
             pos += used
             dense_q = np.zeros(n, np.float32)
             dense_q[nz] = q
-            values = (dense_q.reshape(rows, -1) * scale[:, None]).ravel()
+            values = (dense_q.reshape(shape) * scale[None, :] if axis == 1 else
+                      dense_q.reshape(rows, -1) * scale[:, None]).ravel()
         state[e["name"]] = torch.from_numpy(values.reshape(shape).copy())
     model = build_model(ModelSpec.from_dict(header["spec"]))
     model.load_state_dict(state)

@@ -100,9 +100,11 @@ MNIST_MIRRORS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["mnist-mini", "mnist", "parquet"] = _opt(
+    name: Literal["mnist-mini", "mnist", "parquet", "tokens-mini"] = _opt(
         "mnist-mini", doc="mnist-mini: embedded 12k/2k subset (offline); mnist: full 70k; "
-        "parquet: your own files")
+        "parquet: your own files; tokens-mini: generated token sequences (offline)")
+    kind: Literal["image", "tokens"] = _opt("image", doc="image: (C, H, W) arrays; tokens: "
+                                            "integer id sequences (rnn family only)")
     path: str | None = _opt(None, doc="mnist: directory with the four IDX files (raw or .gz); "
                             "parquet: training file, directory or glob")
     test_path: str | None = _opt(None, doc="parquet: test file, directory or glob")
@@ -119,20 +121,30 @@ class DataConfig:
                                   "must be 3 positive integers (channels, height, width)"),
                                   "input shape (C, H, W)")
     num_classes: int = _opt(10, _range(2), "number of classes")
+    max_len: int = _opt(64, _range(1), "tokens: sequences are padded at the front or cut "
+                        "to their last max_len ids")
+    vocab_size: int = _opt(5000, _range(2), "tokens: ids must lie in [0, vocab_size); 0 is "
+                           "padding")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: Literal["cnn", "mlp"] = _opt("cnn", doc="cnn: conv blocks + dense head; mlp: dense")
-    preset: Literal["seed_cnn", "lenet_300_100"] | None = _opt(
+    family: Literal["cnn", "mlp", "rnn"] = _opt(
+        "cnn", doc="cnn: conv blocks + dense head; mlp: dense; rnn: recurrent layers + head")
+    preset: Literal["seed_cnn", "lenet_300_100", "seed_rnn"] | None = _opt(
         None, doc="named architecture; keys given beside it override it")
     channels: int = _opt(32, _range(1), "cnn: channels of the first conv block; each next "
                          "block doubles them")
     blocks: int = _opt(2, _range(1, 6), "cnn: conv blocks (conv 3x3 valid + max-pool 2); "
-                       "mlp: hidden layers")
+                       "mlp: hidden layers; rnn: stacked recurrent layers")
     dense_units: int = _opt(128, _range(1), "width of each hidden dense layer")
-    dense_layers: int = _opt(1, _range(0, 4), "cnn: hidden dense layers after the conv blocks")
+    dense_layers: int = _opt(1, _range(0, 4), "cnn, rnn: hidden dense layers before the "
+                             "classifier")
     kernel_size: int = _opt(3, _range(1, 7), "cnn: conv kernel size")
+    cell: Literal["rnn", "gru", "lstm"] = _opt("rnn", doc="rnn: recurrent cell (rnn = Elman "
+                                               "tanh, Keras' SimpleRNN)")
+    hidden_size: int = _opt(128, _range(1), "rnn: hidden units of each recurrent layer")
+    embed_dim: int = _opt(128, _range(1), "rnn on tokens: embedding dimension")
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,8 @@ class TrainConfig:
     cpus_per_worker: float = _opt(2.0, _range(0, lo_open=True), "CPUs each worker holds")
     seed: int = _opt(0, _range(0), "seed of weights, shuffling, dropout and augmentation")
     max_failures: int = _opt(1, _range(0), "worker-group restarts from the last checkpoint")
+    grad_clip: float = _opt(0.0, _range(0), "max global gradient norm; 0 = off (helps rnn "
+                            "cells)")
     max_steps_per_epoch: int | None = _opt(None, Rule(lambda v: v is None or v >= 1,
                                            "must be null or >= 1"), "cap on steps per epoch")
 
@@ -172,6 +186,10 @@ class AugmentConfig:
     shear: float = _opt(0.0, _range(0, 89), "max shear angle, degrees (uniform +-; Keras units)")
     zoom: float = _opt(0.0, _range(0, 1, hi_open=True), "zoom in [1-z, 1+z], x and y drawn "
                        "independently")
+    token_dropout: float = _opt(0.0, _range(0, 1, hi_open=True), "tokens: probability that "
+                                "each id is replaced by padding (0)")
+    crop: float = _opt(0.0, _range(0, 1, hi_open=True), "tokens: up to this fraction of a "
+                       "sequence is cut from its start or end (then re-padded)")
 
 
 @dataclass(frozen=True)
@@ -251,6 +269,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "dense_layers": 1, "kernel_size": 3},
     # Deep Compression's LeNet-300-100 shape needs unequal widths; closest in the family.
     "lenet_300_100": {"family": "mlp", "blocks": 2, "dense_units": 300},
+    # The seed's Keras RNN: Embedding(5000, 128) -> SimpleRNN(128, return_sequences=True) ->
+    # SimpleRNN(128) -> Dense(10). On images (sequential MNIST) there is no embedding.
+    "seed_rnn": {"family": "rnn", "cell": "rnn", "blocks": 2, "hidden_size": 128,
+                 "embed_dim": 128, "dense_layers": 0},
 }
 
 
@@ -467,6 +489,20 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         if p and not any(ch in p for ch in "*?[") and "://" not in p and \
                 not Path(p).expanduser().exists():
             problems.append(f"data: path {p!r} does not exist")
+    if d.name == "tokens-mini" and d.kind != "tokens":
+        problems.append(f"data.kind: got {d.kind!r}; data.name 'tokens-mini' is 'tokens'")
+    if d.name in ("mnist", "mnist-mini") and d.kind != "image":
+        problems.append(f"data.kind: got {d.kind!r}; data.name {d.name!r} is 'image'")
+    if d.kind == "tokens" and m.family != "rnn":
+        problems.append(f"model.family: got {m.family!r}; token sequences need 'rnn'")
+    a = cfg.augment
+    image_aug = {k: v for k, v in (("rotation", a.rotation), ("shift", a.shift),
+                                   ("shear", a.shear), ("zoom", a.zoom)) if v}
+    token_aug = {k: v for k, v in (("token_dropout", a.token_dropout), ("crop", a.crop)) if v}
+    if d.kind == "tokens" and image_aug:
+        problems.append(f"augment: got {image_aug}; image augmentation needs data.kind 'image'")
+    if d.kind == "image" and token_aug:
+        problems.append(f"augment: got {token_aug}; token augmentation needs data.kind 'tokens'")
     if d.name in ("mnist", "mnist-mini") and (tuple(d.shape) != (1, 28, 28)
                                               or d.num_classes != 10):
         problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "

@@ -53,7 +53,8 @@ MINI_FILE = "mnist_mini.parquet"
 @dataclass(frozen=True)
 class Splits:
     """Train/validation/test arrays. Images are ``(N, C, H, W)``, uint8 (scale 1/255) or
-    float32 (scale 1); labels int64. ``digest`` identifies the data for manifests."""
+    float32 (scale 1); token sequences are ``(N, max_len)`` int32 ids (0 = padding); labels
+    int64. ``digest`` identifies the data for manifests."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -66,6 +67,10 @@ class Splits:
     @property
     def scale(self) -> float:
         return 1.0 / 255.0 if self.x_train.dtype == np.uint8 else 1.0
+
+    @property
+    def tokens(self) -> bool:
+        return self.x_train.dtype == np.int32
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,19 +206,37 @@ def _expand(pattern: str) -> list[Path]:
     return files
 
 
+def _read_table(path: Path, columns: Sequence[str]) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; has {table.column_names}")
+    return table
+
+
+def _labels(table: pa.Table, label_column: str, num_classes: int, path: Path) -> np.ndarray:
+    y_col = table.column(label_column)
+    if not pa.types.is_integer(y_col.type):
+        raise DataError(f"{path}: label column {label_column!r} has type {y_col.type}; "
+                        "expected integers")
+    y = y_col.to_numpy().astype(np.int64)
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise DataError(f"{path}: {int(bad.sum())} label(s) outside [0, {num_classes}), "
+                        f"e.g. {int(y[bad][0])}")
+    return y
+
+
 def read_parquet_arrays(paths: Sequence[Path], feature_column: str, label_column: str,
                         shape: Sequence[int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Read features ``(N, *shape)`` and labels from Parquet, checking every file."""
     xs, ys = [], []
     n_feat = int(np.prod(shape))
     for path in paths:
-        try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        missing = [c for c in (feature_column, label_column) if c not in table.column_names]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; has {table.column_names}")
+        table = _read_table(path, (feature_column, label_column))
         col = table.column(feature_column).combine_chunks()
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or \
                 pa.types.is_fixed_size_binary(col.type):
@@ -236,21 +259,86 @@ def read_parquet_arrays(paths: Sequence[Path], feature_column: str, label_column
         else:
             raise DataError(f"{path}: column {feature_column!r} has type {col.type}; expected a "
                             "list of numbers or binary image bytes")
-        y_col = table.column(label_column)
-        if not pa.types.is_integer(y_col.type):
-            raise DataError(f"{path}: label column {label_column!r} has type {y_col.type}; "
-                            "expected integers")
-        y = y_col.to_numpy().astype(np.int64)
-        bad = (y < 0) | (y >= num_classes)
-        if bad.any():
-            raise DataError(f"{path}: {int(bad.sum())} label(s) outside [0, {num_classes}), "
-                            f"e.g. {int(y[bad][0])}")
         xs.append(x)
-        ys.append(y)
+        ys.append(_labels(table, label_column, num_classes, path))
     dtypes = {x.dtype for x in xs}
     x_all = np.concatenate([x.astype(np.float32) for x in xs]) if len(dtypes) > 1 else \
         np.concatenate(xs)
     return x_all, np.concatenate(ys)
+
+
+def pad_tokens(seqs: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """Pad at the front with 0 / keep the last ``max_len`` ids (Keras' ``pad_sequences``
+    defaults), so that a recurrent network's last step always sees real tokens."""
+    out = np.zeros((len(seqs), max_len), np.int32)
+    for i, s in enumerate(seqs):
+        s = s[-max_len:]
+        if len(s):
+            out[i, max_len - len(s):] = s
+    return out
+
+
+def read_parquet_tokens(paths: Sequence[Path], feature_column: str, label_column: str,
+                        max_len: int, vocab_size: int, num_classes: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Read token sequences (a list-of-integers column) and labels from Parquet, padded or cut
+    to ``max_len``; ids outside ``[0, vocab_size)`` are an error naming the file."""
+    xs, ys = [], []
+    for path in paths:
+        table = _read_table(path, (feature_column, label_column))
+        col = table.column(feature_column).combine_chunks()
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+                or pa.types.is_fixed_size_list(col.type)) or \
+                not pa.types.is_integer(col.type.value_type):
+            raise DataError(f"{path}: column {feature_column!r} has type {col.type}; token "
+                            "sequences need a list of integers")
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = (flat < 0) | (flat >= vocab_size)
+        if bad.any():
+            raise DataError(f"{path}: {int(bad.sum())} token id(s) outside [0, {vocab_size}) "
+                            f"(data.vocab_size), e.g. {int(flat[bad][0])}")
+        offsets = (np.arange(len(col) + 1) * col.type.list_size
+                   if pa.types.is_fixed_size_list(col.type) else col.offsets.to_numpy())
+        xs.append(pad_tokens([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], max_len))
+        ys.append(_labels(table, label_column, num_classes, path))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# Sizes of the generated token dataset (tokens-mini).
+TOKENS_MINI_TRAIN, TOKENS_MINI_TEST = 10_000, 2_000
+
+
+def generate_tokens(n: int, vocab_size: int, max_len: int, num_classes: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic text-classification set that can only be learned by reading the tokens.
+
+    Ids ``1 .. num_classes * T`` are split into ``num_classes`` topics of ``T`` ids each
+    (``T = 16``, fewer if the vocabulary is small); all other ids are topic-free filler. Every sequence
+    has a random length in ``[max_len / 2, max_len]`` of filler, into which ``k`` ids of its
+    label's topic (k uniform in 3..6) and ``j < k`` ids of one other topic are placed at random
+    positions. The label is the topic with the most ids: length, position and filler carry no
+    information, and a distractor topic is always present, so a model has to recognise the
+    topic ids and count them."""
+    rng = np.random.default_rng(seed)
+    per_topic = max(1, min(16, (vocab_size - 1) // (2 * num_classes)))
+    first_filler = 1 + num_classes * per_topic
+    if first_filler >= vocab_size or max_len < 12:
+        raise DataError(f"tokens-mini: vocab_size {vocab_size} and max_len {max_len} are too "
+                        f"small for {num_classes} topics (need vocab_size > "
+                        f"{first_filler} and max_len >= 12)")
+    y = rng.integers(0, num_classes, n)
+    other = (y + rng.integers(1, num_classes, n)) % num_classes
+    seqs = []
+    for label, distractor in zip(y, other):
+        k = int(rng.integers(3, 7))
+        j = int(rng.integers(1, k))
+        length = int(rng.integers(max(max_len // 2, k + j), max_len + 1))
+        s = rng.integers(first_filler, vocab_size, length)
+        pos = rng.choice(length, k + j, replace=False)
+        s[pos[:k]] = 1 + label * per_topic + rng.integers(0, per_topic, k)
+        s[pos[k:]] = 1 + distractor * per_topic + rng.integers(0, per_topic, j)
+        seqs.append(s)
+    return pad_tokens(seqs, max_len), y.astype(np.int64)
 
 
 def mini_path() -> Path:
@@ -289,6 +377,20 @@ def load_splits(cfg: DataConfig) -> Splits:
         x_tr, y_tr, x_te, y_te = load_mini()
     elif cfg.name == "mnist":
         x_tr, y_tr, x_te, y_te = load_mnist_arrays(cfg)
+    elif cfg.name == "tokens-mini":
+        x, y = generate_tokens(TOKENS_MINI_TRAIN + TOKENS_MINI_TEST, cfg.vocab_size, cfg.max_len,
+                               cfg.num_classes, seed=0)
+        x_tr, y_tr = x[:TOKENS_MINI_TRAIN], y[:TOKENS_MINI_TRAIN]
+        x_te, y_te = x[TOKENS_MINI_TRAIN:], y[TOKENS_MINI_TRAIN:]
+    elif cfg.kind == "tokens":
+        assert cfg.path is not None
+        args = (cfg.feature_column, cfg.label_column, cfg.max_len, cfg.vocab_size,
+                cfg.num_classes)
+        x_tr, y_tr = read_parquet_tokens(_expand(cfg.path), *args)
+        if cfg.test_path:
+            x_te, y_te = read_parquet_tokens(_expand(cfg.test_path), *args)
+        else:
+            x_te, y_te = x_tr[:0], y_tr[:0]
     else:
         assert cfg.path is not None
         x_tr, y_tr = read_parquet_arrays(_expand(cfg.path), cfg.feature_column,

@@ -15,29 +15,44 @@ from torch import nn
 
 from distopt.config import Config
 
-__all__ = ["ModelSpec", "build_model", "spec_from_config", "seed_cnn", "count_params"]
+__all__ = ["ModelSpec", "Net", "RecurrentNet", "build_model", "spec_from_config", "seed_cnn",
+           "seed_rnn", "Model", "count_params", "prunable_weights", "example_input"]
+
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # row blocks of a recurrent weight matrix
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: Literal["cnn", "mlp"]
-    in_shape: tuple[int, int, int]  # (C, H, W)
+    family: Literal["cnn", "mlp", "rnn"]
+    in_shape: tuple[int, ...]  # images: (C, H, W); tokens: (max_len,)
     num_classes: int
     conv_channels: tuple[int, ...] = ()  # cnn: one conv 'valid' + max-pool 2 per entry
     dense_units: tuple[int, ...] = ()  # hidden dense layers before the classifier
     kernel_size: int = 3
     dropout: float = 0.0
+    cell: Literal["rnn", "gru", "lstm"] = "rnn"
+    rnn_units: tuple[int, ...] = ()  # rnn: hidden size of each stacked recurrent layer
+    vocab_size: int = 0  # rnn on tokens: embedding rows; 0 = no embedding (image rows)
+    embed_dim: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        return cls(family=d["family"], in_shape=tuple(d["in_shape"]),  # type: ignore[arg-type]
+        return cls(family=d["family"], in_shape=tuple(int(v) for v in d["in_shape"]),
                    num_classes=int(d["num_classes"]),
                    conv_channels=tuple(int(c) for c in d["conv_channels"]),
                    dense_units=tuple(int(u) for u in d["dense_units"]),
-                   kernel_size=int(d["kernel_size"]), dropout=float(d["dropout"]))
+                   kernel_size=int(d["kernel_size"]), dropout=float(d["dropout"]),
+                   cell=d.get("cell", "rnn"),
+                   rnn_units=tuple(int(u) for u in d.get("rnn_units", ())),
+                   vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)))
+
+    @property
+    def tokens(self) -> bool:
+        return self.vocab_size > 0
 
     def conv_out_side(self) -> tuple[int, int]:
         h, w = self.in_shape[1:]
@@ -49,6 +64,12 @@ class ModelSpec:
 def spec_from_config(cfg: Config) -> ModelSpec:
     m, d = cfg.model, cfg.data
     in_shape = (int(d.shape[0]), int(d.shape[1]), int(d.shape[2]))
+    if m.family == "rnn":
+        tokens = d.kind == "tokens"
+        return ModelSpec("rnn", (d.max_len,) if tokens else in_shape, d.num_classes, (),
+                         (m.dense_units,) * m.dense_layers, 3, cfg.regularization.dropout,
+                         m.cell, (m.hidden_size,) * m.blocks, d.vocab_size if tokens else 0,
+                         m.embed_dim if tokens else 0)
     if m.family == "cnn":
         return ModelSpec("cnn", in_shape, d.num_classes,
                          tuple(m.channels * 2 ** i for i in range(m.blocks)),
@@ -63,6 +84,27 @@ def seed_cnn(dropout: float = 0.0) -> ModelSpec:
 
     225,034 parameters."""
     return ModelSpec("cnn", (1, 28, 28), 10, (32, 64), (128,), 3, dropout)
+
+
+def seed_rnn(tokens: bool = True, dropout: float = 0.0) -> ModelSpec:
+    """The seed's Keras RNN: Embedding(5000, 128) -> SimpleRNN(128, return_sequences=True) ->
+    SimpleRNN(128) -> Dense(10). ``tokens=False``: the same on 28 rows of 28 pixels (sequential
+    MNIST), without the embedding.
+
+    Keras counts 707,082 parameters; PyTorch's cells carry a second bias vector (``b_hh``), so
+    this model has 128 more per layer: 707,338."""
+    if tokens:
+        return ModelSpec("rnn", (64,), 10, (), (), 3, dropout, "rnn", (128, 128), 5000, 128)
+    return ModelSpec("rnn", (1, 28, 28), 10, (), (), 3, dropout, "rnn", (128, 128))
+
+
+def _head(n: int, units: tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:
+    dense: list[nn.Module] = [nn.Flatten()]
+    for u in units:
+        dense += [nn.Dropout(dropout), nn.Linear(n, u), nn.ReLU(inplace=True)]
+        n = u
+    dense += [nn.Dropout(dropout), nn.Linear(n, num_classes)]
+    return nn.Sequential(*dense)
 
 
 class Net(nn.Module):
@@ -81,26 +123,85 @@ class Net(nn.Module):
             c = out
         self.features = nn.Sequential(*convs)
         h, w = spec.conv_out_side() if spec.conv_channels else spec.in_shape[1:]
-        n = c * h * w
-        dense: list[nn.Module] = [nn.Flatten()]
-        for units in spec.dense_units:
-            dense += [nn.Dropout(spec.dropout), nn.Linear(n, units), nn.ReLU(inplace=True)]
-            n = units
-        dense += [nn.Dropout(spec.dropout), nn.Linear(n, spec.num_classes)]
-        self.classifier = nn.Sequential(*dense)
+        self.classifier = _head(c * h * w, spec.dense_units, spec.num_classes, spec.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
         return self.classifier(self.features(x))  # (B, num_classes)
 
 
-def build_model(spec: ModelSpec) -> Net:
-    return Net(spec)
+class RecurrentNet(nn.Module):
+    """[Embedding ->] stacked single-layer recurrent cells -> dense head on the last step.
+
+    Token ids ``(B, L)`` go through the embedding; images ``(B, C, H, W)`` are read as ``H``
+    steps of ``C * W`` features (sequential MNIST). Each layer is its own module so that
+    structured pruning can give every layer its own width; dropout sits between layers and
+    before the head, like Keras' stacked ``SimpleRNN`` with ``Dropout`` layers."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embedding = nn.Embedding(spec.vocab_size, spec.embed_dim) if spec.tokens else None
+        if self.embedding is not None:
+            # Keras' initializer (uniform +-0.05), not PyTorch's N(0, 1): with N(0, 1) the rows
+            # of ids never seen stay larger than every trained recurrent weight, and global
+            # magnitude pruning would remove the recurrent layers before the unused rows.
+            nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        n = spec.embed_dim if spec.tokens else spec.in_shape[0] * spec.in_shape[2]
+        layers = []
+        for units in spec.rnn_units:
+            layers.append(CELLS[spec.cell](n, units, batch_first=True))
+            n = units
+        self.recurrent = nn.ModuleList(layers)
+        self.drop = nn.Dropout(spec.dropout)
+        self.classifier = _head(n, spec.dense_units, spec.num_classes, spec.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            h = self.embedding(x)  # (B, L, E)
+        else:
+            b, c, rows, w = x.shape
+            h = x.permute(0, 2, 1, 3).reshape(b, rows, c * w)  # one step per pixel row
+        for i, layer in enumerate(self.recurrent):
+            if i:
+                h = self.drop(h)
+            if h.is_cuda:
+                layer.flatten_parameters()  # cuDNN wants one weight buffer after pruning/DDP
+            h, _ = layer(h)
+        return self.classifier(h[:, -1])  # (B, num_classes)
+
+
+Model = Net | RecurrentNet
+
+
+def build_model(spec: ModelSpec) -> Model:
+    return RecurrentNet(spec) if spec.family == "rnn" else Net(spec)
+
+
+def example_input(spec: ModelSpec, batch: int = 1) -> torch.Tensor:
+    """A zero input batch of the model's input shape and dtype (token ids are integers)."""
+    if spec.tokens:
+        return torch.zeros(batch, *spec.in_shape, dtype=torch.long)
+    return torch.zeros(batch, *spec.in_shape)
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prunable_layers(model: nn.Module) -> list[nn.Module]:
-    """Conv and Linear layers in forward order: the ones whose weights are pruned/quantized."""
-    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Parameter, int]]:
+    """The weight matrices that are pruned, L1-penalized and quantized, in forward order, as
+    ``(parameter name, parameter, quantization axis)``: conv, dense and recurrent weights get
+    one scale per output row (axis 0); embeddings one per dimension (axis 1), because a scale
+    per vocabulary row would cost more than the rows' 8-bit values save. Biases are excluded."""
+    out = []
+    for prefix, m in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            out.append((f"{dot}weight", m.weight, 0))
+        elif isinstance(m, nn.Embedding):
+            out.append((f"{dot}weight", m.weight, 1))
+        elif isinstance(m, nn.RNNBase):
+            for name, p in m.named_parameters():
+                if name.startswith("weight_"):
+                    out.append((f"{dot}{name}", p, 0))
+    return out

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from distopt import metrics as M
-from distopt.augment import random_affine
+from distopt.augment import random_affine, random_tokens
 from distopt.compress import (Masks, apply_masks, decode, encode, global_magnitude_masks,
                               size_report, structured_prune)
 from distopt.config import Config
 from distopt.data import Splits, load_splits, shard
-from distopt.models import Net, ModelSpec, build_model, spec_from_config
+from distopt.models import (Model, ModelSpec, build_model, example_input, prunable_weights,
+                            spec_from_config)
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,31 @@ def resolve_precision(requested: str, device: torch.device, model: nn.Module,
 
 @dataclass(frozen=True)
 class InputNorm:
-    """Maps stored pixels to network inputs: ``(x * scale - mean) / std``. Stored in the
-    artifact so that a deployed model preprocesses exactly as in training."""
+    """Maps stored pixels to network inputs: ``(x * scale - mean) / std``; token ids pass
+    through as integers. Stored in the artifact so that a deployed model preprocesses exactly
+    as in training."""
 
     scale: float
     mean: float
     std: float
+    tokens: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            return x.long()
         return (x.float() * self.scale - self.mean) / self.std
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"scale": self.scale, "mean": self.mean, "std": self.std, "tokens": self.tokens}
+
+    @classmethod
+    def from_meta(cls, d: dict[str, Any]) -> InputNorm:
+        return cls(d["scale"], d["mean"], d["std"], bool(d.get("tokens", False)))
 
 
 def input_norm(splits: Splits) -> InputNorm:
+    if splits.tokens:
+        return InputNorm(1.0, 0.0, 1.0, tokens=True)
     sample = splits.x_train[: min(len(splits.x_train), 10_000)].astype(np.float32) * splits.scale
     return InputNorm(splits.scale, float(sample.mean()), float(sample.std()) or 1.0)
 
@@ -139,11 +153,11 @@ def _all_sum(values: list[float], env: WorkerEnv) -> list[float]:
     return t.tolist()
 
 
-def _unwrap(model: nn.Module) -> Net:
+def _unwrap(model: nn.Module) -> Model:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore[return-value]
 
 
-def _wrap(model: Net, env: WorkerEnv, channels_last: bool) -> nn.Module:
+def _wrap(model: Model, env: WorkerEnv, channels_last: bool) -> nn.Module:
     model = model.to(env.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -163,8 +177,7 @@ def _make_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Opt
 
 
 def _l1(model: nn.Module) -> torch.Tensor:
-    return sum(m.weight.abs().sum() for m in model.modules()  # type: ignore[return-value]
-               if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return sum(w.abs().sum() for _, w, _ in prunable_weights(model))  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -190,10 +203,10 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, en
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
-def measure_latency_ms(model: nn.Module, in_shape: tuple[int, ...], runs: int = 50) -> float:
+def measure_latency_ms(model: nn.Module, spec: ModelSpec, runs: int = 50) -> float:
     """Median batch-1 CPU latency of ``model`` in fp32, after warm-up, on one thread."""
     model = model.eval().cpu()
-    x = torch.zeros(1, *in_shape)
+    x = example_input(spec)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -320,7 +333,8 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             b = idx[step * t.batch_size:(step + 1) * t.batch_size]
             xb = norm(torch.from_numpy(splits.x_train[b]).to(env.device, non_blocking=True))
             yb = torch.from_numpy(splits.y_train[b]).to(env.device, non_blocking=True)
-            xb = random_affine(xb, cfg.augment, gen)
+            xb = (random_tokens(xb, cfg.augment, gen) if norm.tokens else
+                  random_affine(xb, cfg.augment, gen))
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
@@ -329,6 +343,9 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             total = loss + cfg.regularization.l1 * _l1(model) if cfg.regularization.l1 else loss
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            if t.grad_clip:
+                scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             scaler.step(opt)
             scaler.update()
             if sched is not None:
@@ -363,7 +380,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
 
     # The artifact, and metrics of the model decoded from it (never of the in-memory model).
     base = _unwrap(model).cpu().to(memory_format=torch.contiguous_format)
-    meta = {"input": {"scale": norm.scale, "mean": norm.mean, "std": norm.std},
+    meta = {"input": norm.to_meta(),
             "config_name": cfg.name, "data_digest": splits.digest}
     artifact = encode(base, cfg.compress.quant_bits, meta)
     decoded = decode(artifact).model.to(env.device)
@@ -371,7 +388,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     final.update(size_report(decoded, artifact))
     final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val, norm,
                                                         env, 512)
-    final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), spec.in_shape) \
+    final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), spec) \
         if env.rank == 0 else math.nan
     final[M.LATENCY_MS] = _broadcast_float(final[M.LATENCY_MS], env)
     if M.TRAIN_ACCURACY in final:
@@ -398,8 +415,7 @@ def _broadcast_float(value: float, env: WorkerEnv) -> float:
 def evaluate_artifact(data: bytes, splits: Splits, which: str = "test") -> dict[str, float]:
     """Accuracy of a decoded artifact on a split, on CPU in fp32, using its stored input norm."""
     dec = decode(data)
-    inp = dec.meta["input"]
-    norm = InputNorm(inp["scale"], inp["mean"], inp["std"])
+    norm = InputNorm.from_meta(dec.meta["input"])
     x, y = (splits.x_test, splits.y_test) if which == "test" else (splits.x_val, splits.y_val)
     loss, acc = evaluate(dec.model, x, y, norm, WorkerEnv(), 512)
     return {f"{which}_loss": loss, f"{which}_accuracy": acc, M.SIZE_BYTES: len(data)}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from distopt.augment import is_identity, random_affine
+from distopt.augment import is_identity, random_affine, random_tokens
 from distopt.config import AugmentConfig
 
 
@@ -51,3 +51,38 @@ def test_zoom_in_enlarges_and_zoom_out_shrinks():
     out = random_affine(x, AugmentConfig(zoom=0.5), torch.Generator().manual_seed(0))
     sizes = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert sizes.max() > 1.2 and sizes.min() < 0.8
+
+
+def _tokens() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 33, (64,), generator=g)
+    x = torch.randint(1, 1000, (64, 32), generator=g)
+    return x * (torch.arange(32)[None] >= 32 - lengths[:, None])  # front-padded
+
+
+def test_token_crop_keeps_a_contiguous_front_padded_part():
+    x = _tokens()
+    out = random_tokens(x, AugmentConfig(crop=0.5), torch.Generator().manual_seed(1))
+    assert random_tokens(x, AugmentConfig(), torch.Generator()) is x
+    changed = 0
+    for row, new in zip(x.tolist(), out.tolist()):
+        real = [t for t in row if t]
+        kept = [t for t in new if t]
+        first = next((i for i, t in enumerate(new) if t), len(new))
+        assert all(t for t in new[first:])  # padding only at the front
+        assert len(kept) >= len(real) - int(0.5 * len(real))
+        # what remains is a contiguous piece at the start or end of the original
+        assert kept == real[:len(kept)] or kept == real[len(real) - len(kept):]
+        changed += kept != real
+    assert changed > 30
+    again = random_tokens(x, AugmentConfig(crop=0.5), torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+
+
+def test_token_dropout_rate_and_order():
+    x = _tokens()
+    out = random_tokens(x, AugmentConfig(token_dropout=0.2), torch.Generator().manual_seed(3))
+    real = x != 0
+    dropped = (out[real] == 0).float().mean().item()
+    assert 0.15 < dropped < 0.25
+    assert torch.equal(out[out != 0], x[out != 0])  # survivors keep their place

@@ -57,9 +57,12 @@ def test_python_m_and_console_script_agree():
 
 
 def _train_metrics(tmp_path: Path, *overrides: str) -> dict:
+    return _train(tmp_path, "mnist_cnn.yaml", *overrides)
+
+
+def _train(tmp_path: Path, config: str, *overrides: str) -> dict:
     out = tmp_path / "run"
-    p = distopt("train", "--config", str(CONFIGS / "mnist_cnn.yaml"), "--output", str(out),
-                *overrides)
+    p = distopt("train", "--config", str(CONFIGS / config), "--output", str(out), *overrides)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
 
@@ -83,3 +86,13 @@ def test_full_mnist_pruned_90_8bit_is_small_and_accurate(tmp_path, mnist_dir):
     assert m["test_accuracy"] >= 0.988, m
     assert m["size_bytes"] <= 40_000, m
     assert m["dense_fp32_bytes"] == 900_136
+
+
+# Sequential MNIST (the issue asks: seed_rnn shape >= 97%, a GRU of the same width >= 98%, each
+# within 5 epochs). Measured here: 97.69% and 99.03% (dense, float32 artifacts).
+@pytest.mark.parametrize("cell,target", [("rnn", 0.970), ("gru", 0.980)])
+def test_full_mnist_rows_rnn_and_gru_reach_their_targets(tmp_path, mnist_dir, cell, target):
+    m = _train(tmp_path, "mnist_rnn.yaml", "data.name=mnist", f"data.path={mnist_dir}",
+               f"model.cell={cell}", "train.epochs=5", "compress.prune_ratio=0",
+               "compress.quant_bits=32")
+    assert m["test_accuracy"] >= target, m

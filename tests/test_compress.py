@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from hypothesis import strategies as st
 
 from distopt.compress import (ArtifactError, apply_masks, decode, encode, global_magnitude_masks,
                               quantize_per_channel, size_report, structured_prune)
-from distopt.models import ModelSpec, build_model, seed_cnn
+from distopt.models import (ModelSpec, build_model, count_params, prunable_weights, seed_cnn,
+                            seed_rnn)
 
 
 def _model(seed: int = 0, spec: ModelSpec | None = None) -> torch.nn.Module:
@@ -145,3 +148,107 @@ def test_property_round_trip(channels, blocks, units, sparsity, bits, seed):
     # Pruned weights stay exactly zero after decoding.
     for (n, p), (_, q) in zip(m.named_parameters(), dec.model.named_parameters()):
         assert torch.equal(p == 0, q == 0) or bits < 32 and bool(((p == 0) <= (q == 0)).all())
+
+
+# ---------------------------------------------------------------- recurrent models
+
+
+def _rnn(cell: str, tokens: bool, seed: int = 0) -> torch.nn.Module:
+    spec = dataclasses.replace(seed_rnn(tokens), cell=cell, rnn_units=(24, 16), dense_units=(12,),
+                               vocab_size=300 if tokens else 0, embed_dim=20 if tokens else 0,
+                               in_shape=(30,) if tokens else (1, 28, 28))
+    return _model(seed, spec)
+
+
+def _rnn_input(tokens: bool) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    return torch.randint(0, 300, (16, 30), generator=g) if tokens else torch.randn(16, 1, 28, 28,
+                                                                                 generator=g)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("tokens", [True, False])
+@pytest.mark.parametrize("bits", [32, 8, 4])
+def test_rnn_round_trip_quantizes_every_matrix_and_matches_a_reference(cell, tokens, bits):
+    m = _rnn(cell, tokens)
+    apply_masks(m, global_magnitude_masks(m, 0.6))
+    data = encode(m, bits)
+    dec = decode(data)
+    quantized = {e["name"] for e in dec.tensors if e["bits"] < 32}
+    assert quantized == ({n for n, _, _ in prunable_weights(m)} if bits < 32 else set())
+    # Reference: each matrix quantized on its own axis, independently of the codec.
+    ref = build_model(m.spec).eval()
+    state = dict(m.state_dict())
+    for name, w, axis in prunable_weights(m) if bits < 32 else ():
+        a = w.detach().numpy()
+        a = a.T if axis == 1 else a
+        q, scale = quantize_per_channel(a, bits)
+        a = (q.reshape(len(q), -1) * scale[:, None]).reshape(a.shape).astype(np.float32)
+        state[name] = torch.from_numpy(np.ascontiguousarray(a.T if axis == 1 else a))
+    ref.load_state_dict(state)
+    x = _rnn_input(tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(dec.model(x), ref(x), rtol=1e-5, atol=1e-5)
+    # Pruned zeros stay zeros in the decoded model (4 bits may round more weights to zero).
+    for (name, w, _), (_, w2, _) in zip(prunable_weights(m), prunable_weights(dec.model)):
+        assert (w == 0).sum() > 0 and not w2[w == 0].any(), name
+
+
+def test_embedding_scales_are_per_column_not_per_vocabulary_row():
+    m = _model(0, seed_rnn(tokens=True))
+    dec = decode(encode(m, 8))
+    emb = next(e for e in dec.tensors if e["name"] == "embedding.weight")
+    assert emb["axis"] == 1
+    # 640,000 int8 values + 128 scales compress to well under the per-row alternative's
+    # 5,000 scales * 4 bytes = 20 KB overhead on top of the values.
+    assert len(encode(m, 8)) < 640_000 + 100_000
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("tokens", [True, False])
+def test_rnn_structured_pruning_is_exact_for_the_removed_units(cell, tokens):
+    """The smaller model computes what the original computes with the removed embedding
+    dimensions, hidden units and dense units silenced (their incoming weights and biases zero)."""
+    m = _rnn(cell, tokens)
+    small = structured_prune(m, 0.5)
+    assert small.spec.rnn_units == (12, 8) and small.spec.dense_units == (6,)
+    assert small.spec.embed_dim == (10 if tokens else 0)
+    # Which units survived: match each kept row of the small model to the original.
+    silenced = build_model(m.spec).eval()
+    silenced.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        if tokens:
+            kept = [int((m.embedding.weight.T == c).all(1).nonzero()) for c in small.embedding.weight.T]
+            drop = sorted(set(range(20)) - set(kept))
+            silenced.embedding.weight[:, drop] = 0
+        gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+        for big, sm in zip(silenced.recurrent, small.recurrent):
+            h = big.hidden_size
+            # Identify kept units by their (random, distinct) first-gate input bias.
+            kept = {int((big.bias_ih_l0[:h] == b).nonzero()[0]) for b in sm.bias_ih_l0[:sm.hidden_size]}
+            drop = torch.tensor(sorted(set(range(h)) - kept))
+            for g in range(gates):
+                rows = g * h + drop
+                big.weight_ih_l0[rows] = 0
+                big.weight_hh_l0[rows] = 0
+                big.bias_ih_l0[rows] = 0
+                big.bias_hh_l0[rows] = 0
+        d_big, d_small = silenced.classifier[2], small.classifier[2]
+        kept = {int((d_big.bias == b).nonzero()[0]) for b in d_small.bias}
+        drop = sorted(set(range(12)) - kept)
+        d_big.weight[drop] = 0
+        d_big.bias[drop] = 0
+        x = _rnn_input(tokens)
+        torch.testing.assert_close(small(x), silenced(x), rtol=1e-5, atol=1e-5)
+        assert count_params(small) < count_params(m) / 2
+
+
+def test_global_pruning_of_a_fresh_text_rnn_takes_the_embedding_first():
+    """The embedding starts as Keras' (uniform +-0.05), below the recurrent weights' scale, so
+    global magnitude pruning removes unused embedding entries before recurrent weights (with
+    PyTorch's N(0, 1) embedding it removed nearly all recurrent weights and the model with them)."""
+    m = _model(0, seed_rnn(tokens=True))
+    masks = global_magnitude_masks(m, 0.5)
+    removed = {n: 1 - masks[n].float().mean().item() for n in masks}
+    assert removed["embedding.weight"] > 0.5
+    assert max(v for n, v in removed.items() if n.startswith("recurrent")) < 0.5

@@ -187,3 +187,30 @@ def test_relative_data_paths_become_absolute(tmp_path, monkeypatch):
 
     assert Config.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
                                                         "path": "/only/on/workers"}})
+
+
+def test_sequence_rules_name_the_conflicting_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.name=tokens-mini", "model.family=cnn", "augment.rotation=10",
+                           "augment.token_dropout=0.1"])
+    text = str(e.value)
+    assert "data.kind: got 'image'; data.name 'tokens-mini' is 'tokens'" in text
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.name=tokens-mini", "data.kind=tokens", "model.family=mlp",
+                           "augment.rotation=10"])
+    text = str(e.value)
+    assert "model.family: got 'mlp'; token sequences need 'rnn'" in text
+    assert "augment: got {'rotation': 10.0}; image augmentation needs data.kind 'image'" in text
+    with pytest.raises(ConfigError, match=r"augment: got \{'crop': 0.2\}; token augmentation "
+                                          "needs data.kind 'tokens'"):
+        load_config(None, ["model.preset=seed_rnn", "augment.crop=0.2"])
+    with pytest.raises(ConfigError, match="data.kind: got 'tokens'; data.name 'mnist-mini' is "
+                                          "'image'"):
+        load_config(None, ["data.kind=tokens", "model.family=rnn"])
+    with pytest.raises(ConfigError, match="model.cell: got 'transformer'"):
+        load_config(None, ["model.cell=transformer"])
+
+
+def test_readme_reference_table_is_current():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate with `distopt config --reference`"

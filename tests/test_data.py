@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from distopt.config import DataConfig, load_config
-from distopt.data import (MNIST_FILES, DataError, fetch_mnist, load_mini, load_splits, parse_idx,
-                          read_idx, read_parquet_arrays, shard)
+from distopt.data import (MNIST_FILES, DataError, fetch_mnist, generate_tokens, load_mini,
+                          load_splits, pad_tokens, parse_idx, read_idx, read_parquet_arrays,
+                          read_parquet_tokens, shard)
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -239,3 +240,60 @@ def test_parquet_dataset_through_config(tmp_path):
                              f"data.test_path={tmp_path / 'test.parquet'}"])
     s = load_splits(cfg.data)
     assert len(s.x_train) + len(s.x_val) == 500 and len(s.x_test) == 100
+
+
+# ---------------------------------------------------------------- token sequences
+
+
+def test_pad_tokens_pads_the_front_and_keeps_the_last_ids():
+    x = pad_tokens([np.array([5, 6, 7]), np.array([1, 2, 3, 4, 5, 6]), np.array([], int)], 4)
+    np.testing.assert_array_equal(x, [[0, 5, 6, 7], [3, 4, 5, 6], [0, 0, 0, 0]])
+    assert x.dtype == np.int32
+
+
+def test_parquet_token_sequences_and_their_errors(tmp_path):
+    seqs = pa.array([[3, 4], [1, 2, 3, 4, 5], [9]], pa.list_(pa.int32()))
+    p = _write(tmp_path / "tok.parquet", seqs, [0, 1, 1])
+    x, y = read_parquet_tokens([p], "image", "label", 3, 10, 2)
+    np.testing.assert_array_equal(x, [[0, 3, 4], [3, 4, 5], [0, 0, 9]])
+    np.testing.assert_array_equal(y, [0, 1, 1])
+    with pytest.raises(DataError, match=r"tok.parquet: 1 token id\(s\) outside \[0, 8\) "
+                                        r"\(data.vocab_size\), e.g. 9"):
+        read_parquet_tokens([p], "image", "label", 3, 8, 2)
+    p = _write(tmp_path / "neg.parquet", pa.array([[1, -2]]), [0])
+    with pytest.raises(DataError, match=r"neg.parquet: 1 token id\(s\) outside .* e.g. -2"):
+        read_parquet_tokens([p], "image", "label", 3, 8, 2)
+    p = _write(tmp_path / "flt.parquet", pa.array([[1.5, 2.0]]), [0])
+    with pytest.raises(DataError, match="flt.parquet: column 'image' has type list<.*double>; "
+                                        "token sequences need a list of integers"):
+        read_parquet_tokens([p], "image", "label", 3, 8, 2)
+    p = _write(tmp_path / "lab.parquet", seqs, [0, 1, 5])
+    with pytest.raises(DataError, match=r"lab.parquet: 1 label\(s\) outside \[0, 2\)"):
+        read_parquet_tokens([p], "image", "label", 3, 10, 2)
+
+
+def test_token_parquet_through_config(tmp_path):
+    x, y = generate_tokens(300, 500, 20, 10, seed=1)
+    rows = pa.array([list(r[r > 0]) for r in x], pa.list_(pa.int64()))
+    p = _write(tmp_path / "train.parquet", rows, y.tolist())
+    cfg = load_config(None, ["data.name=parquet", "data.kind=tokens", f"data.path={p}",
+                             "data.max_len=20", "data.vocab_size=500", "model.family=rnn"])
+    s = load_splits(cfg.data)
+    assert s.tokens and s.x_train.shape[1] == 20 and len(s.x_train) + len(s.x_val) == 300
+
+
+def test_generated_tokens_need_reading_and_are_deterministic():
+    x, y = generate_tokens(2000, 5000, 64, 10, seed=0)
+    x2, y2 = generate_tokens(2000, 5000, 64, 10, seed=0)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert x.shape == (2000, 64) and x.min() >= 0 and x.max() < 5000
+    # The label is the topic with the most ids (16 ids per topic, from id 1).
+    topic = np.where((x >= 1) & (x < 161), (x - 1) // 16, -1)
+    counts = np.stack([(topic == c).sum(1) for c in range(10)], 1)
+    assert np.array_equal(counts.argmax(1), y)
+    assert ((counts > 0).sum(1) == 2).all()  # a distractor topic is always present
+    # Length carries no information: mean length is the same for every class (+-2 ids).
+    lengths = (x > 0).sum(1)
+    means = [lengths[y == c].mean() for c in range(10)]
+    assert max(means) - min(means) < 2.5
+    assert np.bincount(y).min() > 150

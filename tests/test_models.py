@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import torch
 
 from distopt.config import load_config
-from distopt.models import ModelSpec, build_model, count_params, seed_cnn, spec_from_config
+from distopt.models import (ModelSpec, build_model, count_params, example_input, prunable_weights,
+                            seed_cnn, seed_rnn, spec_from_config)
 
 from conftest import CONFIGS
 
@@ -40,3 +42,47 @@ def test_models_import_nothing_of_ray_or_optuna():
     code = "import sys, distopt.models; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_seed_rnn_parameter_count_matches_keras_arithmetic():
+    # Keras: Embedding 5000*128 = 640,000; SimpleRNN(128) on 128 inputs = 128*128 + 128*128 + 128
+    # = 32,896, twice; Dense(128->10) = 1,290: 707,082. PyTorch cells add a second bias (b_hh).
+    keras = 5000 * 128 + 2 * (128 * 128 + 128 * 128 + 128) + 128 * 10 + 10
+    assert keras == 707_082
+    assert count_params(build_model(seed_rnn())) == keras + 2 * 128
+    # Without the embedding, on 28 rows of 28 pixels: the first layer has 28 inputs.
+    assert count_params(build_model(seed_rnn(tokens=False))) == \
+        (28 * 128 + 128 * 128 + 256) + (128 * 128 + 128 * 128 + 256) + 1_290
+
+
+def test_rnn_config_builds_the_seed_rnn_and_cells_forward():
+    cfg = load_config(None, ["data.name=tokens-mini", "data.kind=tokens", "model.preset=seed_rnn"])
+    spec = spec_from_config(cfg)
+    assert spec == seed_rnn(tokens=True)
+    for cell in ("rnn", "gru", "lstm"):
+        for tokens in (True, False):
+            s = dataclasses.replace(seed_rnn(tokens), cell=cell, rnn_units=(16, 8),
+                                    dense_units=(12,))
+            x = example_input(s, 3) + (torch.randint(1, 5000, (3, 64)) if tokens else 0)
+            assert build_model(s)(x).shape == (3, 10)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_rnn_reads_image_rows_in_order():
+    """Sequential MNIST: step t sees pixel row t, so flipping rows changes the output."""
+    torch.manual_seed(0)
+    model = build_model(seed_rnn(tokens=False)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), model(x.flip(2)))
+        # A change in the last row alone still reaches the output (the last step is read).
+        y = x.clone()
+        y[:, :, -1] += 1
+        assert not torch.allclose(model(x), model(y))
+
+
+def test_prunable_weights_cover_recurrent_and_embedding_matrices():
+    names = {n: axis for n, _, axis in prunable_weights(build_model(seed_rnn()))}
+    assert names == {"embedding.weight": 1, "recurrent.0.weight_ih_l0": 0,
+                     "recurrent.0.weight_hh_l0": 0, "recurrent.1.weight_ih_l0": 0,
+                     "recurrent.1.weight_hh_l0": 0, "classifier.2.weight": 0}

@@ -209,3 +209,25 @@ def test_impossible_trial_shape_is_rejected_up_front(ray_local):
     # trial_overrides count: the shape every trial actually asks for.
     via_overrides = load_config(SMOKE, ["search.trial_overrides={train.cpus_per_worker: 4}"])
     assert "no node has that many CPUs" in " ".join(check_fits(via_overrides))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rnn_search_on_tokens_exports_a_decodable_front(tmp_path):
+    """The text config's search, shortened: cell, width, embedding and compression are searched
+    and the front's files decode to recurrent models that score what the report says."""
+    out = tmp_path / "text"
+    p = _search("--config", str(CONFIGS / "text_rnn.yaml"), "--output", str(out),
+                "search.num_trials=3", "search.sampler=random", "search.max_concurrent=2",
+                "search.trial_overrides={train.epochs: 1, train.max_steps_per_epoch: 10, "
+                "train.cpus_per_worker: 1, compress.finetune_epochs: 1, train.precision: fp32}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(trials) == 3 and all(t["status"] == "COMPLETE" for t in trials)
+    splits = load_splits(load_config(CONFIGS / "text_rnn.yaml").data)
+    for t in (t for t in trials if t["pareto"]):
+        data = (out / t["artifact"]).read_bytes()
+        model = decode(data).model
+        assert model.spec.family == "rnn" and model.spec.cell == t["param.model.cell"]
+        assert evaluate_artifact(data, splits, "test")[M.TEST_ACCURACY] == t[M.TEST_ACCURACY]
+    assert "| " in (out / "report.md").read_text()

@@ -96,3 +96,40 @@ class ProgressTable(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._maybe_print(force=True)
+
+
+class ExperimentGauges(Callback):
+    """Exports the experiment's state as Ray metrics whenever a trial ends: trials finished and
+    failed, and the hypervolume and size of the front of the trials finished so far (with the
+    report's objective scaling and reference point)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def _update(self, trials: list, ending: Any, failed_now: bool) -> None:
+        import numpy as np
+
+        from distopt.pareto import hypervolume, non_dominated
+        from distopt.report import hv_reference, objective_matrix
+        from distopt.telemetry import record_experiment
+
+        # Tune sets the ending trial's status only after its callbacks ran: count it here.
+        def status(t: Any) -> str:
+            return ("ERROR" if failed_now else "TERMINATED") if t is ending else t.status
+
+        done = [t for t in trials if status(t) == "TERMINATED" and t.last_result
+                and t.last_result.get(M.PHASE) == "final"]
+        failed = sum(status(t) == "ERROR" for t in trials)
+        rows = [t.last_result for t in done]
+        pts = objective_matrix(rows, self.cfg)
+        pts = pts[np.isfinite(pts).all(1)] if len(pts) else pts
+        dirs = [d for _, d in self.cfg.search.objectives]
+        hv = hypervolume(pts, dirs, hv_reference(self.cfg, pts)) if len(pts) else 0.0
+        front = int(non_dominated(pts, dirs).sum()) if len(pts) else 0
+        record_experiment(self.cfg.name, len(done), failed, hv, front)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trials, trial, failed_now=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trials, trial, failed_now=True)

@@ -53,7 +53,7 @@ def verdict(train_accuracy: float, val_accuracy: float) -> str:
     return f"balanced (gap {gap:+.3f})"
 
 
-def _objective_matrix(rows: Sequence[dict[str, Any]], cfg: Config) -> np.ndarray:
+def objective_matrix(rows: Sequence[dict[str, Any]], cfg: Config) -> np.ndarray:
     """Objectives as a matrix; sizes on a log10 scale (the front spans decades)."""
     cols = []
     for name, _ in cfg.search.objectives:
@@ -84,7 +84,7 @@ def hv_reference(cfg: Config, points: np.ndarray) -> list[float]:
 def hypervolume_curve(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[int], list[float]]:
     """Hypervolume of the completed trials among the first n, for every trial number n."""
     ordered = sorted(rows, key=lambda r: r["trial_number"])
-    pts = _objective_matrix(ordered, cfg)
+    pts = objective_matrix(ordered, cfg)
     done = np.array([r["status"] == "COMPLETE" for r in ordered], bool)
     ref = hv_reference(cfg, pts[done])
     dirs = [d for _, d in cfg.search.objectives]
@@ -134,7 +134,7 @@ def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
         rows.append(row)
     rows.sort(key=lambda r: r["trial_number"])
 
-    pts = _objective_matrix(rows, cfg)
+    pts = objective_matrix(rows, cfg)
     done = np.array([r["status"] == "COMPLETE" for r in rows], bool)
     front = np.zeros(len(rows), bool)
     if done.any():

@@ -17,6 +17,7 @@ import torch
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.telemetry import record_trial
 from distopt.train_loop import WorkerEnv, fit
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     history: list[dict[str, Any]] = []
 
+    run_name = ctx.get_experiment_name()
+
     def report(metrics: dict[str, Any], st: dict[str, Any] | None,
                files: dict[str, bytes] | None = None) -> None:
         if metrics.get("phase") != "final":
             history.append(metrics)
             if rank == 0:
                 log.info(format_epoch(metrics))
+        if rank == 0:  # metrics are all-reduced already: one exporter per trial
+            record_trial(cfg.name, run_name, metrics)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if st is not None:

@@ -1,13 +1,13 @@
 """The multi-objective search: Ray Tune + OptunaSearch, each trial a Ray Train job.
 
-Data flow: config -> Optuna distributions -> ``Tuner`` -> :func:`trial` (a Tune function
+Data flow: config -> Optuna distributions -> ``Tuner`` -> :func:`distopt_trial` (a Tune function
 trial holding 0 CPUs) -> ``TorchTrainer`` (its workers hold the CPUs/GPUs) -> per-worker
 loop -> ``TuneReportCallback`` -> Tune -> Optuna (told the *last* result: the decoded artifact's
 metrics).
 
 Resume: the Tune experiment (with the searcher's state) lives in ``<output>/tune``, the Optuna
 study in ``<output>/study.db`` and every trial's Ray Train run in ``<output>/train/<trial id>``;
-a restored trial re-runs :func:`trial`, whose ``TorchTrainer`` of the same name resumes from
+a restored trial re-runs :func:`distopt_trial`, whose ``TorchTrainer`` of the same name resumes from
 its last epoch checkpoint.
 """
 
@@ -26,7 +26,7 @@ from distopt.space import to_optuna
 log = logging.getLogger(__name__)
 
 __all__ = ["SearchPaths", "check_fits", "default_max_concurrent", "make_sampler", "run_search",
-           "trainable", "trial"]
+           "trainable", "distopt_trial"]
 
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
 
@@ -99,15 +99,19 @@ def check_fits(cfg: Config) -> list[str]:
     return problems
 
 
-def trial(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
+def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
     """One Tune trial: apply the sampled values, then run the trial as a Ray Train job.
 
-    A config the sampled values make invalid raises here, and fails this trial alone."""
+    A config the sampled values make invalid raises here, and fails this trial alone. (The
+    function's name is what the dashboard shows for every trial actor.)"""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from distopt.run import make_trainer
 
+    # Ray Train V2 runs are listed in the dashboard only if the process that starts them has
+    # this set; a trial actor does not inherit the driver's environment.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     cfg = Config.from_dict(base).trial_config().with_overrides(params)
     # The trial id names the Train run: a restored trial resumes its own checkpoints.
     trainer = make_trainer(cfg, train_storage, ray.tune.get_context().get_trial_id(),
@@ -135,7 +139,7 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
 def trainable(cfg: Config, paths: SearchPaths) -> Any:
     import ray.tune
 
-    fn = ray.tune.with_parameters(trial, base=cfg.to_dict(), train_storage=str(paths.train.resolve()))
+    fn = ray.tune.with_parameters(distopt_trial, base=cfg.to_dict(), train_storage=str(paths.train.resolve()))
     # 0 CPUs for the trial itself: its workers hold the CPUs. A trial holding 1 CPU plus
     # workers holding the rest never starts on a 2-CPU machine.
     return ray.tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY_BYTES})
@@ -145,14 +149,15 @@ def run_search(cfg: Config, output: Path, resume: bool = False) -> Any:
     """Run (or resume) the search and return Tune's ``ResultGrid``."""
     import ray.tune
 
-    from distopt.progress import ProgressTable
+    from distopt.progress import ExperimentGauges, ProgressTable
 
     # Save Tune's experiment state often: a killed driver then loses at most a few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     paths = SearchPaths(output.resolve())
     paths.train.mkdir(parents=True, exist_ok=True)
     run_config = ray.tune.RunConfig(
-        name="tune", storage_path=str(paths.root), verbose=0, callbacks=[ProgressTable(cfg)],
+        name="tune", storage_path=str(paths.root), verbose=0,
+        callbacks=[ProgressTable(cfg), ExperimentGauges(cfg)],
         failure_config=ray.tune.FailureConfig(max_failures=0),  # a failing trial fails alone
     )
     if resume:

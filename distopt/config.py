@@ -479,41 +479,54 @@ def _check_space(space: Mapping[str, Any], problems: list[str]) -> None:
 
 
 def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
+    """Rules between fields. Each runs only if the fields it reads passed their own rules, so
+    that one bad value yields one problem, while every other problem is still reported."""
+    bad = {p.split(":", 1)[0].split("[", 1)[0] for p in problems}
+
+    def ok(*keys: str) -> bool:
+        return not any(k == b or k.startswith(b + ".") or b.startswith(k + ".") for k in keys
+                       for b in bad)
+
     d, m = cfg.data, cfg.model
-    if d.name == "parquet" and not d.path:
+    if ok("data.name", "data.path") and d.name == "parquet" and not d.path:
         problems.append("data.path: got None; data.name 'parquet' needs the training file(s)")
-    if d.name == "mnist" and d.path is None and not d.mirrors:
+    if ok("data.name", "data.path", "data.mirrors") and d.name == "mnist" and d.path is None \
+            and not d.mirrors:
         problems.append("data.mirrors: got []; data.name 'mnist' without data.path needs at "
                         "least one mirror URL")
-    for p in (d.path, d.test_path) if check_paths else ():
+    for p in (d.path, d.test_path) if check_paths and ok("data.path", "data.test_path") else ():
         if p and not any(ch in p for ch in "*?[") and "://" not in p and \
                 not Path(p).expanduser().exists():
             problems.append(f"data: path {p!r} does not exist")
-    if d.name == "tokens-mini" and d.kind != "tokens":
+    if ok("data.name", "data.kind") and d.name == "tokens-mini" and d.kind != "tokens":
         problems.append(f"data.kind: got {d.kind!r}; data.name 'tokens-mini' is 'tokens'")
-    if d.name in ("mnist", "mnist-mini") and d.kind != "image":
+    if ok("data.name", "data.kind") and d.name in ("mnist", "mnist-mini") and d.kind != "image":
         problems.append(f"data.kind: got {d.kind!r}; data.name {d.name!r} is 'image'")
-    if d.kind == "tokens" and m.family != "rnn":
+    if ok("data.kind", "model.family") and d.kind == "tokens" and m.family != "rnn":
         problems.append(f"model.family: got {m.family!r}; token sequences need 'rnn'")
     a = cfg.augment
     image_aug = {k: v for k, v in (("rotation", a.rotation), ("shift", a.shift),
                                    ("shear", a.shear), ("zoom", a.zoom)) if v}
     token_aug = {k: v for k, v in (("token_dropout", a.token_dropout), ("crop", a.crop)) if v}
-    if d.kind == "tokens" and image_aug:
+    if ok("data.kind", "augment") and d.kind == "tokens" and image_aug:
         problems.append(f"augment: got {image_aug}; image augmentation needs data.kind 'image'")
-    if d.kind == "image" and token_aug:
+    if ok("data.kind", "augment") and d.kind == "image" and token_aug:
         problems.append(f"augment: got {token_aug}; token augmentation needs data.kind 'tokens'")
-    if d.name in ("mnist", "mnist-mini") and (tuple(d.shape) != (1, 28, 28)
+    if ok("data.name", "data.shape", "data.num_classes") and \
+            d.name in ("mnist", "mnist-mini") and (tuple(d.shape) != (1, 28, 28)
                                               or d.num_classes != 10):
         problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
                         f"{d.name} is (1, 28, 28) with 10 classes")
-    if m.family == "cnn":
+    if ok("model.family", "model.blocks", "model.kernel_size", "data.shape") and \
+            m.family == "cnn":
         side = min(d.shape[1:])
         for _ in range(m.blocks):
             side = (side - m.kernel_size + 1) // 2
         if side < 1:
             problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
                             f"the {d.shape[1]}x{d.shape[2]} input shrinks to nothing")
+    if not ok("search.objectives"):
+        return
     names = [o[0] for o in cfg.search.objectives]
     for i, (name, direction) in enumerate(cfg.search.objectives):
         obj = metrics.OBJECTIVES.get(name)
@@ -539,9 +552,7 @@ def _build(raw: Mapping[str, Any], source: str, check_paths: bool = False) -> Co
         if preset in PRESETS:
             raw["model"] = {**PRESETS[preset], **raw["model"]}
     cfg = _build_section(Config, raw, "", problems)
-    # Cross-field checks need well-typed fields; the search space is checked on its own.
-    if not problems:
-        _cross_checks(cfg, problems, check_paths)
+    _cross_checks(cfg, problems, check_paths)
     _check_space(cfg.search.space, problems)
     for key in cfg.search.trial_overrides:
         if field_info(key) is None or key.startswith("search."):

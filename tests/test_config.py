@@ -171,6 +171,8 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
 
     assert main(["train", "--output", str(out)]) == 2
     assert main(["train", "--output", str(out), "--resume", "--overwrite"]) == 2
+    assert main(["search", "--config", str(CONFIGS / "smoke.yaml"), "--output", str(out)]) == 2
+    assert (out / "metrics.json").read_text() == "{}"  # nothing touched
 
 
 def test_relative_data_paths_become_absolute(tmp_path, monkeypatch):
@@ -214,3 +216,17 @@ def test_sequence_rules_name_the_conflicting_keys():
 def test_readme_reference_table_is_current():
     readme = (CONFIGS.parent / "README.md").read_text()
     assert reference_markdown() in readme, "regenerate with `distopt config --reference`"
+
+
+def test_type_errors_do_not_hide_cross_field_problems():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.blocks=many", "search.objectives=[[bogus, max]]",
+                           "data.name=mnist", "data.path=/no/such/dir", "train.lr=-1"])
+    text = str(e.value)
+    for line in ("model.blocks: got 'many' (str); must be an integer",
+                 "search.objectives[0]: got metric 'bogus'",
+                 "data: path '/no/such/dir' does not exist",
+                 "train.lr: got -1 (int); must be > 0"):
+        assert line in text, line
+    # A bad value is reported once, not again by the rules that read it.
+    assert "shrinks to nothing" not in text and len(e.value.problems) == 4

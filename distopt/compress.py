@@ -32,7 +32,7 @@ from torch import nn
 
 from distopt import metrics as M
 from distopt.models import (GATES, Model, ModelSpec, RecurrentNet, build_model,
-                            prunable_weights)
+                            fold_batch_norm, prunable_weights)
 
 __all__ = [
     "ArtifactError",
@@ -107,6 +107,7 @@ def structured_prune(model: Model, ratio: float) -> Model:
     returning a physically smaller model with the surviving weights."""
     if isinstance(model, RecurrentNet):
         return _structured_prune_rnn(model, ratio)
+    model = fold_batch_norm(model)
     spec = model.spec
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     denses = [m for m in model.classifier if isinstance(m, nn.Linear)]
@@ -120,7 +121,7 @@ def structured_prune(model: Model, ratio: float) -> Model:
         new_channels.append(len(keep))
         keep_in = keep
     if convs:
-        h, w_ = spec.conv_out_side()
+        h, w_ = (1, 1) if spec.head == "gap" else spec.conv_out_side()
         # Flattened features are (channel, y, x): keep every spatial position of kept channels.
         keep_in = (keep_in[:, None] * (h * w_) + torch.arange(h * w_)[None]).flatten()
     else:
@@ -249,6 +250,9 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes
     Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values."""
     if bits not in (32, 16, 8, 4):
         raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {bits!r}")
+    if getattr(model.spec, "batch_norm", False):
+        raise ValueError("fold BatchNorm into the convs first (distopt.models.fold_batch_norm): "
+                         "the artifact stores only what its decoder rebuilds")
     axes = {n: axis for n, _, axis in prunable_weights(model)}
     tensors, chunks = [], []
     for name, t in model.state_dict().items():

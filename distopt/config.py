@@ -141,6 +141,10 @@ class ModelConfig:
     dense_layers: int = _opt(1, _range(0, 4), "cnn, rnn: hidden dense layers before the "
                              "classifier")
     kernel_size: int = _opt(3, _range(1, 7), "cnn: conv kernel size")
+    batch_norm: bool = _opt(False, doc="cnn: BatchNorm after each conv while training densely; "
+                            "folded into the convs when weight pruning starts (or at export)")
+    head: Literal["flatten", "gap"] = _opt("flatten", doc="cnn: flatten the last feature map, "
+                                           "or global-average-pool it (one value per channel)")
     cell: Literal["rnn", "gru", "lstm"] = _opt("rnn", doc="rnn: recurrent cell (rnn = Elman "
                                                "tanh, Keras' SimpleRNN)")
     hidden_size: int = _opt(128, _range(1), "rnn: hidden units of each recurrent layer")

@@ -7,6 +7,7 @@ so that a file alone rebuilds its model.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from torch import nn
 from distopt.config import Config
 
 __all__ = ["ModelSpec", "Net", "RecurrentNet", "build_model", "spec_from_config", "seed_cnn",
-           "seed_rnn", "Model", "count_params", "prunable_weights", "example_input"]
+           "seed_rnn", "Model", "count_params", "fold_batch_norm", "prunable_weights", "example_input"]
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # row blocks of a recurrent weight matrix
@@ -35,6 +36,8 @@ class ModelSpec:
     rnn_units: tuple[int, ...] = ()  # rnn: hidden size of each stacked recurrent layer
     vocab_size: int = 0  # rnn on tokens: embedding rows; 0 = no embedding (image rows)
     embed_dim: int = 0
+    batch_norm: bool = False  # cnn: BatchNorm after each conv (folded away before export)
+    head: Literal["flatten", "gap"] = "flatten"  # cnn: flatten or global-average-pool features
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +51,8 @@ class ModelSpec:
                    kernel_size=int(d["kernel_size"]), dropout=float(d["dropout"]),
                    cell=d.get("cell", "rnn"),
                    rnn_units=tuple(int(u) for u in d.get("rnn_units", ())),
-                   vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)))
+                   vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)),
+                   batch_norm=bool(d.get("batch_norm", False)), head=d.get("head", "flatten"))
 
     @property
     def tokens(self) -> bool:
@@ -74,7 +78,7 @@ def spec_from_config(cfg: Config) -> ModelSpec:
         return ModelSpec("cnn", in_shape, d.num_classes,
                          tuple(m.channels * 2 ** i for i in range(m.blocks)),
                          (m.dense_units,) * m.dense_layers, m.kernel_size,
-                         cfg.regularization.dropout)
+                         cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head)
     return ModelSpec("mlp", in_shape, d.num_classes, (), (m.dense_units,) * m.blocks, 3,
                      cfg.regularization.dropout)
 
@@ -108,7 +112,9 @@ def _head(n: int, units: tuple[int, ...], num_classes: int, dropout: float) -> n
 
 
 class Net(nn.Module):
-    """Conv blocks (conv 'valid' -> ReLU -> max-pool 2), then dense layers with dropout.
+    """Conv blocks (conv 'valid' -> [BatchNorm] -> ReLU -> max-pool 2), then either the
+    flattened features or their global average per channel (``head: gap``), then dense layers
+    with dropout.
 
     Layers sit in two flat ``nn.Sequential``s so that weight pruning and the artifact can walk
     (conv_i, dense_j) by index."""
@@ -119,10 +125,17 @@ class Net(nn.Module):
         c = spec.in_shape[0]
         convs: list[nn.Module] = []
         for out in spec.conv_channels:
-            convs += [nn.Conv2d(c, out, spec.kernel_size), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            convs.append(nn.Conv2d(c, out, spec.kernel_size))
+            if spec.batch_norm:
+                convs.append(nn.BatchNorm2d(out))
+            convs += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c = out
+        if spec.head == "gap" and spec.conv_channels:
+            convs.append(nn.AdaptiveAvgPool2d(1))  # (B, C, 1, 1): one value per channel
+            h = w = 1
+        else:
+            h, w = spec.conv_out_side() if spec.conv_channels else spec.in_shape[1:]
         self.features = nn.Sequential(*convs)
-        h, w = spec.conv_out_side() if spec.conv_channels else spec.in_shape[1:]
         self.classifier = _head(c * h * w, spec.dense_units, spec.num_classes, spec.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
@@ -175,6 +188,25 @@ Model = Net | RecurrentNet
 
 def build_model(spec: ModelSpec) -> Model:
     return RecurrentNet(spec) if spec.family == "rnn" else Net(spec)
+
+
+@torch.no_grad()
+def fold_batch_norm(model: Net) -> Net:
+    """The same function without BatchNorm: each BN's running statistics and affine parameters
+    folded into the preceding conv (``w * g / s``, ``(b - mean) * g / s + beta`` with
+    ``s = sqrt(var + eps)``). Exact in eval mode; what pruning fine-tunes and what the artifact
+    stores, so the decoded file reproduces it."""
+    if not model.spec.batch_norm:
+        return model
+    new = Net(dataclasses.replace(model.spec, batch_norm=False))
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    for conv, bn, dst in zip(convs, bns, (m for m in new.features if isinstance(m, nn.Conv2d))):
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        dst.weight.copy_(conv.weight * scale[:, None, None, None])
+        dst.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+    new.classifier.load_state_dict(model.classifier.state_dict())
+    return new.train(model.training)
 
 
 def example_input(spec: ModelSpec, batch: int = 1) -> torch.Tensor:

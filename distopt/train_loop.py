@@ -31,8 +31,8 @@ from distopt.compress import (Masks, apply_masks, decode, encode, global_magnitu
                               size_report, structured_prune)
 from distopt.config import Config
 from distopt.data import Splits, load_splits, shard
-from distopt.models import (Model, ModelSpec, build_model, example_input, prunable_weights,
-                            spec_from_config)
+from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
+                            prunable_weights, spec_from_config)
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,8 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     for epoch in range(start_epoch, total_epochs):
         if epoch == dense_epochs and prune and not finetuning:
             # Dense training is over: weight-prune, then fine-tune with the masks held.
-            base = _unwrap(model)
+            # BatchNorm has done its job: fine-tuning and the artifact use the folded convs.
+            base = fold_batch_norm(_unwrap(model).cpu().eval()).train()
             if cfg.compress.prune_kind == "structured":
                 base = structured_prune(base.cpu().to(memory_format=torch.contiguous_format),
                                         cfg.compress.prune_ratio)
@@ -379,7 +380,8 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         report(last, ckpt)
 
     # The artifact, and metrics of the model decoded from it (never of the in-memory model).
-    base = _unwrap(model).cpu().to(memory_format=torch.contiguous_format)
+    base = fold_batch_norm(_unwrap(model).cpu().to(memory_format=torch.contiguous_format)
+                           .eval())
     meta = {"input": norm.to_meta(),
             "config_name": cfg.name, "data_digest": splits.digest}
     artifact = encode(base, cfg.compress.quant_bits, meta)

@@ -252,3 +252,9 @@ def test_global_pruning_of_a_fresh_text_rnn_takes_the_embedding_first():
     removed = {n: 1 - masks[n].float().mean().item() for n in masks}
     assert removed["embedding.weight"] > 0.5
     assert max(v for n, v in removed.items() if n.startswith("recurrent")) < 0.5
+
+
+def test_encoding_a_model_with_batch_norm_is_refused():
+    m = _model(0, dataclasses.replace(seed_cnn(), batch_norm=True))
+    with pytest.raises(ValueError, match="fold BatchNorm into the convs first"):
+        encode(m, 8)

@@ -7,7 +7,8 @@ import sys
 import torch
 
 from distopt.config import load_config
-from distopt.models import (ModelSpec, build_model, count_params, example_input, prunable_weights,
+from distopt.models import (ModelSpec, build_model, count_params, example_input, fold_batch_norm,
+                            prunable_weights,
                             seed_cnn, seed_rnn, spec_from_config)
 
 from conftest import CONFIGS
@@ -86,3 +87,37 @@ def test_prunable_weights_cover_recurrent_and_embedding_matrices():
     assert names == {"embedding.weight": 1, "recurrent.0.weight_ih_l0": 0,
                      "recurrent.0.weight_hh_l0": 0, "recurrent.1.weight_ih_l0": 0,
                      "recurrent.1.weight_hh_l0": 0, "classifier.2.weight": 0}
+
+
+def test_gap_head_and_batch_norm_shapes():
+    cfg = load_config(None, ["model.channels=8", "model.blocks=3", "model.head=gap",
+                             "model.batch_norm=true", "model.dense_layers=0"])
+    spec = spec_from_config(cfg)
+    model = build_model(spec)
+    assert spec.head == "gap" and spec.batch_norm
+    assert model(torch.zeros(4, 1, 28, 28)).shape == (4, 10)
+    # GAP: the classifier sees one value per channel of the last block (32), not 32 x 1 x 1
+    # by accident of the input size: 8 -> 16 -> 32 channels, classifier 32 x 10.
+    assert model.classifier[-1].weight.shape == (10, 32)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_folding_batch_norm_is_exact_in_eval_mode():
+    torch.manual_seed(0)
+    spec = dataclasses.replace(seed_cnn(), conv_channels=(8, 16), batch_norm=True, head="gap",
+                               dense_units=())
+    model = build_model(spec)
+    x = torch.randn(64, 1, 28, 28)
+    model.train()
+    for _ in range(3):  # give the BNs non-trivial running statistics
+        model(x * 3 + 1)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-1, 1)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not folded.spec.batch_norm
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)

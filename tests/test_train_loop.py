@@ -228,3 +228,26 @@ def test_what_cpu_autocast_does_with_recurrent_cells():
             out, _ = cls(8, 16, batch_first=True)(x)
         got[name] = out.dtype
     assert got == {"rnn": torch.bfloat16, "gru": torch.float32, "lstm": torch.bfloat16}
+
+
+@pytest.mark.parametrize("kind,ratio", [("unstructured", 0.5), ("structured", 0.5),
+                                        ("unstructured", 0.0)])
+def test_batch_norm_is_folded_before_fine_tuning_and_export(splits, kind, ratio):
+    cfg = load_config(None, TINY + ["model.channels=8", "model.blocks=3", "model.head=gap",
+                                    "model.batch_norm=true", "model.dense_layers=0",
+                                    f"compress.prune_kind={kind}",
+                                    f"compress.prune_ratio={ratio}"])
+    rec = Recorder()
+    out = fit(cfg, WorkerEnv(), rec, splits=splits)
+    from distopt.compress import decode
+
+    spec = decode(out["artifact"]).model.spec
+    assert not spec.batch_norm and spec.head == "gap"
+    if kind == "structured":
+        assert spec.conv_channels == (4, 8, 16)
+    # The reported accuracy is the decoded file's: nothing folded that the file lacks.
+    again = evaluate_artifact(out["artifact"], splits, "val")
+    assert again["val_accuracy"] == pytest.approx(rec.reports[-1][M.VAL_ACCURACY], abs=1e-9)
+    # Fine-tuning checkpoints hold the folded model; dense ones the BatchNorm model.
+    specs = [s["spec"]["batch_norm"] for s in rec.states]
+    assert specs[0] is True and (specs[-1] is False if ratio else True)

@@ -41,6 +41,9 @@ __all__ = [
     "apply_masks",
     "structured_prune",
     "quantize_per_channel",
+    "quantize_tensor",
+    "QuantizedWeights",
+    "gradual_ratio",
     "encode",
     "decode",
     "size_report",
@@ -237,6 +240,54 @@ def _unpack(buf: memoryview, n: int, bits: int) -> tuple[np.ndarray, int]:
     u = np.empty(2 * nbytes, np.int32)
     u[0::2], u[1::2] = b & 0x0F, b >> 4
     return u[:n] - 8, nbytes
+
+
+def gradual_ratio(final: float, k: int, total: int) -> float:
+    """Sparsity for fine-tune epoch ``k`` of ``total`` under the cubic schedule of Zhu & Gupta
+    (2017): fast at first, when many small weights can go, and slower towards ``final``,
+    reached in the last epoch."""
+    return final * (1 - (1 - (k + 1) / total) ** 3)
+
+
+@torch.no_grad()
+def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
+    """What the artifact stores, in torch: symmetric per-row (axis 0) or per-column (axis 1)
+    integers times a float32 scale, with the same rounding (half to even) as
+    :func:`quantize_per_channel`."""
+    qmax = 2 ** (bits - 1) - 1
+    x = w.float()
+    x = x.transpose(0, 1) if axis == 1 else x
+    flat = x.reshape(x.shape[0], -1)
+    amax = flat.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).float()
+    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax) * scale[:, None]
+    q = q.reshape(x.shape)
+    return (q.transpose(0, 1) if axis == 1 else q).to(w.dtype)
+
+
+class QuantizedWeights:
+    """Within the block, every prunable weight holds its quantized value; on exit the float
+    weights come back. Gradients computed inside are those of the quantized model and update
+    the float weights (the straight-through estimator), so fine-tuning learns the rounding the
+    artifact will apply."""
+
+    def __init__(self, model: nn.Module, bits: int) -> None:
+        self.weights = [(w, axis) for _, w, axis in prunable_weights(model)]
+        self.bits = bits
+        self.saved: list[torch.Tensor] = []
+
+    def __enter__(self) -> QuantizedWeights:
+        with torch.no_grad():
+            for w, axis in self.weights:
+                self.saved.append(w.detach().clone())
+                w.copy_(quantize_tensor(w, self.bits, axis))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for (w, _), kept in zip(self.weights, self.saved):
+                w.copy_(kept)
+        self.saved = []
 
 
 # --------------------------------------------------------------------------------------------

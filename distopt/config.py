@@ -205,6 +205,11 @@ class CompressConfig:
         "layers physically shrink")
     finetune_epochs: int = _opt(1, _range(0), "epochs of training with the pruning masks held")
     finetune_lr_scale: float = _opt(0.5, _range(0, lo_open=True), "fine-tune lr = lr x this")
+    schedule: Literal["oneshot", "gradual"] = _opt(
+        "oneshot", doc="unstructured: oneshot prunes to prune_ratio at once; gradual raises "
+        "sparsity over the fine-tune epochs (cubic, Zhu & Gupta 2017)")
+    qat: bool = _opt(False, doc="fine-tune with weights quantized to quant_bits in every "
+                     "forward (straight-through), so the artifact's rounding is trained for")
     quant_bits: Literal[32, 16, 8, 4] = _opt(8, doc="weight bits in the artifact: 32 = float32; "
                                              "16/8/4 = symmetric per-output-channel integers")
 

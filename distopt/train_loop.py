@@ -11,6 +11,7 @@ uninterrupted one without carrying generator state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -27,8 +28,9 @@ from torch import nn
 
 from distopt import metrics as M
 from distopt.augment import random_affine, random_tokens
-from distopt.compress import (Masks, apply_masks, decode, encode, global_magnitude_masks,
-                              size_report, structured_prune)
+from distopt.compress import (Masks, QuantizedWeights, apply_masks, decode, encode,
+                              global_magnitude_masks, gradual_ratio, size_report,
+                              structured_prune)
 from distopt.config import Config
 from distopt.data import Splits, load_splits, shard
 from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
@@ -288,6 +290,14 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                 opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         return opt, sched
 
+    gradual = cfg.compress.schedule == "gradual" and cfg.compress.prune_kind == "unstructured"
+
+    def prune_ratio(k: int) -> float:
+        """Sparsity of fine-tune epoch k."""
+        if not gradual:
+            return cfg.compress.prune_ratio
+        return gradual_ratio(cfg.compress.prune_ratio, k, max(cfg.compress.finetune_epochs, 1))
+
     # A checkpoint of the last dense epoch resumes into weight pruning; later ones are fine-tuning.
     finetuning = start_epoch > dense_epochs
     opt, sched = new_optimizer(finetuning)
@@ -312,7 +322,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                 masks = {}
             else:
                 base = base.cpu().to(memory_format=torch.contiguous_format)
-                masks = global_magnitude_masks(base, cfg.compress.prune_ratio)
+                masks = global_magnitude_masks(base, prune_ratio(0))
                 apply_masks(base, masks)
             model = _wrap(base, env, channels_last)
             if masks:
@@ -320,7 +330,21 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             finetuning = True
             opt, sched = new_optimizer(True)
             scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+        if finetuning and gradual and epoch > dense_epochs:
+            # Raise sparsity for this epoch; weights pruned before are 0, so they stay pruned.
+            base = _unwrap(model)
+            masks = {k: v.to(env.device)
+                     for k, v in global_magnitude_masks(base, prune_ratio(epoch - dense_epochs))
+                     .items()}
+            apply_masks(base, masks)
         phase = "finetune" if finetuning else "train"
+        # QAT: forward/backward (and validation) with the artifact's quantized weights.
+        qat = finetuning and cfg.compress.qat and cfg.compress.quant_bits < 32
+
+        def quantized() -> Any:
+            return QuantizedWeights(_unwrap(model), cfg.compress.quant_bits) if qat else \
+                contextlib.nullcontext()
+
         # Per-epoch seeding: resumable without generator state, distinct per rank.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
         gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 + env.rank)
@@ -338,12 +362,14 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                   random_affine(xb, cfg.augment, gen))
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
-                out = model(xb)
-            loss = F.cross_entropy(out.float(), yb)
-            total = loss + cfg.regularization.l1 * _l1(model) if cfg.regularization.l1 else loss
             opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
+            with quantized():
+                with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
+                    out = model(xb)
+                loss = F.cross_entropy(out.float(), yb)
+                total = loss + cfg.regularization.l1 * _l1(model) if cfg.regularization.l1 \
+                    else loss
+                scaler.scale(total).backward()
             if t.grad_clip:
                 scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -362,8 +388,9 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         if not math.isfinite(tr_loss):
             raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
                                    "or the regularization strengths")
-        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, norm, env, 512,
-                                     precision, channels_last)
+        with quantized():
+            val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, norm, env, 512,
+                                         precision, channels_last)
         tr_acc = tr_correct / max(tr_n, 1)
         last = {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
                 M.TRAIN_ACCURACY: tr_acc, M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc,

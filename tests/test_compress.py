@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distopt.compress import (ArtifactError, apply_masks, decode, encode, global_magnitude_masks,
-                              quantize_per_channel, size_report, structured_prune)
+from distopt.compress import (ArtifactError, QuantizedWeights, apply_masks, decode, encode,
+                              global_magnitude_masks, gradual_ratio, quantize_per_channel,
+                              quantize_tensor, size_report, structured_prune)
 from distopt.models import (ModelSpec, build_model, count_params, prunable_weights, seed_cnn,
                             seed_rnn)
 
@@ -258,3 +259,36 @@ def test_encoding_a_model_with_batch_norm_is_refused():
     m = _model(0, dataclasses.replace(seed_cnn(), batch_norm=True))
     with pytest.raises(ValueError, match="fold BatchNorm into the convs first"):
         encode(m, 8)
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_torch_quantization_matches_the_artifact_codec(bits):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(12, 5, 3, 3, generator=g)
+    w[2] = 0  # an all-zero channel keeps scale 1
+    q, scale = quantize_per_channel(w.numpy(), bits)
+    expected = (q.reshape(12, -1) * scale[:, None]).reshape(w.shape)
+    np.testing.assert_array_equal(quantize_tensor(w, bits).numpy(), expected.astype(np.float32))
+    e = torch.randn(30, 6, generator=g)
+    qt, st = quantize_per_channel(e.numpy().T.copy(), bits)
+    np.testing.assert_array_equal(quantize_tensor(e, bits, axis=1).numpy(),
+                                  (qt * st[:, None]).T.astype(np.float32))
+
+
+def test_quantized_weights_block_swaps_and_restores():
+    m = _model()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    with QuantizedWeights(m, 4):
+        w = m.features[0].weight
+        assert len(torch.unique(w[0])) <= 15  # 4-bit: at most 15 levels per channel
+        m(X).sum().backward()
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert m.features[0].weight.grad is not None
+
+
+def test_gradual_schedule_reaches_the_final_ratio():
+    assert gradual_ratio(0.9, 0, 1) == pytest.approx(0.9)
+    ratios = [gradual_ratio(0.9, k, 4) for k in range(4)]
+    assert ratios == sorted(ratios) and ratios[-1] == pytest.approx(0.9)
+    assert ratios[0] > 0.9 / 4  # cubic: most of the pruning early

@@ -251,3 +251,25 @@ def test_batch_norm_is_folded_before_fine_tuning_and_export(splits, kind, ratio)
     # Fine-tuning checkpoints hold the folded model; dense ones the BatchNorm model.
     specs = [s["spec"]["batch_norm"] for s in rec.states]
     assert specs[0] is True and (specs[-1] is False if ratio else True)
+
+
+def test_qat_fine_tuning_validates_what_the_file_holds(splits):
+    cfg = load_config(None, TINY + ["compress.quant_bits=4", "compress.qat=true",
+                                    "compress.finetune_epochs=2"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    last_finetune, final = rec.reports[-2], rec.reports[-1]
+    assert last_finetune[M.PHASE] == "finetune"
+    # Validation during QAT ran on the quantized weights: the decoded file scores the same.
+    assert final[M.VAL_ACCURACY] == pytest.approx(last_finetune[M.VAL_ACCURACY], abs=1e-3)
+
+
+def test_gradual_pruning_raises_sparsity_each_fine_tune_epoch(splits):
+    cfg = load_config(None, TINY + ["compress.schedule=gradual", "compress.prune_ratio=0.9",
+                                    "compress.finetune_epochs=3"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    kept = [sum(int(m.sum()) for m in s["masks"].values()) for s in rec.states if s["masks"]]
+    assert kept[0] > kept[1] > kept[2] == kept[-1]  # the final report repeats the last state
+    final = rec.reports[-1]
+    assert final[M.NONZERO_PARAMS] <= 0.1 * final[M.PARAMS] + 300

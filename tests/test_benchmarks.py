@@ -33,3 +33,15 @@ def test_gpu_script_on_a_gpu(tmp_path):
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert {r["precision"] for r in data["step"]} >= {"fp32", "fp16"}
     assert data["search"]["returncode"] == 0
+
+
+def test_benchmark_page_renders_every_section(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run_all
+
+    text = run_all.render(tmp_path / "page.md").read_text()
+    for section in ("## Headline", "## Training throughput", "## Search efficiency",
+                    "## The default search", "## GPU"):
+        assert section in text

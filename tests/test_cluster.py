@@ -181,8 +181,9 @@ def test_ray_up_submit_down_over_ssh(tmp_path):
         down = ray("down", "-y", str(cluster))
         assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
         assert wait_for(lambda: not ray_processes(), 30), ray_processes()
-        print(f"ray up {times['up']:.0f} s, ray submit {times['submit']:.0f} s, "
-              f"ray down {times['down']:.0f} s")
+        for name, p in (("up", up), ("submit", sub), ("down", down)):  # shown with -s
+            last = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
+            print(f"ray {name}: {times[name]:.0f} s; ends with:", *last, sep="\n    ")
     finally:
         if ray_processes():
             ray("down", "-y", str(cluster), timeout=120)

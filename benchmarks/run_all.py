@@ -77,9 +77,11 @@ def render(page: Path = PAGE) -> Path:
     lines += ["## Headline: full MNIST front vs Deep Compression", ""]
     hl = _load("headline")
     if hl:
-        lines += [_machine(hl), "", f"Experiment `{hl['experiment']}`: {hl['trials']} trials, "
-                  f"{hl['complete']} complete, {len(hl['front'])} on the front. Test accuracy "
-                  "of each front model is measured on its decoded file.", "",
+        wall = (f" in **{hl['search_wall_s'] / 60:.0f} min** wall"
+                if hl.get("search_wall_s") else "")
+        lines += [_machine(hl), "", f"`configs/mnist_cnn_full.yaml`: {hl['trials']} trials"
+                  f"{wall}, {hl['complete']} complete, {len(hl['front'])} on the front. Test "
+                  "accuracy of each front model is measured on its decoded file.", "",
                   "![headline](results/headline.png)", ""]
         lines.append(table(["trial", "bytes", "val acc", "test acc"],
                            [[f["trial_id"], f"{f['size_bytes']:,.0f}",

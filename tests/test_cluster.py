@@ -182,7 +182,8 @@ def test_ray_up_submit_down_over_ssh(tmp_path):
         assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
         assert wait_for(lambda: not ray_processes(), 30), ray_processes()
         for name, p in (("up", up), ("submit", sub), ("down", down)):  # shown with -s
-            last = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-3:]
+            last = [ln for ln in p.stdout.splitlines() if ln.strip()][-2:] + \
+                [ln for ln in p.stderr.splitlines() if ln.strip()][-1:]
             print(f"ray {name}: {times[name]:.0f} s; ends with:", *last, sep="\n    ")
     finally:
         if ray_processes():

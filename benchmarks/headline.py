@@ -35,6 +35,27 @@ def dominates(size: float, acc: float, anchor_size: float, anchor_acc: float) ->
     return size <= anchor_size and acc >= anchor_acc and (size < anchor_size or acc > anchor_acc)
 
 
+def markdown(payload: dict[str, Any]) -> str:
+    """The front, the anchors and the goals as Markdown tables (printed here, and on the
+    benchmark page by run_all.py)."""
+    front = payload["front"]
+    keys = [k for k in (front[0] if front else {}) if k.startswith("param.")]
+    parts = [
+        table(["trial", "bytes", "val acc", "test acc"] + [k[6:] for k in keys],
+              [[f["trial_id"], f"{f[M.SIZE_BYTES]:,.0f}", f"{f[M.VAL_ACCURACY]:.4f}",
+                f"{f[M.TEST_ACCURACY]:.4f}"] + [f[k] for k in keys] for f in front]),
+        table(["anchor (Han et al. 2016)", "bytes", "test acc", "front models dominating it"],
+              [[a["anchor"], f"{a['bytes']:,}", f"{a['test_accuracy']:.4f}",
+                len(a["dominated_by"])] for a in payload["anchors"]]),
+        table(["goal", "met", "best front model within the size"],
+              [[g["goal"], "yes" if g["met_by"] else "no",
+                "-" if g["best_within_size"] is None else
+                f"{g['best_within_size']['test_accuracy']:.4f} at "
+                f"{g['best_within_size']['bytes']:,.0f} B"] for g in payload["goals"]]),
+    ]
+    return "\n\n".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("experiment", type=Path)
@@ -48,10 +69,6 @@ def main() -> None:
     done = [r for r in rows if r["status"] == "COMPLETE"]
     keys = [k for k in rows[0] if k.startswith("param.")] if rows else []
     print(f"{args.experiment}: {len(rows)} trials, {len(done)} complete, front of {len(front)}\n")
-    print(table(["trial", "bytes", "val acc", "test acc"] + [k[6:] for k in keys],
-                [[r["trial_id"], f"{r[M.SIZE_BYTES]:,.0f}", f"{r[M.VAL_ACCURACY]:.4f}",
-                  f"{r[M.TEST_ACCURACY]:.4f}"]
-                 + [r[k] for k in keys] for r in front]))
     verdicts = []
     for label, size, acc in ANCHORS:
         beaters = [r for r in front
@@ -68,17 +85,13 @@ def main() -> None:
                       "best_within_size": None if best is None else
                       {"trial": best["trial_id"], "bytes": best[M.SIZE_BYTES],
                        "test_accuracy": best[M.TEST_ACCURACY]}})
-    print()
-    print(table(["anchor", "bytes", "test acc", "dominated by front models"],
-                [[v["anchor"], f"{v['bytes']:,}", f"{v['test_accuracy']:.4f}",
-                  len(v["dominated_by"])]
-                 for v in verdicts]))
-    print()
-    print(table(["goal", "met", "best front model within the size"],
-                [[g["goal"], "yes" if g["met_by"] else "no",
-                  "-" if g["best_within_size"] is None else
-                  f"{g['best_within_size']['test_accuracy']:.4f} at "
-                  f"{g['best_within_size']['bytes']:,.0f} B"] for g in goals]))
+    payload: dict[str, Any] = {
+        "experiment": str(args.experiment), "trials": len(rows), "complete": len(done),
+        "search_wall_s": args.wall_s,
+        "front": [{k: r[k] for k in ["trial_id", M.SIZE_BYTES, M.VAL_ACCURACY, M.TEST_ACCURACY]
+                   + keys} for r in front],
+        "anchors": verdicts, "goals": goals}
+    print(markdown(payload))
 
     import matplotlib
 
@@ -108,12 +121,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "headline.png", dpi=120)
     plt.close(fig)
-    payload: dict[str, Any] = {
-        "experiment": str(args.experiment), "trials": len(rows), "complete": len(done),
-        "search_wall_s": args.wall_s,
-        "front": [{k: r[k] for k in ["trial_id", M.SIZE_BYTES, M.VAL_ACCURACY, M.TEST_ACCURACY]
-                   + keys} for r in front],
-        "anchors": verdicts, "goals": goals}
     print(f"\nwrote {write('headline', payload, args.out)} and {args.out / 'headline.png'}")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import headline  # noqa: E402
 from _common import RESULTS, table, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,19 +84,7 @@ def render(page: Path = PAGE) -> Path:
                   f"{wall}, {hl['complete']} complete, {len(hl['front'])} on the front. Test "
                   "accuracy of each front model is measured on its decoded file.", "",
                   "![headline](results/headline.png)", ""]
-        lines.append(table(["trial", "bytes", "val acc", "test acc"],
-                           [[f["trial_id"], f"{f['size_bytes']:,.0f}",
-                             f"{f['val_accuracy']:.4f}", f"{f['test_accuracy']:.4f}"]
-                            for f in hl["front"]]))
-        lines += ["", table(["anchor (Han et al. 2016)", "bytes", "test acc",
-                             "front models dominating it"],
-                            [[a["anchor"], f"{a['bytes']:,}", f"{a['test_accuracy']:.4f}",
-                              len(a["dominated_by"])] for a in hl["anchors"]]), ""]
-        lines += [table(["goal", "met", "best front model within the size"],
-                        [[g["goal"], "yes" if g["met_by"] else "no",
-                          "-" if not g["best_within_size"] else
-                          f"{g['best_within_size']['test_accuracy']:.4f} at "
-                          f"{g['best_within_size']['bytes']:,.0f} B"] for g in hl["goals"]]), ""]
+        lines += [headline.markdown(hl), ""]
     else:
         lines += _missing("headline", "python benchmarks/headline.py <experiment dir>")
 

@@ -112,15 +112,18 @@ def structured_prune(model: Model, ratio: float) -> Model:
         return _structured_prune_rnn(model, ratio)
     model = fold_batch_norm(model)
     spec = model.spec
-    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-    denses = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    # State keys of the smaller model: the same layer positions, with fewer channels/units.
+    convs = [(f"features.{k}.", m) for k, m in enumerate(model.features)
+             if isinstance(m, nn.Conv2d)]
+    denses = [(f"classifier.{k}.", m) for k, m in enumerate(model.classifier)
+              if isinstance(m, nn.Linear)]
     state: dict[str, torch.Tensor] = {}
     keep_in = torch.arange(spec.in_shape[0])
     new_channels = []
-    for conv in convs:
+    for key, conv in convs:
         w = conv.weight.contiguous()[:, keep_in]
         keep = _keep(w.abs().sum(dim=(1, 2, 3)).float(), ratio)
-        state[f"c{len(new_channels)}.w"], state[f"c{len(new_channels)}.b"] = w[keep], conv.bias[keep]
+        state[f"{key}weight"], state[f"{key}bias"] = w[keep], conv.bias[keep]
         new_channels.append(len(keep))
         keep_in = keep
     if convs:
@@ -129,18 +132,10 @@ def structured_prune(model: Model, ratio: float) -> Model:
         keep_in = (keep_in[:, None] * (h * w_) + torch.arange(h * w_)[None]).flatten()
     else:
         keep_in = torch.arange(int(np.prod(spec.in_shape)))
-    new_units = _prune_head([(f"d{i}.", d) for i, d in enumerate(denses)], keep_in, ratio, state)
-    new_spec = dataclasses.replace(spec, conv_channels=tuple(new_channels),
-                                   dense_units=tuple(new_units))
-    new = build_model(new_spec)
-    new_convs = [m for m in new.features if isinstance(m, nn.Conv2d)]
-    new_denses = [m for m in new.classifier if isinstance(m, nn.Linear)]
-    for i, m in enumerate(new_convs):
-        m.weight.copy_(state[f"c{i}.w"])
-        m.bias.copy_(state[f"c{i}.b"])
-    for i, m in enumerate(new_denses):
-        m.weight.copy_(state[f"d{i}.weight"])
-        m.bias.copy_(state[f"d{i}.bias"])
+    new_units = _prune_head(denses, keep_in, ratio, state)
+    new = build_model(dataclasses.replace(spec, conv_channels=tuple(new_channels),
+                                          dense_units=tuple(new_units)))
+    new.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     return new
 
 

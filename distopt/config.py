@@ -534,6 +534,18 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         if side < 1:
             problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
                             f"the {d.shape[1]}x{d.shape[2]} input shrinks to nothing")
+    c = cfg.compress
+    fine_tunes = c.prune_ratio > 0 and c.finetune_epochs > 0
+    if ok("compress") and c.qat and (c.quant_bits == 32 or not fine_tunes):
+        problems.append(f"compress.qat: got true with quant_bits {c.quant_bits}, prune_ratio "
+                        f"{c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; quantization-"
+                        "aware fine-tuning needs quant_bits < 32 and a fine-tune phase "
+                        "(prune_ratio > 0, finetune_epochs >= 1)")
+    if ok("compress") and c.schedule == "gradual" and (c.prune_kind != "unstructured"
+                                                      or not fine_tunes):
+        problems.append(f"compress.schedule: got 'gradual' with prune_kind {c.prune_kind!r}, "
+                        f"prune_ratio {c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; "
+                        "gradual pruning needs unstructured pruning over fine-tune epochs")
     if not ok("search.objectives"):
         return
     names = [o[0] for o in cfg.search.objectives]

@@ -178,10 +178,6 @@ def _make_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Opt
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=wd)
 
 
-def _l1(model: nn.Module) -> torch.Tensor:
-    return sum(w.abs().sum() for _, w, _ in prunable_weights(model))  # type: ignore[return-value]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, env: WorkerEnv,
              batch_size: int, precision: str = "fp32", channels_last: bool = False
@@ -338,12 +334,12 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                      .items()}
             apply_masks(base, masks)
         phase = "finetune" if finetuning else "train"
+        # The model only changes between epochs: find its weights once per epoch, not per step.
+        l1_weights = [w for _, w, _ in prunable_weights(_unwrap(model))] \
+            if cfg.regularization.l1 else []
         # QAT: forward/backward (and validation) with the artifact's quantized weights.
-        qat = finetuning and cfg.compress.qat and cfg.compress.quant_bits < 32
-
-        def quantized() -> Any:
-            return QuantizedWeights(_unwrap(model), cfg.compress.quant_bits) if qat else \
-                contextlib.nullcontext()
+        quantized: Any = QuantizedWeights(_unwrap(model), cfg.compress.quant_bits) \
+            if finetuning and cfg.compress.qat else contextlib.nullcontext()
 
         # Per-epoch seeding: resumable without generator state, distinct per rank.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
@@ -363,12 +359,12 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
-            with quantized():
+            with quantized:
                 with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
                     out = model(xb)
                 loss = F.cross_entropy(out.float(), yb)
-                total = loss + cfg.regularization.l1 * _l1(model) if cfg.regularization.l1 \
-                    else loss
+                total = loss + cfg.regularization.l1 * sum(w.abs().sum() for w in l1_weights) \
+                    if l1_weights else loss
                 scaler.scale(total).backward()
             if t.grad_clip:
                 scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
@@ -388,7 +384,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         if not math.isfinite(tr_loss):
             raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
                                    "or the regularization strengths")
-        with quantized():
+        with quantized:
             val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, norm, env, 512,
                                          precision, channels_last)
         tr_acc = tr_correct / max(tr_n, 1)

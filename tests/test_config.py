@@ -230,3 +230,16 @@ def test_type_errors_do_not_hide_cross_field_problems():
         assert line in text, line
     # A bad value is reported once, not again by the rules that read it.
     assert "shrinks to nothing" not in text and len(e.value.problems) == 4
+
+
+def test_compression_options_that_would_do_nothing_are_rejected():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["compress.qat=true", "compress.quant_bits=32",
+                           "compress.schedule=gradual", "compress.prune_kind=structured"])
+    text = str(e.value)
+    assert "compress.qat: got true with quant_bits 32" in text
+    assert "compress.schedule: got 'gradual' with prune_kind 'structured'" in text
+    with pytest.raises(ConfigError, match="a fine-tune phase"):
+        load_config(None, ["compress.qat=true", "compress.prune_ratio=0"])
+    load_config(None, ["compress.qat=true", "compress.schedule=gradual", "compress.quant_bits=4",
+                       "compress.prune_ratio=0.5"])

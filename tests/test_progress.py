@@ -34,3 +34,30 @@ def test_table_is_compact_running_plus_recent_finished():
     assert len(rows) == 6
     assert sum("RUNNING" in r for r in rows) == 1 and sum("FAILED" in r for r in rows) == 1
     assert not any(r.startswith("00000") for r in rows)
+
+
+def test_experiment_gauges_count_the_trial_that_is_ending(monkeypatch):
+    """Tune sets the ending trial's status after its callbacks: the gauges must still count it
+    (without that, the last trial was missing from `distopt_trials_finished`)."""
+
+    import distopt.telemetry
+    from distopt.progress import ExperimentGauges
+
+    seen = []
+    monkeypatch.setattr(distopt.telemetry, "record_experiment",
+                        lambda *args: seen.append(args))
+    cfg = load_config(CONFIGS / "smoke.yaml")
+
+    def trial(status: str, acc: float, size: float) -> SimpleNamespace:
+        return SimpleNamespace(status=status, last_result={M.PHASE: "final", M.VAL_ACCURACY: acc,
+                                                           M.SIZE_BYTES: size})
+
+    done = [trial("TERMINATED", 0.9, 1000.0), trial("TERMINATED", 0.8, 5000.0)]
+    ending, broken = trial("RUNNING", 0.95, 2000.0), trial("ERROR", 0.5, 10.0)
+    gauges = ExperimentGauges(cfg)
+    gauges.on_trial_complete(0, [*done, ending, broken], ending)
+    name, finished, failed, hv, front = seen[-1]
+    assert (name, finished, failed, front) == ("smoke", 3, 1, 2)  # 5000 B at 0.8 is dominated
+    assert hv > 0
+    gauges.on_trial_error(0, [*done, ending], ending)
+    assert seen[-1][1:3] == (2, 1)

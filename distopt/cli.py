@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -13,8 +13,9 @@ from typing import Sequence
 import yaml
 
 from distopt import metrics as M
-from distopt.config import ConfigError, load_config, reference_markdown
+from distopt.config import Config, ConfigError, load_config, reference_markdown
 from distopt.data import DataError
+from distopt.workdir import check_output, create_output, replace_output
 
 log = logging.getLogger("distopt")
 
@@ -29,28 +30,34 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
 
 
-def _prepare_output(out: Path, resume: bool, overwrite: bool) -> list[str]:
-    """Problems with the output directory, checked before anything starts."""
-    if resume and overwrite:
-        return ["--resume and --overwrite exclude each other"]
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        return [f"output directory {out} exists and is not empty: pass --resume to continue "
-                "it or --overwrite to replace it"]
-    if resume and not out.exists():
-        return [f"--resume: output directory {out} does not exist"]
-    return []
+def _comparable(d: dict) -> dict:
+    """A config dict with local paths spelled one way (``~`` and relative paths expanded), so
+    a stored config and the same file loaded again compare equal."""
+    data = dict(d["data"])
+    for key in ("path", "test_path", "cache_dir"):
+        v = data.get(key)
+        if isinstance(v, str) and v and "://" not in v:
+            data[key] = os.path.abspath(os.path.expanduser(v))
+    return {**d, "data": data}
+
+
+def _stored_public(out: Path) -> dict:
+    """The config an experiment was started with, as written (credentials redacted)."""
+    raw = yaml.safe_load((out / "config.yaml").read_text())
+    return _comparable(Config.from_dict(raw, str(out / "config.yaml")).public_dict())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output)
-    problems = _prepare_output(out, args.resume, args.overwrite)
+    problems = check_output(out, args.resume, args.overwrite)
     if problems:
         raise ConfigError(problems, "command line")
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if args.overwrite:
+        replace_output(out, "train")
+    else:
+        create_output(out, "train")
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
 
     from distopt.run import run_trial  # Ray is imported only once the config is valid
 
@@ -82,18 +89,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     out = out or Path("results") / cfg.name
-    problems = _prepare_output(out, args.resume, args.overwrite)
+    problems = check_output(out, args.resume, args.overwrite)
     if not cfg.search.space:
         problems.append("search.space: got {}; name at least one config key to search")
     if args.resume and (out / "config.yaml").exists() and \
-            load_config(out / "config.yaml").to_dict() != cfg.to_dict():
+            _stored_public(out) != _comparable(cfg.public_dict()):
         problems.append(f"--resume: the config differs from the one {out} was started with; "
                         "resume without --config (or with the same one)")
     if problems:
         raise ConfigError(problems, "command line")
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite:
+        replace_output(out, "search")
+    else:
+        create_output(out, "search")
 
     from distopt.report import collect, save_config, write_report
     from distopt.run import ensure_ray

@@ -296,6 +296,10 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes
     Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values."""
     if bits not in (32, 16, 8, 4):
         raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {bits!r}")
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > MAX_PARAMS:
+        raise ValueError(f"the model has {n_params:,} parameters; the artifact holds at most "
+                         f"{MAX_PARAMS:,} (distopt.compress.MAX_PARAMS)")
     if getattr(model.spec, "batch_norm", False):
         raise ValueError("fold BatchNorm into the convs first (distopt.models.fold_batch_norm): "
                          "the artifact stores only what its decoder rebuilds")
@@ -343,8 +347,133 @@ class Decoded:
     tensors: list[dict[str, Any]]
 
 
-def decode(data: bytes, source: str = "artifact") -> Decoded:
-    """Rebuild the model from artifact bytes, checking magic, version, length and CRC."""
+# Bounds of what a file may ask the decoder to build. Every model distopt encodes is within
+# them (``encode`` refuses bigger ones), so every file it writes can be read back.
+MAX_PARAMS = 1 << 25  # 33.5 M parameters: 134 MB as float32
+MAX_HEADER_BYTES = 1 << 20
+MAX_LAYERS = 64
+MAX_DIM = 1 << 16  # any single width, channel count, input side, class or vocabulary count
+
+
+def _spec_problem(d: Any) -> str | None:
+    """Why a header's spec cannot be a model this decoder builds, or None. Runs before anything
+    is built, so that a crafted spec never allocates memory."""
+    if not isinstance(d, dict):
+        return "spec is not an object"
+    for key, allowed, default in (("family", ("cnn", "mlp", "rnn"), None),
+                                  ("cell", tuple(GATES), "rnn"), ("head", ("flatten", "gap"),
+                                                                  "flatten")):
+        v = d.get(key, default)
+        if not isinstance(v, str) or v not in allowed:
+            name = {"family": "model family", "cell": "recurrent cell", "head": "head"}[key]
+            return f"unknown {name} {v!r}"
+    if d.get("batch_norm", False) is not False:
+        return "spec.batch_norm must be false (BatchNorm is folded before export)"
+    missing = [k for k in ("in_shape", "num_classes", "conv_channels", "dense_units",
+                           "kernel_size", "dropout") if k not in d]
+    if missing:
+        return f"spec lacks {missing}"
+    lists = {k: d.get(k, []) for k in ("in_shape", "conv_channels", "dense_units", "rnn_units")}
+    for key, v in lists.items():
+        if not isinstance(v, list) or len(v) > MAX_LAYERS or \
+                not all(type(x) is int and 1 <= x <= MAX_DIM for x in v):
+            return f"spec.{key} must be a list of at most {MAX_LAYERS} integers in [1, {MAX_DIM}]"
+    for key in ("num_classes", "kernel_size"):
+        if not (type(d.get(key)) is int and 1 <= d[key] <= MAX_DIM):
+            return f"spec.{key} must be an integer in [1, {MAX_DIM}]"
+    for key in ("vocab_size", "embed_dim"):
+        if not (type(d.get(key, 0)) is int and 0 <= d.get(key, 0) <= 1 << 24):
+            return f"spec.{key} must be an integer in [0, {1 << 24}]"
+    if not (isinstance(d.get("dropout"), (int, float)) and 0 <= d["dropout"] < 1):
+        return "spec.dropout must be in [0, 1)"
+    tokens = d.get("vocab_size", 0) > 0
+    if len(lists["in_shape"]) != (1 if d["family"] == "rnn" and tokens else 3):
+        return f"spec.in_shape {lists['in_shape']} does not fit family {d['family']!r}"
+    if tokens and not d.get("embed_dim"):
+        return "spec.embed_dim must be >= 1 with a vocabulary"
+    if d["family"] == "cnn" and lists["conv_channels"]:
+        h, w = lists["in_shape"][1:]
+        for _ in lists["conv_channels"]:
+            h, w = (h - d["kernel_size"] + 1) // 2, (w - d["kernel_size"] + 1) // 2
+        if min(h, w) < 1:
+            return "spec's convolutions shrink the input to nothing"
+    if d["family"] == "rnn" and not lists["rnn_units"]:
+        return "spec.rnn_units is empty"
+    return None
+
+
+def _expected_state(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of the spec's model, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _tensor_problem(e: Any, expected: dict[str, tuple[int, ...]], weights: dict[str, int]
+                    ) -> str | None:
+    if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+        return "a tensor entry has no name"
+    name = e["name"]
+    if name not in expected:
+        return f"tensor {name!r} is not a parameter of the spec's model"
+    if not isinstance(e.get("shape"), list) or tuple(e["shape"]) != expected[name]:
+        return f"tensor {name!r} has shape {e.get('shape')!r}; the spec's model has " \
+               f"{list(expected[name])}"
+    if e.get("bits") not in (32, 16, 8, 4) or (e["bits"] != 32 and name not in weights):
+        return f"tensor {name!r}: bits {e.get('bits')!r} is not valid for it"
+    if not isinstance(e.get("sparse"), bool) or (e["sparse"] and name not in weights):
+        return f"tensor {name!r}: sparse {e.get('sparse')!r} is not valid for it"
+    if e["bits"] != 32 and e.get("axis", 0) != weights[name]:
+        return f"tensor {name!r}: quantization axis {e.get('axis')!r}, expected {weights[name]}"
+    return None
+
+
+def _payload_bound(tensors: list[dict[str, Any]]) -> int:
+    """The most payload bytes the tensors can need (every weight non-zero)."""
+    total = 0
+    for e in tensors:
+        n = math.prod(e["shape"])
+        total += (n + 7) // 8 if e["sparse"] else 0
+        if e["bits"] != 32:
+            total += 4 * e["shape"][e.get("axis", 0)]
+        total += {32: 4 * n, 16: 2 * n, 8: n, 4: (n + 1) // 2}[e["bits"]]
+    return total
+
+
+def _inflate(body: bytes, codec: int, limit: int, source: str) -> bytes:
+    """Decompress at most ``limit`` bytes; a body that holds more is rejected, not expanded."""
+    try:
+        if codec == 1:
+            # No match can reach further back than the output we accept, so a dictionary of
+            # that size decodes every valid body (the encoder's preset holds 64 MB).
+            dict_size = min(max(limit + 1, 4096), 64 << 20)
+            filters = [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+            out = lzma.LZMADecompressor(format=lzma.FORMAT_RAW,
+                                        filters=filters).decompress(body, limit + 1)
+        else:
+            out = zlib.decompressobj().decompress(body, limit + 1)
+    except (lzma.LZMAError, zlib.error) as e:
+        raise ArtifactError(f"{source}: body cannot be decompressed ({e})") from None
+    return out
+
+
+class _Reader:
+    """Bounds-checked reads from the decompressed payload."""
+
+    def __init__(self, buf: memoryview, source: str) -> None:
+        self.buf, self.pos, self.source = buf, 0, source
+
+    def take(self, nbytes: int, what: str) -> memoryview:
+        if self.pos + nbytes > len(self.buf):
+            raise ArtifactError(f"{self.source}: payload ends inside {what}")
+        view = self.buf[self.pos:self.pos + nbytes]
+        self.pos += nbytes
+        return view
+
+
+def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
+    """Check the wrapper (magic, version, length, CRC, codec) and return the codec and the
+    validated header (spec and tensor list agree with each other)."""
     if len(data) < _PREAMBLE.size + 4:
         raise ArtifactError(f"{source}: {len(data)} bytes is too short to be an artifact")
     magic, version, codec, _, body_len = _PREAMBLE.unpack_from(data)
@@ -363,39 +492,86 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
         raise ArtifactError(f"{source}: CRC mismatch; the file is corrupt")
     if codec not in _CODECS:
         raise ArtifactError(f"{source}: unknown codec {codec}")
-    body = data[_PREAMBLE.size:-4]
-    raw = (lzma.decompress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-           if codec == 1 else zlib.decompress(body))
-    (hlen,) = struct.unpack_from("<I", raw)
-    header = json.loads(raw[4:4 + hlen])
-    buf = memoryview(raw)[4 + hlen:]
-    state, pos = {}, 0
+    prefix = _inflate(data[_PREAMBLE.size:-4], codec, 4 + MAX_HEADER_BYTES, source)
+    if len(prefix) < 4:
+        raise ArtifactError(f"{source}: body too short for its header")
+    (hlen,) = struct.unpack_from("<I", prefix)
+    if hlen > MAX_HEADER_BYTES or 4 + hlen > len(prefix):
+        raise ArtifactError(f"{source}: header length {hlen} is beyond the body or the "
+                            f"{MAX_HEADER_BYTES}-byte limit")
+    try:
+        header = json.loads(bytes(prefix[4:4 + hlen]))
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8 and nesting-depth errors
+        raise ArtifactError(f"{source}: header is not valid JSON ({e.__class__.__name__})") \
+            from None
+    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list) or \
+            not isinstance(header.get("meta", {}), dict):
+        raise ArtifactError(f"{source}: header lacks its spec, tensors or meta")
+    problem = _spec_problem(header.get("spec"))
+    if problem is None:
+        spec = ModelSpec.from_dict(header["spec"])
+        expected_state = _expected_state(spec)
+        n_params = sum(math.prod(s) for s in expected_state.values())
+        if n_params > MAX_PARAMS:
+            problem = f"spec asks for {n_params:,} parameters; at most {MAX_PARAMS:,} are read"
+    if problem is None:
+        with torch.device("meta"):
+            weights = {n: axis for n, _, axis in prunable_weights(build_model(spec))}
+        names = [e.get("name") if isinstance(e, dict) else None for e in header["tensors"]]
+        for e in header["tensors"]:
+            problem = problem or _tensor_problem(e, expected_state, weights)
+        if problem is None and sorted(names) != sorted(expected_state):
+            problem = f"tensors {names} do not match the spec's parameters " \
+                      f"{list(expected_state)}"
+    if problem:
+        raise ArtifactError(f"{source}: invalid header: {problem}")
+    header["hlen"] = hlen
+    return codec, header
+
+
+def decode(data: bytes, source: str = "artifact") -> Decoded:
+    """Rebuild the model from artifact bytes.
+
+    Checks magic, version, length and CRC; then validates the header's spec and tensor list
+    against each other before anything is built, decompresses no more than those tensors can
+    need, and checks every read against the payload. Any problem raises :class:`ArtifactError`
+    naming it, whatever the file holds."""
+    codec, header = _read_header(data, source)
+    hlen = header.pop("hlen")
+    limit = 4 + hlen + _payload_bound(header["tensors"])
+    raw = _inflate(data[_PREAMBLE.size:-4], codec, limit, source)
+    if len(raw) > limit:
+        raise ArtifactError(f"{source}: body decompresses to more than its tensors need")
+    reader = _Reader(memoryview(raw)[4 + hlen:], source)
+    state = {}
     for e in header["tensors"]:
         shape, bits = tuple(e["shape"]), e["bits"]
-        n = int(np.prod(shape)) if shape else 1
+        n = math.prod(shape)
+        what = f"tensor {e['name']!r}"
         if e["sparse"]:
-            nbytes = (n + 7) // 8
-            nz = np.unpackbits(np.frombuffer(buf[pos:pos + nbytes], np.uint8))[:n].astype(bool)
-            pos += nbytes
+            mask = reader.take((n + 7) // 8, what)
+            nz = np.unpackbits(np.frombuffer(mask, np.uint8))[:n].astype(bool)
         else:
             nz = np.ones(n, bool)
         count = int(nz.sum())
         values = np.zeros(n, np.float32)
         if bits == 32:
-            values[nz] = np.frombuffer(buf[pos:pos + 4 * count], "<f4")
-            pos += 4 * count
+            values[nz] = np.frombuffer(reader.take(4 * count, what), "<f4")
         else:
             axis = e.get("axis", 0)
             rows = shape[axis]
-            scale = np.frombuffer(buf[pos:pos + 4 * rows], "<f4")
-            pos += 4 * rows
-            q, used = _unpack(buf[pos:], count, bits)
-            pos += used
+            scale = np.frombuffer(reader.take(4 * rows, what), "<f4")
+            packed = {16: 2 * count, 8: count, 4: (count + 1) // 2}[bits]
+            q, _ = _unpack(reader.take(packed, what), count, bits)
             dense_q = np.zeros(n, np.float32)
             dense_q[nz] = q
-            values = (dense_q.reshape(shape) * scale[None, :] if axis == 1 else
-                      dense_q.reshape(rows, -1) * scale[:, None]).ravel()
+            with np.errstate(over="ignore", invalid="ignore"):  # crafted scales may overflow
+                values = (dense_q.reshape(shape) * scale[None, :] if axis == 1 else
+                          dense_q.reshape(rows, -1) * scale[:, None]).ravel()
         state[e["name"]] = torch.from_numpy(values.reshape(shape).copy())
+    if reader.pos != len(reader.buf):
+        raise ArtifactError(f"{source}: {len(reader.buf) - reader.pos} bytes of payload follow "
+                            "the last tensor")
     model = build_model(ModelSpec.from_dict(header["spec"]))
     model.load_state_dict(state)
     model.eval()

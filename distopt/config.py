@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ __all__ = [
     "load_config",
     "parse_overrides",
 ]
+
+
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # no '.', '..', separators, dotfiles
 
 
 class ConfigError(ValueError):
@@ -225,7 +229,9 @@ class SearchConfig:
     max_concurrent: int | None = _opt(None, Rule(lambda v: v is None or v >= 1,
                                       "must be null or >= 1"),
                                       "null: derived from cluster and per-trial resources")
-    storage: str | None = _opt(None, doc="Optuna RDB URL; null: SQLite in the experiment dir")
+    storage: str | None = _opt(None, doc="Optuna RDB URL; null: SQLite in the experiment dir. "
+                               "Write a password as ${ENV_VAR}: it is read from the environment "
+                               "when the study opens; a literal one is redacted in results")
     trial_overrides: dict[str, Any] = _opt({}, doc="dotted key -> value every trial uses "
                                             "instead of the sections above (e.g. fewer epochs)")
 
@@ -235,8 +241,10 @@ class Config:
     """The whole configuration of a trial or a search. Frozen: derive variants with
     :meth:`with_overrides`."""
 
-    name: str = _opt("distopt", Rule(lambda v: bool(v) and "/" not in v,
-                                     "must be a non-empty name without '/'"), "experiment name")
+    name: str = _opt("distopt", Rule(lambda v: _SLUG.fullmatch(v) is not None,
+                                     "must be 1-100 letters, digits, '_', '-' or '.', starting "
+                                     "with a letter or digit"),
+                     "experiment name (results/<name> by default)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -248,6 +256,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serializable nested dict (tuples become lists)."""
         return _plain(dataclasses.asdict(self))
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with credentials redacted: what results files and logs may hold."""
+        d = self.to_dict()
+        if d["search"]["storage"]:
+            d["search"]["storage"] = redact_url(d["search"]["storage"])
+        return d
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> Config:
@@ -270,6 +285,38 @@ class Config:
             return self
         # The result has no trial_overrides left, so applying them is not repeated.
         return self.with_overrides({**self.search.trial_overrides, "search.trial_overrides": {}})
+
+
+REDACTED = "***"
+_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*:)(?P<pw>[^@/?#]*)@")
+_QUERY_SECRET = re.compile(r"(?i)(?P<key>[?&](?:password|passwd|pwd|secret|token|"
+                           r"access_key|secret_key)=)(?P<value>[^&#]*)")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:password@host/...`` -> ``scheme://user:***@host/...``, and secret query
+    parameters (``?password=...``) likewise. ``${ENV_VAR}`` references are no secret and stay."""
+    def keep_refs(value: str) -> str:
+        return value if _ENV_REF.fullmatch(value) or not value else REDACTED
+
+    url = _URL_PASSWORD.sub(lambda m: m["head"] + keep_refs(m["pw"]) + "@", url)
+    return _QUERY_SECRET.sub(lambda m: m["key"] + keep_refs(m["value"]), url)
+
+
+def expand_env_refs(value: str, key: str) -> str:
+    """Replace ``${NAME}`` with the environment variable ``NAME`` (the way to keep passwords out
+    of configs and results); an unset one is a :class:`ConfigError` naming ``key``."""
+    missing = [n for n in _ENV_REF.findall(value) if n not in os.environ]
+    if missing:
+        raise ConfigError([f"{key}: environment variable(s) {', '.join(missing)} are not set"])
+    return _ENV_REF.sub(lambda m: os.environ[m.group(1)], value)
+
+
+def storage_url(cfg: Config) -> str | None:
+    """The Optuna storage URL with ``${ENV_VAR}`` references filled in (driver only)."""
+    s = cfg.search.storage
+    return expand_env_refs(s, "search.storage") if s else None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -546,6 +593,16 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         problems.append(f"compress.schedule: got 'gradual' with prune_kind {c.prune_kind!r}, "
                         f"prune_ratio {c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; "
                         "gradual pruning needs unstructured pruning over fine-tune epochs")
+    st = cfg.search.storage
+    if check_paths and ok("search.storage") and st:
+        missing = [n for n in _ENV_REF.findall(st) if n not in os.environ]
+        if missing:
+            problems.append(f"search.storage: got {redact_url(st)!r}; environment variable(s) "
+                            f"{', '.join(missing)} are not set")
+        if f":{REDACTED}@" in st or f"={REDACTED}" in st:
+            problems.append(f"search.storage: got {st!r}; its password was redacted when the "
+                            "results were written: pass the real URL (search.storage=...), "
+                            "ideally with the password as ${ENV_VAR}")
     if not ok("search.objectives"):
         return
     names = [o[0] for o in cfg.search.objectives]

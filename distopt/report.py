@@ -163,9 +163,9 @@ def _trial_config_json(cfg: Config, params: dict[str, Any]) -> str:
     starting config with those values written in unvalidated."""
     sampled = {k: params[k] for k in cfg.search.space if k in params}
     try:
-        return json.dumps(cfg.trial_config().with_overrides(sampled).to_dict())
+        return json.dumps(cfg.trial_config().with_overrides(sampled).public_dict())
     except ConfigError:
-        raw = cfg.trial_config().to_dict()
+        raw = cfg.trial_config().public_dict()
         for key, value in sampled.items():
             section, _, leaf = key.rpartition(".")
             raw[section][leaf] = value
@@ -298,4 +298,4 @@ def _artifact_digest(path: Path) -> str:
 
 
 def save_config(cfg: Config, output: Path) -> None:
-    (output / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (output / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))

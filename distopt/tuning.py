@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distopt.config import Config
+from distopt.config import Config, storage_url
 from distopt.space import to_optuna
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(cfg.search.storage or paths.study_url)
+    storage = optuna.storages.RDBStorage(storage_url(cfg) or paths.study_url)
     return OptunaSearch(
         space=to_optuna(cfg.search.space),
         metric=[name for name, _ in cfg.search.objectives],
@@ -139,7 +139,9 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
 def trainable(cfg: Config, paths: SearchPaths) -> Any:
     import ray.tune
 
-    fn = ray.tune.with_parameters(distopt_trial, base=cfg.to_dict(), train_storage=str(paths.train.resolve()))
+    # Trials never open the study: they get the config without its storage credentials.
+    fn = ray.tune.with_parameters(distopt_trial, base=cfg.public_dict(),
+                                  train_storage=str(paths.train.resolve()))
     # 0 CPUs for the trial itself: its workers hold the CPUs. A trial holding 1 CPU plus
     # workers holding the rest never starts on a 2-CPU machine.
     return ray.tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY_BYTES})
@@ -191,7 +193,7 @@ def _close_orphans(cfg: Config, paths: SearchPaths) -> None:
     such a trial: Tune re-creates it on resume under a new Optuna trial, so the old one is dead."""
     import optuna
 
-    study = optuna.load_study(study_name=cfg.name, storage=cfg.search.storage or paths.study_url)
+    study = optuna.load_study(study_name=cfg.name, storage=storage_url(cfg) or paths.study_url)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         log.warning("optuna trial %d was left RUNNING by an interrupted run: marked FAIL",

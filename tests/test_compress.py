@@ -292,3 +292,232 @@ def test_gradual_schedule_reaches_the_final_ratio():
     ratios = [gradual_ratio(0.9, k, 4) for k in range(4)]
     assert ratios == sorted(ratios) and ratios[-1] == pytest.approx(0.9)
     assert ratios[0] > 0.9 / 4  # cubic: most of the pruning early
+
+
+# ---------------------------------------------------------------- bounded, validated decoding
+# Crafted files carry a valid wrapper (magic, version, length, CRC), so only the decoder's own
+# checks stand between them and the memory they ask for.
+
+import json  # noqa: E402
+import lzma  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tracemalloc  # noqa: E402
+import zlib  # noqa: E402
+
+from distopt import compress as C  # noqa: E402
+
+SMALL = ModelSpec("cnn", (1, 12, 12), 3, (4,), (8,), 3)
+
+
+def _wrap(body: bytes, codec: int) -> bytes:
+    head = C._PREAMBLE.pack(C.MAGIC, C.VERSION, codec, 0, len(body)) + body
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def _compress(raw: bytes, codec: int = 1) -> bytes:
+    return (lzma.compress(raw, format=lzma.FORMAT_RAW, filters=C._LZMA_FILTERS) if codec == 1
+            else zlib.compress(raw, 9))
+
+
+def _craft(header: dict | bytes, payload: bytes = b"", codec: int = 1) -> bytes:
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return _wrap(_compress(struct.pack("<I", len(h)) + h + payload, codec), codec)
+
+
+def _raw_of(data: bytes) -> bytes:
+    """The decompressed body of a real artifact (header length, header, payload)."""
+    codec = data[6]
+    body = data[C._PREAMBLE.size:-4]
+    return (lzma.decompress(body, format=lzma.FORMAT_RAW, filters=C._LZMA_FILTERS)
+            if codec == 1 else zlib.decompress(body))
+
+
+def _header_of(data: bytes) -> tuple[dict, bytes]:
+    raw = _raw_of(data)
+    (hlen,) = struct.unpack_from("<I", raw)
+    return json.loads(raw[4:4 + hlen]), raw[4 + hlen:]
+
+
+def _huge_spec_file() -> bytes:
+    """217-ish bytes whose spec asks for a 248-million-parameter MLP (tensors listed to match)."""
+    spec = ModelSpec("mlp", (1, 28, 28), 10, (), (65536, 3000), 3).to_dict()
+    shapes = [("classifier.1.weight", [65536, 784]), ("classifier.1.bias", [65536]),
+              ("classifier.4.weight", [3000, 65536]), ("classifier.4.bias", [3000]),
+              ("classifier.7.weight", [10, 3000]), ("classifier.7.bias", [10])]
+    tensors = [{"name": n, "shape": s, "bits": 32, "sparse": False} for n, s in shapes]
+    return _craft({"spec": spec, "tensors": tensors, "meta": {}})
+
+
+def _bomb(codec: int, megabytes: int) -> bytes:
+    """A valid small model's header followed by ``megabytes`` of zeros, streamed into the
+    compressor so the test itself never holds them."""
+    header, _ = _header_of(encode(_model(0, SMALL), 8))
+    h = json.dumps(header).encode()
+    comp = (lzma.LZMACompressor(format=lzma.FORMAT_RAW,
+                                filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
+            if codec == 1 else zlib.compressobj(9))
+    parts = [comp.compress(struct.pack("<I", len(h)) + h)]
+    chunk = bytes(1 << 20)
+    parts += [comp.compress(chunk) for _ in range(megabytes)]
+    parts.append(comp.flush())
+    return _wrap(b"".join(parts), codec)
+
+
+def _shape_1e9_file() -> bytes:
+    header, payload = _header_of(encode(_model(0, SMALL), 8))
+    header["tensors"][0]["shape"] = [10 ** 9]
+    return _craft(header, payload)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (_huge_spec_file, "248,"),
+    (_shape_1e9_file, r"has shape \[1000000000\]"),
+    (lambda: _bomb(1, 64), "decompresses to more than its tensors need"),
+    (lambda: _bomb(2, 256), "decompresses to more than its tensors need"),
+])
+def test_crafted_files_are_refused_before_they_allocate(make, reason):
+    data = make()
+    decode(encode(_model(0, SMALL), 8))  # warm up lazy imports outside the measurement
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=reason):
+            decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) < 300_000  # small files (the issue: 39 KB lzma, 261 KB zlib)
+    assert peak < 8 * 1024**2  # numpy and Python allocations while refusing: a few MB at most
+
+
+def test_crafted_files_do_not_grow_the_process(tmp_path):
+    """The same files in a fresh process, by peak resident memory (torch allocations included,
+    which tracemalloc does not see): before the bounds these took 0.77 GB to 1 GB each."""
+    files = {"huge_spec": _huge_spec_file(), "shape_1e9": _shape_1e9_file(),
+             "lzma_bomb": _bomb(1, 64), "zlib_bomb": _bomb(2, 256)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    code = ("import resource, sys; from pathlib import Path\n"
+            "from distopt.compress import ArtifactError, decode, encode\n"
+            "from distopt.models import build_model, seed_cnn\n"
+            "decode(encode(build_model(seed_cnn()), 8))  # warm up: imports, allocator\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "for p in sorted(Path(sys.argv[1]).iterdir()):\n"
+            "    try:\n"
+            "        decode(p.read_bytes(), p.name); print(p.name, 'DECODED')\n"
+            "    except ArtifactError as e:\n"
+            "        print(p.name, 'REFUSED')\n"
+            "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("REFUSED") == 4, out.stdout
+    growth_kb = int(out.stdout.split("GROWTH_KB")[1])
+    assert growth_kb < 64 * 1024, out.stdout  # the seed CNN itself is 0.9 MB
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda h: h["spec"].update(conv_channels=[-5]), "conv_channels"),
+    (lambda h: h["spec"].update(family="rnn", cell="transformer"), "unknown recurrent cell"),
+    (lambda h: h["spec"].update(family="vit"), "unknown model family"),
+    (lambda h: h["spec"].update(kernel_size=13), "shrink the input to nothing"),
+    (lambda h: h["spec"].update(batch_norm=True), "batch_norm"),
+    (lambda h: h["spec"].pop("dense_units"), "lacks"),
+    (lambda h: h["tensors"].pop(), "do not match the spec's parameters"),
+    (lambda h: h["tensors"].append(dict(h["tensors"][0])), "do not match"),
+    (lambda h: h["tensors"][1].update(bits=4), "bits 4 is not valid"),
+    (lambda h: h["tensors"][0].update(bits=3), "bits 3 is not valid"),
+    (lambda h: h["tensors"][0].update(shape=[-4, 1, 3, 3]), "has shape"),
+    (lambda h: h["tensors"][0].update(name="features.0.weight_evil"), "not a parameter"),
+    (lambda h: h.update(tensors="all"), "lacks its spec, tensors or meta"),
+])
+def test_invalid_headers_raise_artifact_error_naming_the_problem(mutate, reason):
+    header, payload = _header_of(encode(_model(0, SMALL), 8))
+    mutate(header)
+    with pytest.raises(ArtifactError, match=reason):
+        decode(_craft(header, payload))
+
+
+def test_deep_json_and_broken_payloads_raise_artifact_error():
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        decode(_craft(b"[" * 200_000))
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        decode(_craft(b"\xff\xfe{"))
+    header, payload = _header_of(encode(_model(0, SMALL), 8))
+    with pytest.raises(ArtifactError, match="payload ends inside"):
+        decode(_craft(header, payload[:-3]))
+    with pytest.raises(ArtifactError, match="decompresses to more than its tensors need"):
+        decode(_craft(header, payload + b"\x00" * 5))  # dense: the bound is exact
+    sparse = _model(0, SMALL)
+    apply_masks(sparse, global_magnitude_masks(sparse, 0.5))
+    header, payload = _header_of(encode(sparse, 8))
+    with pytest.raises(ArtifactError, match="5 bytes of payload follow the last tensor"):
+        decode(_craft(header, payload + b"\x00" * 5))
+    with pytest.raises(ArtifactError, match="cannot be decompressed"):
+        decode(_wrap(b"garbage that is no zlib stream", 2))
+
+
+def test_encode_refuses_models_the_decoder_would_refuse():
+    with torch.device("meta"):
+        big = build_model(ModelSpec("mlp", (1, 28, 28), 10, (), (50_000,), 3))
+    with pytest.raises(ValueError, match="at most 33,554,432"):
+        encode(big, 8)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) |
+    st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fuzzed_artifacts_decode_or_raise_artifact_error_within_bounded_memory(data):
+    """Mutations of a real artifact's body, re-wrapped with a valid CRC: structural (any header
+    field set to any JSON value) or byte-level (flips, cuts, insertions). The decoder either
+    rebuilds a model or raises ArtifactError, and never allocates more than a few MB."""
+    spec = data.draw(st.sampled_from([SMALL, dataclasses.replace(seed_rnn(True), vocab_size=50,
+                                                                 embed_dim=4, rnn_units=(6,),
+                                                                 in_shape=(10,))]))
+    m = _model(0, spec)
+    apply_masks(m, global_magnitude_masks(m, data.draw(st.sampled_from([0.0, 0.6]))))
+    original = encode(m, data.draw(st.sampled_from([32, 8, 4])))
+    decode(original)  # warm up: the first meta-device build of a family imports ~40 MB of torch
+    header, payload = _header_of(original)
+    if data.draw(st.booleans()):
+        where = data.draw(st.sampled_from(["spec", "tensor", "top"]))
+        value = data.draw(_json_values)
+        if where == "spec":
+            header["spec"][data.draw(st.sampled_from(sorted(header["spec"])))] = value
+        elif where == "tensor":
+            i = data.draw(st.integers(0, len(header["tensors"]) - 1))
+            header["tensors"][i][data.draw(st.sampled_from(["name", "shape", "bits", "sparse",
+                                                            "axis"]))] = value
+        else:
+            header[data.draw(st.sampled_from(["spec", "tensors", "meta"]))] = value
+        crafted = _craft(header, payload, data.draw(st.sampled_from([1, 2])))
+    else:
+        raw = bytearray(_raw_of(original))
+        for _ in range(data.draw(st.integers(1, 4))):
+            op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+            i = data.draw(st.integers(0, max(0, len(raw) - 1)))
+            if op == "flip" and raw:
+                raw[i] ^= data.draw(st.integers(1, 255))
+            elif op == "cut":
+                del raw[i:i + data.draw(st.integers(1, 64))]
+            else:
+                raw[i:i] = data.draw(st.binary(min_size=1, max_size=64))
+        crafted = _wrap(_compress(bytes(raw)), 1)
+    tracemalloc.start()
+    try:
+        try:
+            decode(crafted)
+        except ArtifactError:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2, peak

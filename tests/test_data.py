@@ -4,7 +4,14 @@ import functools
 import gzip
 import hashlib
 import http.server
+import logging
+import os
+import shutil
+import stat
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -297,3 +304,145 @@ def test_generated_tokens_need_reading_and_are_deterministic():
     means = [lengths[y == c].mean() for c in range(10)]
     assert max(means) - min(means) < 2.5
     assert np.bincount(y).min() > 150
+
+
+# ---------------------------------------------------------------- bounded reading
+
+
+def test_parquet_reads_only_the_needed_columns(tmp_path):
+    """10 valid rows beside a 160 MB unused column that compresses to almost nothing: a fresh
+    process reading the data grows by far less than that column (before: every column was
+    loaded before any check)."""
+    imgs = pa.array([bytes(16)] * 10)
+    blob = b"\0" * (16 << 20)
+    table = pa.table({"image": imgs, "label": pa.array([0, 1] * 5, pa.int64()),
+                      "unused": pa.array([blob] * 10, pa.large_binary())})
+    p = tmp_path / "wide.parquet"
+    pq.write_table(table, p, compression="zstd")
+    del table, blob
+    assert p.stat().st_size < 200_000
+    code = ("import resource, sys; from pathlib import Path\n"
+            "from distopt.data import read_parquet_arrays\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "x, y = read_parquet_arrays([Path(sys.argv[1])], 'image', 'label', (1, 4, 4), 2)\n"
+            "print(x.shape, 'GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(10, 1, 4, 4)" in out.stdout
+    assert int(out.stdout.split("GROWTH_KB")[1]) < 40 * 1024, out.stdout
+
+
+def test_empty_parquet_is_an_error_naming_the_file(tmp_path):
+    p = _write(tmp_path / "empty.parquet", pa.array([], pa.list_(pa.uint8())), [])
+    with pytest.raises(DataError, match="empty.parquet: has no rows"):
+        read_parquet_arrays([p], "image", "label", (1, 2, 2), 2)
+
+
+def test_idx_dimensions_that_overflow_64_bits_are_an_error():
+    # 2^31 * 2^31 * 4 = 2^64: numpy's product wraps to 0 and a header-only file "matched".
+    header = b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4)
+    with pytest.raises(DataError, match=r"IDX dimensions \(2147483648, 2147483648, 4\) need"):
+        parse_idx(header, "huge")
+
+
+def test_gz_decompression_stops_at_the_expected_size(tmp_path):
+    p = tmp_path / "train-labels-idx1-ubyte.gz"
+    p.write_bytes(gzip.compress(idx_bytes(np.zeros(10 << 20, np.uint8))))  # 10 MB of labels
+    assert p.stat().st_size < 100_000
+    with pytest.raises(DataError, match="decompresses to more than 60,008 bytes"):
+        read_idx(p, 1, max_bytes=60_008)
+    assert read_idx(p, 1).shape == (10 << 20,)  # the default bound is far larger
+
+
+# ---------------------------------------------------------------- robust downloads
+
+
+class _Truncating(http.server.BaseHTTPRequestHandler):
+    """Promises a 100,000-byte body, sends 10 bytes, closes the connection."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + bytes(8))
+        self.wfile.flush()
+        self.connection.close()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def truncating_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Truncating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_transport_errors_move_on_to_the_next_mirror(http_dir, truncating_url, tmp_path,
+                                                     caplog):
+    root, url = http_dir
+    files = _fake_mnist(root)
+    with caplog.at_level(logging.WARNING, logger="distopt.data"):
+        d = fetch_mnist(tmp_path / "cache", [truncating_url, "no-scheme.example/mnist", url],
+                        files)
+    assert all(hashlib.sha256((d / s).read_bytes()).hexdigest() == h for s, h in files.items())
+    logged = caplog.text
+    assert "IncompleteRead" in logged and "unknown url type" in logged
+    assert [p.name for p in d.iterdir() if p.name.startswith(".") and p.name != ".lock"] == []
+
+
+def test_all_mirrors_failing_names_each_reason_and_leaves_nothing(truncating_url, tmp_path):
+    files = {"train-labels-idx1-ubyte": "0" * 64}
+    with pytest.raises(DataError, match=r"(?s)no mirror gave.*IncompleteRead.*unknown url type"):
+        fetch_mnist(tmp_path / "cache", [truncating_url, "nowhere"], files)
+    assert [p.name for p in (tmp_path / "cache" / "mnist").iterdir()] == [".lock"]
+
+
+def test_a_held_lock_times_out_with_a_clear_message(http_dir, tmp_path):
+    from filelock import FileLock
+
+    root, url = http_dir
+    files = _fake_mnist(root)
+    (tmp_path / "cache" / "mnist").mkdir(parents=True)
+    lock = tmp_path / "cache" / "mnist" / ".lock"
+    with FileLock(str(lock), thread_local=False):
+        with ThreadPoolExecutor(1) as ex:  # another thread: the lock is per-thread re-entrant
+            fut = ex.submit(fetch_mnist, tmp_path / "cache", [url], files, 5.0, 0.5)
+            with pytest.raises(DataError, match="has held this download lock for 0.5 s; if no "
+                                                "distopt download is running, delete"):
+                fut.result()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="acting as a second user needs root")
+def test_a_second_user_reads_a_shared_cache(http_dir, tmp_path):
+    """User A (root here) downloads into a shared cache; user B (uid 65534, in a forked child
+    that drops its privileges) uses the verified files without write access to anything."""
+    root, url = http_dir
+    files = _fake_mnist(root)
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        d = fetch_mnist(shared, [url], files)
+        for s in files:
+            assert stat.S_IMODE((d / s).stat().st_mode) == 0o644
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: become another user, then read the cache
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                out = fetch_mnist(shared, ["http://127.0.0.1:9/unreachable"], files)
+                msg = f"OK {out}"
+            except BaseException as e:  # report anything, the parent asserts
+                msg = f"FAIL {e.__class__.__name__}: {e}"
+            os.write(w, msg.encode())
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        msg = os.read(r, 4096).decode()
+        assert msg == f"OK {d}", msg
+    finally:
+        shutil.rmtree(shared)

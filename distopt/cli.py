@@ -148,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError([f"artifact {path}: {e.strerror}"], "command line") from None
     splits = load_splits(cfg.data)
     try:
-        result = evaluate_artifact(data, splits, "test")
+        result = evaluate_artifact(data, splits, "test", str(path))
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

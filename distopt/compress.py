@@ -575,7 +575,7 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
     model = build_model(ModelSpec.from_dict(header["spec"]))
     model.load_state_dict(state)
     model.eval()
-    return Decoded(model, header["meta"], header["tensors"])
+    return Decoded(model, header.get("meta", {}), header["tensors"])
 
 
 def size_report(model: nn.Module, artifact: bytes) -> dict[str, float]:

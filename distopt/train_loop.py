@@ -28,8 +28,8 @@ from torch import nn
 
 from distopt import metrics as M
 from distopt.augment import random_affine, random_tokens
-from distopt.compress import (Masks, QuantizedWeights, apply_masks, decode, encode,
-                              global_magnitude_masks, gradual_ratio, size_report,
+from distopt.compress import (ArtifactError, Masks, QuantizedWeights, apply_masks, decode,
+                              encode, global_magnitude_masks, gradual_ratio, size_report,
                               structured_prune)
 from distopt.config import Config
 from distopt.data import Splits, load_splits, shard
@@ -437,10 +437,22 @@ def _broadcast_float(value: float, env: WorkerEnv) -> float:
     return float(box[0])
 
 
-def evaluate_artifact(data: bytes, splits: Splits, which: str = "test") -> dict[str, float]:
-    """Accuracy of a decoded artifact on a split, on CPU in fp32, using its stored input norm."""
-    dec = decode(data)
-    norm = InputNorm.from_meta(dec.meta["input"])
+def evaluate_artifact(data: bytes, splits: Splits, which: str = "test",
+                      source: str = "artifact") -> dict[str, float]:
+    """Accuracy of a decoded artifact on a split, on CPU in fp32, using its stored input norm.
+
+    A file without a valid input normalization, or for inputs of another shape than the data's,
+    raises :class:`ArtifactError` naming the mismatch."""
+    dec = decode(data, source)
+    try:
+        norm = InputNorm.from_meta(dec.meta["input"])
+        if not all(math.isfinite(v) for v in (norm.scale, norm.mean, norm.std)) or norm.std <= 0:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{source}: no valid input normalization in its meta") from None
     x, y = (splits.x_test, splits.y_test) if which == "test" else (splits.x_val, splits.y_val)
+    if tuple(dec.model.spec.in_shape) != tuple(x.shape[1:]):
+        raise ArtifactError(f"{source}: the model takes inputs of shape "
+                            f"{list(dec.model.spec.in_shape)}, the data's are {list(x.shape[1:])}")
     loss, acc = evaluate(dec.model, x, y, norm, WorkerEnv(), 512)
     return {f"{which}_loss": loss, f"{which}_accuracy": acc, M.SIZE_BYTES: len(data)}

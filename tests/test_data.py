@@ -385,9 +385,14 @@ def test_transport_errors_move_on_to_the_next_mirror(http_dir, truncating_url, t
                                                      caplog):
     root, url = http_dir
     files = _fake_mnist(root)
-    with caplog.at_level(logging.WARNING, logger="distopt.data"):
+    # Directly on the module's logger: the CLI's setup stops "distopt" records propagating.
+    logger = logging.getLogger("distopt.data")
+    logger.addHandler(caplog.handler)
+    try:
         d = fetch_mnist(tmp_path / "cache", [truncating_url, "no-scheme.example/mnist", url],
                         files)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert all(hashlib.sha256((d / s).read_bytes()).hexdigest() == h for s, h in files.items())
     logged = caplog.text
     assert "IncompleteRead" in logged and "unknown url type" in logged

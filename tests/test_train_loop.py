@@ -273,3 +273,23 @@ def test_gradual_pruning_raises_sparsity_each_fine_tune_epoch(splits):
     assert kept[0] > kept[1] > kept[2] == kept[-1]  # the final report repeats the last state
     final = rec.reports[-1]
     assert final[M.NONZERO_PARAMS] <= 0.1 * final[M.PARAMS] + 300
+
+
+def test_evaluate_artifact_refuses_files_it_cannot_evaluate_honestly(splits):
+    from distopt.compress import ArtifactError, encode
+    from distopt.models import ModelSpec
+
+    no_norm = encode(build_model(seed_cnn()).eval(), 8)  # valid file, no input normalization
+    with pytest.raises(ArtifactError, match="m.dopt: no valid input normalization"):
+        evaluate_artifact(no_norm, splits, "test", "m.dopt")
+    norm = {"input": {"scale": 1 / 255, "mean": 0.1, "std": 0.3}}
+    other = encode(build_model(ModelSpec("cnn", (1, 12, 12), 10, (4,), (8,), 3)).eval(), 8,
+                   norm)
+    with pytest.raises(ArtifactError, match=r"takes inputs of shape \[1, 12, 12\], the data's "
+                                            r"are \[1, 28, 28\]"):
+        evaluate_artifact(other, splits, "test", "m.dopt")
+    bad_std = encode(build_model(seed_cnn()).eval(), 8, {"input": {**norm["input"], "std": 0}})
+    with pytest.raises(ArtifactError, match="no valid input normalization"):
+        evaluate_artifact(bad_std, splits, "test")
+    ok = encode(build_model(seed_cnn()).eval(), 8, norm)
+    assert 0 <= evaluate_artifact(ok, splits, "test")["test_accuracy"] <= 1

@@ -1,154 +1,261 @@
-"""GPU benchmark, one command, under 8 minutes on a single-GPU machine (`bash benchmarks/gpu.sh`).
+"""GPU benchmark in one call, within 5 minutes on one modern GPU (`bash benchmarks/gpu.sh`).
 
-1. Training step of the seed CNN (batch 512) and the seed RNN shape with a GRU (batch 256):
-   fp32 vs bf16 autocast vs fp16 autocast with loss scaling, timed interleaved with CUDA syncs.
-2. Ray Train samples/s of the seed CNN with 1 GPU worker vs one worker per available GPU
-   (the same run twice on a 1-GPU machine is not repeated).
-3. A small search (configs/smoke.yaml, 4 trials, 1 GPU per trial): wall time.
+Runs on a bare machine with PyTorch alone; parts that need more say why they skip. It finds the
+package (this checkout) and the data itself (full MNIST from --mnist-dir, DISTOPT_MNIST_DIR or
+../shared/data/mnist; else the embedded subset), and writes its JSON after every part, so a
+run cut short keeps what it measured.
 
-On a machine without CUDA it says so, skips all three and still writes the JSON (a test runs
-it that way), so the script can be tried anywhere before a GPU is rented.
+1. step: one training step (forward, backward, Adam) of the seed CNN, timed with CUDA events
+   over interleaved repeats: fp32 / TF32 / bf16 / fp16 (+ loss scaling) at batches 512, 4,096
+   and 16,384, channels-last on and off. Needs torch only (the model is built inline).
+2. fit: `distopt.train_loop.fit` of the seed CNN (2 epochs, batch 4,096, no pruning) with the
+   training arrays on the device (indexed by a device-side permutation) vs copied from host
+   memory every step. Needs the package's dependencies (numpy, pyarrow, pyyaml, filelock).
+3. artifact: accuracy of the same decoded artifact evaluated on the GPU (fp32, TF32) and on
+   the CPU (fp32, what every reported accuracy uses), and the number of predictions that differ.
 
-    bash benchmarks/gpu.sh [--out DIR] [--data mnist --mnist-dir PATH]
+Without CUDA it says so, skips everything and still writes the JSON (a test runs it that way).
+
+    bash benchmarks/gpu.sh [--out DIR] [--mnist-dir PATH] [--budget-s 280]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
+import json
+import os
+import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write  # noqa: E402
-
-from distopt import metrics as M  # noqa: E402
-from distopt.config import load_config  # noqa: E402
-from distopt.models import build_model, seed_cnn, seed_rnn  # noqa: E402
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's distopt, installed or not
+
+BATCHES = (512, 4096, 16384)
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
-def step_times(reps: int = 20) -> list[dict[str, Any]]:
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "cuda": torch.cuda.is_available(),
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(),
+                    capability=list(torch.cuda.get_device_capability(0)),
+                    cuda_version=torch.version.cuda)
+    return info
+
+
+class Report:
+    """The JSON file, rewritten after every part."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / "gpu.json"
+        self.data: dict[str, Any] = {"machine": machine()}
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.path.write_text(json.dumps(self.data, indent=2, default=float) + "\n")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:,.3f}" if isinstance(v, float) and abs(v) < 10 else \
+            f"{v:,.0f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
+
+
+def seed_cnn() -> nn.Module:
+    """The seed CNN (Conv32-Conv64-Dense128, 225,034 parameters), built without distopt."""
+    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.25),
+                         nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, 10))
+
+
+def part_step(reps: int, deadline: float) -> list[dict[str, Any]]:
     dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    bf16 = torch.cuda.get_device_capability(0) >= (8, 0)
     rows = []
-    for label, spec, batch in (("seed CNN", seed_cnn(0.25), 512),
-                               ("seed RNN shape, GRU, MNIST rows",
-                                dataclasses.replace(seed_rnn(False), cell="gru"), 256)):
-        torch.manual_seed(0)
-        model = build_model(spec).to(dev)
-        opt = torch.optim.Adam(model.parameters())
-        x = torch.randn(batch, 1, 28, 28, device=dev)
-        y = torch.randint(0, 10, (batch,), device=dev)
-        modes = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
-        scalers = {m: torch.amp.GradScaler("cuda", enabled=m == "fp16") for m in modes}
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for batch in BATCHES:
+        for channels_last in (False, True):
+            if time.perf_counter() > deadline:
+                return rows
+            torch.manual_seed(0)
+            model = seed_cnn().to(dev)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(model.parameters())
+            x = torch.randn(batch, 1, 28, 28, device=dev)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (batch,), device=dev)
+            modes = [m for m in PRECISIONS if m != "bf16" or bf16]
+            scaler = torch.amp.GradScaler("cuda")
 
-        def step(mode: str) -> float:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=dtypes[mode], enabled=mode != "fp32"):
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scalers[mode].scale(loss).backward()
-            scalers[mode].step(opt)
-            scalers[mode].update()
-            torch.cuda.synchronize()
-            return time.perf_counter() - t0
+            def step(mode: str) -> float:
+                tf32 = mode == "tf32"
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                torch.backends.cudnn.allow_tf32 = tf32
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+                start, end = torch.cuda.Event(enable_timing=True), \
+                    torch.cuda.Event(enable_timing=True)
+                start.record()
+                with torch.autocast("cuda", dtype=dtype or torch.float32,
+                                    enabled=dtype is not None):
+                    loss = nn.functional.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                if mode == "fp16":
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end)  # ms
 
-        times: dict[str, list[float]] = {m: [] for m in modes}
-        for i in range(reps + 5):
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            for i in range(reps + 3):  # interleaved: drift hits every precision alike
+                for m in modes:
+                    ms = step(m)
+                    if i >= 3:
+                        times[m].append(ms)
+            med = {m: statistics.median(v) for m, v in times.items()}
             for m in modes:
-                dt = step(m)
-                if i >= 5:
-                    times[m].append(dt)
-        ms = {m: statistics.median(v) * 1e3 for m, v in times.items()}
-        for m in modes:
-            rows.append({"model": label, "batch": batch, "precision": m, "step_ms": ms[m],
-                         "samples_per_s": batch / ms[m] * 1e3, "vs_fp32": ms["fp32"] / ms[m]})
+                rows.append({"batch": batch, "channels_last": channels_last, "precision": m,
+                             "step_ms": med[m], "samples_per_s": batch / med[m] * 1e3,
+                             "vs_fp32": med["fp32"] / med[m]})
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     return rows
 
 
-def ray_train_scaling(data: list[str], epochs: int) -> list[dict[str, Any]]:
-    from distopt.run import ensure_ray, run_trial
+def find_mnist(arg: str | None) -> str | None:
+    for cand in (arg, os.environ.get("DISTOPT_MNIST_DIR"), ROOT.parent / "shared/data/mnist",
+                 ROOT / "shared/data/mnist"):
+        if cand and (Path(cand) / "train-images-idx3-ubyte.gz").exists():
+            return str(cand)
+    return None
 
-    ensure_ray(include_dashboard=False)
-    n = torch.cuda.device_count()
-    storage = Path(tempfile.mkdtemp(prefix="distopt-gpu-"))
-    rows = []
-    for workers in sorted({1, n}):
-        cfg = load_config(ROOT / "configs" / "mnist_cnn.yaml", data + [
-            f"train.epochs={epochs}", "compress.prune_ratio=0", "train.use_gpu=true",
-            f"train.num_workers={workers}", "train.cpus_per_worker=1", "train.batch_size=512"])
-        res = run_trial(cfg, storage, name=f"gpu{workers}", evaluate_test=False)
-        rates = [h[M.SAMPLES_PER_S] for h in res.history[1:]] or \
-            [res.history[0][M.SAMPLES_PER_S]]
-        rows.append({"workers": workers, "gpus": workers, "precision": res.metrics[M.PRECISION],
-                     "samples_per_s": statistics.median(rates),
-                     "val_accuracy": res.metrics[M.VAL_ACCURACY]})
-    for r in rows:
-        r["vs_1_gpu"] = r["samples_per_s"] / rows[0]["samples_per_s"]
+
+def part_fit(mnist: str | None) -> tuple[list[dict[str, Any]], bytes | None, Any]:
+    from distopt import metrics as M
+    from distopt import train_loop
+    from distopt.config import load_config
+    from distopt.data import load_splits
+
+    data = ["data.name=mnist", f"data.path={mnist}"] if mnist else []
+    cfg = load_config(ROOT / "configs" / "mnist_cnn.yaml", data + [
+        "train.epochs=2", "train.batch_size=4096", "train.lr=0.008", "train.warmup_steps=20",
+        "compress.prune_ratio=0", "compress.quant_bits=8", "train.use_gpu=true"])
+    splits = load_splits(cfg.data)
+    env = train_loop.WorkerEnv(device=torch.device("cuda"))
+    rows, artifact = [], None
+    default_max = train_loop.DEVICE_DATA_MAX_BYTES
+    for label, limit in (("on the device", default_max), ("copied per step", 0)):
+        train_loop.DEVICE_DATA_MAX_BYTES = limit
+        history: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        out = train_loop.fit(cfg, env, lambda m, s, f=None: history.append(m), splits=splits)
+        rows.append({"data": label, "wall_s": time.perf_counter() - t0,
+                     "samples_per_s_last_epoch": history[-2][M.SAMPLES_PER_S],
+                     "precision": out["metrics"][M.PRECISION],
+                     "val_accuracy": out["metrics"][M.VAL_ACCURACY]})
+        artifact = out["artifact"]
+    train_loop.DEVICE_DATA_MAX_BYTES = default_max
+    return rows, artifact, splits
+
+
+def part_artifact(artifact: bytes, splits: Any) -> list[dict[str, Any]]:
+    from distopt.compress import decode
+    from distopt.train_loop import InputNorm
+
+    dec = decode(artifact)
+    norm = InputNorm.from_meta(dec.meta["input"])
+    x, y = torch.from_numpy(splits.x_test), torch.from_numpy(splits.y_test)
+
+    def predict(device: str, tf32: bool) -> torch.Tensor:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        model = dec.model.to(device).eval()
+        with torch.no_grad():
+            return torch.cat([model(norm(x[i:i + 2048].to(device))).argmax(1).cpu()
+                              for i in range(0, len(x), 2048)])
+
+    cpu = predict("cpu", False)
+    rows = [{"where": "CPU fp32 (reported)", "accuracy": float((cpu == y).float().mean()),
+             "differs_from_cpu": 0}]
+    for label, tf32 in (("GPU fp32", False), ("GPU TF32", True)):
+        p = predict("cuda", tf32)
+        rows.append({"where": label, "accuracy": float((p == y).float().mean()),
+                     "differs_from_cpu": int((p != cpu).sum())})
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     return rows
 
 
-def small_search(out: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, str(ROOT / "distopt" / "search.py"), "--config",
-                        str(ROOT / "configs" / "smoke.yaml"), "--output", str(out),
-                        "--overwrite", "train.use_gpu=true"],
-                       capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    return {"returncode": p.returncode, "wall_s": wall, "trials": 4,
-            "tail": (p.stdout + p.stderr)[-800:] if p.returncode else ""}
+def guarded(name: str, report: Report, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ImportError as e:
+        reason = f"skipped: {e} (install the package's dependencies: pip install -e .)"
+    except Exception as e:  # noqa: BLE001 - a benchmark part reports its failure and goes on
+        reason = f"failed: {e.__class__.__name__}: {e}"
+    print(f"{name}: {reason}")
+    report.put(name, {"skipped": reason})
+    return None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", default=None, help="directory for gpu.json")
-    ap.add_argument("--data", default="mnist-mini", choices=["mnist-mini", "mnist"])
-    ap.add_argument("--mnist-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--mnist-dir", default=None)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=280.0,
+                    help="stop starting step timings after this (the whole run stays < 5 min)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    out_dir = Path(args.out) if args.out else Path(__file__).parent / "results"
+    report = Report(Path(args.out))
     if not torch.cuda.is_available():
-        reason = ("no CUDA device (torch.cuda.is_available() is False): skipping the GPU step "
-                  "timings, the multi-GPU Ray Train run and the GPU search")
+        reason = ("no CUDA device (torch.cuda.is_available() is False): skipping the step "
+                  "timings, the fit with data on the device and the GPU-vs-CPU artifact check")
         print(reason)
-        print(f"wrote {write('gpu', {'skipped': reason}, out_dir)}")
+        report.put("skipped", reason)
+        print(f"wrote {report.path}")
         return
-    data = [f"data.name={args.data}"] + ([f"data.path={args.mnist_dir}"]
-                                         if args.data == "mnist" else [])
-    gpu = torch.cuda.get_device_name(0)
     t0 = time.perf_counter()
-    steps = step_times()
-    print(f"{gpu} x {torch.cuda.device_count()}\n")
-    print(table(["model", "batch", "precision", "ms/step", "samples/s", "vs fp32"],
-                [[r["model"], r["batch"], r["precision"], r["step_ms"], r["samples_per_s"],
-                  f"{r['vs_fp32']:.2f}x"] for r in steps]))
-    scaling = ray_train_scaling(data, args.epochs)
-    print()
-    print(table(["Ray Train workers (1 GPU each)", "precision", "samples/s", "vs 1 GPU",
-                 "val acc"], [[r["workers"], r["precision"], r["samples_per_s"],
-                               f"{r['vs_1_gpu']:.2f}x", r["val_accuracy"]] for r in scaling]))
-    search = small_search(Path(tempfile.mkdtemp(prefix="distopt-gpu-search-")) / "smoke")
-    print()
-    print(table(["search", "trials", "wall s", "exit"],
-                [["configs/smoke.yaml on GPU", search["trials"], search["wall_s"],
-                  search["returncode"]]]))
+    print(f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, torch "
+          f"{torch.__version__}\n")
+    steps = part_step(args.reps, t0 + args.budget_s * 0.45)
+    report.put("step", steps)
+    print(table(["batch", "channels-last", "precision", "ms/step", "samples/s", "vs fp32"],
+                [[r["batch"], r["channels_last"], r["precision"], r["step_ms"],
+                  r["samples_per_s"], f"{r['vs_fp32']:.2f}x"] for r in steps]), "\n")
+    mnist = find_mnist(args.mnist_dir)
+    fitted = guarded("fit", report, lambda: part_fit(mnist))
+    if fitted:
+        rows, artifact, splits = fitted
+        report.put("fit", {"data": "mnist" if mnist else "mnist-mini", "runs": rows})
+        print(table(["training arrays", "wall s", "samples/s (last epoch)", "precision",
+                     "val acc"], [[r["data"], r["wall_s"], r["samples_per_s_last_epoch"],
+                                   r["precision"], r["val_accuracy"]] for r in rows]), "\n")
+        checks = guarded("artifact", report, lambda: part_artifact(artifact, splits))
+        if checks:
+            report.put("artifact", checks)
+            print(table(["decoded artifact on", "test accuracy", "predictions differing "
+                         "from CPU"], [[r["where"], r["accuracy"], r["differs_from_cpu"]]
+                                       for r in checks]), "\n")
     total = time.perf_counter() - t0
-    path = write("gpu", {"gpu": gpu, "gpu_count": torch.cuda.device_count(), "step": steps,
-                         "ray_train": scaling, "search": search, "total_s": total,
-                         "seeds": {"torch.manual_seed": 0, "train.seed": 0}}, out_dir)
-    print(f"\ntotal {total:.0f} s; wrote {path}")
+    report.put("total_s", total)
+    print(f"total {total:.0f} s; wrote {report.path}")
 
 
 if __name__ == "__main__":

@@ -146,10 +146,23 @@ def render(page: Path = PAGE) -> Path:
     lines += ["## GPU", ""]
     gpu = _load("gpu")
     if gpu and "skipped" not in gpu:
-        lines += [_machine(gpu), "", f"{gpu['gpu']} x {gpu['gpu_count']}", "",
-                  table(["model", "precision", "ms/step", "vs fp32"],
-                        [[r["model"], r["precision"], f"{r['step_ms']:.2f}",
-                          f"{r['vs_fp32']:.2f}x"] for r in gpu["step"]]), ""]
+        m = gpu["machine"]
+        lines += [f"{m['gpu']} x {m['gpu_count']}, torch {m['torch']}, {m['date']} "
+                  "(`bash benchmarks/gpu.sh`; CUDA events, interleaved repeats)", "",
+                  table(["batch", "channels-last", "precision", "ms/step", "samples/s",
+                         "vs fp32"],
+                        [[r["batch"], r["channels_last"], r["precision"], f"{r['step_ms']:.2f}",
+                          f"{r['samples_per_s']:,.0f}", f"{r['vs_fp32']:.2f}x"]
+                         for r in gpu["step"]]), ""]
+        if "runs" in gpu.get("fit", {}):
+            lines += [table(["training arrays", "wall s", "samples/s", "val acc"],
+                            [[r["data"], f"{r['wall_s']:.1f}",
+                              f"{r['samples_per_s_last_epoch']:,.0f}",
+                              f"{r['val_accuracy']:.4f}"] for r in gpu["fit"]["runs"]]), ""]
+        if isinstance(gpu.get("artifact"), list):
+            lines += [table(["decoded artifact on", "test accuracy", "differs from CPU"],
+                            [[r["where"], f"{r['accuracy']:.4f}", r["differs_from_cpu"]]
+                             for r in gpu["artifact"]]), ""]
     else:
         lines += ["Not measured on a GPU yet: `bash benchmarks/gpu.sh` on a CUDA machine "
                   "writes `results/gpu.json`.", ""]

@@ -170,7 +170,13 @@ class TrainConfig:
         "where measured faster than fp32")
     channels_last: bool = _opt(True, doc="cnn: channels-last memory format")
     num_workers: int = _opt(1, _range(1), "Ray Train workers (DDP ranks)")
-    use_gpu: bool = _opt(False, doc="one GPU per worker")
+    use_gpu: bool = _opt(False, doc="a GPU (or a share of one) per worker")
+    gpus_per_worker: float = _opt(1.0, _range(0, 1, lo_open=True), "with use_gpu: GPU share "
+                                  "each worker holds; 0.25 lets four small trials share a GPU")
+    tf32: bool = _opt(False, doc="CUDA: float32 matmuls/convolutions as TF32 (faster on "
+                      "Ampere+, ~1e-3 relative error); recorded in the metrics")
+    warmup_steps: int = _opt(0, _range(0), "linear learning-rate warm-up over the first steps "
+                             "of dense training (large batches)")
     cpus_per_worker: float = _opt(2.0, _range(0, lo_open=True), "CPUs each worker holds")
     seed: int = _opt(0, _range(0), "seed of weights, shuffling, dropout and augmentation")
     max_failures: int = _opt(1, _range(0), "worker-group restarts from the last checkpoint")

@@ -30,6 +30,7 @@ COMPRESSION_RATIO = "compression_ratio"
 TEST_ACCURACY = "test_accuracy"
 LATENCY_MS = "latency_ms"
 PRECISION = "precision"
+TF32 = "tf32"  # whether float32 matmuls/convolutions ran as TF32 (CUDA only)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
             v = m.get(k, math.nan)
             row[k] = float(v) if isinstance(v, (int, float)) and complete else math.nan
         row[M.PRECISION] = str(m.get(M.PRECISION, ""))
+        row[M.TF32] = bool(m.get(M.TF32, False))
         row["config_json"] = _trial_config_json(cfg, result.config or {})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_number"])

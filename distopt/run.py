@@ -22,7 +22,7 @@ from distopt.train_loop import WorkerEnv, fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial",
+__all__ = ["TrialResult", "ensure_ray", "worker_resources", "fit_local", "make_trainer", "run_trial",
            "train_loop_per_worker"]
 
 STATE_FILE = "state.pt"
@@ -48,6 +48,12 @@ def ensure_ray(**init_kwargs: Any) -> None:
         init_kwargs.setdefault("logging_level", logging.WARNING)
         init_kwargs.setdefault("configure_logging", True)
         ray.init(**init_kwargs)
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """What one Ray Train worker of this config holds: its CPUs, and its GPU share if any."""
+    t = cfg.train
+    return {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
 
 
 def save_state(state: dict[str, Any], files: dict[str, bytes] | None, directory: Path) -> None:
@@ -142,7 +148,7 @@ def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_t
         train_loop_config={"config": cfg.to_dict(), "evaluate_test": evaluate_test,
                            "log_epochs": log_epochs},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(
             name=name, storage_path=str(Path(storage_path).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -31,7 +31,7 @@ from distopt.augment import random_affine, random_tokens
 from distopt.compress import (ArtifactError, Masks, QuantizedWeights, apply_masks, decode,
                               encode, global_magnitude_masks, gradual_ratio, size_report,
                               structured_prune)
-from distopt.config import Config
+from distopt.config import AugmentConfig, Config
 from distopt.data import Splits, load_splits, shard
 from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
                             prunable_weights, spec_from_config)
@@ -93,15 +93,37 @@ def _time_steps(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, n:
     return float(np.median(times))
 
 
+def cuda_precision(requested: str, capability: tuple[int, int], name: str, recurrent: bool
+                   ) -> tuple[str, str]:
+    """The precision that really runs on a CUDA device, and why.
+
+    bf16 needs compute capability 8.0 (Ampere): below it cuDNN has no bf16 convolutions and
+    ``torch.cuda.is_bf16_supported()`` still says yes (it counts emulation). cuDNN's recurrent
+    kernels under autocast do not run in bf16 either, so recurrent models train in fp16 with
+    loss scaling there. The reported precision is always what ran."""
+    cc = f"{name} (compute capability {capability[0]}.{capability[1]})"
+    if requested in ("fp32", "fp16"):
+        return requested, "set in the config"
+    if recurrent:
+        return "fp16", (f"{'bf16 requested, but ' if requested == 'bf16' else ''}cuDNN runs "
+                        "recurrent layers in fp16 under autocast: fp16 with loss scaling")
+    if capability >= (8, 0):
+        return "bf16", ("set in the config" if requested == "bf16" else
+                        f"{cc} has native bf16")
+    return "fp16", (f"{'bf16 requested, but ' if requested == 'bf16' else ''}{cc} has no native "
+                    "bf16 (needs 8.0): fp16 with loss scaling")
+
+
 def resolve_precision(requested: str, device: torch.device, model: nn.Module,
                       sample: torch.Tensor) -> tuple[str, str]:
-    """Pick the training precision for ``auto`` and say why: (precision, reason)."""
+    """Pick the training precision for ``auto`` (and correct an impossible one on CUDA) and
+    say why: (precision, reason)."""
+    if device.type == "cuda":
+        recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
+        return cuda_precision(requested, torch.cuda.get_device_capability(device),
+                              torch.cuda.get_device_name(device), recurrent)
     if requested != "auto":
         return requested, "set in the config"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", f"{torch.cuda.get_device_name(device)} supports bf16"
-        return "fp16", "GPU without bf16: fp16 with loss scaling"
     if not _cpu_bf16_supported():
         return "fp32", "this CPU has no native bf16 support"
     probe = copy.deepcopy(model)
@@ -131,7 +153,15 @@ class InputNorm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:
             return x.long()
-        return (x.float() * self.scale - self.mean) / self.std
+        return self.standardize(self.to_unit(x))
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored pixels to [0, 1] (0 = black background): where augmentation happens, so that
+        the zeros a transform pads with are background, not mean grey."""
+        return x.float() * self.scale
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
     def to_meta(self) -> dict[str, Any]:
         return {"scale": self.scale, "mean": self.mean, "std": self.std, "tokens": self.tokens}
@@ -169,6 +199,41 @@ def _wrap(model: Model, env: WorkerEnv, channels_last: bool) -> nn.Module:
     return model
 
 
+DEVICE_DATA_MAX_BYTES = 4 << 30  # training arrays up to this size live on the GPU for a whole fit
+
+
+def _device_masks(masks: Masks | None, device: torch.device) -> Masks | None:
+    """Pruning masks as float multipliers on the parameters' device, made once: restored
+    checkpoints hold them on the CPU, and a bool mask would be converted again every step."""
+    if not masks:
+        return masks
+    return {k: v.to(device=device, dtype=torch.float32) for k, v in masks.items()}
+
+
+def configure_cuda(device: torch.device, tf32: bool) -> None:
+    """Set TF32 explicitly (PyTorch's defaults differ between matmuls and cuDNN convolutions)
+    and let cuDNN pick the fastest kernels for the fixed batch shapes."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_batch(x: torch.Tensor, norm: InputNorm, augment: AugmentConfig,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Stored inputs -> augmented network inputs. Images are augmented in [0, 1] pixels, where
+    the zeros an affine transform pads with are black background, and standardized after."""
+    if norm.tokens:
+        return random_tokens(norm(x), augment, gen)
+    return norm.standardize(random_affine(norm.to_unit(x), augment, gen))
+
+
 def _make_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     t, wd = cfg.train, cfg.regularization.l2
     if t.optimizer == "adam":
@@ -185,7 +250,9 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, en
     """(mean loss, accuracy) over all of ``x``, each rank taking a strided shard."""
     model.eval()
     idx = shard(len(x), env.rank, env.world_size, 0, 0, shuffle=False)
-    loss_sum = correct = 0.0
+    # Sums stay on the device: one synchronization per evaluation, not two per batch.
+    loss_t = torch.zeros((), dtype=torch.float64, device=env.device)
+    correct_t = torch.zeros((), dtype=torch.int64, device=env.device)
     dtype = _DTYPES[precision]
     for s in range(0, len(idx), batch_size):
         b = idx[s:s + batch_size]
@@ -195,9 +262,10 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, en
         yb = torch.from_numpy(y[b]).to(env.device)
         with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
             out = model(xb).float()
-        loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
-    loss_sum, correct, n = _all_sum([loss_sum, correct, float(len(idx))], env)
+        loss_t += F.cross_entropy(out, yb, reduction="sum")
+        correct_t += (out.argmax(1) == yb).sum()
+    loss_sum, correct, n = _all_sum([loss_t.item(), float(correct_t.item()), float(len(idx))],
+                                    env)
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
@@ -246,9 +314,10 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     net = build_model(spec)
     channels_last = t.channels_last and spec.family == "cnn"
     masks: Masks | None = None
+    configure_cuda(env.device, t.tf32)
     if state:
         net.load_state_dict(state["model"])
-        masks = state.get("masks")
+        masks = _device_masks(state.get("masks"), env.device)
         precision, why = state["precision"], "restored from checkpoint"
     else:
         sample = norm(torch.from_numpy(splits.x_train[: t.batch_size])).to(env.device)
@@ -279,12 +348,17 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     def new_optimizer(finetune: bool) -> tuple[torch.optim.Optimizer, Any]:
         lr = t.lr * (cfg.compress.finetune_lr_scale if finetune else 1.0)
         opt = _make_optimizer(cfg, model, lr)
-        sched = None
-        if t.schedule == "cosine" and not finetune:
-            total = dense_epochs * steps
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        return opt, sched
+        if finetune or (t.schedule == "constant" and not t.warmup_steps):
+            return opt, None
+        total, warm = dense_epochs * steps, t.warmup_steps
+
+        def factor(s: int) -> float:
+            ramp = min(1.0, (s + 1) / warm) if warm else 1.0  # linear warm-up (large batches)
+            if t.schedule == "constant":
+                return ramp
+            return ramp * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     gradual = cfg.compress.schedule == "gradual" and cfg.compress.prune_kind == "unstructured"
 
@@ -305,6 +379,12 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
 
+    # The training arrays once on the device (MNIST is 47 MB): each step gathers its batch
+    # there, with a device-side index, instead of copying it from host memory.
+    x_all, y_all = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
+    if env.device.type == "cuda" and x_all.nbytes + y_all.nbytes <= DEVICE_DATA_MAX_BYTES:
+        x_all, y_all = x_all.to(env.device), y_all.to(env.device)
+
     last: dict[str, Any] = {}
     ckpt: dict[str, Any] | None = state if env.rank == 0 else None
     for epoch in range(start_epoch, total_epochs):
@@ -321,17 +401,15 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                 masks = global_magnitude_masks(base, prune_ratio(0))
                 apply_masks(base, masks)
             model = _wrap(base, env, channels_last)
-            if masks:
-                masks = {k: v.to(env.device) for k, v in masks.items()}
+            masks = _device_masks(masks, env.device)
             finetuning = True
             opt, sched = new_optimizer(True)
             scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
         if finetuning and gradual and epoch > dense_epochs:
             # Raise sparsity for this epoch; weights pruned before are 0, so they stay pruned.
             base = _unwrap(model)
-            masks = {k: v.to(env.device)
-                     for k, v in global_magnitude_masks(base, prune_ratio(epoch - dense_epochs))
-                     .items()}
+            masks = _device_masks(global_magnitude_masks(base, prune_ratio(epoch - dense_epochs)),
+                                  env.device)
             apply_masks(base, masks)
         phase = "finetune" if finetuning else "train"
         # The model only changes between epochs: find its weights once per epoch, not per step.
@@ -344,18 +422,19 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         # Per-epoch seeding: resumable without generator state, distinct per rank.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
         gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 + env.rank)
-        idx = shard(n_train, env.rank, env.world_size, t.seed, epoch)
+        idx = torch.from_numpy(shard(n_train, env.rank, env.world_size, t.seed, epoch)
+                               ).to(x_all.device)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         correct = torch.zeros((), dtype=torch.int64, device=env.device)
         seen = 0
+        _sync(env.device)
         t0 = time.perf_counter()
         for step in range(steps):
             b = idx[step * t.batch_size:(step + 1) * t.batch_size]
-            xb = norm(torch.from_numpy(splits.x_train[b]).to(env.device, non_blocking=True))
-            yb = torch.from_numpy(splits.y_train[b]).to(env.device, non_blocking=True)
-            xb = (random_tokens(xb, cfg.augment, gen) if norm.tokens else
-                  random_affine(xb, cfg.augment, gen))
+            xb = training_batch(x_all[b].to(env.device, non_blocking=True), norm, cfg.augment,
+                                gen)
+            yb = y_all[b].to(env.device, non_blocking=True)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
@@ -378,6 +457,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             loss_sum += loss.detach() * len(b)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(b)
+        _sync(env.device)
         elapsed = time.perf_counter() - t0
         tr_loss, tr_correct, tr_n, tr_time = _all_sum(
             [loss_sum.item(), float(correct.item()), float(seen), elapsed], env)
@@ -399,7 +479,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                     "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "masks": {k: v.cpu() for k, v in masks.items()} if masks else None}
+                    "masks": {k: v.bool().cpu() for k, v in masks.items()} if masks else None}
         report(last, ckpt)
 
     # The artifact, and metrics of the model decoded from it (never of the in-memory model).
@@ -408,20 +488,25 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     meta = {"input": norm.to_meta(),
             "config_name": cfg.name, "data_digest": splits.digest}
     artifact = encode(base, cfg.compress.quant_bits, meta)
-    decoded = decode(artifact).model.to(env.device)
+    # Every reported accuracy of the artifact is the decoded file's on the CPU in fp32, as
+    # `distopt evaluate` measures it: each rank evaluates the whole split itself (no TF32, no
+    # autocast, no cross-rank sums), so every rank holds the same numbers.
+    decoded = decode(artifact).model
+    cpu = WorkerEnv()
     final = dict(last)
     final.update(size_report(decoded, artifact))
     final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val, norm,
-                                                        env, 512)
+                                                        cpu, 512)
     final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), spec) \
         if env.rank == 0 else math.nan
     final[M.LATENCY_MS] = _broadcast_float(final[M.LATENCY_MS], env)
     if M.TRAIN_ACCURACY in final:
         final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
     if evaluate_test and len(splits.x_test):
-        _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm, env, 512)
+        _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm, cpu, 512)
     final[M.PHASE] = "final"
     final[M.PRECISION] = precision
+    final[M.TF32] = bool(t.tf32 and env.device.type == "cuda")
     final["train_seconds"] = time.perf_counter() - t_start
     final["started_at"] = started_at  # wall clock, so callers can measure start-up overhead
     final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

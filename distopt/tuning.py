@@ -25,8 +25,9 @@ from distopt.space import to_optuna
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchPaths", "check_fits", "default_max_concurrent", "make_sampler", "run_search",
-           "trainable", "distopt_trial"]
+__all__ = ["SearchPaths", "NodeType", "check_fits", "cluster_node_types", "default_max_concurrent",
+           "make_sampler", "node_types_from_cluster_config", "run_search", "trainable",
+           "distopt_trial", "workers_per_node"]
 
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
 
@@ -64,39 +65,103 @@ def make_sampler(cfg: Config) -> Any:
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
-def default_max_concurrent(cfg: Config) -> int:
-    """Trials that fit the cluster at once: whole worker groups by CPUs (and GPUs)."""
+@dataclass(frozen=True)
+class NodeType:
+    """Nodes of one shape: ``count`` of them with ``cpus`` and ``gpus`` each. For an
+    autoscaling cluster ``count`` is how many the autoscaler may run; for a fixed one, the
+    nodes alive now."""
+
+    name: str
+    cpus: float
+    gpus: float
+    count: int
+
+
+UNBOUNDED_NODES = 1_000  # a node group without a maximum
+
+
+def node_types_from_cluster_config(raw: dict[str, Any]) -> list[NodeType]:
+    """Node types of a Ray cluster-launcher YAML (as loaded): each type's ``resources`` and
+    ``max_workers`` (the head: one node), capped by the top-level ``max_workers``."""
+    cap = int(raw.get("max_workers", UNBOUNDED_NODES))
+    head = raw.get("head_node_type")
+    out = []
+    for name, nt in (raw.get("available_node_types") or {}).items():
+        res = nt.get("resources") or {}
+        count = 1 if name == head else min(int(nt.get("max_workers", cap)), cap)
+        out.append(NodeType(name, float(res.get("CPU", 0)), float(res.get("GPU", 0)), count))
+    return out
+
+
+def _autoscaler_node_types() -> list[NodeType] | None:
+    """The node groups the running autoscaler may launch (as it reported them to the GCS), or
+    None when the cluster has no autoscaler or Ray's private API is not there."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API; any failure means "don't know"
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [NodeType(g.name, float(g.resources.get("CPU", 0)), float(g.resources.get("GPU", 0)),
+                     UNBOUNDED_NODES if g.max_count < 0 else int(g.max_count))
+            for g in config.node_group_configs]
+
+
+def cluster_node_types() -> tuple[list[NodeType], str]:
+    """What the cluster can grow to (autoscaler node groups) or, without an autoscaler, the
+    nodes alive now; with a word saying which."""
     import ray
 
-    res = ray.cluster_resources()
-    t = cfg.trial_config().train
-    fits = int(res.get("CPU", 0) // (t.num_workers * t.cpus_per_worker))
-    if t.use_gpu:
-        fits = min(fits, int(res.get("GPU", 0) // t.num_workers))
-    return max(1, fits)
-
-
-def check_fits(cfg: Config) -> list[str]:
-    """Problems with a per-trial shape that this cluster can never place (fail fast instead of
-    waiting forever for a placement group). It judges the nodes alive now: a cluster that would
-    autoscale up to the shape is not yet recognized."""
-    import ray
-
-    t = cfg.trial_config().train
+    groups = _autoscaler_node_types()
+    if groups:
+        return groups, "the autoscaler's node types"
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    problems = []
-    need_cpu = t.num_workers * t.cpus_per_worker
-    total_cpu = sum(n.get("CPU", 0) for n in nodes)
-    if need_cpu > total_cpu:
-        problems.append(f"train.num_workers x train.cpus_per_worker = {need_cpu:g} CPUs per trial, "
-                        f"but the cluster has {total_cpu:g}")
-    if not any(n.get("CPU", 0) >= t.cpus_per_worker for n in nodes):
-        problems.append(f"train.cpus_per_worker: got {t.cpus_per_worker:g}; no node has that "
-                        "many CPUs")
-    if t.use_gpu and sum(n.get("GPU", 0) for n in nodes) < t.num_workers:
-        problems.append(f"train.use_gpu with {t.num_workers} workers needs {t.num_workers} GPUs, "
-                        f"but the cluster has {sum(n.get('GPU', 0) for n in nodes):g}")
-    return problems
+    return [NodeType(f"node{i}", float(r.get("CPU", 0)), float(r.get("GPU", 0)), 1)
+            for i, r in enumerate(nodes)], "the nodes alive now"
+
+
+def workers_per_node(node: NodeType, cfg: Config) -> int:
+    """Ray Train workers of this config one node of this type holds (each worker's CPUs and
+    GPU share on one node: resources of different nodes never add up to a worker)."""
+    t = cfg.train
+    fits = int(node.cpus // t.cpus_per_worker + 1e-9)
+    if t.use_gpu:
+        fits = min(fits, int(node.gpus // t.gpus_per_worker + 1e-9))
+    return fits
+
+
+def worker_capacity(types: list[NodeType], cfg: Config) -> int:
+    return sum(workers_per_node(nt, cfg) * nt.count for nt in types)
+
+
+def default_max_concurrent(cfg: Config, types: list[NodeType] | None = None) -> int:
+    """Trials that fit at once: whole worker groups on the cluster the autoscaler can grow to
+    (so that it is asked for more nodes), or on the nodes alive now."""
+    types = types if types is not None else cluster_node_types()[0]
+    return max(1, worker_capacity(types, cfg.trial_config()) // cfg.trial_config().train.num_workers)
+
+
+def check_fits(cfg: Config, types: list[NodeType] | None = None, source: str = "") -> list[str]:
+    """Problems with a per-trial shape the cluster can never place, judged node by node on what
+    the autoscaler can launch (or, without one, on the nodes alive): fail fast instead of
+    waiting forever for a placement group."""
+    if types is None:
+        types, source = cluster_node_types()
+    trial = cfg.trial_config()
+    t = trial.train
+    shape = f"{t.cpus_per_worker:g} CPU" + (f" + {t.gpus_per_worker:g} GPU" if t.use_gpu else "")
+    seen = ", ".join(f"{nt.name}: {nt.cpus:g} CPU {nt.gpus:g} GPU x{nt.count}" for nt in types)
+    where = f" ({source}: {seen})" if source else f" ({seen})"
+    if not any(workers_per_node(nt, trial) for nt in types):
+        return [f"train.cpus_per_worker/gpus_per_worker: a worker needs {shape} on one node, "
+                f"and no node type has that{where}"]
+    capacity = worker_capacity(types, trial)
+    if capacity < t.num_workers:
+        return [f"train.num_workers: got {t.num_workers} workers of {shape}; the cluster can "
+                f"hold at most {capacity}{where}"]
+    return []
 
 
 def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:

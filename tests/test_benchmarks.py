@@ -31,8 +31,11 @@ def test_gpu_script_on_a_gpu(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     data = json.loads((tmp_path / "gpu.json").read_text())
-    assert {r["precision"] for r in data["step"]} >= {"fp32", "fp16"}
-    assert data["search"]["returncode"] == 0
+    assert {r["precision"] for r in data["step"]} >= {"fp32", "tf32", "fp16"}
+    assert {r["batch"] for r in data["step"]} == {512, 4096, 16384}
+    assert [r["data"] for r in data["fit"]["runs"]] == ["on the device", "copied per step"]
+    assert data["artifact"][0]["where"] == "CPU fp32 (reported)"
+    assert data["total_s"] < 300
 
 
 def test_benchmark_page_renders_every_section(tmp_path):

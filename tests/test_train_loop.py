@@ -293,3 +293,71 @@ def test_evaluate_artifact_refuses_files_it_cannot_evaluate_honestly(splits):
         evaluate_artifact(bad_std, splits, "test")
     ok = encode(build_model(seed_cnn()).eval(), 8, norm)
     assert 0 <= evaluate_artifact(ok, splits, "test")["test_accuracy"] <= 1
+
+
+def test_augmentation_pads_with_background_not_mean_grey():
+    """A blank (black) image shifted far still reads as black after standardization: the affine
+    transform runs on [0, 1] pixels, so its zero padding is the background. (Normalizing first
+    padded with 0 in standardized units: mean grey, a bright frame around every shifted digit.)"""
+    from distopt.config import AugmentConfig
+    from distopt.train_loop import InputNorm, training_batch
+
+    norm = InputNorm(1 / 255, 0.13, 0.31)
+    blank = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    out = training_batch(blank, norm, AugmentConfig(shift=0.4, rotation=30),
+                         torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full_like(out, -0.13 / 0.31))
+    digit = blank.clone()
+    digit[:, :, 10:18, 10:18] = 255
+    moved = training_batch(digit, norm, AugmentConfig(shift=0.3), torch.Generator().manual_seed(1))
+    assert moved.min() == pytest.approx(-0.13 / 0.31) and moved.max() > 2.5
+
+
+def test_cuda_precision_follows_compute_capability_and_layer_kind():
+    from distopt.train_loop import cuda_precision
+
+    assert cuda_precision("auto", (9, 0), "H200", recurrent=False)[0] == "bf16"
+    assert cuda_precision("auto", (8, 0), "A100", recurrent=False)[0] == "bf16"
+    p, why = cuda_precision("auto", (7, 5), "T4", recurrent=False)
+    assert p == "fp16" and "no native bf16 (needs 8.0)" in why
+    p, why = cuda_precision("bf16", (7, 0), "V100", recurrent=False)
+    assert p == "fp16" and why.startswith("bf16 requested, but")
+    p, why = cuda_precision("auto", (9, 0), "H200", recurrent=True)
+    assert p == "fp16" and "recurrent" in why
+    assert cuda_precision("fp32", (7, 5), "T4", recurrent=True) == ("fp32", "set in the config")
+
+
+def test_restored_masks_move_to_the_parameters_device_as_float():
+    from distopt.train_loop import _device_masks
+
+    masks = {"w": torch.tensor([True, False])}
+    moved = _device_masks(masks, torch.device("meta"))
+    assert moved["w"].device.type == "meta" and moved["w"].dtype == torch.float32
+    assert _device_masks(None, torch.device("cpu")) is None
+
+
+def test_resume_restores_masks_and_keeps_pruned_weights_zero(splits):
+    """A checkpoint's masks come back as bool on the CPU; training resumed from it must still
+    hold every pruned weight at zero (masks applied after each step)."""
+    cfg = load_config(None, TINY + ["compress.finetune_epochs=2"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    state = next(s for s in rec.states if s.get("masks"))
+    assert all(v.dtype == torch.bool for v in state["masks"].values())
+    again = Recorder()
+    fit(cfg, WorkerEnv(), again, state=state, splits=splits)
+    final = again.states[-1]
+    for name, mask in final["masks"].items():
+        assert bool((final["model"][name][~mask] == 0).all()), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda_from_a_cpu_checkpoint(splits):
+    cfg = load_config(None, TINY + ["compress.finetune_epochs=2", "train.use_gpu=true"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)  # masks saved on the CPU
+    state = next(s for s in rec.states if s.get("masks"))
+    out = fit(cfg, WorkerEnv(device=torch.device("cuda")), Recorder(), state=state,
+              splits=splits)
+    assert out["metrics"]["phase"] == "final"

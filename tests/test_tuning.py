@@ -203,12 +203,14 @@ def test_impossible_trial_shape_is_rejected_up_front(ray_local):
     assert default_max_concurrent(ok) == 2  # 1-CPU workers on 2 CPUs
     assert default_max_concurrent(load_config(SMOKE, ["train.cpus_per_worker=2"])) == 1
     too_many = load_config(SMOKE, ["train.num_workers=3", "train.cpus_per_worker=1"])
-    assert "= 3 CPUs per trial, but the cluster has 2" in " ".join(check_fits(too_many))
+    assert "got 3 workers of 1 CPU; the cluster can hold at most 2 (the nodes alive now" in \
+        " ".join(check_fits(too_many))
     gpu = load_config(SMOKE, ["train.use_gpu=true"])
-    assert "needs 1 GPUs, but the cluster has 0" in " ".join(check_fits(gpu))
+    assert "a worker needs 1 CPU + 1 GPU on one node, and no node type has that" in \
+        " ".join(check_fits(gpu))
     # trial_overrides count: the shape every trial actually asks for.
     via_overrides = load_config(SMOKE, ["search.trial_overrides={train.cpus_per_worker: 4}"])
-    assert "no node has that many CPUs" in " ".join(check_fits(via_overrides))
+    assert "a worker needs 4 CPU on one node" in " ".join(check_fits(via_overrides))
 
 
 @pytest.mark.slow
@@ -231,3 +233,138 @@ def test_rnn_search_on_tokens_exports_a_decodable_front(tmp_path):
         assert model.spec.family == "rnn" and model.spec.cell == t["param.model.cell"]
         assert evaluate_artifact(data, splits, "test")[M.TEST_ACCURACY] == t[M.TEST_ACCURACY]
     assert "| " in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- placement, without Ray
+
+
+def _types(*specs: tuple[str, float, float, int]) -> list:
+    from distopt.tuning import NodeType
+
+    return [NodeType(*spec) for spec in specs]
+
+
+def test_shipped_cloud_cluster_fits_gpu_trials_and_scales_to_its_workers():
+    """cluster.yaml: a head with 0 CPUs and GPU workers that start at 0. Judged on what the
+    autoscaler can launch, a 1-GPU trial fits and 4 run at once (one per g5 node); judged on
+    the live nodes (the head alone) it would be refused and run one at a time."""
+    import yaml
+
+    from distopt.tuning import check_fits, default_max_concurrent, node_types_from_cluster_config
+
+    types = node_types_from_cluster_config(yaml.safe_load((CONFIGS.parent / "cluster.yaml")
+                                                          .read_text()))
+    assert {(t.name, t.cpus, t.gpus, t.count) for t in types} == {("head", 0, 0, 1),
+                                                                 ("gpu_worker", 4, 1, 4)}
+    gpu = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=2"])
+    assert check_fits(gpu, types) == []
+    assert default_max_concurrent(gpu, types) == 4
+    shared = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=1",
+                                 "train.gpus_per_worker=0.25"])
+    assert default_max_concurrent(shared, types) == 16  # 4 trials share each GPU
+    head_only = _types(("head", 0, 0, 1))
+    assert check_fits(gpu, head_only) != []
+
+
+def test_resources_of_different_nodes_never_add_up_to_a_worker():
+    """4 CPUs on one node and a GPU on another do not make a 2-CPU + 1-GPU worker (the old
+    check summed them over the cluster, passed, and the trial waited forever)."""
+    from distopt.tuning import check_fits, default_max_concurrent
+
+    cfg = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=2"])
+    split = _types(("cpu", 4, 0, 1), ("gpu", 1, 1, 1))
+    assert "no node type has that" in check_fits(cfg, split, "test")[0]
+    together = _types(("gpu", 2, 1, 1))
+    assert check_fits(cfg, together) == [] and default_max_concurrent(cfg, together) == 1
+    two_workers = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=2",
+                                      "train.num_workers=2"])
+    assert "can hold at most 1" in check_fits(two_workers, together)[0]
+    assert check_fits(two_workers, _types(("gpu", 2, 1, 3))) == []  # across nodes: fine
+
+
+# ---------------------------------------------------------------- an autoscaling cluster
+
+
+def _nodes_alive(address: str) -> int:
+    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print('ALIVE', sum(n['Alive'] for n in ray.nodes()))")
+    p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return int(p.stdout.split("ALIVE")[1])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_search_scales_up_a_fake_autoscaling_cluster(tmp_path):
+    """Ray's fake multi-node autoscaler on this machine, shaped like cluster.yaml: a head with
+    0 CPUs and worker nodes that start at 0. The search must not refuse the shape (no CPU is
+    alive when it starts), must plan for the nodes the autoscaler can add, and must finish on
+    them."""
+    import tempfile
+
+    import ray._private.services as services
+    import yaml
+
+    from _raytools import free_port, ray_processes, wait_for
+
+    port = free_port()
+    ip = services.get_node_ip_address()
+    tmp = Path(tempfile.mkdtemp(prefix="dauto", dir="/tmp"))  # short: Unix socket paths
+    cluster = {
+        "cluster_name": "distopt-fake", "max_workers": 2, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
+        "provider": {"type": "fake_multinode", "gcs_address": f"{ip}:{port}"},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "cpu_worker": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0,
+                           "max_workers": 2},
+        },
+        "head_node_type": "ray.head.default",
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+    (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+    log = open(tmp / "head.log", "w")
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
+         f"--autoscaling-config={tmp / 'cluster.yaml'}", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir={tmp / 'ray'}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"{ip}:{port}"
+    try:
+        assert wait_for(lambda: ray_processes(f":{port}") != [], 60), \
+            (tmp / "head.log").read_text()[-3000:]
+        time.sleep(5)
+        before = _nodes_alive(address)
+        out = tmp_path / "out"
+        p = subprocess.run(
+            [sys.executable, str(ROOT / "distopt" / "search.py"), "--config", str(SMOKE),
+             "--output", str(out), "search.max_concurrent=null"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT, env={**env,
+                                                                        "RAY_ADDRESS": address})
+        after = _nodes_alive(address)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "up to 2 at once" in p.stdout, p.stdout[-2000:]
+        rows = pq.read_table(out / "trials.parquet").to_pylist()
+        assert [r["status"] for r in rows] == ["COMPLETE"] * 4
+        assert before == 1 and after == 3, (before, after)
+        print(f"fake autoscaler: {before} node(s) before, {after} after; "
+              f"{len(rows)} trials complete")
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        for line in ray_processes(f":{port}") + ray_processes(str(tmp)):
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()

@@ -15,7 +15,9 @@ import yaml
 from distopt import metrics as M
 from distopt.config import Config, ConfigError, load_config, reference_markdown
 from distopt.data import DataError
-from distopt.workdir import check_output, create_output, replace_output
+from distopt.storage import Location, is_uri
+from distopt.workdir import (MARKER, check_location, check_output, create_location,
+                             create_output, replace_location, replace_output)
 
 log = logging.getLogger("distopt")
 
@@ -49,6 +51,9 @@ def _stored_public(out: Path) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if is_uri(args.output):
+        raise ConfigError([f"--output: got {args.output!r}; `distopt train` writes a local "
+                           "directory (searches take s3:// and other URIs)"], "command line")
     out = Path(args.output)
     problems = check_output(out, args.resume, args.overwrite)
     if problems:
@@ -81,41 +86,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# The driver's files of a search, kept in its local (staging) directory and uploaded to a
+# remote output; Ray writes tune/ and train/ to the output itself.
+DRIVER_FILES = ["config.yaml", "study.db", MARKER]
+
+
+def _download_driver_files(out: Location, resume: bool) -> None:
+    """Before a remote search resumes: the stored config and study from the output, unless the
+    staging directory already has them (this driver ran the search and may have more)."""
+    if out.remote and resume and out.exists():
+        out.local.mkdir(parents=True, exist_ok=True)
+        missing = [f for f in DRIVER_FILES if not (out.local / f).exists()]
+        out.download(missing, out.local)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    out = Path(args.output) if args.output else None
-    stored = out / "config.yaml" if out is not None else None
+    out = Location(args.output) if args.output else None
+    if out is not None:
+        _download_driver_files(out, args.resume)
+    stored = out.local / "config.yaml" if out is not None else None
     if args.resume and args.config is None and stored is not None and stored.exists():
         cfg = load_config(stored, args.overrides)  # resume what was started
     else:
         cfg = load_config(args.config, args.overrides)
-    out = out or Path("results") / cfg.name
-    problems = check_output(out, args.resume, args.overwrite)
+    out = out or Location(str(Path("results") / cfg.name))
+    stage = out.local
+    problems = check_location(out, args.resume, args.overwrite)
     if not cfg.search.space:
         problems.append("search.space: got {}; name at least one config key to search")
-    if args.resume and (out / "config.yaml").exists() and \
-            _stored_public(out) != _comparable(cfg.public_dict()):
+    if args.resume and (stage / "config.yaml").exists() and \
+            _stored_public(stage) != _comparable(cfg.public_dict()):
         problems.append(f"--resume: the config differs from the one {out} was started with; "
                         "resume without --config (or with the same one)")
     if problems:
         raise ConfigError(problems, "command line")
     if args.overwrite:
-        replace_output(out, "search")
+        replace_location(out, "search")
     else:
-        create_output(out, "search")
+        create_location(out, "search")
 
     from distopt.report import collect, save_config, write_report
     from distopt.run import ensure_ray
     from distopt.tuning import check_fits, run_search
 
-    save_config(cfg, out)
+    save_config(cfg, stage)
+    if out.remote:
+        out.write_bytes("config.yaml", (stage / "config.yaml").read_bytes())
     ensure_ray()
     problems = check_fits(cfg)
     if problems:  # would wait forever for a placement group: say so now instead
         raise ConfigError(problems, "per-trial resources")
     grid = run_search(cfg, out, resume=args.resume)
     collect(cfg, out, grid)
-    summary = write_report(out)
-    log.info("\n%s", (out / "report.md").read_text().split("\n![")[0].strip())
+    summary = write_report(stage)
+    if out.remote:
+        n = out.upload(stage)
+        log.info("uploaded %d result files to %s", n, out)
+    log.info("\n%s", (stage / "report.md").read_text().split("\n![")[0].strip())
     log.info("\n%d trials (%d failed), %d on the front; results in %s", summary["trials"],
              summary["failed"], summary["front"], out)
     return 0
@@ -124,12 +151,18 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from distopt.report import TRIALS, write_report
 
-    out = Path(args.directory)
-    if not (out / TRIALS).exists() or not (out / "config.yaml").exists():
+    out = Location(args.directory)
+    stage = out.local
+    if out.remote:
+        stage.mkdir(parents=True, exist_ok=True)
+        out.download([TRIALS, "config.yaml", "models"], stage)
+    if not (stage / TRIALS).exists() or not (stage / "config.yaml").exists():
         raise ConfigError([f"{out}: no {TRIALS} and config.yaml; is it a search's output?"],
                           "command line")
-    summary = write_report(out)
-    log.info("%s", (out / "report.md").read_text().split("\n![")[0].strip())
+    summary = write_report(stage)
+    if out.remote:
+        out.upload(stage, skip=("study.db",))
+    log.info("%s", (stage / "report.md").read_text().split("\n![")[0].strip())
     log.info("\nrebuilt pareto.csv, pareto.png, hypervolume.png, report.md, manifest.json "
              "(%d trials, %d on the front)", summary["trials"], summary["front"])
     return 0

@@ -1,17 +1,20 @@
-"""A compact live table of the search on the driver: one row per trial, redrawn at most every
-few seconds, instead of Tune's per-result log lines."""
+"""Tune callbacks on the driver: a compact live table of the search (one row per trial, redrawn at
+most every few seconds, instead of Tune's per-result log lines), the experiment's Ray metrics,
+and the upload of the Optuna study to a remote output."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +136,34 @@ class ExperimentGauges(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._update(trials, trial, failed_now=True)
+
+
+class StudyUploader(Callback):
+    """Copies the Optuna study (SQLite, in the driver's local directory) to a remote output
+    whenever a trial ends, so a search resumed from another machine keeps what the sampler
+    learned. Uses SQLite's backup API: a consistent copy while Optuna writes."""
+
+    def __init__(self, output: Location) -> None:
+        self.output = output
+
+    def _upload(self) -> None:
+        import sqlite3
+        import tempfile
+
+        db = self.output.local / "study.db"
+        if not db.exists():
+            return
+        with tempfile.TemporaryDirectory() as d:
+            copy = Path(d) / "study.db"
+            with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)
+            self.output.write_bytes("study.db", copy.read_bytes())
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._upload()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._upload()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._upload()

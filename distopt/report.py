@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import platform
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ import yaml
 from distopt import metrics as M
 from distopt.config import Config, ConfigError, load_config
 from distopt.pareto import hypervolume, non_dominated
+from distopt.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
-    """Tune results -> ``trials.parquet`` + ``models/``; test accuracy of the front only."""
+def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str, Any]]:
+    """Tune results -> ``trials.parquet`` + ``models/`` in the location's local directory
+    (artifacts read from the trials' checkpoints, wherever they are stored); test accuracy of
+    the front only."""
     from distopt.data import load_splits
     from distopt.train_loop import evaluate_artifact
 
@@ -140,6 +142,8 @@ def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
     front = np.zeros(len(rows), bool)
     if done.any():
         front[np.flatnonzero(done)] = non_dominated(pts[done], [d for _, d in cfg.search.objectives])
+    location = location if isinstance(location, Location) else Location(str(location))
+    output = location.local
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
     splits = load_splits(cfg.data) if front.any() else None
@@ -149,9 +153,9 @@ def collect(cfg: Config, output: Path, grid: Any) -> list[dict[str, Any]]:
         row["artifact"] = ""
         if not on_front:
             continue
-        src = Path(row["checkpoint_path"].replace("file://", "")) / "model.dopt"
+        src = row["checkpoint_path"].removeprefix("file://").rstrip("/") + "/model.dopt"
         dst = models / f"{row['trial_id']}.dopt"
-        shutil.copyfile(src, dst)
+        dst.write_bytes(location.read_bytes(src))
         row["artifact"] = str(dst.relative_to(output))
         assert splits is not None
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]

@@ -17,6 +17,7 @@ import torch
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.storage import is_uri
 from distopt.telemetry import record_trial
 from distopt.train_loop import WorkerEnv, fit
 
@@ -150,7 +151,8 @@ def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_t
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(
-            name=name, storage_path=str(Path(storage_path).resolve()),
+            name=name, storage_path=(str(storage_path) if is_uri(str(storage_path))
+                                     else str(Path(storage_path).resolve())),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=t.max_failures),
             callbacks=list(callbacks),

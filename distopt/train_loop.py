@@ -225,6 +225,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier of dense-training step ``step`` of ``total``: a linear warm-up
+    over ``warmup`` steps (large batches), times the cosine decay to 0 if ``schedule`` is
+    cosine."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "constant":
+        return ramp
+    return ramp * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def training_batch(x: torch.Tensor, norm: InputNorm, augment: AugmentConfig,
                    gen: torch.Generator) -> torch.Tensor:
     """Stored inputs -> augmented network inputs. Images are augmented in [0, 1] pixels, where
@@ -350,15 +360,9 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         opt = _make_optimizer(cfg, model, lr)
         if finetune or (t.schedule == "constant" and not t.warmup_steps):
             return opt, None
-        total, warm = dense_epochs * steps, t.warmup_steps
-
-        def factor(s: int) -> float:
-            ramp = min(1.0, (s + 1) / warm) if warm else 1.0  # linear warm-up (large batches)
-            if t.schedule == "constant":
-                return ramp
-            return ramp * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        total = dense_epochs * steps
+        return opt, torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total, t.warmup_steps, t.schedule))
 
     gradual = cfg.compress.schedule == "gradual" and cfg.compress.prune_kind == "unstructured"
 

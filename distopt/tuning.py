@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distopt.config import Config, storage_url
+from distopt.storage import Location
 from distopt.space import to_optuna
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,22 @@ TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train con
 
 @dataclass(frozen=True)
 class SearchPaths:
-    root: Path
+    """Where a search keeps its state: Ray's (Tune experiment, Train runs) at the output
+    location, local or remote; the Optuna SQLite study in the driver's local directory."""
+
+    output: Location
 
     @property
-    def tune(self) -> Path:
-        return self.root / "tune"
+    def tune(self) -> str:
+        return self.output.uri("tune")
 
     @property
-    def train(self) -> Path:
-        return self.root / "train"
+    def train(self) -> str:
+        return self.output.uri("train")
 
     @property
     def study_url(self) -> str:
-        return f"sqlite:///{(self.root / 'study.db').resolve()}"
+        return f"sqlite:///{(self.output.local / 'study.db').resolve()}"
 
 
 def make_sampler(cfg: Config) -> Any:
@@ -109,14 +113,37 @@ def _autoscaler_node_types() -> list[NodeType] | None:
             for g in config.node_group_configs]
 
 
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the autoscaler's config on a `ray up` head
+
+
+def _bootstrap_node_types() -> list[NodeType] | None:
+    """Node types of the cluster-launcher config that `ray up` leaves on the head node (where
+    `ray submit` runs the driver), or None."""
+    path = Path(BOOTSTRAP_CONFIG).expanduser()
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return node_types_from_cluster_config(yaml.safe_load(path.read_text())) or None
+    except (yaml.YAMLError, TypeError, ValueError, AttributeError) as e:
+        log.warning("%s: cannot read the cluster's node types (%s); judging the nodes alive",
+                    path, e)
+        return None
+
+
 def cluster_node_types() -> tuple[list[NodeType], str]:
-    """What the cluster can grow to (autoscaler node groups) or, without an autoscaler, the
-    nodes alive now; with a word saying which."""
+    """What the cluster can grow to (the node groups the autoscaler reported to Ray, or the
+    head's `ray up` config) or, without an autoscaler, the nodes alive now; with a phrase
+    saying which."""
     import ray
 
     groups = _autoscaler_node_types()
     if groups:
         return groups, "the autoscaler's node types"
+    groups = _bootstrap_node_types()
+    if groups:
+        return groups, f"the node types in {BOOTSTRAP_CONFIG}"
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     return [NodeType(f"node{i}", float(r.get("CPU", 0)), float(r.get("GPU", 0)), 1)
             for i, r in enumerate(nodes)], "the nodes alive now"
@@ -206,36 +233,43 @@ def trainable(cfg: Config, paths: SearchPaths) -> Any:
 
     # Trials never open the study: they get the config without its storage credentials.
     fn = ray.tune.with_parameters(distopt_trial, base=cfg.public_dict(),
-                                  train_storage=str(paths.train.resolve()))
+                                  train_storage=paths.train)
     # 0 CPUs for the trial itself: its workers hold the CPUs. A trial holding 1 CPU plus
     # workers holding the rest never starts on a 2-CPU machine.
     return ray.tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY_BYTES})
 
 
-def run_search(cfg: Config, output: Path, resume: bool = False) -> Any:
-    """Run (or resume) the search and return Tune's ``ResultGrid``."""
+def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> Any:
+    """Run (or resume) the search at ``output`` (a local directory or a remote location) and
+    return Tune's ``ResultGrid``."""
+    output = output if isinstance(output, Location) else Location(str(output))
     import ray.tune
 
-    from distopt.progress import ExperimentGauges, ProgressTable
+    from distopt.progress import ExperimentGauges, ProgressTable, StudyUploader
 
     # Save Tune's experiment state often: a killed driver then loses at most a few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    paths = SearchPaths(output.resolve())
-    paths.train.mkdir(parents=True, exist_ok=True)
+    paths = SearchPaths(output)
+    output.local.mkdir(parents=True, exist_ok=True)
     run_config = ray.tune.RunConfig(
-        name="tune", storage_path=str(paths.root), verbose=0,
-        callbacks=[ProgressTable(cfg), ExperimentGauges(cfg)],
+        name="tune", storage_path=output.uri(), verbose=0,
+        callbacks=[ProgressTable(cfg), ExperimentGauges(cfg)] + (
+            [StudyUploader(output)] if output.remote and not cfg.search.storage else []),
         failure_config=ray.tune.FailureConfig(max_failures=0),  # a failing trial fails alone
     )
     if resume:
-        if not ray.tune.Tuner.can_restore(str(paths.tune)):
+        if not ray.tune.Tuner.can_restore(paths.tune):
             raise FileNotFoundError(f"{paths.tune}: no Tune experiment to resume")
-        tuner = ray.tune.Tuner.restore(str(paths.tune), trainable=trainable(cfg, paths),
+        tuner = ray.tune.Tuner.restore(paths.tune, trainable=trainable(cfg, paths),
                                        resume_unfinished=True, resume_errored=False)
     else:
-        max_conc = cfg.search.max_concurrent or default_max_concurrent(cfg)
-        log.info("search %s: %d trials, sampler %s, up to %d at once, objectives %s",
-                 cfg.name, cfg.search.num_trials, cfg.search.sampler, max_conc,
+        if cfg.search.max_concurrent:
+            max_conc, why = cfg.search.max_concurrent, "search.max_concurrent"
+        else:
+            types, source = cluster_node_types()
+            max_conc, why = default_max_concurrent(cfg, types), f"judged on {source}"
+        log.info("search %s: %d trials, sampler %s, up to %d at once (%s), objectives %s",
+                 cfg.name, cfg.search.num_trials, cfg.search.sampler, max_conc, why,
                  ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives))
         tuner = ray.tune.Tuner(
             trainable(cfg, paths),

@@ -19,7 +19,9 @@ import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["MARKER", "check_output", "create_output", "replace_output", "untrusted_paths",
+from distopt.storage import Location
+
+__all__ = ["check_location", "create_location", "replace_location", "MARKER", "check_output", "create_output", "replace_output", "untrusted_paths",
            "protected_reason"]
 
 MARKER = ".distopt-output"  # written into every output directory distopt creates
@@ -118,3 +120,46 @@ def untrusted_paths(out: Path) -> list[str]:
                             "whoever can write it can run code as you. Resume only results you "
                             "trust: fix the owner or mode (chmod go-w) if you do")
     return problems
+
+
+# -------------------------------------------------------------------- local or remote outputs
+
+
+def check_location(loc: Location, resume: bool, overwrite: bool) -> list[str]:
+    """:func:`check_output` for a local or remote experiment location. A remote one has no
+    working or home directory to protect and no owner or mode bits to check (its bucket's
+    access policy decides who may write it); the marker rule is the same."""
+    if not loc.remote:
+        return check_output(Path(loc.root), resume, overwrite)
+    if resume and overwrite:
+        return ["--resume and --overwrite exclude each other"]
+    if resume:
+        return [] if loc.exists() else [f"--resume: output {loc} does not exist"]
+    if not loc.nonempty():
+        return []
+    if not overwrite:
+        return [f"output {loc} exists and is not empty: pass --resume to continue it or "
+                "--overwrite to replace it"]
+    if not loc.is_file(MARKER):
+        return [f"--overwrite: refusing to delete {loc}: it has no {MARKER} file, so distopt "
+                "did not create it; choose another --output or remove it yourself"]
+    return []
+
+
+def create_location(loc: Location, kind: str) -> None:
+    create_output(loc.local, kind)
+    if loc.remote and not loc.is_file(MARKER):
+        loc.write_bytes(MARKER, (loc.local / MARKER).read_bytes())
+
+
+def replace_location(loc: Location, kind: str) -> None:
+    if not loc.remote:
+        replace_output(Path(loc.root), kind)
+        return
+    if loc.exists():
+        if not loc.is_file(MARKER):
+            raise PermissionError(f"refusing to delete {loc}: it has no {MARKER} file")
+        loc.delete()
+    if loc.local.exists():
+        shutil.rmtree(loc.local)
+    create_location(loc, kind)

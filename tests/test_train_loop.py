@@ -361,3 +361,12 @@ def test_resume_on_cuda_from_a_cpu_checkpoint(splits):
     out = fit(cfg, WorkerEnv(device=torch.device("cuda")), Recorder(), state=state,
               splits=splits)
     assert out["metrics"]["phase"] == "final"
+
+
+def test_learning_rate_warms_up_linearly_then_follows_the_schedule():
+    from distopt.train_loop import lr_factor
+
+    assert [lr_factor(s, 100, 4, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    assert lr_factor(0, 100, 0, "cosine") == 1.0 and lr_factor(100, 100, 0, "cosine") == 0.0
+    assert lr_factor(1, 100, 4, "cosine") == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 100)))
+    assert lr_factor(50, 100, 4, "cosine") == pytest.approx(0.5)

@@ -285,11 +285,11 @@ def test_resources_of_different_nodes_never_add_up_to_a_worker():
 # ---------------------------------------------------------------- an autoscaling cluster
 
 
-def _nodes_alive(address: str) -> int:
+def _nodes_alive(address: str, env: dict[str, str]) -> int:
     code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
             "print('ALIVE', sum(n['Alive'] for n in ray.nodes()))")
     p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     return int(p.stdout.split("ALIVE")[1])
 
@@ -306,7 +306,7 @@ def test_search_scales_up_a_fake_autoscaling_cluster(tmp_path):
     import ray._private.services as services
     import yaml
 
-    from _raytools import free_port, ray_processes, wait_for
+    from _raytools import free_port, new_token, ray_processes, wait_for
 
     port = free_port()
     ip = services.get_node_ip_address()
@@ -314,7 +314,9 @@ def test_search_scales_up_a_fake_autoscaling_cluster(tmp_path):
     cluster = {
         "cluster_name": "distopt-fake", "max_workers": 2, "upscaling_speed": 1.0,
         "idle_timeout_minutes": 5,
-        "provider": {"type": "fake_multinode", "gcs_address": f"{ip}:{port}"},
+        # Fake nodes are local raylets: no SSH updater, no launch-config check to run.
+        "provider": {"type": "fake_multinode", "gcs_address": f"{ip}:{port}",
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
@@ -327,13 +329,19 @@ def test_search_scales_up_a_fake_autoscaling_cluster(tmp_path):
         "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
         "head_start_ray_commands": [], "worker_start_ray_commands": [],
     }
-    (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    # Where `ray up` leaves the autoscaler's config on a head node: the driver (HOME = tmp, as
+    # if it ran there under `ray submit`) reads the node types from it.
+    config = tmp / "ray_bootstrap_config.yaml"
+    config.write_text(yaml.safe_dump(cluster))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+    # Token auth with a token of its own (a leftover ~/.ray/auth_token turns it on anyway).
+    new_token(tmp / "token")
+    env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN_PATH=str(tmp / "token"))
     log = open(tmp / "head.log", "w")
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
-         f"--autoscaling-config={tmp / 'cluster.yaml'}", "--include-dashboard=false",
+         f"--autoscaling-config={config}", "--include-dashboard=false",
          "--disable-usage-stats", f"--temp-dir={tmp / 'ray'}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"{ip}:{port}"
@@ -341,16 +349,17 @@ def test_search_scales_up_a_fake_autoscaling_cluster(tmp_path):
         assert wait_for(lambda: ray_processes(f":{port}") != [], 60), \
             (tmp / "head.log").read_text()[-3000:]
         time.sleep(5)
-        before = _nodes_alive(address)
+        before = _nodes_alive(address, env)
         out = tmp_path / "out"
         p = subprocess.run(
             [sys.executable, str(ROOT / "distopt" / "search.py"), "--config", str(SMOKE),
              "--output", str(out), "search.max_concurrent=null"],
-            capture_output=True, text=True, timeout=600, cwd=ROOT, env={**env,
-                                                                        "RAY_ADDRESS": address})
-        after = _nodes_alive(address)
+            capture_output=True, text=True, timeout=420, cwd=ROOT,
+            env={**env, "RAY_ADDRESS": address, "HOME": str(tmp)})
+        after = _nodes_alive(address, env)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         assert "up to 2 at once" in p.stdout, p.stdout[-2000:]
+        assert "ray_bootstrap_config.yaml" in p.stdout, p.stdout[-2000:]
         rows = pq.read_table(out / "trials.parquet").to_pylist()
         assert [r["status"] for r in rows] == ["COMPLETE"] * 4
         assert before == 1 and after == 3, (before, after)

@@ -49,6 +49,18 @@ def _stored_public(out: Path) -> dict:
     return _comparable(Config.from_dict(raw, str(out / "config.yaml")).public_dict())
 
 
+def check_data(cfg: Config) -> None:
+    """A user's data checked on the driver before Ray starts: every problem at once, exit 2;
+    classes missing from training are a warning."""
+    from distopt.data import check_parquet_data
+
+    problems, warnings = check_parquet_data(cfg.data)
+    for w in warnings:
+        log.warning("warning: %s", w)
+    if problems:
+        raise ConfigError(problems, "data")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if is_uri(args.output):
@@ -58,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     problems = check_output(out, args.resume, args.overwrite)
     if problems:
         raise ConfigError(problems, "command line")
+    check_data(cfg)
     if args.overwrite:
         replace_output(out, "train")
     else:
@@ -120,6 +133,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                         "resume without --config (or with the same one)")
     if problems:
         raise ConfigError(problems, "command line")
+    check_data(cfg)
     if args.overwrite:
         replace_location(out, "search")
     else:
@@ -170,7 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    from distopt.compress import ArtifactError
+    from distopt.compress import ArtifactError, decode
     from distopt.data import load_splits
     from distopt.train_loop import evaluate_artifact
 
@@ -179,8 +193,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = path.read_bytes()
     except OSError as e:
         raise ConfigError([f"artifact {path}: {e.strerror}"], "command line") from None
-    splits = load_splits(cfg.data)
     try:
+        decode(data, str(path))  # a bad file is refused before the data is loaded
+        splits = load_splits(cfg.data)
         result = evaluate_artifact(data, splits, "test", str(path))
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -37,12 +37,13 @@ FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYT
                  M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
                  M.EPOCH, "train_seconds", "time_total_s")
 OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
-UNDERFIT_GAP = -0.02  # below this (train accuracy under augmentation/dropout lags): underfitting
+UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
 
 
 def verdict(train_accuracy: float, val_accuracy: float) -> str:
-    """Over/underfitting from the train-validation gap (train accuracy is measured on the
-    augmented, dropout-regularized batches of the last epoch)."""
+    """Over/underfitting from the train-validation gap. Both accuracies are of the decoded
+    artifact in eval mode (no dropout, no augmentation): train accuracy on a fixed subset of the
+    training data as large as the validation set, so the gap compares like with like."""
     if any(math.isnan(v) for v in (train_accuracy, val_accuracy)):
         return "unknown"
     gap = train_accuracy - val_accuracy

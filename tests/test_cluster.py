@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ def test_cloud_cluster_shape():
 class _Snapshot:
     """Remembers files in the home directory that the launcher writes, and puts them back."""
 
-    PATHS = ("~/.ray/auth_token", "~/.bashrc", "~/ray_bootstrap_config.yaml",
+    PATHS = ("~/.ray/auth_token", "~/.bashrc", "~/.profile", "~/ray_bootstrap_config.yaml",
              "~/ray_bootstrap_key.pem", "~/search.py", "~/.ssh")
 
     def __init__(self) -> None:
@@ -87,6 +88,18 @@ class _Snapshot:
                 if not path.is_file() or path.read_bytes() != kept[0]:
                     path.write_bytes(kept[0])
                 os.chmod(path, kept[1])
+
+
+def _login_shells_use_this_python() -> None:
+    """The launcher runs every command (and `ray submit` runs `python search.py`) in a login
+    shell over SSH, whose PATH does not know the virtualenv (or pyenv version) this test runs
+    in, so distopt would not import there. On a real node the setup commands install distopt
+    into the node's own Python; here the "node" is this machine, so its login shells are
+    pointed at this interpreter's bin directory (both files are restored afterwards)."""
+    line = f'export PATH="{Path(sys.executable).parent}:$PATH"  # distopt test_cluster\n'
+    for rc in ("~/.profile", "~/.bashrc"):
+        path = Path(rc).expanduser()
+        path.write_text(line + (path.read_text() if path.exists() else ""))
 
 
 def _sshd(tmp: Path) -> tuple[subprocess.Popen, int, Path]:
@@ -136,6 +149,7 @@ def test_ray_up_submit_down_over_ssh(tmp_path):
 
     tmp = Path(tempfile.mkdtemp(prefix="dup", dir="/tmp"))
     snapshot = _Snapshot()
+    _login_shells_use_this_python()
     run_sshd = not Path("/run/sshd").exists()
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     sshd, port, key = _sshd(tmp)

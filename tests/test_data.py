@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import gzip
 import hashlib
 import http.server
@@ -451,3 +452,86 @@ def test_a_second_user_reads_a_shared_cache(http_dir, tmp_path):
         assert msg == f"OK {d}", msg
     finally:
         shutil.rmtree(shared)
+
+
+# ---------------------------------------------------------------- the driver's data check
+
+
+def _parquet_cfg(train: Path, test: Path | None = None, *more: str):
+    return load_config(None, ["data.name=parquet", f"data.path={train}", "data.shape=[1, 2, 2]",
+                              "data.num_classes=3", "data.val_fraction=0.2", "model.family=mlp",
+                              *([f"data.test_path={test}"] if test else []), *more]).data
+
+
+def _rows(n: int, classes: int = 3) -> tuple[pa.Array, list[int]]:
+    return pa.array([[float(i % 7)] * 4 for i in range(n)]), [i % classes for i in range(n)]
+
+
+def test_driver_check_lists_every_problem_with_file_row_and_value(tmp_path):
+    from distopt.data import check_parquet_data
+
+    feats, labels = _rows(30)
+    good = _write(tmp_path / "good.parquet", feats, labels)
+    strings = tmp_path / "strings.parquet"
+    pq.write_table(pa.table({"image": feats, "label": pa.array([str(v) for v in labels])}),
+                   strings)
+    floats = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"image": feats, "label": pa.array([v + 0.5 for v in labels])}),
+                   floats)
+    nulls = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"image": feats, "label": pa.array([None] + labels[1:],
+                                                                pa.int64())}), nulls)
+    neg = _write(tmp_path / "neg.parquet", feats, [-1] + labels[1:])
+    nan = _write(tmp_path / "nan.parquet", pa.array([[0.0, math.nan, 1.0, math.inf]] +
+                                                    [[1.0] * 4] * 29), labels)
+    short = _write(tmp_path / "short.parquet", pa.array([[1.0] * 3] + [[1.0] * 4] * 29), labels)
+    problems, _ = check_parquet_data(_parquet_cfg(tmp_path / "*.parquet"))
+    text = "\n".join(problems)
+    assert "good.parquet" not in text
+    assert "strings.parquet: column 'label' has type string; labels must be integers in [0, 3)" \
+        " (data.num_classes), e.g. row 0: '0'" in text
+    assert "floats.parquet: column 'label' has type double" in text and "row 0: 0.5" in text
+    assert "nulls.parquet: column 'label' has 1 null label(s), e.g. row 0: None" in text
+    assert "neg.parquet: column 'label' has 1 label(s) outside [0, 3) (data.num_classes), " \
+        "e.g. row 0: -1" in text
+    assert "nan.parquet: column 'image' holds 2 NaN or infinite value(s) in 1 row(s), " \
+        "e.g. row 0" in text
+    assert "short.parquet: column 'image' has 1 row(s) whose length is not 4" in text
+    assert len(problems) == 6, problems
+    del good, neg, nan, short
+
+
+def test_driver_check_needs_rows_per_class_and_two_classes(tmp_path):
+    from distopt.data import check_parquet_data
+
+    feats, labels = _rows(5)
+    tiny = _write(tmp_path / "tiny.parquet", feats, labels)
+    problems, _ = check_parquet_data(_parquet_cfg(tiny))
+    assert "5 training row(s) give a validation split of 1" in problems[0]
+    feats, _ = _rows(40)
+    one = _write(tmp_path / "one.parquet", feats, [2] * 40)
+    problems, _ = check_parquet_data(_parquet_cfg(one))
+    assert "hold 40 row(s) of 1 class(es) ([2]); a classifier needs at least 2" in problems[0]
+    two = _write(tmp_path / "two.parquet", feats, [0, 1] * 20)
+    problems, warnings = check_parquet_data(_parquet_cfg(two))
+    assert problems == [] and "class(es) [2] of data.num_classes 3 never occur" in warnings[0]
+    empty = _write(tmp_path / "empty.parquet", pa.array([], pa.list_(pa.float64())), [])
+    problems, _ = check_parquet_data(_parquet_cfg(two, empty))
+    assert problems == [f"{empty}: has no rows"]
+
+
+def test_bad_parquet_data_exits_2_in_seconds_before_ray_starts(tmp_path):
+    feats, labels = _rows(30)
+    pq.write_table(pa.table({"image": feats, "label": pa.array([str(v) for v in labels])}),
+                   tmp_path / "train.parquet")
+    code = ("import sys, time; t = time.perf_counter(); from distopt.cli import main; "
+            "rc = main(sys.argv[1:]); "
+            "print('RAY' if 'ray' in sys.modules else 'NO_RAY', time.perf_counter() - t); "
+            "sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, "train", "--output", str(tmp_path / "out"),
+                        "data.name=parquet", f"data.path={tmp_path / 'train.parquet'}",
+                        "data.shape=[1, 2, 2]", "data.num_classes=3", "model.family=mlp"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "data has 1 problem(s)" in p.stderr and "has type string" in p.stderr
+    assert p.stdout.split()[0] == "NO_RAY"

@@ -370,3 +370,28 @@ def test_learning_rate_warms_up_linearly_then_follows_the_schedule():
     assert lr_factor(0, 100, 0, "cosine") == 1.0 and lr_factor(100, 100, 0, "cosine") == 0.0
     assert lr_factor(1, 100, 4, "cosine") == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 100)))
     assert lr_factor(50, 100, 4, "cosine") == pytest.approx(0.5)
+
+
+def test_train_accuracy_is_the_decoded_models_in_eval_mode_on_a_fixed_training_subset(splits):
+    """The verdict's train accuracy: no dropout, no augmentation, the same fixed subset every
+    epoch; the running accuracy on augmented dropout batches is reported apart."""
+    import numpy as np
+
+    from distopt.compress import decode
+    from distopt.train_loop import InputNorm, evaluate
+
+    cfg = load_config(None, TINY + ["regularization.dropout=0.5", "augment.rotation=60",
+                                    "augment.shift=0.3"])
+    rec = Recorder()
+    out = fit(cfg, WorkerEnv(), rec, splits=splits)
+    n = len(splits.x_train)
+    probe = np.sort(np.random.default_rng(0).permutation(n)[:min(n, len(splits.x_val), 5000)])
+    dec = decode(out["artifact"])
+    _, expected = evaluate(dec.model, splits.x_train[probe], splits.y_train[probe],
+                           InputNorm.from_meta(dec.meta["input"]), WorkerEnv(), 512)
+    final = out["metrics"]
+    assert final[M.TRAIN_ACCURACY] == expected
+    assert final[M.GAP] == final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
+    epochs = [r for r in rec.reports if r[M.PHASE] != "final"]
+    assert all(0 <= r[M.TRAIN_ACCURACY_RUNNING] <= 1 for r in epochs)
+    assert any(r[M.TRAIN_ACCURACY_RUNNING] != r[M.TRAIN_ACCURACY] for r in epochs)

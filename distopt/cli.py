@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +24,27 @@ from distopt.workdir import (MARKER, check_location, check_output, create_locati
 log = logging.getLogger("distopt")
 
 EXIT_CONFIG = 2  # bad config or bad command line: nothing was started
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: stopped cleanly, resumable
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread, which the commands turn
+    into a clean stop and the exact command that resumes. Tune's own SIGINT handler stays off:
+    it would end the running trials as errors and print Ray's restore hint instead."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _resume_command(args: argparse.Namespace, out: object) -> str:
+    if args.command == "search":  # the stored config is resumed: no --config needed
+        return shlex.join(["distopt", "search", "--output", str(out), "--resume"])
+    return shlex.join(["distopt", "train", *(["--config", args.config] if args.config else []),
+                       "--output", str(out), "--resume", *args.overrides])
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -77,13 +100,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         create_output(out, "train")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
 
-    from distopt.run import run_trial  # Ray is imported only once the config is valid
+    from distopt.run import ensure_ray, run_trial  # Ray is imported once the config is valid
 
     log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %d-bit weights",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
              cfg.compress.finetune_epochs if cfg.compress.prune_ratio else 0,
              cfg.compress.prune_ratio, cfg.compress.prune_kind, cfg.compress.quant_bits)
-    result = run_trial(cfg, out / "ray", name="train", evaluate_test=True)
+    ensure_ray()
+    _stop_on_signals()
+    try:
+        result = run_trial(cfg, out / "ray", name="train", evaluate_test=True)
+    except KeyboardInterrupt as e:
+        log.info("\ntraining interrupted (%s); the epochs checkpointed in %s are kept. "
+                 "Resume with:\n  %s", str(e) or "SIGINT", out / "ray",
+                 _resume_command(args, out))
+        return EXIT_INTERRUPTED
     (out / "model.dopt").write_bytes(result.artifact)
     m = dict(result.metrics)
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float) + "\n")
@@ -150,7 +181,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     problems = check_fits(cfg)
     if problems:  # would wait forever for a placement group: say so now instead
         raise ConfigError(problems, "per-trial resources")
-    grid = run_search(cfg, out, resume=args.resume)
+    _stop_on_signals()
+    try:
+        grid = run_search(cfg, out, resume=args.resume)
+    except KeyboardInterrupt as e:
+        from distopt.tuning import finished_trials
+
+        if out.remote:
+            from distopt.progress import upload_study
+
+            upload_study(out)
+        log.info("\nsearch interrupted (%s): %d trial(s) had finished and are kept in %s; "
+                 "the interrupted ones continue from their last epoch checkpoint. Resume "
+                 "with:\n  %s", str(e) or "SIGINT", finished_trials(cfg, out), out,
+                 _resume_command(args, out))
+        return EXIT_INTERRUPTED
     collect(cfg, out, grid)
     summary = write_report(stage)
     if out.remote:

@@ -147,17 +147,7 @@ class StudyUploader(Callback):
         self.output = output
 
     def _upload(self) -> None:
-        import sqlite3
-        import tempfile
-
-        db = self.output.local / "study.db"
-        if not db.exists():
-            return
-        with tempfile.TemporaryDirectory() as d:
-            copy = Path(d) / "study.db"
-            with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
-                src.backup(dst)
-            self.output.write_bytes("study.db", copy.read_bytes())
+        upload_study(self.output)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._upload()
@@ -167,3 +157,19 @@ class StudyUploader(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._upload()
+
+
+def upload_study(output: Location) -> None:
+    """Copy the local Optuna study to a remote output (SQLite's backup API: a consistent copy
+    even while Optuna writes)."""
+    import sqlite3
+    import tempfile
+
+    db = output.local / "study.db"
+    if not db.exists():
+        return
+    with tempfile.TemporaryDirectory() as d:
+        copy = Path(d) / "study.db"
+        with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        output.write_bytes("study.db", copy.read_bytes())

@@ -125,11 +125,19 @@ def _bootstrap_node_types() -> list[NodeType] | None:
     import yaml
 
     try:
-        return node_types_from_cluster_config(yaml.safe_load(path.read_text())) or None
+        raw = yaml.safe_load(path.read_text())
+        types = node_types_from_cluster_config(raw)
     except (yaml.YAMLError, TypeError, ValueError, AttributeError) as e:
         log.warning("%s: cannot read the cluster's node types (%s); judging the nodes alive",
                     path, e)
         return None
+    unknown = [name for name, nt in (raw.get("available_node_types") or {}).items()
+               if "CPU" not in (nt.get("resources") or {})]
+    if unknown:  # e.g. the local provider: Ray detects each node's resources when it starts
+        log.debug("%s: node types %s do not state their resources; judging the nodes alive",
+                  path, unknown)
+        return None
+    return types or None
 
 
 def cluster_node_types() -> tuple[list[NodeType], str]:
@@ -283,6 +291,18 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     log.info("search finished in %.0f s", time.perf_counter() - t0)
     _close_orphans(cfg, paths)
     return grid
+
+
+def finished_trials(cfg: Config, output: Location) -> int:
+    """Trials of the search's study that completed (0 if it has none yet)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=cfg.name,
+                                  storage=storage_url(cfg) or SearchPaths(output).study_url)
+    except KeyError:  # no study of that name yet
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def _close_orphans(cfg: Config, paths: SearchPaths) -> None:

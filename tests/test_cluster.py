@@ -95,11 +95,12 @@ def _login_shells_use_this_python() -> None:
     shell over SSH, whose PATH does not know the virtualenv (or pyenv version) this test runs
     in, so distopt would not import there. On a real node the setup commands install distopt
     into the node's own Python; here the "node" is this machine, so its login shells are
-    pointed at this interpreter's bin directory (both files are restored afterwards)."""
-    line = f'export PATH="{Path(sys.executable).parent}:$PATH"  # distopt test_cluster\n'
+    pointed at this interpreter's bin directory (both files are restored afterwards). The
+    line goes last: earlier lines (pyenv's, for one) prepend their own directories."""
+    line = f'\nexport PATH="{Path(sys.executable).parent}:$PATH"  # distopt test_cluster\n'
     for rc in ("~/.profile", "~/.bashrc"):
         path = Path(rc).expanduser()
-        path.write_text(line + (path.read_text() if path.exists() else ""))
+        path.write_text((path.read_text() if path.exists() else "") + line)
 
 
 def _sshd(tmp: Path) -> tuple[subprocess.Popen, int, Path]:

@@ -235,6 +235,45 @@ def test_rnn_search_on_tokens_exports_a_decodable_front(tmp_path):
     assert "| " in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path):
+    """Ctrl-C during a search: exit 130, no report calling the interrupted trials failed, the
+    last line is the exact resume command; running it (with the same --config accepted too)
+    ends with every trial complete and none failed."""
+    import shlex
+
+    out = tmp_path / "sigint"
+    args = ["--config", str(SMOKE), "--output", str(out), "search.num_trials=4",
+            "search.max_concurrent=1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "distopt" / "search.py"), *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while _complete_count(out / "study.db") < 2 and time.time() < deadline:
+        assert proc.poll() is None, "search ended before it could be interrupted"
+        time.sleep(1)
+    time.sleep(3)  # the next trial is running
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl-C reaches it first
+    stdout, stderr = proc.communicate(timeout=120)
+    stop_s = time.perf_counter() - t0
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    assert lines[-1].strip() == shlex.join(["distopt", "search", "--output", str(out),
+                                            "--resume"]), lines[-3:]
+    assert "search interrupted (SIGINT)" in stdout
+    assert not (out / "report.md").exists()  # no report listing interrupted trials as failed
+    print(f"SIGINT: stopped in {stop_s:.1f} s; last lines: {lines[-2:]}")
+
+    p = _search(*args, "--resume")  # the same --config and overrides: accepted
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["COMPLETE"] * 4
+    assert "Failed trials" not in (out / "report.md").read_text()
+
+
 # ---------------------------------------------------------------- placement, without Ray
 
 
@@ -291,7 +330,9 @@ def _nodes_alive(address: str, env: dict[str, str]) -> int:
     p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
                        timeout=120, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
-    return int(p.stdout.split("ALIVE")[1])
+    import re
+
+    return int(re.search(r"ALIVE (\d+)", p.stdout).group(1))  # the autoscaler prints too
 
 
 @pytest.mark.slow
@@ -377,3 +418,21 @@ def test_search_scales_up_a_fake_autoscaling_cluster(tmp_path):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+def test_bootstrap_config_counts_only_when_it_states_every_node_types_resources(tmp_path,
+                                                                               monkeypatch):
+    """`ray up` leaves the cluster file on the head. The cloud file states its node types'
+    resources; the local provider's does not (Ray detects them when each node starts), so the
+    driver must then judge the nodes alive, not "0 CPUs" (the `ray up` test caught that)."""
+    import shutil
+
+    from distopt.tuning import _bootstrap_node_types
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _bootstrap_node_types() is None  # no file: not a `ray up` head
+    shutil.copy(CONFIGS.parent / "cluster.yaml", tmp_path / "ray_bootstrap_config.yaml")
+    assert {(t.name, t.count) for t in _bootstrap_node_types()} == {("head", 1),
+                                                                     ("gpu_worker", 4)}
+    shutil.copy(CONFIGS / "clusters" / "local.yaml", tmp_path / "ray_bootstrap_config.yaml")
+    assert _bootstrap_node_types() is None

@@ -402,11 +402,13 @@ def _spec_problem(d: Any) -> str | None:
     return None
 
 
-def _expected_state(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of the spec's model, built on the meta device (no memory)."""
+def _expected_state(spec: ModelSpec) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Parameter names and shapes of the spec's model, and its quantizable weights with their
+    axes, from the model built on the meta device (no memory)."""
     with torch.device("meta"):
         model = build_model(spec)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
+            {n: axis for n, _, axis in prunable_weights(model)})
 
 
 def _tensor_problem(e: Any, expected: dict[str, tuple[int, ...]], weights: dict[str, int]
@@ -509,14 +511,11 @@ def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
         raise ArtifactError(f"{source}: header lacks its spec, tensors or meta")
     problem = _spec_problem(header.get("spec"))
     if problem is None:
-        spec = ModelSpec.from_dict(header["spec"])
-        expected_state = _expected_state(spec)
+        expected_state, weights = _expected_state(ModelSpec.from_dict(header["spec"]))
         n_params = sum(math.prod(s) for s in expected_state.values())
         if n_params > MAX_PARAMS:
             problem = f"spec asks for {n_params:,} parameters; at most {MAX_PARAMS:,} are read"
     if problem is None:
-        with torch.device("meta"):
-            weights = {n: axis for n, _, axis in prunable_weights(build_model(spec))}
         names = [e.get("name") if isinstance(e, dict) else None for e in header["tensors"]]
         for e in header["tensors"]:
             problem = problem or _tensor_problem(e, expected_state, weights)

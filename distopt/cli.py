@@ -15,7 +15,8 @@ from typing import Sequence
 import yaml
 
 from distopt import metrics as M
-from distopt.config import Config, ConfigError, load_config, reference_markdown
+from distopt.config import (Config, ConfigError, absolute_data_paths, load_config,
+                            reference_markdown)
 from distopt.data import DataError
 from distopt.storage import Location, is_uri
 from distopt.workdir import (MARKER, check_location, check_output, create_location,
@@ -56,14 +57,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _comparable(d: dict) -> dict:
-    """A config dict with local paths spelled one way (``~`` and relative paths expanded), so
-    a stored config and the same file loaded again compare equal."""
-    data = dict(d["data"])
-    for key in ("path", "test_path", "cache_dir"):
-        v = data.get(key)
-        if isinstance(v, str) and v and "://" not in v:
-            data[key] = os.path.abspath(os.path.expanduser(v))
-    return {**d, "data": data}
+    """A config dict as ``--resume`` compares it: local paths spelled one way, so a stored
+    config and the same file loaded again compare equal."""
+    return {**d, "data": absolute_data_paths(d["data"])}
 
 
 def _stored_public(out: Path) -> dict:

@@ -704,14 +704,21 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
         _set_dotted(raw, key, value, problems)
     if problems:
         raise ConfigError(problems, source)
-    # Relative data paths mean relative to where the command runs, not to Ray's workers.
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for key in ("path", "test_path", "cache_dir"):
-            v = data.get(key)
-            if isinstance(v, str) and v and "://" not in v:
-                data[key] = os.path.abspath(os.path.expanduser(v))
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = absolute_data_paths(raw["data"])
     return _build(raw, source, check_paths=True)
+
+
+def absolute_data_paths(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A data section with local paths spelled one way: ``~`` and relative paths expanded
+    against the directory the command runs in (Ray's workers run elsewhere), URLs untouched.
+    Also how a stored config and the same file loaded again are compared on ``--resume``."""
+    out = dict(data)
+    for key in ("path", "test_path", "cache_dir"):
+        v = out.get(key)
+        if isinstance(v, str) and v and "://" not in v:
+            out[key] = os.path.abspath(os.path.expanduser(v))
+    return out
 
 
 def reference_markdown() -> str:

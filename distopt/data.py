@@ -340,6 +340,17 @@ def _labels(table: pa.Table, label_column: str, num_classes: int, path: Path) ->
     return y
 
 
+def _is_bytes(t: pa.DataType) -> bool:
+    """Encoded raw uint8 images: one byte string per row."""
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
+        pa.types.is_fixed_size_binary(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    """A list of numbers (or token ids) per row."""
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
 def read_parquet_arrays(paths: Sequence[Path], feature_column: str, label_column: str,
                         shape: Sequence[int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Read features ``(N, *shape)`` and labels from Parquet, checking every file."""
@@ -348,16 +359,14 @@ def read_parquet_arrays(paths: Sequence[Path], feature_column: str, label_column
     for path in paths:
         table = _read_table(path, (feature_column, label_column))
         col = table.column(feature_column).combine_chunks()
-        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or \
-                pa.types.is_fixed_size_binary(col.type):
+        if _is_bytes(col.type):
             lengths = {len(v) for v in col.to_pylist()}
             if lengths != {n_feat}:
                 raise DataError(f"{path}: column {feature_column!r} holds byte strings of "
                                 f"length(s) {sorted(lengths)[:5]}; shape {list(shape)} needs "
                                 f"{n_feat}")
             x = np.frombuffer(b"".join(col.to_pylist()), dtype=np.uint8).reshape(-1, *shape)
-        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
-                pa.types.is_fixed_size_list(col.type):
+        elif _is_list(col.type):
             flat = col.flatten().to_numpy(zero_copy_only=False)
             if len(flat) != len(col) * n_feat or (
                     not pa.types.is_fixed_size_list(col.type) and
@@ -420,12 +429,10 @@ def _check_features(table: pa.Table, cfg: DataConfig, path: Path) -> list[str]:
     if cfg.kind == "tokens":
         return problems  # ids: read_parquet_tokens checks type and range on every reader
     n_feat = int(np.prod(cfg.shape))
-    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) or \
-            pa.types.is_fixed_size_binary(col.type):
+    if _is_bytes(col.type):
         lengths = np.array([len(v) if v is not None else n_feat for v in col.to_pylist()])
         wrong = lengths != n_feat
-    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
-            pa.types.is_fixed_size_list(col.type):
+    elif _is_list(col.type):
         lengths = np.asarray(col.value_lengths().fill_null(n_feat).to_numpy(
             zero_copy_only=False))
         wrong = lengths != n_feat
@@ -522,8 +529,7 @@ def read_parquet_tokens(paths: Sequence[Path], feature_column: str, label_column
     for path in paths:
         table = _read_table(path, (feature_column, label_column))
         col = table.column(feature_column).combine_chunks()
-        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
-                or pa.types.is_fixed_size_list(col.type)) or \
+        if not _is_list(col.type) or \
                 not pa.types.is_integer(col.type.value_type):
             raise DataError(f"{path}: column {feature_column!r} has type {col.type}; token "
                             "sequences need a list of integers")

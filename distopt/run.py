@@ -23,8 +23,8 @@ from distopt.train_loop import WorkerEnv, fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrialResult", "ensure_ray", "worker_resources", "fit_local", "make_trainer", "run_trial",
-           "train_loop_per_worker"]
+__all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial",
+           "train_loop_per_worker", "worker_resources"]
 
 STATE_FILE = "state.pt"
 ARTIFACT_FILE = "model.dopt"

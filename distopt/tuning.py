@@ -26,9 +26,9 @@ from distopt.space import to_optuna
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchPaths", "NodeType", "check_fits", "cluster_node_types", "default_max_concurrent",
-           "make_sampler", "node_types_from_cluster_config", "run_search", "trainable",
-           "distopt_trial", "workers_per_node"]
+__all__ = ["NodeType", "SearchPaths", "check_fits", "cluster_node_types",
+           "default_max_concurrent", "distopt_trial", "finished_trials", "make_sampler",
+           "node_types_from_cluster_config", "run_search", "trainable", "workers_per_node"]
 
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
 
@@ -160,11 +160,11 @@ def cluster_node_types() -> tuple[list[NodeType], str]:
 def workers_per_node(node: NodeType, cfg: Config) -> int:
     """Ray Train workers of this config one node of this type holds (each worker's CPUs and
     GPU share on one node: resources of different nodes never add up to a worker)."""
-    t = cfg.train
-    fits = int(node.cpus // t.cpus_per_worker + 1e-9)
-    if t.use_gpu:
-        fits = min(fits, int(node.gpus // t.gpus_per_worker + 1e-9))
-    return fits
+    from distopt.run import worker_resources  # the shape make_trainer asks Ray Train for
+
+    have = {"CPU": node.cpus, "GPU": node.gpus}
+    # Divide, then floor with a tolerance: 1.0 // 0.1 is 9.0 in floating point, not 10.
+    return min(int(have[k] / need + 1e-9) for k, need in worker_resources(cfg).items())
 
 
 def worker_capacity(types: list[NodeType], cfg: Config) -> int:
@@ -175,7 +175,8 @@ def default_max_concurrent(cfg: Config, types: list[NodeType] | None = None) -> 
     """Trials that fit at once: whole worker groups on the cluster the autoscaler can grow to
     (so that it is asked for more nodes), or on the nodes alive now."""
     types = types if types is not None else cluster_node_types()[0]
-    return max(1, worker_capacity(types, cfg.trial_config()) // cfg.trial_config().train.num_workers)
+    trial = cfg.trial_config()
+    return max(1, worker_capacity(types, trial) // trial.train.num_workers)
 
 
 def check_fits(cfg: Config, types: list[NodeType] | None = None, source: str = "") -> list[str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from distopt.storage import Location
 
-__all__ = ["check_location", "create_location", "replace_location", "MARKER", "check_output", "create_output", "replace_output", "untrusted_paths",
-           "protected_reason"]
+__all__ = ["MARKER", "check_location", "check_output", "create_location", "create_output",
+           "protected_reason", "replace_location", "replace_output", "untrusted_paths"]
 
 MARKER = ".distopt-output"  # written into every output directory distopt creates
 

@@ -436,3 +436,13 @@ def test_bootstrap_config_counts_only_when_it_states_every_node_types_resources(
                                                                      ("gpu_worker", 4)}
     shutil.copy(CONFIGS / "clusters" / "local.yaml", tmp_path / "ray_bootstrap_config.yaml")
     assert _bootstrap_node_types() is None
+
+
+def test_fractional_gpu_shares_are_counted_without_float_floor_errors():
+    """1.0 // 0.1 is 9.0 in floating point: ten 0.1-GPU workers must still fit one GPU."""
+    from distopt.tuning import workers_per_node
+
+    cfg = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=0.5",
+                              "train.gpus_per_worker=0.1"])
+    assert workers_per_node(_types(("gpu", 8, 1, 1))[0], cfg) == 10
+    assert workers_per_node(_types(("gpu", 4, 1, 1))[0], cfg) == 8  # CPUs bind first

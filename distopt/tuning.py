@@ -225,7 +225,8 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
 
 def _searcher(cfg: Config, paths: SearchPaths) -> Any:
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from distopt._optuna_search import ResumableOptunaSearch as OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url(cfg) or paths.study_url)

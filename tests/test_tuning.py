@@ -446,3 +446,19 @@ def test_fractional_gpu_shares_are_counted_without_float_floor_errors():
                               "train.gpus_per_worker=0.1"])
     assert workers_per_node(_types(("gpu", 8, 1, 1))[0], cfg) == 10
     assert workers_per_node(_types(("gpu", 4, 1, 1))[0], cfg) == 8  # CPUs bind first
+
+
+def test_restored_searcher_tolerates_a_trial_it_never_created():
+    """The kill-and-resume race seen in CI: Tune resumes a trial the restored searcher has no
+    Optuna trial for; completing it must not fail the search (Ray's OptunaSearch raised
+    KeyError)."""
+    import tempfile
+
+    from distopt.storage import Location
+    from distopt.tuning import SearchPaths, _searcher
+
+    cfg = load_config(SMOKE)
+    out = Location(tempfile.mkdtemp())
+    searcher = _searcher(cfg, SearchPaths(out))
+    searcher.on_trial_result("unknown1", {"val_accuracy": 0.5, "training_iteration": 1})
+    searcher.on_trial_complete("unknown1", {"val_accuracy": 0.5, "size_bytes": 10.0})  # no KeyError

@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
              cfg.compress.finetune_epochs if cfg.compress.prune_ratio else 0,
              cfg.compress.prune_ratio, cfg.compress.prune_kind, cfg.compress.quant_bits)
-    ensure_ray()
+    ensure_ray(verbose=args.verbose)
     _stop_on_signals()
     try:
         result = run_trial(cfg, out / "ray", name="train", evaluate_test=True)
@@ -173,7 +173,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     save_config(cfg, stage)
     if out.remote:
         out.write_bytes("config.yaml", (stage / "config.yaml").read_bytes())
-    ensure_ray()
+    ensure_ray(verbose=args.verbose)
     problems = check_fits(cfg)
     if problems:  # would wait forever for a placement group: say so now instead
         raise ConfigError(problems, "per-trial resources")

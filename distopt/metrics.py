@@ -32,6 +32,17 @@ TEST_ACCURACY = "test_accuracy"
 LATENCY_MS = "latency_ms"
 PRECISION = "precision"
 TF32 = "tf32"  # whether float32 matmuls/convolutions ran as TF32 (CUDA only)
+TRAIN_SECONDS = "train_seconds"  # inside fit(): data loading, training, export, evaluation
+DENSE_EPOCHS = "dense_epochs"  # dense epochs trained (fewer than train.epochs if early-stopped)
+EARLY_STOPPED = "early_stopped"  # dense training ended on a validation plateau
+
+# Bytes the artifact would have if the trial ended now (its pruning and bit width applied to
+# the current dense weights, without fine-tuning): what early stopping ranks size by at a rung.
+EXPECTED_SIZE_BYTES = "expected_size_bytes"
+
+# Per-trial timing, from the driver (trials.parquet).
+TRIAL_WALL_S = "trial_wall_s"  # Tune's trial start (its actor up) to its last result
+OVERHEAD_S = "overhead_s"  # TRIAL_WALL_S - TRAIN_SECONDS: start-up, teardown, reporting
 
 
 @dataclass(frozen=True)
@@ -60,4 +71,9 @@ DEFAULT_OBJECTIVES: tuple[tuple[str, Direction], ...] = (
 
 # Keys that every report carries, so that Tune's strict metric check passes on every result.
 # Before the final report the artifact metrics are NaN ("not known yet").
-ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, SIZE_BYTES, LATENCY_MS, NONZERO_PARAMS)
+ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, SIZE_BYTES, LATENCY_MS, NONZERO_PARAMS,
+                                    EXPECTED_SIZE_BYTES)
+
+# At a rung of early stopping, an objective is read from this key instead (the final value is
+# not known before the end); objectives not listed here and not reported are left out there.
+RUNG_KEYS: dict[str, str] = {SIZE_BYTES: EXPECTED_SIZE_BYTES}

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["to_minimization", "non_dominated", "pareto_ranks", "hypervolume"]
+__all__ = ["to_minimization", "non_dominated", "pareto_ranks", "hypervolume",
+           "hv_contributions", "promotion_order"]
 
 
 def to_minimization(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -106,3 +107,38 @@ def hypervolume(points: np.ndarray, directions: Sequence[str], reference: Sequen
         return 0.0
     p = p[non_dominated(p, ["min"] * p.shape[1])]
     return _hv_min(np.unique(p, axis=0), ref)
+
+
+def hv_contributions(points: np.ndarray, directions: Sequence[str], reference: Sequence[float]
+                     ) -> np.ndarray:
+    """Each point's exclusive hypervolume: the volume lost if it alone were removed. A duplicate
+    point contributes 0 (its twin still covers the volume), as does a dominated one."""
+    points = np.asarray(points, dtype=float)
+    total = hypervolume(points, directions, reference)
+    out = np.zeros(len(points))
+    for i in range(len(points)):
+        rest = np.delete(points, i, axis=0)
+        out[i] = total - hypervolume(rest, directions, reference)
+    return out
+
+
+def promotion_order(points: np.ndarray, directions: Sequence[str], reference: Sequence[float]
+                    ) -> np.ndarray:
+    """Indices of ``points``, best first: by non-dominated sorting (front 0 first), within a
+    front by exclusive hypervolume contribution within that front (largest first: the points
+    that spread the front, rather than near-duplicates), then by index (earlier first).
+    Infeasible (NaN) points come last.
+
+    The result is an *ordering* (position -> index), not a rank per point: position p holds
+    the index of the p-th best point."""
+    points = np.asarray(points, dtype=float)
+    ranks = pareto_ranks(points, directions)
+    contrib = np.zeros(len(points))
+    for r in set(ranks.tolist()) - {-1}:
+        members = np.flatnonzero(ranks == r)
+        contrib[members] = hv_contributions(points[members], directions, reference)
+    # Contributions equal up to float round-off are ties (decided by index).
+    contrib = np.round(contrib, 12)
+    sort_rank = np.where(ranks < 0, np.iinfo(np.int64).max, ranks)
+    # np.lexsort sorts by the last key first.
+    return np.lexsort((np.arange(len(points)), -contrib, sort_rank))

@@ -4,6 +4,7 @@ and the upload of the Optuna study to a remote output."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -45,6 +46,8 @@ class ProgressTable(Callback):
         self.done = 0
         self.failed = 0
         self.total = cfg.search.num_trials
+        self.budget_s = cfg.search.time_budget_s
+        self.started = time.monotonic()
 
     def _row(self, trial: Any, status: str, result: dict[str, Any] | None = None) -> None:
         row = self.rows.setdefault(trial.trial_id, {"status": status})
@@ -71,7 +74,10 @@ class ProgressTable(Callback):
                           _fmt(r.get(M.VAL_ACCURACY, math.nan)), _fmt(r.get(M.SIZE_BYTES, math.nan))])
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
         body = "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
-        return f"[{self.done} done, {self.failed} failed of {self.total}]\n{body}"
+        of = f" of {self.total}" if self.total else ""
+        if self.budget_s:
+            of += f", {time.monotonic() - self.started:.0f} of {self.budget_s:g} s"
+        return f"[{self.done} done, {self.failed} failed{of}]\n{body}"
 
     def _maybe_print(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -89,7 +95,8 @@ class ProgressTable(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
-        self._row(trial, "DONE", trial.last_result)
+        final = (trial.last_result or {}).get(M.PHASE) == "final"
+        self._row(trial, "DONE" if final else "STOPPED", trial.last_result)
         self._maybe_print()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -136,6 +143,40 @@ class ExperimentGauges(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._update(trials, trial, failed_now=True)
+
+
+TRIAL_CLOCK = "trial_clock.json"  # in the output's local directory
+
+
+class TrialClock(Callback):
+    """Wall-clock start and end of every trial as Tune sees them (start: its actor is up; end:
+    its last result is in), kept in ``trial_clock.json`` so that ``trials.parquet`` can state
+    each trial's time outside its training loop. A restarted trial keeps its latest start."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output / TRIAL_CLOCK
+        self.times: dict[str, dict[str, float]] = read_trial_clock(output)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.times[trial.trial_id] = {"start": time.time()}
+
+    def _end(self, trial: Any) -> None:
+        self.times.setdefault(trial.trial_id, {})["end"] = time.time()
+        self.path.write_text(json.dumps(self.times))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial)
+
+
+def read_trial_clock(output: Path) -> dict[str, dict[str, float]]:
+    """``{trial_id: {"start": t, "end": t}}`` written by :class:`TrialClock` (empty if none)."""
+    try:
+        return json.loads((output / TRIAL_CLOCK).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 class StudyUploader(Callback):

@@ -35,7 +35,8 @@ __all__ = ["collect", "write_report", "verdict", "hypervolume_curve", "load_tria
 TRIALS = "trials.parquet"
 FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
                  M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
-                 M.EPOCH, "train_seconds", "time_total_s")
+                 M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s")
+STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
 OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
 UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
 
@@ -114,26 +115,44 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     from distopt.data import load_splits
     from distopt.train_loop import evaluate_artifact
 
+    from distopt.progress import read_trial_clock
+
+    location = location if isinstance(location, Location) else Location(str(location))
+    clock = read_trial_clock(location.local)
     rows = []
     # The grid lists trials in the order Tune created them: that order is the trial number.
     for number, result in enumerate(grid):
         m = result.metrics or {}
         trial_id = m.get("trial_id") or Path(result.path).name
         complete = result.error is None and m.get(M.PHASE) == "final"
+        # Ended without error and without its final result: early stopping stopped it.
+        stopped = result.error is None and not complete and bool(m)
         row: dict[str, Any] = {
             "trial_id": trial_id, "trial_number": number,
-            "status": "COMPLETE" if complete else "FAILED",
+            "status": "COMPLETE" if complete else (STOPPED if stopped else "FAILED"),
             "error": "" if result.error is None else _error_text(result.error),
-            "checkpoint_path": m.get("checkpoint_path", ""),
+            # Ray Train trials report their checkpoint's path; trial-actor ones hold it.
+            "checkpoint_path": m.get("checkpoint_path") or (
+                result.checkpoint.path if result.checkpoint is not None else ""),
             "params_json": json.dumps({k: result.config.get(k) for k in cfg.search.space}),
         }
         for k in cfg.search.space:
             row[f"param.{k}"] = result.config.get(k)
         for k in FINAL_METRICS:
             v = m.get(k, math.nan)
-            row[k] = float(v) if isinstance(v, (int, float)) and complete else math.nan
+            # A stopped trial keeps the epoch it stopped after; its other numbers are not of
+            # a decoded artifact, so they are left out (NaN) rather than mixed in.
+            keep = complete or (stopped and k == M.EPOCH)
+            row[k] = float(v) if isinstance(v, (int, float)) and keep else math.nan
+        times = clock.get(trial_id, {})
+        row[M.TRIAL_WALL_S] = times["end"] - times["start"] if complete and len(times) == 2 \
+            else math.nan
+        # Time the trial spent outside fit() (start-up, teardown, reporting): what scheduling
+        # and Ray Train cost on top of the training itself.
+        row[M.OVERHEAD_S] = row[M.TRIAL_WALL_S] - row[M.TRAIN_SECONDS]
         row[M.PRECISION] = str(m.get(M.PRECISION, ""))
         row[M.TF32] = bool(m.get(M.TF32, False))
+        row[M.EARLY_STOPPED] = bool(m.get(M.EARLY_STOPPED, False))
         row["config_json"] = _trial_config_json(cfg, result.config or {})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_number"])
@@ -143,7 +162,6 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     front = np.zeros(len(rows), bool)
     if done.any():
         front[np.flatnonzero(done)] = non_dominated(pts[done], [d for _, d in cfg.search.objectives])
-    location = location if isinstance(location, Location) else Location(str(location))
     output = location.local
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -253,9 +271,13 @@ def write_report(output: Path) -> dict[str, Any]:
     _plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
     _plot_hv(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
-    failed = [r for r in rows if r["status"] != "COMPLETE"]
+    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED)]
+    stopped = sum(r["status"] == STOPPED for r in rows)
+    complete = len(rows) - len(failed) - stopped
     lines = [f"# {cfg.name}: Pareto front", "",
-             f"{len(rows)} trials, {len(rows) - len(failed)} complete, {len(failed)} failed; "
+             f"{len(rows)} trials, {complete} complete, "
+             + (f"{stopped} stopped early ({cfg.search.scheduler}), " if stopped else "")
+             + f"{len(failed)} failed; "
              f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
              + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
              "Accuracies are those of the models decoded from their artifacts; test accuracy is "

@@ -1,4 +1,5 @@
-"""One trial as a Ray Train job: ``TorchTrainer`` workers run :func:`distopt.train_loop.fit`.
+"""One trial as a Ray Train job (``TorchTrainer`` workers run :func:`distopt.train_loop.fit`), or
+inside its own Tune trial actor (:func:`train_in_trial_actor`, one CPU worker).
 
 Also the single-process path (:func:`fit_local`), used by benchmarks to compare the same loop
 with and without Ray Train.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from distopt.train_loop import WorkerEnv, fit
 log = logging.getLogger(__name__)
 
 __all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial",
-           "train_loop_per_worker", "worker_resources"]
+           "train_in_trial_actor", "train_loop_per_worker", "worker_resources"]
 
 STATE_FILE = "state.pt"
 ARTIFACT_FILE = "model.dopt"
@@ -37,18 +39,57 @@ class TrialResult:
     history: list[dict[str, Any]]
 
 
-def ensure_ray(**init_kwargs: Any) -> None:
-    """Join the cluster named by ``RAY_ADDRESS``, or start a local Ray instance if unset."""
+# What Ray itself would print on every search that says nothing to a distopt user, switched off
+# by Ray's own settings (``-v`` leaves all of them on). Set before the local instance starts, so
+# that its processes inherit them.
+QUIET_RAY_ENV = {
+    # Tune's legacy console output, which at verbose=0 prints nothing (the new one prints an
+    # experiment box and a TensorBoard hint even then): distopt's ProgressTable is the progress.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Each epoch checkpoint of a trial actor forces an experiment snapshot (num_to_keep is
+    # set), and Tune warns when snapshots come faster than every 5 s; the message names this
+    # variable as the way to switch the warning off.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+# On a local instance only (nothing there can be preempted): Ray Train's PreemptionWatcher actor
+# is created with restarts and its arguments in the object store, and every Ray Train run then
+# logs an `E core_worker.cc` line about it.
+LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Ray Train's run-state export (on while RAY_TRAIN_ENABLE_STATE_TRACKING=1, which lists runs in
+# the dashboard) reads a deprecated Ray Data option and warns in the controller, once per run.
+QUIET_WARNINGS = "ignore:`ExecutionOptions.exclude_resources` is deprecated"
+
+
+def ensure_ray(verbose: bool = False, **init_kwargs: Any) -> None:
+    """Join the cluster named by ``RAY_ADDRESS``, or start a local Ray instance if unset.
+
+    Unless ``verbose``, Ray's own console output is reduced to its warnings that matter: see
+    :data:`QUIET_RAY_ENV`."""
     import ray
 
     # The Train controller polls its workers every 2 s by default, so every short trial waits
     # up to 2 s to notice its workers finished. Processes of a local instance inherit this.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    if not ray.is_initialized():
-        # Keep Ray's own chatter (worker start-up, deprecation notices) off the user's console.
-        init_kwargs.setdefault("logging_level", logging.WARNING)
-        init_kwargs.setdefault("configure_logging", True)
-        ray.init(**init_kwargs)
+    if ray.is_initialized():
+        return
+    if not verbose:
+        local = not os.environ.get("RAY_ADDRESS") and "address" not in init_kwargs
+        for key, value in {**QUIET_RAY_ENV, **(LOCAL_ONLY_ENV if local else {})}.items():
+            os.environ.setdefault(key, value)
+        warnings = os.environ.get("PYTHONWARNINGS")
+        if QUIET_WARNINGS not in (warnings or ""):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [warnings, QUIET_WARNINGS]))
+        if not local:  # a cluster's processes do not inherit this process's environment
+            env_vars = {k: os.environ[k] for k in (*QUIET_RAY_ENV, "PYTHONWARNINGS")}
+            runtime_env = dict(init_kwargs.pop("runtime_env", None) or {})
+            runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
+            init_kwargs["runtime_env"] = runtime_env
+        # Token authentication being on is Ray's default for a local instance, not news.
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    # Keep Ray's own chatter (worker start-up, deprecation notices) off the user's console.
+    init_kwargs.setdefault("logging_level", logging.INFO if verbose else logging.WARNING)
+    init_kwargs.setdefault("configure_logging", True)
+    ray.init(**init_kwargs)
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:
@@ -66,6 +107,28 @@ def save_state(state: dict[str, Any], files: dict[str, bytes] | None, directory:
 def load_state(directory: Path) -> dict[str, Any]:
     # weights_only: a checkpoint is data, never code to execute.
     return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _restored_state(checkpoint: Any) -> dict[str, Any] | None:
+    """The training state in a Ray (Train or Tune) checkpoint, or None without one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        state = load_state(Path(d))
+    log.info("resuming from the checkpoint of epoch %d", state["epoch"])
+    return state
+
+
+def _report_with_state(send: Any, checkpoint_cls: Any, metrics: dict[str, Any],
+                       state: dict[str, Any] | None, files: dict[str, bytes] | None) -> None:
+    """``send(metrics, checkpoint=...)`` (``ray.train.report`` or ``ray.tune.report``), with
+    the state and files as a checkpoint directory when there is a state."""
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if state is not None:
+            save_state(state, files, Path(d))
+            ckpt = checkpoint_cls.from_directory(d)
+        send(metrics, checkpoint=ckpt)
 
 
 def _worker_logging(rank: int, progress: bool = True) -> None:
@@ -102,12 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     env = WorkerEnv(rank=rank, world_size=ctx.get_world_size(), device=device)
 
-    state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(Path(d))
-        log.info("resuming from the checkpoint of epoch %d", state["epoch"])
+    state = _restored_state(ray.train.get_checkpoint())
 
     history: list[dict[str, Any]] = []
 
@@ -121,17 +179,51 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 log.info(format_epoch(metrics))
         if rank == 0:  # metrics are all-reduced already: one exporter per trial
             record_trial(cfg.name, run_name, metrics)
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if st is not None:
-                save_state(st, files, Path(d))
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)
+        _report_with_state(ray.train.report, ray.train.Checkpoint, metrics, st, files)
 
     out = fit(cfg, env, report, state, evaluate_test=loop_config.get("evaluate_test", False))
     if rank != 0:
         return None
     return {"metrics": out["metrics"], "artifact": out["artifact"], "history": history}
+
+
+def _ignore_exit_in_finalizers() -> None:
+    """When Ray ends a finished trial actor with SIGTERM, Ray's handler raises ``SystemExit``
+    wherever the interpreter is, and if that is a finalizer (a weakref callback during garbage
+    collection) Python prints it as an ignored exception with a traceback. The process is
+    exiting as asked either way: drop that one report, keep every other."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def train_in_trial_actor(cfg: Config) -> None:
+    """Run one search trial's training loop in the calling Tune trial actor.
+
+    The actor holds the one worker's CPUs, so there is no worker group to start or tear down
+    (Ray Train's costs ~12 s per trial here; this ~0.1 s). Epochs are checkpointed through Tune
+    (``ray.tune.report``), and a trial restarted by Tune (``train.max_failures``: a killed
+    actor, a resumed search) continues from its last epoch checkpoint."""
+    import ray.tune
+
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    _ignore_exit_in_finalizers()
+    _worker_logging(0, progress=False)
+    # Tune's storage logs every persisted checkpoint at INFO: one line per epoch per trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    state = _restored_state(ray.tune.get_checkpoint())
+    trial_id = ray.tune.get_context().get_trial_id()
+
+    def report(metrics: dict[str, Any], st: dict[str, Any] | None,
+               files: dict[str, bytes] | None = None) -> None:
+        record_trial(cfg.name, trial_id, metrics)
+        _report_with_state(ray.tune.report, ray.tune.Checkpoint, metrics, st, files)
+
+    fit(cfg, WorkerEnv(), report, state, evaluate_test=False)
 
 
 def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_test: bool,

@@ -31,7 +31,7 @@ from distopt.augment import random_affine, random_tokens
 from distopt.compress import (ArtifactError, Masks, QuantizedWeights, apply_masks, decode,
                               encode, global_magnitude_masks, gradual_ratio, size_report,
                               structured_prune)
-from distopt.config import AugmentConfig, Config
+from distopt.config import AugmentConfig, CompressConfig, Config
 from distopt.data import Splits, load_splits, shard
 from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
                             prunable_weights, spec_from_config)
@@ -309,6 +309,42 @@ def _nan_artifact_metrics() -> dict[str, float]:
     return {k: math.nan for k in M.ALWAYS_REPORTED if k not in (M.EPOCH, M.VAL_ACCURACY)}
 
 
+def expected_size(model: Model, compress: CompressConfig, meta: dict[str, Any] | None = None
+                  ) -> int:
+    """Bytes of the artifact this dense model would give with the trial's compression applied
+    now (pruned, quantized and encoded as at the end, without the fine-tune). Fine-tuning
+    changes weights, not which are zero or the bit width, so the final file differs from this
+    only by how well the fine-tuned values compress (tested)."""
+    base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
+                           .to(memory_format=torch.contiguous_format))
+    if compress.prune_ratio > 0:
+        if compress.prune_kind == "structured":
+            base = structured_prune(base, compress.prune_ratio)
+        else:
+            apply_masks(base, global_magnitude_masks(base, compress.prune_ratio))
+    return len(encode(base, compress.quant_bits, meta))
+
+
+@dataclass
+class Plateau:
+    """Early stopping on a validation plateau: :meth:`update` says True once validation
+    accuracy has not beaten its best for ``patience`` epochs (never with patience 0)."""
+
+    patience: int
+    best: float = -math.inf
+    since: int = 0
+
+    def update(self, val_accuracy: float) -> bool:
+        if val_accuracy > self.best:
+            self.best, self.since = val_accuracy, 0
+        else:
+            self.since += 1
+        return self.patience > 0 and self.since >= self.patience
+
+    def to_dict(self) -> dict[str, float]:
+        return {"best": self.best, "since": self.since}
+
+
 def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
         evaluate_test: bool = False, splits: Splits | None = None) -> dict[str, Any]:
     """Train, weight-prune, fine-tune, export and evaluate one configuration.
@@ -346,10 +382,14 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     dtype = _DTYPES[precision]
     model = _wrap(net, env, channels_last)
 
-    dense_epochs = t.epochs
+    # Dense epochs: train.epochs, or fewer when validation accuracy plateaus (early stopping).
+    dense_epochs = state.get("dense_epochs", t.epochs) if state else t.epochs
+    plateau = Plateau(t.early_stop_patience, **(state.get("plateau") or {}) if state else {})
     prune = cfg.compress.prune_ratio > 0
-    total_epochs = dense_epochs + (cfg.compress.finetune_epochs if prune else 0)
     start_epoch = state["epoch"] + 1 if state else 0
+
+    def total_epochs() -> int:
+        return dense_epochs + (cfg.compress.finetune_epochs if prune else 0)
 
     n_train = len(splits.x_train)
     steps = (n_train // env.world_size + t.batch_size - 1) // t.batch_size
@@ -399,7 +439,13 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
 
     last: dict[str, Any] = {}
     ckpt: dict[str, Any] | None = state if env.rank == 0 else None
-    for epoch in range(start_epoch, total_epochs):
+    def artifact_meta() -> dict[str, Any]:
+        return {"input": norm.to_meta(), "config_name": cfg.name, "data_digest": splits.digest}
+
+    # Early stopping ranks trials by size at its rungs: the size each dense epoch would export.
+    rung_sizes = cfg.search.scheduler == "mo_asha"
+    epoch = start_epoch
+    while epoch < total_epochs():
         if epoch == dense_epochs and prune and not finetuning:
             # Dense training is over: weight-prune, then fine-tune with the masks held.
             # BatchNorm has done its job: fine-tuning and the artifact use the folded convs.
@@ -486,22 +532,30 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                 M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc, M.GAP: tr_acc - val_acc,
                 M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
                 M.PRECISION: precision, **_nan_artifact_metrics()}
+        if not finetuning and rung_sizes and env.rank == 0:
+            last[M.EXPECTED_SIZE_BYTES] = float(expected_size(_unwrap(model), cfg.compress,
+                                                              artifact_meta()))
+        if not finetuning and plateau.update(val_acc) and epoch + 1 < dense_epochs:
+            # Every rank sees the same all-reduced val_acc: all stop dense training together.
+            log.info("validation accuracy has not improved for %d epochs: dense training ends "
+                     "after epoch %d of %d", t.early_stop_patience, epoch, t.epochs)
+            dense_epochs = epoch + 1
         ckpt = None
         if env.rank == 0:
             base = _unwrap(model)
             ckpt = {"epoch": epoch, "spec": base.spec.to_dict(), "precision": precision,
+                    "dense_epochs": dense_epochs, "plateau": plateau.to_dict(),
                     "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     "masks": {k: v.bool().cpu() for k, v in masks.items()} if masks else None}
         report(last, ckpt)
+        epoch += 1
 
     # The artifact, and metrics of the model decoded from it (never of the in-memory model).
     base = fold_batch_norm(_unwrap(model).cpu().to(memory_format=torch.contiguous_format)
                            .eval())
-    meta = {"input": norm.to_meta(),
-            "config_name": cfg.name, "data_digest": splits.digest}
-    artifact = encode(base, cfg.compress.quant_bits, meta)
+    artifact = encode(base, cfg.compress.quant_bits, artifact_meta())
     # Every reported accuracy of the artifact is the decoded file's on the CPU in fp32, as
     # `distopt evaluate` measures it: each rank evaluates the whole split itself (no TF32, no
     # autocast, no cross-rank sums), so every rank holds the same numbers.
@@ -521,7 +575,9 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     final[M.PHASE] = "final"
     final[M.PRECISION] = precision
     final[M.TF32] = bool(t.tf32 and env.device.type == "cuda")
-    final["train_seconds"] = time.perf_counter() - t_start
+    final[M.TRAIN_SECONDS] = time.perf_counter() - t_start
+    final[M.DENSE_EPOCHS] = dense_epochs
+    final[M.EARLY_STOPPED] = dense_epochs < t.epochs
     final["started_at"] = started_at  # wall clock, so callers can measure start-up overhead
     final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report(final, ckpt, {"model.dopt": artifact} if env.rank == 0 else None)

@@ -1,18 +1,22 @@
-"""The multi-objective search: Ray Tune + OptunaSearch, each trial a Ray Train job.
+"""The multi-objective search: Ray Tune + OptunaSearch; each trial trains in its own actor or
+as a Ray Train job.
 
-Data flow: config -> Optuna distributions -> ``Tuner`` -> :func:`distopt_trial` (a Tune function
-trial holding 0 CPUs) -> ``TorchTrainer`` (its workers hold the CPUs/GPUs) -> per-worker
-loop -> ``TuneReportCallback`` -> Tune -> Optuna (told the *last* result: the decoded artifact's
-metrics).
+Data flow: config -> Optuna distributions -> ``Tuner`` -> :func:`distopt_trial`, a Tune function
+trial that either trains itself (one CPU worker: it holds the worker's CPUs, and reports each
+epoch with ``ray.tune.report``), or holds 0 CPUs and runs a ``TorchTrainer`` whose workers hold
+the CPUs/GPUs (reports reach Tune through ``TuneReportCallback``) -> Tune -> Optuna (told the
+*last* result: the decoded artifact's metrics).
 
-Resume: the Tune experiment (with the searcher's state) lives in ``<output>/tune``, the Optuna
-study in ``<output>/study.db`` and every trial's Ray Train run in ``<output>/train/<trial id>``;
-a restored trial re-runs :func:`distopt_trial`, whose ``TorchTrainer`` of the same name resumes from
-its last epoch checkpoint.
+Resume: the Tune experiment (with the searcher's state and the epoch checkpoints of trials that
+train in their actor) lives in ``<output>/tune``, the Optuna study in ``<output>/study.db`` and
+every Ray Train trial's run in ``<output>/train/<trial id>``; a restored trial re-runs
+:func:`distopt_trial`, which resumes from Tune's checkpoint, or whose ``TorchTrainer`` of the
+same name resumes from its last epoch checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -20,16 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distopt.config import Config, storage_url
+from distopt.config import Config, ConfigError, storage_url
 from distopt.storage import Location
 from distopt.space import to_optuna
 
 log = logging.getLogger(__name__)
 
 __all__ = ["NodeType", "SearchPaths", "check_fits", "cluster_node_types",
-           "default_max_concurrent", "distopt_trial", "finished_trials", "make_sampler",
-           "node_types_from_cluster_config", "run_search", "trainable", "workers_per_node"]
+           "budget_text", "default_max_concurrent", "make_scheduler", "distopt_trial", "finished_trials", "make_sampler",
+           "node_types_from_cluster_config", "run_search", "trainable", "trial_max_failures",
+           "trial_resources", "workers_per_node"]
 
+BUDGET_TRIALS_GUESS = 32  # trials a time-budgeted search is sized for
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
 
 
@@ -58,14 +64,17 @@ def make_sampler(cfg: Config) -> Any:
     import optuna
 
     s = cfg.search
+    # Trials the search will run, for sizing the samplers' start-up: a time budget's count is
+    # not known in advance (the default search fits about 30 in 3 minutes on 2 cores).
+    planned = s.num_trials or BUDGET_TRIALS_GUESS
     if s.sampler == "nsga2":
         # A population far smaller than the default 50, or a 16-trial search never leaves its
         # random first generation.
-        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, s.num_trials // 4)),
+        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, planned // 4)),
                                              seed=s.seed)
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
-                                          n_startup_trials=max(4, s.num_trials // 4))
+                                          n_startup_trials=max(4, planned // 4))
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
@@ -200,11 +209,23 @@ def check_fits(cfg: Config, types: list[NodeType] | None = None, source: str = "
     return []
 
 
+def _trial_cfg(params: dict[str, Any], base: dict[str, Any]) -> Config:
+    return Config.from_dict(base).trial_config().with_overrides(params)
+
+
 def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
-    """One Tune trial: apply the sampled values, then run the trial as a Ray Train job.
+    """One Tune trial: apply the sampled values, then train in this trial actor (one CPU
+    worker) or as a Ray Train job (several workers, GPUs): :attr:`Config.in_trial_actor`.
 
     A config the sampled values make invalid raises here, and fails this trial alone. (The
     function's name is what the dashboard shows for every trial actor.)"""
+    cfg = _trial_cfg(params, base)
+    if cfg.in_trial_actor:
+        from distopt.run import train_in_trial_actor
+
+        train_in_trial_actor(cfg)
+        return
+
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -213,7 +234,6 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     # Ray Train V2 runs are listed in the dashboard only if the process that starts them has
     # this set; a trial actor does not inherit the driver's environment.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    cfg = Config.from_dict(base).trial_config().with_overrides(params)
     # The trial id names the Train run: a restored trial resumes its own checkpoints.
     trainer = make_trainer(cfg, train_storage, ray.tune.get_context().get_trial_id(),
                            evaluate_test=False, log_epochs=False,
@@ -221,6 +241,32 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+
+
+def trial_resources(params: dict[str, Any], base: dict[str, Any]) -> Any:
+    """What a trial holds: its one worker's CPUs when it trains in its own actor; when it
+    drives a Ray Train job, nothing but a little memory (0 CPUs: the job's workers hold them,
+    and a trial holding 1 CPU plus workers holding the rest never starts on a 2-CPU machine)."""
+    from ray.tune import PlacementGroupFactory
+
+    try:
+        cfg = _trial_cfg(params, base)
+    except ConfigError:  # the trial fails on its own, with this error, as soon as it starts
+        cfg = Config.from_dict(base).trial_config()
+    if cfg.in_trial_actor:
+        return PlacementGroupFactory([{"CPU": cfg.train.cpus_per_worker}])
+    return PlacementGroupFactory([{"CPU": 0, "memory": TRIAL_MEMORY_BYTES}])
+
+
+def make_scheduler(cfg: Config) -> Any:
+    """The trial scheduler named by ``search.scheduler``."""
+    if cfg.search.scheduler == "mo_asha":
+        from distopt.scheduler import MultiObjectiveASHA
+
+        return MultiObjectiveASHA.from_config(cfg)
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
 
 
 def _searcher(cfg: Config, paths: SearchPaths) -> Any:
@@ -235,6 +281,7 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
         metric=[name for name, _ in cfg.search.objectives],
         mode=[direction for _, direction in cfg.search.objectives],
         sampler=make_sampler(cfg), storage=storage, study_name=cfg.name,
+        deadline=time.time() + cfg.search.time_budget_s if cfg.search.time_budget_s else None,
     )
 
 
@@ -242,11 +289,16 @@ def trainable(cfg: Config, paths: SearchPaths) -> Any:
     import ray.tune
 
     # Trials never open the study: they get the config without its storage credentials.
-    fn = ray.tune.with_parameters(distopt_trial, base=cfg.public_dict(),
-                                  train_storage=paths.train)
-    # 0 CPUs for the trial itself: its workers hold the CPUs. A trial holding 1 CPU plus
-    # workers holding the rest never starts on a 2-CPU machine.
-    return ray.tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY_BYTES})
+    base = cfg.public_dict()
+    fn = ray.tune.with_parameters(distopt_trial, base=base, train_storage=paths.train)
+    return ray.tune.with_resources(fn, functools.partial(trial_resources, base=base))
+
+
+def trial_max_failures(cfg: Config) -> int:
+    """Tune's restarts of a failed trial: ``train.max_failures`` for trials that train in their
+    own actor; none for Ray Train jobs, which restart their worker group themselves."""
+    trial = cfg.trial_config()
+    return trial.train.max_failures if trial.in_trial_actor else 0
 
 
 def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> Any:
@@ -255,7 +307,7 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     output = output if isinstance(output, Location) else Location(str(output))
     import ray.tune
 
-    from distopt.progress import ExperimentGauges, ProgressTable, StudyUploader
+    from distopt.progress import ExperimentGauges, ProgressTable, StudyUploader, TrialClock
 
     # Save Tune's experiment state often: a killed driver then loses at most a few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
@@ -263,9 +315,11 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     output.local.mkdir(parents=True, exist_ok=True)
     run_config = ray.tune.RunConfig(
         name="tune", storage_path=output.uri(), verbose=0,
-        callbacks=[ProgressTable(cfg), ExperimentGauges(cfg)] + (
+        callbacks=[ProgressTable(cfg), ExperimentGauges(cfg), TrialClock(output.local)] + (
             [StudyUploader(output)] if output.remote and not cfg.search.storage else []),
-        failure_config=ray.tune.FailureConfig(max_failures=0),  # a failing trial fails alone
+        # A failing trial fails alone (after its restarts from its last epoch checkpoint).
+        failure_config=ray.tune.FailureConfig(max_failures=trial_max_failures(cfg)),
+        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
     )
     if resume:
         if not ray.tune.Tuner.can_restore(paths.tune):
@@ -278,13 +332,14 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
         else:
             types, source = cluster_node_types()
             max_conc, why = default_max_concurrent(cfg, types), f"judged on {source}"
-        log.info("search %s: %d trials, sampler %s, up to %d at once (%s), objectives %s",
-                 cfg.name, cfg.search.num_trials, cfg.search.sampler, max_conc, why,
+        log.info("search %s: %s, sampler %s, up to %d at once (%s), objectives %s",
+                 cfg.name, budget_text(cfg), cfg.search.sampler, max_conc, why,
                  ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives))
         tuner = ray.tune.Tuner(
             trainable(cfg, paths),
             tune_config=ray.tune.TuneConfig(search_alg=_searcher(cfg, paths),
-                                            num_samples=cfg.search.num_trials,
+                                            scheduler=make_scheduler(cfg),
+                                            num_samples=cfg.search.num_trials or -1,
                                             max_concurrent_trials=max_conc),
             run_config=run_config,
         )
@@ -293,6 +348,14 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     log.info("search finished in %.0f s", time.perf_counter() - t0)
     _close_orphans(cfg, paths)
     return grid
+
+
+def budget_text(cfg: Config) -> str:
+    """``16 trials``, ``180 s`` or ``16 trials or 180 s``."""
+    s = cfg.search
+    parts = ([f"{s.num_trials} trials"] if s.num_trials else []) + \
+        ([f"{s.time_budget_s:g} s"] if s.time_budget_s else [])
+    return " or ".join(parts)
 
 
 def finished_trials(cfg: Config, output: Location) -> int:

@@ -17,6 +17,8 @@ MNIST_DIR = Path(os.environ.get("DISTOPT_MNIST_DIR", ROOT.parent / "shared" / "d
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        if os.environ.get("CI", "").lower() == "true":  # CI has it: a missing copy is a failure
+            pytest.fail(f"CI=true but full MNIST is not at {MNIST_DIR} (set DISTOPT_MNIST_DIR)")
         pytest.skip(f"full MNIST not found at {MNIST_DIR} (set DISTOPT_MNIST_DIR); only "
                     "development and CI machines have it")
     return MNIST_DIR

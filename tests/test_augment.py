@@ -39,10 +39,27 @@ def test_shift_moves_content_within_bound():
     assert max(moves) <= 0.1 * 28 + 1.0 and max(moves) > 0.5
 
 
-def test_rotation_keeps_mass_roughly():
-    x = _batch()
+def _major_axis_degrees(img: torch.Tensor) -> float:
+    """Angle of the image mass's major axis from the vertical, from its second moments."""
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    w = img / img.sum()
+    my, mx = (w * ys).sum(), (w * xs).sum()
+    mu_yy = (w * (ys - my) ** 2).sum()
+    mu_xx = (w * (xs - mx) ** 2).sum()
+    mu_xy = (w * (xs - mx) * (ys - my)).sum()
+    return float(torch.rad2deg(0.5 * torch.atan2(2 * mu_xy, mu_yy - mu_xx)))
+
+
+def test_rotation_turns_each_sample_by_up_to_the_configured_angle():
+    x = _batch()  # a vertical bar: its major axis is at 0 degrees
+    assert abs(_major_axis_degrees(x[0, 0])) < 1e-3
     out = random_affine(x, AugmentConfig(rotation=20), torch.Generator().manual_seed(0))
-    ratio = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    angles = [abs(_major_axis_degrees(o[0])) for o in out]
+    # Within +-20 degrees (2 of slack for resampling the 8x4 bar on the pixel grid), and
+    # actually turned: a rotation that did nothing, or far less than asked, fails here.
+    assert max(angles) <= 22 and max(angles) > 12
+    assert sum(a > 3 for a in angles) >= 10
+    ratio = out.sum((1, 2, 3)) / x.sum((1, 2, 3))  # bilinear resampling keeps the mass
     assert torch.all((ratio > 0.85) & (ratio < 1.15))
 
 

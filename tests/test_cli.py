@@ -12,7 +12,7 @@ import pytest
 
 from conftest import CONFIGS, ROOT, TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# Tests that train or start Ray are marked slow one by one: the others here start neither.
 
 
 def distopt(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -22,6 +22,8 @@ def distopt(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_train_then_evaluate(tmp_path):
     out = tmp_path / "run"
     p = distopt("train", "--config", str(CONFIGS / "mnist_cnn.yaml"), "--output", str(out), *TINY)
@@ -67,11 +69,15 @@ def _train(tmp_path: Path, config: str, *overrides: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_default_config_on_embedded_data_reaches_97(tmp_path):
     m = _train_metrics(tmp_path)
     assert m["test_accuracy"] >= 0.97, m
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_full_mnist_seed_cnn_reaches_99(tmp_path, mnist_dir):
     m = _train_metrics(tmp_path, "data.name=mnist", f"data.path={mnist_dir}",
                        "compress.prune_ratio=0", "compress.quant_bits=32")
@@ -79,6 +85,8 @@ def test_full_mnist_seed_cnn_reaches_99(tmp_path, mnist_dir):
     assert m["test_accuracy"] >= 0.990, m
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_full_mnist_pruned_90_8bit_is_small_and_accurate(tmp_path, mnist_dir):
     m = _train_metrics(tmp_path, "data.name=mnist", f"data.path={mnist_dir}",
                        "compress.prune_ratio=0.9", "compress.quant_bits=8",
@@ -90,6 +98,8 @@ def test_full_mnist_pruned_90_8bit_is_small_and_accurate(tmp_path, mnist_dir):
 
 # Sequential MNIST (the issue asks: seed_rnn shape >= 97%, a GRU of the same width >= 98%, each
 # within 5 epochs). Measured here: 97.69% and 99.03% (dense, float32 artifacts).
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("cell,target", [("rnn", 0.970), ("gru", 0.980)])
 def test_full_mnist_rows_rnn_and_gru_reach_their_targets(tmp_path, mnist_dir, cell, target):
     m = _train(tmp_path, "mnist_rnn.yaml", "data.name=mnist", f"data.path={mnist_dir}",

@@ -26,7 +26,7 @@ def test_table_is_compact_running_plus_recent_finished():
     table.on_trial_error(0, trials, trials[7])
     text = table.render()
     lines = text.splitlines()
-    assert lines[0] == "[7 done, 1 failed of 12]"
+    assert lines[0] == "[7 done, 1 failed, 0 of 180 s]"  # the default search has a budget
     header = lines[1].split()
     assert header[:2] == ["trial", "status"] and len(header) == 2 + 6 + 4  # 6 searched keys
     rows = lines[2:]
@@ -34,6 +34,14 @@ def test_table_is_compact_running_plus_recent_finished():
     assert len(rows) == 6
     assert sum("RUNNING" in r for r in rows) == 1 and sum("FAILED" in r for r in rows) == 1
     assert not any(r.startswith("00000") for r in rows)
+    # A trial that ended without its final result was stopped early, not done.
+    stopped = _trial(9)
+    stopped.last_result = {M.EPOCH: 0, M.PHASE: "train", M.VAL_ACCURACY: 0.5}
+    table.on_trial_start(0, trials, stopped)
+    table.on_trial_complete(0, trials, stopped)
+    assert "STOPPED" in table.render().splitlines()[-1] and "[8 done," in table.render()
+    counted = ProgressTable(load_config(CONFIGS / "smoke.yaml"), interval_s=1e9)
+    assert counted.render().splitlines()[0] == "[0 done, 0 failed of 4]"
 
 
 def test_experiment_gauges_count_the_trial_that_is_ending(monkeypatch):

@@ -26,12 +26,46 @@ from conftest import CONFIGS, ROOT
 SMOKE = CONFIGS / "smoke.yaml"
 
 
-def test_recording_outside_ray_is_a_no_op():
-    record_trial("x", "t", {"epoch": 1, "val_accuracy": 0.5, "size_bytes": float("nan")})
+def test_recording_sets_gauges_only_inside_ray_and_skips_unknown_values(monkeypatch):
+    from distopt import telemetry
+
+    calls: list[tuple[str, float, dict]] = []
+
+    class FakeGauge:  # records what a Ray Gauge would export
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def set(self, value: float, tags: dict) -> None:
+            calls.append((self.name, value, tags))
+
+    monkeypatch.setattr(telemetry, "_gauge", lambda name, *a: FakeGauge(name))
+    report = {"epoch": 3, "val_accuracy": 0.5, "size_bytes": float("nan")}
+    monkeypatch.setattr(telemetry, "_ray_ready", lambda: False)
+    record_trial("x", "t", report)
     record_experiment("x", 1, 0, 0.5, 1)
-    assert set(EXPERIMENT_METRICS) == {"distopt_trials_finished", "distopt_trials_failed",
-                                       "distopt_hypervolume", "distopt_front_size"}
-    assert all(name.startswith("distopt_trial_") for name in TRIAL_METRICS)
+    assert calls == []  # outside a Ray process: nothing is recorded
+    monkeypatch.setattr(telemetry, "_ray_ready", lambda: True)
+    record_trial("x", "t", report)
+    tags = {"experiment": "x", "trial": "t"}
+    assert calls == [("distopt_trial_epoch", 3.0, tags),
+                     ("distopt_trial_val_accuracy", 0.5, tags)]  # NaN size: not known yet
+    calls.clear()
+    record_experiment("x", 4, 1, float("nan"), 2)
+    assert calls == [("distopt_trials_finished", 4.0, {"experiment": "x"}),
+                     ("distopt_trials_failed", 1.0, {"experiment": "x"}),
+                     ("distopt_front_size", 2.0, {"experiment": "x"})]
+
+
+def test_recording_is_a_no_op_in_a_process_without_ray():
+    """A fresh process (this one may have had Ray started by another test): recording outside
+    Ray neither fails nor starts Ray."""
+    code = ("from distopt.telemetry import record_trial, _ray_ready\n"
+            "assert not _ray_ready()\n"
+            "record_trial('x', 't', {'epoch': 1, 'val_accuracy': 0.5})\n"
+            "import ray\n"
+            "assert not ray.is_initialized()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,15 @@ def _study(out: Path, name: str = "smoke") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
+NOISE = ("Traceback", "core_worker.cc", "Deprecat")
+
+
+def _assert_quiet(stderr: str) -> None:
+    """What a normal run must not show: Ray's tracebacks, C++ error lines, deprecations."""
+    noisy = [line for line in stderr.splitlines() if any(n in line for n in NOISE)]
+    assert noisy == [], stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
@@ -66,8 +75,12 @@ def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
     p = _search("--config", str(SMOKE), "--output", str(out))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "done, 0 failed of 4" in p.stdout  # the live table
+    _assert_quiet(p.stderr)
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     assert len(trials) == 4 and all(t["status"] == "COMPLETE" for t in trials)
+    for t in trials:  # one CPU worker: the trial trains in its own actor, no worker group
+        assert 0 <= t[M.OVERHEAD_S] < t[M.TRIAL_WALL_S] and not t[M.EARLY_STOPPED]
+        assert t[M.OVERHEAD_S] == pytest.approx(t[M.TRIAL_WALL_S] - t[M.TRAIN_SECONDS])
     for t in trials:
         assert json.loads(t["config_json"])["compress"]["quant_bits"] == \
             t["param.compress.quant_bits"]
@@ -232,7 +245,15 @@ def test_rnn_search_on_tokens_exports_a_decodable_front(tmp_path):
         model = decode(data).model
         assert model.spec.family == "rnn" and model.spec.cell == t["param.model.cell"]
         assert evaluate_artifact(data, splits, "test")[M.TEST_ACCURACY] == t[M.TEST_ACCURACY]
-    assert "| " in (out / "report.md").read_text()
+    # The report's table has one row per front model, with its cell, test accuracy and bytes.
+    rows = [line for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| trial")]
+    front = sorted((t for t in trials if t["pareto"]), key=lambda t: t[M.SIZE_BYTES])
+    assert len(rows) == len(front)
+    for row, t in zip(rows, front):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == t["trial_id"] and t["param.model.cell"] in cells
+        assert f"{t[M.TEST_ACCURACY]:.4f}" in cells and f"{t[M.SIZE_BYTES]:,.0f}" in cells
 
 
 @pytest.mark.slow
@@ -462,3 +483,121 @@ def test_restored_searcher_tolerates_a_trial_it_never_created():
     searcher = _searcher(cfg, SearchPaths(out))
     searcher.on_trial_result("unknown1", {"val_accuracy": 0.5, "training_iteration": 1})
     searcher.on_trial_complete("unknown1", {"val_accuracy": 0.5, "size_bytes": 10.0})  # no KeyError
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_train_trials_are_quiet_and_cost_their_worker_group_start(tmp_path):
+    """train.executor=ray_train: each trial a TorchTrainer job (what several workers or GPUs
+    use). Its console is as quiet as the trial actors', and its trials show the worker-group
+    start-up that the trial actors avoid."""
+    out = tmp_path / "rt"
+    p = _search("--config", str(SMOKE), "--output", str(out), "train.executor=ray_train",
+                "search.num_trials=2")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _assert_quiet(p.stderr)
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert [t["status"] for t in trials] == ["COMPLETE"] * 2
+    assert all(t[M.OVERHEAD_S] > 2 for t in trials)  # measured 15-19 s here
+    assert all((out / "train" / t["trial_id"]).is_dir() for t in trials)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_searches_on_one_machine_both_finish_quietly(tmp_path):
+    """Two drivers, two local Ray instances on one machine at once."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "distopt" / "search.py"), "--config",
+                               str(SMOKE), "--output", str(tmp_path / name), f"name={name}",
+                               "search.num_trials=2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=env)
+             for name in ("first", "second")]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        _assert_quiet(stderr)
+    for name in ("first", "second"):
+        trials = pq.read_table(tmp_path / name / "trials.parquet").to_pylist()
+        assert [t["status"] for t in trials] == ["COMPLETE"] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, tmp_path):
+    """SIGKILL the Tune actor a one-worker trial trains in: Tune restarts the trial
+    (train.max_failures=1) from its last epoch checkpoint, not from epoch 0, and it completes."""
+    import threading
+
+    from distopt.report import collect, save_config
+    from distopt.tuning import run_search
+
+    cfg = load_config(SMOKE, ["search.num_trials=1", "train.epochs=8",
+                              "search.space={compress.quant_bits: {choices: [8]}}",
+                              "train.max_steps_per_epoch=25", "train.max_failures=1",
+                              "compress.prune_ratio=0"])
+    assert cfg.trial_config().in_trial_actor
+    out = tmp_path / "kill"
+    out.mkdir()
+    save_config(cfg, out)
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("grid", run_search(cfg, out)),
+                              daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "tune").glob("*/checkpoint_*"))) < 3:
+        time.sleep(0.05)
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"ImplicitFunc" in (proc / "cmdline").read_bytes():  # a Tune function trial
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=600)
+    grid = box["grid"]
+    result = grid[0]
+    assert result.error is None and result.metrics[M.PHASE] == "final"
+    epochs = [int(e) for e, phase in zip(result.metrics_dataframe[M.EPOCH],
+                                         result.metrics_dataframe[M.PHASE]) if phase == "train"]
+    # Every epoch reported once before the kill and, after it, only those after the last
+    # checkpoint: epoch 0 was never trained again, and all 8 epochs were reached.
+    assert epochs.count(0) == 1 and sorted(set(epochs)) == list(range(8))
+    assert len(epochs) < 8 + 3
+    rows = collect(cfg, out, grid)
+    assert rows[0]["status"] == "COMPLETE" and rows[0]["pareto"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_time_budgeted_search_with_mo_asha_stops_trials_that_never_reach_the_front(tmp_path):
+    """search.time_budget_s instead of num_trials: trials start until the budget, the running
+    ones finish. mo_asha (rungs after dense epochs 1 and 2 of 3, half go on): stopped trials
+    are STOPPED in trials.parquet, never on the front, and PRUNED in the Optuna study."""
+    out = tmp_path / "budget"
+    budget = 40
+    t0 = time.monotonic()
+    p = _search("--config", str(SMOKE), "--output", str(out), "search.num_trials=null",
+                f"search.time_budget_s={budget}", "search.scheduler=mo_asha",
+                "search.reduction_factor=2", "train.epochs=3", "search.seed=1",
+                "search.space={model.channels: {choices: [2, 4, 8]}, "
+                "model.dense_units: {choices: [8, 16, 32]}, train.lr: {low: 1.0e-5, high: "
+                "1.0e-2, log: true}, compress.quant_bits: {choices: [4, 8]}}")
+    wall = time.monotonic() - t0
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _assert_quiet(p.stderr)
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    # Started until the budget (Ray start-up and the report come on top of it).
+    assert len(rows) >= 6 and wall < budget + 90, (len(rows), wall)
+    stopped = [r for r in rows if r["status"] == "STOPPED"]
+    complete = [r for r in rows if r["status"] == "COMPLETE"]
+    assert stopped and complete and len(stopped) + len(complete) == len(rows)
+    assert not any(r["pareto"] for r in stopped)
+    assert all(r[M.EPOCH] < 3 for r in stopped)  # ended at a rung, before fine-tuning
+    study = _study(out)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(complete)
+    assert f"{len(stopped)} stopped early (mo_asha)" in (out / "report.md").read_text()

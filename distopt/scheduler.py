@@ -1,0 +1,134 @@
+"""Multi-objective early stopping: asynchronous successive halving (ASHA) as a Ray Tune
+``TrialScheduler`` that ranks trials by non-dominated sorting rather than by one metric.
+
+Ray Tune's schedulers take one metric and Optuna's pruners refuse multi-objective studies; this
+one reads every search objective. Rungs sit at ``grace_epochs * reduction_factor**k`` dense
+epochs (below the trial's last dense epoch). When a trial finishes a rung's epoch, its objective
+vector joins the rung's record, and the trial goes on only if it is among the best
+``ceil(n / reduction_factor)`` of the ``n`` trials recorded there so far, ordered by
+:func:`distopt.pareto.promotion_order` (front first, then by exclusive hypervolume within a
+front, which prefers points that spread the front to near-duplicates). Like ASHA, a decision
+is never revisited, and the first trials at a rung go on for lack of competition.
+
+At a rung the size objective is the artifact the trial would export then (``expected_size_bytes``:
+its pruning and bit width applied to the current dense weights); objectives not known before
+the end (latency) are left out of the ranking there.
+
+A stopped trial ends without a final result: it is never on the front, ``trials.parquet`` marks
+it ``STOPPED``, and Optuna is told it was PRUNED (the samplers learn nothing from it).
+The rung records live in the driver: a resumed search starts them empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from distopt import metrics as M
+from distopt.pareto import promotion_order
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+    from distopt.config import Config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MultiObjectiveASHA", "rung_epochs", "rung_vector", "keeps"]
+
+
+def rung_epochs(grace: int, factor: int, dense_epochs: int) -> list[int]:
+    """Dense epochs after which a trial is judged: grace, grace*factor, ... below the last."""
+    out, r = [], grace
+    while r < dense_epochs:
+        out.append(r)
+        r *= factor
+    return out
+
+
+def rung_vector(result: dict[str, Any], objectives: Sequence[tuple[str, str]]) -> list[float]:
+    """The objectives as known at a rung (NaN where not reported); sizes on a log10 scale, as
+    the report's hypervolume measures them."""
+    out = []
+    for name, _ in objectives:
+        v = result.get(M.RUNG_KEYS.get(name, name))
+        v = float(v) if isinstance(v, (int, float)) else math.nan
+        if name in (M.SIZE_BYTES, M.EXPECTED_SIZE_BYTES) and v > 0:
+            v = math.log10(v)
+        out.append(v)
+    return out
+
+
+def _reference(points: np.ndarray, directions: Sequence[str]) -> list[float]:
+    """10% beyond the worst value of each objective among the rung's points."""
+    ref = []
+    for j, d in enumerate(directions):
+        col = points[:, j]
+        worst = col.max() if d == "min" else col.min()
+        ref.append(float(worst + (0.1 if d == "min" else -0.1) * (abs(worst) + 1e-9)))
+    return ref
+
+
+def keeps(points: np.ndarray, index: int, directions: Sequence[str], factor: int) -> bool:
+    """Whether point ``index`` is among the best ``ceil(n / factor)`` of the rung's ``n``.
+    Columns unknown for every point (NaN) are left out; a point unknown in a column the others
+    have is infeasible and ranks last."""
+    points = np.asarray(points, dtype=float)
+    known = ~np.isnan(points).all(axis=0)
+    if not known.any():
+        return True  # nothing to rank by
+    pts, dirs = points[:, known], [d for d, k in zip(directions, known) if k]
+    feasible = ~np.isnan(pts).any(axis=1)
+    ref = _reference(pts[feasible], dirs) if feasible.any() else [0.0] * len(dirs)
+    order = promotion_order(pts, dirs, ref)
+    position = int(np.flatnonzero(order == index)[0])
+    return position < math.ceil(len(points) / factor)
+
+
+class MultiObjectiveASHA(FIFOScheduler):
+    """See the module docstring. ``objectives`` are the search's ``(metric, max|min)`` pairs."""
+
+    def __init__(self, objectives: Sequence[tuple[str, str]], grace_epochs: int,
+                 reduction_factor: int, dense_epochs: int) -> None:
+        super().__init__()
+        self.objectives = [tuple(o) for o in objectives]
+        self.directions = [d for _, d in self.objectives]
+        self.factor = reduction_factor
+        self.rungs: dict[int, dict[str, list[float]]] = {
+            r: {} for r in rung_epochs(grace_epochs, reduction_factor, dense_epochs)}
+        self.stopped: dict[str, int] = {}  # trial id -> rung (dense epochs) it stopped at
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> MultiObjectiveASHA:
+        s = cfg.search
+        return cls(s.objectives, s.grace_epochs, s.reduction_factor,
+                   cfg.trial_config().train.epochs)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # the objectives were given; Tune's single metric/mode is not used
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]
+                        ) -> str:
+        if result.get(M.PHASE) != "train" or M.EPOCH not in result:
+            return TrialScheduler.CONTINUE
+        done = int(result[M.EPOCH]) + 1
+        rung = self.rungs.get(done)
+        if rung is None:
+            return TrialScheduler.CONTINUE
+        rung[trial.trial_id] = rung_vector(result, self.objectives)  # a restart replaces it
+        ids = list(rung)
+        if keeps(np.array([rung[i] for i in ids]), ids.index(trial.trial_id), self.directions,
+                 self.factor):
+            return TrialScheduler.CONTINUE
+        self.stopped[trial.trial_id] = done
+        log.debug("trial %s stopped after %d dense epochs (%d at that rung)", trial.trial_id,
+                  done, len(rung))
+        return TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        sizes = ", ".join(f"{r} epochs: {len(v)}" for r, v in self.rungs.items())
+        return f"MultiObjectiveASHA: {len(self.stopped)} stopped; rungs {sizes}"

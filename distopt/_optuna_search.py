@@ -1,5 +1,5 @@
-"""Ray Tune's ``OptunaSearch`` with a wall-clock budget, tolerant of a trial its restored state
-does not know.
+"""Ray Tune's ``OptunaSearch`` with a wall-clock budget, that never trains sampled values twice,
+and tolerant of a trial its restored state does not know.
 
 A driver killed between Tune saving its trial list and saving the searcher's state leaves a
 trial that Tune resumes but whose Optuna trial the restored searcher never created; when it
@@ -27,17 +27,42 @@ class ResumableOptunaSearch(OptunaSearch):
     ends when the trials running then finish. The deadline is saved with the searcher, so a
     resumed search keeps the budget it was started with."""
 
+    MAX_DUPLICATES = 50  # sampled duplicates answered in a row before one is trained anyway
+
     def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = deadline
+        # Sampled values -> (Optuna trial number, objective values) of every complete trial.
+        self.results: dict[tuple, tuple[int, list[float]]] = {}
+        self.duplicates = 0
+
+    @staticmethod
+    def _key(params: dict[str, Any]) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The sampler's next values, except that values a complete trial already had are not
+        trained again: Optuna is told that trial's objectives for them at once (the study
+        records it, with user attribute ``duplicate_of``), and the sampler is asked again."""
         if self.deadline is not None and time.time() >= self.deadline:
             if not getattr(self, "_budget_logged", False):
                 log.info("time budget reached: no new trials; waiting for the running ones")
                 self._budget_logged = True
             return Searcher.FINISHED
-        return super().suggest(trial_id)
+        for _ in range(self.MAX_DUPLICATES):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            earlier = self.results.get(self._key(ot_trial.params)) if ot_trial else None
+            if earlier is None:
+                return config
+            number, values = earlier
+            ot_trial.set_user_attr("duplicate_of", number)
+            self._ot_study.tell(ot_trial, values)
+            del self._ot_trials[trial_id]
+            self.duplicates += 1
+            log.debug("sampled values of optuna trial %d again: told its result, not trained",
+                      number)
+        return config
 
     def _known(self, trial_id: str) -> bool:
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
@@ -58,4 +83,9 @@ class ResumableOptunaSearch(OptunaSearch):
         stopped it): never the objectives of an unfinished model."""
         if self._known(trial_id):
             final = bool(result) and result.get(M.PHASE) == "final"
+            ot_trial = self._ot_trials.get(trial_id)
+            if final and ot_trial is not None:
+                values = [result.get(m) for m in self.metric]
+                if all(isinstance(v, (int, float)) and v == v for v in values):
+                    self.results[self._key(ot_trial.params)] = (ot_trial.number, values)
             super().on_trial_complete(trial_id, result if final else None, error)

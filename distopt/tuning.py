@@ -340,7 +340,8 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
             tune_config=ray.tune.TuneConfig(search_alg=_searcher(cfg, paths),
                                             scheduler=make_scheduler(cfg),
                                             num_samples=cfg.search.num_trials or -1,
-                                            max_concurrent_trials=max_conc),
+                                            max_concurrent_trials=max_conc,
+                                            reuse_actors=True),
             run_config=run_config,
         )
     t0 = time.perf_counter()

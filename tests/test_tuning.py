@@ -601,3 +601,29 @@ def test_time_budgeted_search_with_mo_asha_stops_trials_that_never_reach_the_fro
     assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
     assert states.count(optuna.trial.TrialState.COMPLETE) == len(complete)
     assert f"{len(stopped)} stopped early (mo_asha)" in (out / "report.md").read_text()
+
+
+def test_sampled_duplicates_are_told_the_earlier_result_instead_of_training_again():
+    from distopt._optuna_search import ResumableOptunaSearch
+
+    s = ResumableOptunaSearch(space={"x": optuna.distributions.CategoricalDistribution([1, 2])},
+                              metric=[M.VAL_ACCURACY, M.SIZE_BYTES], mode=["max", "min"],
+                              sampler=optuna.samplers.RandomSampler(seed=0))
+    first = s.suggest("a")
+    s.on_trial_complete("a", {M.PHASE: "final", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 100.0})
+    second = s.suggest("b")
+    assert second != first  # the only other value: a repeat of 'a' is never handed to Tune
+    s.on_trial_complete("b", {M.PHASE: "final", M.VAL_ACCURACY: 0.8, M.SIZE_BYTES: 50.0})
+    # Every value has been trained now: after MAX_DUPLICATES answered repeats, one runs anyway.
+    s.suggest("c")
+    trials = s._ot_study.get_trials()
+    dups = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert s.duplicates == len(dups) >= s.MAX_DUPLICATES
+    by_number = {t.number: t for t in trials}
+    for t in dups:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.values == by_number[t.user_attrs["duplicate_of"]].values
+        assert t.params == by_number[t.user_attrs["duplicate_of"]].params
+    # A trial that ended before its final result is never a source of answers.
+    s.on_trial_complete("c", {M.PHASE: "train", M.VAL_ACCURACY: 0.99, M.SIZE_BYTES: float("nan")})
+    assert len(s.results) == 2

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
 from distopt import metrics as M  # noqa: E402
-from distopt.report import load_trials  # noqa: E402
+from distopt.orchestration.report import load_trials  # noqa: E402
 
 ANCHORS = [  # (label, bytes, test accuracy)
     ("Deep Compression LeNet-300-100", 27_000, 1 - 0.0158),

@@ -40,10 +40,10 @@ from _common import RESULTS, table, write  # noqa: E402
 from distopt import metrics as M  # noqa: E402
 from distopt.config import load_config  # noqa: E402
 from distopt.pareto import hypervolume  # noqa: E402
-from distopt.progress import read_trial_clock  # noqa: E402
-from distopt.report import collect, save_config  # noqa: E402
-from distopt.run import ensure_ray  # noqa: E402
-from distopt.tuning import run_search  # noqa: E402
+from distopt.orchestration.progress import read_trial_clock  # noqa: E402
+from distopt.orchestration.report import collect, save_config  # noqa: E402
+from distopt.orchestration.run import ensure_ray  # noqa: E402
+from distopt.orchestration.tuning import run_search  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fixed for every run: 80% accuracy and 1 MB. Trials worse than either add nothing.

@@ -32,7 +32,7 @@ from distopt import metrics as M  # noqa: E402
 from distopt.augment import random_affine  # noqa: E402
 from distopt.config import Config, load_config  # noqa: E402
 from distopt.models import build_model, seed_cnn, seed_rnn  # noqa: E402
-from distopt.run import ensure_ray, fit_local, run_trial  # noqa: E402
+from distopt.orchestration.run import ensure_ray, fit_local, run_trial  # noqa: E402
 from distopt.train_loop import _cpu_bf16_supported  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -96,11 +96,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         create_output(out, "train")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
 
-    from distopt.run import ensure_ray, run_trial  # Ray is imported once the config is valid
+    from distopt.orchestration.run import ensure_ray, run_trial  # Ray is imported once the config is valid
 
     log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %d-bit weights",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
-             cfg.compress.finetune_epochs if cfg.compress.prune_ratio else 0,
+             cfg.compression_plan.finetune_epochs,
              cfg.compress.prune_ratio, cfg.compress.prune_kind, cfg.compress.quant_bits)
     ensure_ray(verbose=args.verbose)
     _stop_on_signals()
@@ -166,9 +166,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         create_location(out, "search")
 
-    from distopt.report import collect, save_config, write_report
-    from distopt.run import ensure_ray
-    from distopt.tuning import check_fits, run_search
+    from distopt.orchestration.report import collect, save_config, write_report
+    from distopt.orchestration.run import ensure_ray
+    from distopt.orchestration.tuning import check_fits, run_search
 
     save_config(cfg, stage)
     if out.remote:
@@ -181,10 +181,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         grid = run_search(cfg, out, resume=args.resume)
     except KeyboardInterrupt as e:
-        from distopt.tuning import finished_trials
+        from distopt.orchestration.tuning import finished_trials
 
         if out.remote:
-            from distopt.progress import upload_study
+            from distopt.orchestration.progress import upload_study
 
             upload_study(out)
         log.info("\nsearch interrupted (%s): %d trial(s) had finished and are kept in %s; "
@@ -204,7 +204,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from distopt.report import TRIALS, write_report
+    from distopt.orchestration.report import TRIALS, write_report
 
     out = Location(args.directory)
     stage = out.local

@@ -28,6 +28,7 @@ from distopt import metrics
 __all__ = [
     "AugmentConfig",
     "CompressConfig",
+    "CompressionPlan",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -233,6 +234,23 @@ class CompressConfig:
 
 
 @dataclass(frozen=True)
+class CompressionPlan:
+    """What a trial does after dense training, derived once from ``compress.*``
+    (:attr:`Config.compression_plan`): every other part reads this, never the raw keys."""
+
+    prune_ratio: float  # 0: no weight pruning (and so no fine-tune)
+    prune_kind: str
+    gradual: bool  # sparsity raised over the fine-tune epochs (unstructured only)
+    finetune_epochs: int  # epochs with the masks held; 0 without pruning
+    qat: bool  # fine-tune on the quantized weights
+    quant_bits: int
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_ratio > 0
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     space: dict[str, Any] = _opt({}, doc="dotted key -> {low, high, log, step} or {choices}")
     objectives: tuple[tuple[str, str], ...] = _opt(
@@ -305,6 +323,17 @@ class Config:
         if problems:
             raise ConfigError(problems)
         return _build(raw, "config")
+
+    @property
+    def compression_plan(self) -> CompressionPlan:
+        """The compression phases of a trial: the one place they are decided."""
+        c = self.compress
+        prunes = c.prune_ratio > 0
+        return CompressionPlan(
+            prune_ratio=c.prune_ratio, prune_kind=c.prune_kind,
+            gradual=prunes and c.schedule == "gradual" and c.prune_kind == "unstructured",
+            finetune_epochs=c.finetune_epochs if prunes else 0,
+            qat=c.qat and prunes and c.finetune_epochs > 0, quant_bits=c.quant_bits)
 
     @property
     def in_trial_actor(self) -> bool:
@@ -631,7 +660,7 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         f"use_gpu {t.use_gpu}; a trial actor trains one CPU worker (several "
                         "workers or GPUs need 'ray_train' or 'auto')")
     c = cfg.compress
-    fine_tunes = c.prune_ratio > 0 and c.finetune_epochs > 0
+    fine_tunes = ok("compress") and cfg.compression_plan.finetune_epochs > 0
     if ok("compress") and c.qat and (c.quant_bits == 32 or not fine_tunes):
         problems.append(f"compress.qat: got true with quant_bits {c.quant_bits}, prune_ratio "
                         f"{c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; quantization-"

@@ -1,8 +1,11 @@
-"""The per-worker training loop: dense training, weight pruning, fine-tuning, then the artifact.
+"""The per-worker training loop, as named phases (:class:`TrainingRun`) that :func:`fit`
+composes: setup, dense training, weight pruning, fine-tuning, export, evaluation of the decoded
+artifact. Which compression phases run is the config's :class:`~distopt.config.CompressionPlan`.
 
 Plain PyTorch, in the spirit of nanoGPT's loop. It runs the same as a single process (``rank 0
-of 1``) or as one DDP rank of a Ray Train worker group: :mod:`distopt.run` supplies the rank,
-the device and a :class:`Reporter`, and this module imports nothing from Ray.
+of 1``, e.g. inside a Tune trial actor) or as one DDP rank of a Ray Train worker group:
+:mod:`distopt.orchestration.run` supplies the rank, the device and a :class:`Reporter`, and this
+module imports nothing from Ray.
 
 Randomness is derived from ``(seed, epoch, rank)`` at the start of every epoch (shuffling,
 augmentation, dropout), so a run resumed from an epoch checkpoint draws the same numbers as an
@@ -31,7 +34,7 @@ from distopt.augment import random_affine, random_tokens
 from distopt.compress import (ArtifactError, Masks, QuantizedWeights, apply_masks, decode,
                               encode, global_magnitude_masks, gradual_ratio, size_report,
                               structured_prune)
-from distopt.config import AugmentConfig, CompressConfig, Config
+from distopt.config import AugmentConfig, CompressionPlan, Config
 from distopt.data import Splits, load_splits, shard
 from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
                             prunable_weights, spec_from_config)
@@ -309,7 +312,7 @@ def _nan_artifact_metrics() -> dict[str, float]:
     return {k: math.nan for k in M.ALWAYS_REPORTED if k not in (M.EPOCH, M.VAL_ACCURACY)}
 
 
-def expected_size(model: Model, compress: CompressConfig, meta: dict[str, Any] | None = None
+def expected_size(model: Model, plan: CompressionPlan, meta: dict[str, Any] | None = None
                   ) -> int:
     """Bytes of the artifact this dense model would give with the trial's compression applied
     now (pruned, quantized and encoded as at the end, without the fine-tune). Fine-tuning
@@ -317,12 +320,12 @@ def expected_size(model: Model, compress: CompressConfig, meta: dict[str, Any] |
     only by how well the fine-tuned values compress (tested)."""
     base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
                            .to(memory_format=torch.contiguous_format))
-    if compress.prune_ratio > 0:
-        if compress.prune_kind == "structured":
-            base = structured_prune(base, compress.prune_ratio)
+    if plan.prunes:
+        if plan.prune_kind == "structured":
+            base = structured_prune(base, plan.prune_ratio)
         else:
-            apply_masks(base, global_magnitude_masks(base, compress.prune_ratio))
-    return len(encode(base, compress.quant_bits, meta))
+            apply_masks(base, global_magnitude_masks(base, plan.prune_ratio))
+    return len(encode(base, plan.quant_bits, meta))
 
 
 @dataclass
@@ -345,31 +348,93 @@ class Plateau:
         return {"best": self.best, "since": self.since}
 
 
-def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
-        evaluate_test: bool = False, splits: Splits | None = None) -> dict[str, Any]:
-    """Train, weight-prune, fine-tune, export and evaluate one configuration.
+class TrainingRun:
+    """One configuration's training, as named phases that :func:`fit` composes:
 
-    Reports after every epoch (with a checkpoint ``state`` on rank 0) and once more at the end
-    with the decoded artifact's metrics (phase ``final``). ``state`` resumes from a checkpoint.
-    Returns ``{"metrics": ..., "artifact": bytes}`` (the same on every rank)."""
-    t_start, started_at = time.perf_counter(), time.time()
-    t = cfg.train
-    splits = splits if splits is not None else load_splits(cfg.data)
-    norm = input_norm(splits)
-    spec = ModelSpec.from_dict(state["spec"]) if state else spec_from_config(cfg)
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    net = build_model(spec)
-    channels_last = t.channels_last and spec.family == "cnn"
-    masks: Masks | None = None
-    configure_cuda(env.device, t.tf32)
-    if state:
-        net.load_state_dict(state["model"])
-        masks = _device_masks(state.get("masks"), env.device)
-        precision, why = state["precision"], "restored from checkpoint"
-    else:
-        sample = norm(torch.from_numpy(splits.x_train[: t.batch_size])).to(env.device)
+    - :meth:`start` (setup): data, model, precision, optimizer; from a checkpoint if given;
+    - :meth:`train_dense`: dense epochs, until ``train.epochs`` or a validation plateau;
+    - :meth:`prune`: fold BatchNorm, then weight-prune (global magnitude or structured);
+    - :meth:`fine_tune`: epochs with the pruning masks held (and quantized weights with QAT);
+    - :meth:`export`: the ``.dopt`` artifact of the final weights;
+    - :meth:`evaluate`: the decoded artifact's metrics, the only ones reported at the end.
+
+    Every epoch reports its metrics with a checkpoint of this object's state (rank 0), which
+    :meth:`start` resumes from: randomness is derived from seed, epoch and rank, so a resumed
+    run draws the same numbers as an uninterrupted one."""
+
+    def __init__(self, cfg: Config, env: WorkerEnv, report: Reporter, splits: Splits) -> None:
+        self.cfg, self.env, self.report, self.splits = cfg, env, report, splits
+        self.plan = cfg.compression_plan
+        self.t_start, self.started_at = time.perf_counter(), time.time()
+        self.norm = input_norm(splits)
+        self.masks: Masks | None = None
+        self.finetuning = False
+        self.next_epoch = 0
+        self.last: dict[str, Any] = {}
+        self.ckpt: dict[str, Any] | None = None
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, cfg: Config, env: WorkerEnv, report: Reporter, splits: Splits,
+              state: dict[str, Any] | None = None) -> TrainingRun:
+        run = cls(cfg, env, report, splits)
+        t = cfg.train
+        run.spec = ModelSpec.from_dict(state["spec"]) if state else spec_from_config(cfg)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        net = build_model(run.spec)
+        run.channels_last = t.channels_last and run.spec.family == "cnn"
+        configure_cuda(env.device, t.tf32)
+        if state:
+            net.load_state_dict(state["model"])
+            run.masks = _device_masks(state.get("masks"), env.device)
+            precision, why = state["precision"], "restored from checkpoint"
+        else:
+            precision, why = run._choose_precision(net)
+        if env.rank == 0:
+            log.info("precision %s (%s)", precision, why)
+        run.precision, run.dtype = precision, _DTYPES[precision]
+        run.model = _wrap(net, env, run.channels_last)
+
+        # Dense epochs: train.epochs, or fewer when validation accuracy plateaus.
+        run.dense_epochs = state.get("dense_epochs", t.epochs) if state else t.epochs
+        run.plateau = Plateau(t.early_stop_patience, **(state.get("plateau") or {})
+                              if state else {})
+        run.next_epoch = state["epoch"] + 1 if state else 0
+        # A checkpoint of the last dense epoch resumes into weight pruning; later ones are
+        # fine-tuning.
+        run.finetuning = run.next_epoch > run.dense_epochs
+        n_train = len(splits.x_train)
+        run.steps = (n_train // env.world_size + t.batch_size - 1) // t.batch_size
+        if t.max_steps_per_epoch:
+            run.steps = min(run.steps, t.max_steps_per_epoch)
+        run._new_optimizer()
+        if state:
+            run.opt.load_state_dict(state["optimizer"])
+            if run.sched is not None and state.get("scheduler"):
+                run.sched.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                run.scaler.load_state_dict(state["scaler"])
+        # The training arrays once on the device (MNIST is 47 MB): each step gathers its batch
+        # there, with a device-side index, instead of copying it from host memory.
+        run.x_all, run.y_all = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
+        if env.device.type == "cuda" and \
+                run.x_all.nbytes + run.y_all.nbytes <= DEVICE_DATA_MAX_BYTES:
+            run.x_all, run.y_all = run.x_all.to(env.device), run.y_all.to(env.device)
+        # Train accuracy for the over/underfitting verdict: a fixed subset of the training data
+        # as large as the validation set (at most 5,000), evaluated like it (eval mode: no
+        # dropout, no augmentation), so the gap compares like with like.
+        probe = np.sort(np.random.default_rng(0).permutation(n_train)[
+            :max(1, min(n_train, len(splits.x_val), TRAIN_PROBE_MAX))])
+        run.x_probe, run.y_probe = splits.x_train[probe], splits.y_train[probe]
+        run.ckpt = state if env.rank == 0 else None
+        return run
+
+    def _choose_precision(self, net: nn.Module) -> tuple[str, str]:
+        env, t = self.env, self.cfg.train
+        sample = self.norm(torch.from_numpy(self.splits.x_train[: t.batch_size])).to(env.device)
         probe_net = net.to(env.device)
-        if channels_last:
+        if self.channels_last:
             probe_net = probe_net.to(memory_format=torch.channels_last)
             sample = sample.contiguous(memory_format=torch.channels_last)
         precision, why = resolve_precision(t.precision, env.device, probe_net, sample)
@@ -377,141 +442,128 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             choice = [precision]
             dist.broadcast_object_list(choice, src=0)
             precision = choice[0]
-    if env.rank == 0:
-        log.info("precision %s (%s)", precision, why)
-    dtype = _DTYPES[precision]
-    model = _wrap(net, env, channels_last)
+        return precision, why
 
-    # Dense epochs: train.epochs, or fewer when validation accuracy plateaus (early stopping).
-    dense_epochs = state.get("dense_epochs", t.epochs) if state else t.epochs
-    plateau = Plateau(t.early_stop_patience, **(state.get("plateau") or {}) if state else {})
-    prune = cfg.compress.prune_ratio > 0
-    start_epoch = state["epoch"] + 1 if state else 0
+    def _new_optimizer(self) -> None:
+        t = self.cfg.train
+        lr = t.lr * (self.cfg.compress.finetune_lr_scale if self.finetuning else 1.0)
+        self.opt = _make_optimizer(self.cfg, self.model, lr)
+        self.sched = None
+        if not self.finetuning and (t.schedule != "constant" or t.warmup_steps):
+            total = self.dense_epochs * self.steps
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda s: lr_factor(s, total, t.warmup_steps, t.schedule))
+        self.scaler = torch.amp.GradScaler(self.env.device.type,
+                                           enabled=self.precision == "fp16")
 
-    def total_epochs() -> int:
-        return dense_epochs + (cfg.compress.finetune_epochs if prune else 0)
+    # ---- dense training ----------------------------------------------------------------------
 
-    n_train = len(splits.x_train)
-    steps = (n_train // env.world_size + t.batch_size - 1) // t.batch_size
-    if t.max_steps_per_epoch:
-        steps = min(steps, t.max_steps_per_epoch)
+    def train_dense(self) -> None:
+        """Dense epochs from the next one, until ``dense_epochs`` (which a validation plateau
+        may lower)."""
+        rung_sizes = self.cfg.search.scheduler == "mo_asha"
+        while not self.finetuning and self.next_epoch < self.dense_epochs:
+            epoch = self.next_epoch
+            metrics = self._epoch(epoch, "train")
+            if rung_sizes and self.env.rank == 0:
+                # Early stopping ranks trials by size at its rungs: what they'd export now.
+                metrics[M.EXPECTED_SIZE_BYTES] = float(expected_size(
+                    _unwrap(self.model), self.plan, self.artifact_meta()))
+            if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
+                # Every rank sees the same all-reduced accuracy: all stop together.
+                log.info("validation accuracy has not improved for %d epochs: dense training "
+                         "ends after epoch %d of %d", self.cfg.train.early_stop_patience, epoch,
+                         self.cfg.train.epochs)
+                self.dense_epochs = epoch + 1
+            self._report_epoch(epoch, metrics)
 
-    def new_optimizer(finetune: bool) -> tuple[torch.optim.Optimizer, Any]:
-        lr = t.lr * (cfg.compress.finetune_lr_scale if finetune else 1.0)
-        opt = _make_optimizer(cfg, model, lr)
-        if finetune or (t.schedule == "constant" and not t.warmup_steps):
-            return opt, None
-        total = dense_epochs * steps
-        return opt, torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total, t.warmup_steps, t.schedule))
+    # ---- weight pruning ----------------------------------------------------------------------
 
-    gradual = cfg.compress.schedule == "gradual" and cfg.compress.prune_kind == "unstructured"
-
-    def prune_ratio(k: int) -> float:
-        """Sparsity of fine-tune epoch k."""
-        if not gradual:
-            return cfg.compress.prune_ratio
-        return gradual_ratio(cfg.compress.prune_ratio, k, max(cfg.compress.finetune_epochs, 1))
-
-    # A checkpoint of the last dense epoch resumes into weight pruning; later ones are fine-tuning.
-    finetuning = start_epoch > dense_epochs
-    opt, sched = new_optimizer(finetuning)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-
-    # The training arrays once on the device (MNIST is 47 MB): each step gathers its batch
-    # there, with a device-side index, instead of copying it from host memory.
-    x_all, y_all = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
-    if env.device.type == "cuda" and x_all.nbytes + y_all.nbytes <= DEVICE_DATA_MAX_BYTES:
-        x_all, y_all = x_all.to(env.device), y_all.to(env.device)
-
-    # Train accuracy for the over/underfitting verdict: a fixed subset of the training data as
-    # large as the validation set (at most 5,000), evaluated like it (eval mode: no dropout,
-    # no augmentation), so the gap compares like with like.
-    probe = np.sort(np.random.default_rng(0).permutation(n_train)[
-        :max(1, min(n_train, len(splits.x_val), TRAIN_PROBE_MAX))])
-    x_probe, y_probe = splits.x_train[probe], splits.y_train[probe]
-
-    last: dict[str, Any] = {}
-    ckpt: dict[str, Any] | None = state if env.rank == 0 else None
-    def artifact_meta() -> dict[str, Any]:
-        return {"input": norm.to_meta(), "config_name": cfg.name, "data_digest": splits.digest}
-
-    # Early stopping ranks trials by size at its rungs: the size each dense epoch would export.
-    rung_sizes = cfg.search.scheduler == "mo_asha"
-    epoch = start_epoch
-    while epoch < total_epochs():
-        if epoch == dense_epochs and prune and not finetuning:
-            # Dense training is over: weight-prune, then fine-tune with the masks held.
-            # BatchNorm has done its job: fine-tuning and the artifact use the folded convs.
-            base = fold_batch_norm(_unwrap(model).cpu().eval()).train()
-            if cfg.compress.prune_kind == "structured":
-                base = structured_prune(base.cpu().to(memory_format=torch.contiguous_format),
-                                        cfg.compress.prune_ratio)
-                masks = {}
-            else:
-                base = base.cpu().to(memory_format=torch.contiguous_format)
-                masks = global_magnitude_masks(base, prune_ratio(0))
-                apply_masks(base, masks)
-            model = _wrap(base, env, channels_last)
-            masks = _device_masks(masks, env.device)
-            finetuning = True
-            opt, sched = new_optimizer(True)
-            scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-        if finetuning and gradual and epoch > dense_epochs:
-            # Raise sparsity for this epoch; weights pruned before are 0, so they stay pruned.
-            base = _unwrap(model)
-            masks = _device_masks(global_magnitude_masks(base, prune_ratio(epoch - dense_epochs)),
-                                  env.device)
+    def prune(self) -> None:
+        """Dense training is over: fold BatchNorm (it has done its job: fine-tuning and the
+        artifact use the folded convs), then weight-prune."""
+        base = fold_batch_norm(_unwrap(self.model).cpu().eval()).train()
+        base = base.cpu().to(memory_format=torch.contiguous_format)
+        if self.plan.prune_kind == "structured":
+            base = structured_prune(base, self.plan.prune_ratio)
+            masks: Masks = {}
+        else:
+            masks = global_magnitude_masks(base, self._sparsity(0))
             apply_masks(base, masks)
-        phase = "finetune" if finetuning else "train"
+        self.model = _wrap(base, self.env, self.channels_last)
+        self.masks = _device_masks(masks, self.env.device)
+        self.finetuning = True
+        self._new_optimizer()
+
+    def _sparsity(self, k: int) -> float:
+        """Sparsity of fine-tune epoch k (the gradual schedule raises it epoch by epoch)."""
+        if not self.plan.gradual:
+            return self.plan.prune_ratio
+        return gradual_ratio(self.plan.prune_ratio, k, max(self.plan.finetune_epochs, 1))
+
+    # ---- fine-tuning -------------------------------------------------------------------------
+
+    def fine_tune(self) -> None:
+        """Epochs with the masks held, up to ``dense_epochs + finetune_epochs``."""
+        while self.next_epoch < self.dense_epochs + self.plan.finetune_epochs:
+            epoch = self.next_epoch
+            if self.plan.gradual and epoch > self.dense_epochs:
+                # Raise sparsity for this epoch; weights pruned before are 0, so stay pruned.
+                base = _unwrap(self.model)
+                self.masks = _device_masks(global_magnitude_masks(
+                    base, self._sparsity(epoch - self.dense_epochs)), self.env.device)
+                apply_masks(base, self.masks)
+            self._report_epoch(epoch, self._epoch(epoch, "finetune"))
+
+    # ---- one epoch -----------------------------------------------------------------------------
+
+    def _epoch(self, epoch: int, phase: str) -> dict[str, Any]:
+        cfg, env, t = self.cfg, self.env, self.cfg.train
+        model, splits = self.model, self.splits
         # The model only changes between epochs: find its weights once per epoch, not per step.
         l1_weights = [w for _, w, _ in prunable_weights(_unwrap(model))] \
             if cfg.regularization.l1 else []
         # QAT: forward/backward (and validation) with the artifact's quantized weights.
-        quantized: Any = QuantizedWeights(_unwrap(model), cfg.compress.quant_bits) \
-            if finetuning and cfg.compress.qat else contextlib.nullcontext()
-
+        quantized: Any = QuantizedWeights(_unwrap(model), self.plan.quant_bits) \
+            if phase == "finetune" and self.plan.qat else contextlib.nullcontext()
         # Per-epoch seeding: resumable without generator state, distinct per rank.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
-        gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 + env.rank)
+        gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 +
+                                                              env.rank)
+        n_train = len(splits.x_train)
         idx = torch.from_numpy(shard(n_train, env.rank, env.world_size, t.seed, epoch)
-                               ).to(x_all.device)
+                               ).to(self.x_all.device)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         correct = torch.zeros((), dtype=torch.int64, device=env.device)
         seen = 0
         _sync(env.device)
         t0 = time.perf_counter()
-        for step in range(steps):
+        for step in range(self.steps):
             b = idx[step * t.batch_size:(step + 1) * t.batch_size]
-            xb = training_batch(x_all[b].to(env.device, non_blocking=True), norm, cfg.augment,
-                                gen)
-            yb = y_all[b].to(env.device, non_blocking=True)
-            if channels_last:
+            xb = training_batch(self.x_all[b].to(env.device, non_blocking=True), self.norm,
+                                cfg.augment, gen)
+            yb = self.y_all[b].to(env.device, non_blocking=True)
+            if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             with quantized:
-                with torch.autocast(env.device.type, dtype=dtype, enabled=precision != "fp32"):
+                with torch.autocast(env.device.type, dtype=self.dtype,
+                                    enabled=self.precision != "fp32"):
                     out = model(xb)
                 loss = F.cross_entropy(out.float(), yb)
                 total = loss + cfg.regularization.l1 * sum(w.abs().sum() for w in l1_weights) \
                     if l1_weights else loss
-                scaler.scale(total).backward()
+                self.scaler.scale(total).backward()
             if t.grad_clip:
-                scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
+                self.scaler.unscale_(self.opt)  # clip the true gradients, not fp16-scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            if sched is not None:
-                sched.step()
-            if masks:
-                apply_masks(_unwrap(model), masks)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if self.sched is not None:
+                self.sched.step()
+            if self.masks:
+                apply_masks(_unwrap(model), self.masks)
             loss_sum += loss.detach() * len(b)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(b)
@@ -523,64 +575,95 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
                                    "or the regularization strengths")
         with quantized:
-            val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, norm, env, 512,
-                                         precision, channels_last)
-            _, tr_acc = evaluate(model, x_probe, y_probe, norm, env, 512, precision,
-                                 channels_last)
-        last = {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
+            val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, self.norm, env, 512,
+                                         self.precision, self.channels_last)
+            _, tr_acc = evaluate(model, self.x_probe, self.y_probe, self.norm, env, 512,
+                                 self.precision, self.channels_last)
+        return {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
                 M.TRAIN_ACCURACY: tr_acc, M.TRAIN_ACCURACY_RUNNING: tr_correct / max(tr_n, 1),
                 M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc, M.GAP: tr_acc - val_acc,
                 M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
-                M.PRECISION: precision, **_nan_artifact_metrics()}
-        if not finetuning and rung_sizes and env.rank == 0:
-            last[M.EXPECTED_SIZE_BYTES] = float(expected_size(_unwrap(model), cfg.compress,
-                                                              artifact_meta()))
-        if not finetuning and plateau.update(val_acc) and epoch + 1 < dense_epochs:
-            # Every rank sees the same all-reduced val_acc: all stop dense training together.
-            log.info("validation accuracy has not improved for %d epochs: dense training ends "
-                     "after epoch %d of %d", t.early_stop_patience, epoch, t.epochs)
-            dense_epochs = epoch + 1
-        ckpt = None
-        if env.rank == 0:
-            base = _unwrap(model)
-            ckpt = {"epoch": epoch, "spec": base.spec.to_dict(), "precision": precision,
-                    "dense_epochs": dense_epochs, "plateau": plateau.to_dict(),
-                    "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "masks": {k: v.bool().cpu() for k, v in masks.items()} if masks else None}
-        report(last, ckpt)
-        epoch += 1
+                M.PRECISION: self.precision, **_nan_artifact_metrics()}
 
-    # The artifact, and metrics of the model decoded from it (never of the in-memory model).
-    base = fold_batch_norm(_unwrap(model).cpu().to(memory_format=torch.contiguous_format)
-                           .eval())
-    artifact = encode(base, cfg.compress.quant_bits, artifact_meta())
-    # Every reported accuracy of the artifact is the decoded file's on the CPU in fp32, as
-    # `distopt evaluate` measures it: each rank evaluates the whole split itself (no TF32, no
-    # autocast, no cross-rank sums), so every rank holds the same numbers.
-    decoded = decode(artifact).model
-    cpu = WorkerEnv()
-    final = dict(last)
-    final.update(size_report(decoded, artifact))
-    final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val, norm,
-                                                        cpu, 512)
-    final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), spec) \
-        if env.rank == 0 else math.nan
-    final[M.LATENCY_MS] = _broadcast_float(final[M.LATENCY_MS], env)
-    _, final[M.TRAIN_ACCURACY] = evaluate(decoded, x_probe, y_probe, norm, cpu, 512)
-    final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
-    if evaluate_test and len(splits.x_test):
-        _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm, cpu, 512)
-    final[M.PHASE] = "final"
-    final[M.PRECISION] = precision
-    final[M.TF32] = bool(t.tf32 and env.device.type == "cuda")
-    final[M.TRAIN_SECONDS] = time.perf_counter() - t_start
-    final[M.DENSE_EPOCHS] = dense_epochs
-    final[M.EARLY_STOPPED] = dense_epochs < t.epochs
-    final["started_at"] = started_at  # wall clock, so callers can measure start-up overhead
-    final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report(final, ckpt, {"model.dopt": artifact} if env.rank == 0 else None)
+    def _report_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.ckpt = None
+        if self.env.rank == 0:
+            base = _unwrap(self.model)
+            self.ckpt = {
+                "epoch": epoch, "spec": base.spec.to_dict(), "precision": self.precision,
+                "dense_epochs": self.dense_epochs, "plateau": self.plateau.to_dict(),
+                "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "masks": {k: v.bool().cpu() for k, v in self.masks.items()}
+                if self.masks else None}
+        self.last = metrics
+        self.next_epoch = epoch + 1
+        self.report(metrics, self.ckpt)
+
+    # ---- export and evaluation ---------------------------------------------------------------
+
+    def artifact_meta(self) -> dict[str, Any]:
+        return {"input": self.norm.to_meta(), "config_name": self.cfg.name,
+                "data_digest": self.splits.digest}
+
+    def export(self) -> bytes:
+        """The artifact of the final weights (BatchNorm folded, quantized, encoded)."""
+        base = fold_batch_norm(_unwrap(self.model).cpu()
+                               .to(memory_format=torch.contiguous_format).eval())
+        return encode(base, self.plan.quant_bits, self.artifact_meta())
+
+    def evaluate(self, artifact: bytes, evaluate_test: bool) -> dict[str, Any]:
+        """Metrics of the model decoded from ``artifact`` (never of the in-memory model), on
+        the CPU in fp32 as `distopt evaluate` measures them: each rank evaluates whole splits
+        itself (no TF32, no autocast, no cross-rank sums), so every rank holds the same
+        numbers."""
+        splits, norm, env = self.splits, self.norm, self.env
+        decoded = decode(artifact).model
+        cpu = WorkerEnv()
+        final = dict(self.last)
+        final.update(size_report(decoded, artifact))
+        final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val,
+                                                            norm, cpu, 512)
+        final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), self.spec) \
+            if env.rank == 0 else math.nan
+        final[M.LATENCY_MS] = _broadcast_float(final[M.LATENCY_MS], env)
+        _, final[M.TRAIN_ACCURACY] = evaluate(decoded, self.x_probe, self.y_probe, norm, cpu, 512)
+        final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
+        if evaluate_test and len(splits.x_test):
+            _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm,
+                                                 cpu, 512)
+        t = self.cfg.train
+        final[M.PHASE] = "final"
+        final[M.PRECISION] = self.precision
+        final[M.TF32] = bool(t.tf32 and env.device.type == "cuda")
+        final[M.TRAIN_SECONDS] = time.perf_counter() - self.t_start
+        final[M.DENSE_EPOCHS] = self.dense_epochs
+        final[M.EARLY_STOPPED] = self.dense_epochs < t.epochs
+        final["started_at"] = self.started_at  # wall clock: callers measure start-up overhead
+        final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return final
+
+
+def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
+        evaluate_test: bool = False, splits: Splits | None = None) -> dict[str, Any]:
+    """Train, weight-prune, fine-tune, export and evaluate one configuration: the phases of
+    :class:`TrainingRun`, in order, each resuming where ``state`` (a checkpoint) left off.
+
+    Reports after every epoch (with a checkpoint ``state`` on rank 0) and once more at the end
+    with the decoded artifact's metrics (phase ``final``). Returns ``{"metrics": ...,
+    "artifact": bytes}`` (the same on every rank)."""
+    splits = splits if splits is not None else load_splits(cfg.data)
+    run = TrainingRun.start(cfg, env, report, splits, state)
+    run.train_dense()
+    if run.plan.prunes:
+        if not run.finetuning:
+            run.prune()
+        run.fine_tune()
+    artifact = run.export()
+    final = run.evaluate(artifact, evaluate_test)
+    report(final, run.ckpt, {"model.dopt": artifact} if env.rank == 0 else None)
     return {"metrics": final, "artifact": artifact}
 
 

@@ -311,7 +311,7 @@ import sys  # noqa: E402
 import tracemalloc  # noqa: E402
 import zlib  # noqa: E402
 
-from distopt import compress as C  # noqa: E402
+from distopt.compress import artifact as C  # noqa: E402
 
 SMALL = ModelSpec("cnn", (1, 12, 12), 3, (4,), (8,), 3)
 

@@ -7,7 +7,7 @@ import pytest
 
 from distopt import metrics as M
 from distopt.config import load_config
-from distopt.report import _trial_config_json, hypervolume_curve, verdict
+from distopt.orchestration.report import _trial_config_json, hypervolume_curve, verdict
 
 from conftest import CONFIGS
 

@@ -7,7 +7,7 @@ import pytest
 from distopt import metrics as M
 from distopt.config import load_config
 from distopt.data import load_splits
-from distopt.run import run_trial
+from distopt.orchestration.run import run_trial
 from distopt.train_loop import evaluate_artifact
 
 from conftest import TINY

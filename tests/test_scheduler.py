@@ -13,7 +13,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from distopt import metrics as M
 from distopt.pareto import promotion_order
-from distopt.scheduler import MultiObjectiveASHA, _reference, keeps, rung_epochs, rung_vector
+from distopt.orchestration.scheduler import MultiObjectiveASHA, _reference, keeps, rung_epochs, rung_vector
 
 
 # ---- brute force, written independently of distopt.pareto ----------------------------------

@@ -18,7 +18,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from distopt.telemetry import EXPERIMENT_METRICS, TRIAL_METRICS, record_experiment, record_trial
+from distopt.orchestration.telemetry import EXPERIMENT_METRICS, TRIAL_METRICS, record_experiment, record_trial
 
 from _raytools import free_port, http_get, listening_addresses, new_token, ray_processes, wait_for
 from conftest import CONFIGS, ROOT
@@ -27,7 +27,7 @@ SMOKE = CONFIGS / "smoke.yaml"
 
 
 def test_recording_sets_gauges_only_inside_ray_and_skips_unknown_values(monkeypatch):
-    from distopt import telemetry
+    from distopt.orchestration import telemetry
 
     calls: list[tuple[str, float, dict]] = []
 
@@ -59,7 +59,7 @@ def test_recording_sets_gauges_only_inside_ray_and_skips_unknown_values(monkeypa
 def test_recording_is_a_no_op_in_a_process_without_ray():
     """A fresh process (this one may have had Ray started by another test): recording outside
     Ray neither fails nor starts Ray."""
-    code = ("from distopt.telemetry import record_trial, _ray_ready\n"
+    code = ("from distopt.orchestration.telemetry import record_trial, _ray_ready\n"
             "assert not _ray_ready()\n"
             "record_trial('x', 't', {'epoch': 1, 'val_accuracy': 0.5})\n"
             "import ray\n"

@@ -101,7 +101,7 @@ def test_resume_inside_finetuning_keeps_the_masks(splits):
 
 @pytest.mark.slow
 def test_checkpoints_load_with_weights_only(splits, tmp_path):
-    from distopt.run import load_state, save_state
+    from distopt.orchestration.run import load_state, save_state
 
     cfg = load_config(None, TINY)
     rec = Recorder()
@@ -474,3 +474,16 @@ def test_expected_size_at_a_rung_is_what_the_weights_then_would_export(splits):
     rec = Recorder()
     fit(load_config(None, TINY), WorkerEnv(), rec, splits=splits)
     assert all(math.isnan(r[M.EXPECTED_SIZE_BYTES]) for r in rec.reports)
+
+
+@pytest.mark.slow
+def test_pruning_without_fine_tune_epochs_still_prunes_the_artifact(splits):
+    """compress.finetune_epochs=0 is one-shot pruning: the file holds the pruned weights (it
+    once exported the dense model, because pruning ran only at the first fine-tune epoch)."""
+    cfg = load_config(None, TINY + ["compress.prune_ratio=0.8", "compress.finetune_epochs=0"])
+    assert cfg.compression_plan.prunes and cfg.compression_plan.finetune_epochs == 0
+    rec = Recorder()
+    out = fit(cfg, WorkerEnv(), rec, splits=splits)
+    assert [r[M.PHASE] for r in rec.reports] == ["train", "train", "final"]
+    final = out["metrics"]
+    assert final[M.NONZERO_PARAMS] < 0.21 * final[M.PARAMS] + 300

@@ -119,8 +119,8 @@ def test_failing_trials_fail_alone_and_busy_cluster_queues(ray_local, tmp_path):
     allocation fails at once, nothing is touched) or diverge fail alone with their reason; the
     others complete. 2-worker trials on 2 CPUs with max_concurrent 3 queue instead of waiting
     forever for placement groups."""
-    from distopt.report import collect, save_config, write_report
-    from distopt.tuning import run_search
+    from distopt.orchestration.report import collect, save_config, write_report
+    from distopt.orchestration.tuning import run_search
 
     cfg = load_config(SMOKE, [
         "search.num_trials=6", "search.max_concurrent=3", "search.seed=2",
@@ -209,7 +209,7 @@ def test_killed_search_resumes_without_losing_completed_trials(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_impossible_trial_shape_is_rejected_up_front(ray_local):
-    from distopt.tuning import check_fits, default_max_concurrent
+    from distopt.orchestration.tuning import check_fits, default_max_concurrent
 
     ok = load_config(SMOKE)
     assert check_fits(ok) == []
@@ -299,7 +299,7 @@ def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path):
 
 
 def _types(*specs: tuple[str, float, float, int]) -> list:
-    from distopt.tuning import NodeType
+    from distopt.orchestration.tuning import NodeType
 
     return [NodeType(*spec) for spec in specs]
 
@@ -310,7 +310,7 @@ def test_shipped_cloud_cluster_fits_gpu_trials_and_scales_to_its_workers():
     the live nodes (the head alone) it would be refused and run one at a time."""
     import yaml
 
-    from distopt.tuning import check_fits, default_max_concurrent, node_types_from_cluster_config
+    from distopt.orchestration.tuning import check_fits, default_max_concurrent, node_types_from_cluster_config
 
     types = node_types_from_cluster_config(yaml.safe_load((CONFIGS.parent / "cluster.yaml")
                                                           .read_text()))
@@ -329,7 +329,7 @@ def test_shipped_cloud_cluster_fits_gpu_trials_and_scales_to_its_workers():
 def test_resources_of_different_nodes_never_add_up_to_a_worker():
     """4 CPUs on one node and a GPU on another do not make a 2-CPU + 1-GPU worker (the old
     check summed them over the cluster, passed, and the trial waited forever)."""
-    from distopt.tuning import check_fits, default_max_concurrent
+    from distopt.orchestration.tuning import check_fits, default_max_concurrent
 
     cfg = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=2"])
     split = _types(("cpu", 4, 0, 1), ("gpu", 1, 1, 1))
@@ -448,7 +448,7 @@ def test_bootstrap_config_counts_only_when_it_states_every_node_types_resources(
     driver must then judge the nodes alive, not "0 CPUs" (the `ray up` test caught that)."""
     import shutil
 
-    from distopt.tuning import _bootstrap_node_types
+    from distopt.orchestration.tuning import _bootstrap_node_types
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _bootstrap_node_types() is None  # no file: not a `ray up` head
@@ -461,7 +461,7 @@ def test_bootstrap_config_counts_only_when_it_states_every_node_types_resources(
 
 def test_fractional_gpu_shares_are_counted_without_float_floor_errors():
     """1.0 // 0.1 is 9.0 in floating point: ten 0.1-GPU workers must still fit one GPU."""
-    from distopt.tuning import workers_per_node
+    from distopt.orchestration.tuning import workers_per_node
 
     cfg = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=0.5",
                               "train.gpus_per_worker=0.1"])
@@ -476,7 +476,7 @@ def test_restored_searcher_tolerates_a_trial_it_never_created():
     import tempfile
 
     from distopt.storage import Location
-    from distopt.tuning import SearchPaths, _searcher
+    from distopt.orchestration.tuning import SearchPaths, _searcher
 
     cfg = load_config(SMOKE)
     out = Location(tempfile.mkdtemp())
@@ -529,8 +529,8 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
     (train.max_failures=1) from its last epoch checkpoint, not from epoch 0, and it completes."""
     import threading
 
-    from distopt.report import collect, save_config
-    from distopt.tuning import run_search
+    from distopt.orchestration.report import collect, save_config
+    from distopt.orchestration.tuning import run_search
 
     cfg = load_config(SMOKE, ["search.num_trials=1", "train.epochs=8",
                               "search.space={compress.quant_bits: {choices: [8]}}",
@@ -604,7 +604,7 @@ def test_time_budgeted_search_with_mo_asha_stops_trials_that_never_reach_the_fro
 
 
 def test_sampled_duplicates_are_told_the_earlier_result_instead_of_training_again():
-    from distopt._optuna_search import ResumableOptunaSearch
+    from distopt.orchestration._optuna_search import ResumableOptunaSearch
 
     s = ResumableOptunaSearch(space={"x": optuna.distributions.CategoricalDistribution([1, 2])},
                               metric=[M.VAL_ACCURACY, M.SIZE_BYTES], mode=["max", "min"],

@@ -115,7 +115,7 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     from distopt.data import load_splits
     from distopt.train_loop import evaluate_artifact
 
-    from distopt.progress import read_trial_clock
+    from distopt.orchestration.progress import read_trial_clock
 
     location = location if isinstance(location, Location) else Location(str(location))
     clock = read_trial_clock(location.local)

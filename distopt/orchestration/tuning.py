@@ -169,7 +169,7 @@ def cluster_node_types() -> tuple[list[NodeType], str]:
 def workers_per_node(node: NodeType, cfg: Config) -> int:
     """Ray Train workers of this config one node of this type holds (each worker's CPUs and
     GPU share on one node: resources of different nodes never add up to a worker)."""
-    from distopt.run import worker_resources  # the shape make_trainer asks Ray Train for
+    from distopt.orchestration.run import worker_resources  # the shape make_trainer asks Ray Train for
 
     have = {"CPU": node.cpus, "GPU": node.gpus}
     # Divide, then floor with a tolerance: 1.0 // 0.1 is 9.0 in floating point, not 10.
@@ -221,7 +221,7 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     function's name is what the dashboard shows for every trial actor.)"""
     cfg = _trial_cfg(params, base)
     if cfg.in_trial_actor:
-        from distopt.run import train_in_trial_actor
+        from distopt.orchestration.run import train_in_trial_actor
 
         train_in_trial_actor(cfg)
         return
@@ -229,7 +229,7 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from distopt.run import make_trainer
+    from distopt.orchestration.run import make_trainer
 
     # Ray Train V2 runs are listed in the dashboard only if the process that starts them has
     # this set; a trial actor does not inherit the driver's environment.
@@ -261,7 +261,7 @@ def trial_resources(params: dict[str, Any], base: dict[str, Any]) -> Any:
 def make_scheduler(cfg: Config) -> Any:
     """The trial scheduler named by ``search.scheduler``."""
     if cfg.search.scheduler == "mo_asha":
-        from distopt.scheduler import MultiObjectiveASHA
+        from distopt.orchestration.scheduler import MultiObjectiveASHA
 
         return MultiObjectiveASHA.from_config(cfg)
     from ray.tune.schedulers import FIFOScheduler
@@ -272,7 +272,7 @@ def make_scheduler(cfg: Config) -> Any:
 def _searcher(cfg: Config, paths: SearchPaths) -> Any:
     import optuna
 
-    from distopt._optuna_search import ResumableOptunaSearch as OptunaSearch
+    from distopt.orchestration._optuna_search import ResumableOptunaSearch as OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url(cfg) or paths.study_url)
@@ -307,7 +307,7 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     output = output if isinstance(output, Location) else Location(str(output))
     import ray.tune
 
-    from distopt.progress import ExperimentGauges, ProgressTable, StudyUploader, TrialClock
+    from distopt.orchestration.progress import ExperimentGauges, ProgressTable, StudyUploader, TrialClock
 
     # Save Tune's experiment state often: a killed driver then loses at most a few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")

@@ -120,8 +120,8 @@ class ExperimentGauges(Callback):
         import numpy as np
 
         from distopt.pareto import hypervolume, non_dominated
-        from distopt.report import hv_reference, objective_matrix
-        from distopt.telemetry import record_experiment
+        from distopt.orchestration.report import hv_reference, objective_matrix
+        from distopt.orchestration.telemetry import record_experiment
 
         # Tune sets the ending trial's status only after its callbacks ran: count it here.
         def status(t: Any) -> str:

@@ -1,4 +1,4 @@
-"""Weight pruning, weight quantization and the ``.dopt`` artifact whose length is the model size.
+"""The ``.dopt`` artifact, whose length is the model size.
 
 The artifact is what a user deploys and what every reported compressed accuracy is measured on:
 ``decode(encode(model))`` is evaluated, never the in-memory model.
@@ -17,37 +17,23 @@ it, so truncated or altered files are rejected.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import lzma
 import math
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from distopt import metrics as M
-from distopt.models import (GATES, Model, ModelSpec, RecurrentNet, build_model,
-                            fold_batch_norm, prunable_weights)
+from distopt.compress.quantization import quantize_per_channel
+from distopt.models import GATES, Model, ModelSpec, build_model, prunable_weights
 
-__all__ = [
-    "ArtifactError",
-    "Masks",
-    "global_magnitude_masks",
-    "apply_masks",
-    "structured_prune",
-    "quantize_per_channel",
-    "quantize_tensor",
-    "QuantizedWeights",
-    "gradual_ratio",
-    "encode",
-    "decode",
-    "size_report",
-]
+__all__ = ["ArtifactError", "Decoded", "decode", "encode", "size_report"]
 
 MAGIC = b"DOPT"
 VERSION = 1
@@ -55,174 +41,9 @@ _PREAMBLE = struct.Struct("<4sHBBI")
 _CODECS = {1: "lzma", 2: "zlib"}
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
-Masks = dict[str, torch.Tensor]  # parameter name -> bool mask of the same shape
-
 
 class ArtifactError(ValueError):
     """The file is not a valid distopt artifact (wrong magic, version, length or checksum)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Pruning
-# --------------------------------------------------------------------------------------------
-
-
-def _weights(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
-    for name, w, _ in prunable_weights(model):
-        yield name, w
-
-
-def global_magnitude_masks(model: nn.Module, ratio: float) -> Masks:
-    """Masks that remove the ``ratio`` smallest-magnitude weights across all weight matrices
-    (conv, dense, recurrent, embedding: see :func:`distopt.models.prunable_weights`).
-
-    Works on any memory format (``torch.nn.utils.prune`` fails on channels-last weights)."""
-    named = list(_weights(model))
-    if ratio <= 0:
-        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in named}
-    scores = torch.cat([w.detach().abs().flatten().float() for _, w in named])
-    k = int(ratio * scores.numel())
-    if k == 0:
-        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in named}
-    threshold = torch.kthvalue(scores.cpu(), k).values.item()
-    masks = {n: w.detach().abs() > threshold for n, w in named}
-    # Ties at the threshold can leave fewer than k removed; that is fine (never more than k).
-    return masks
-
-
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero the pruned weights (after every optimizer step, so Adam cannot revive them)."""
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        params[name].mul_(mask.to(params[name].dtype))
-
-
-def _keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    n_keep = max(1, math.ceil((1 - ratio) * scores.numel()))
-    return torch.sort(torch.topk(scores, n_keep).indices).values
-
-
-@torch.no_grad()
-def structured_prune(model: Model, ratio: float) -> Model:
-    """Remove the ``ratio`` lowest-L1-norm channels of every conv layer, units of every hidden
-    dense layer and (rnn) embedding dimensions and hidden units of every recurrent layer,
-    returning a physically smaller model with the surviving weights."""
-    if isinstance(model, RecurrentNet):
-        return _structured_prune_rnn(model, ratio)
-    model = fold_batch_norm(model)
-    spec = model.spec
-    # State keys of the smaller model: the same layer positions, with fewer channels/units.
-    convs = [(f"features.{k}.", m) for k, m in enumerate(model.features)
-             if isinstance(m, nn.Conv2d)]
-    denses = [(f"classifier.{k}.", m) for k, m in enumerate(model.classifier)
-              if isinstance(m, nn.Linear)]
-    state: dict[str, torch.Tensor] = {}
-    keep_in = torch.arange(spec.in_shape[0])
-    new_channels = []
-    for key, conv in convs:
-        w = conv.weight.contiguous()[:, keep_in]
-        keep = _keep(w.abs().sum(dim=(1, 2, 3)).float(), ratio)
-        state[f"{key}weight"], state[f"{key}bias"] = w[keep], conv.bias[keep]
-        new_channels.append(len(keep))
-        keep_in = keep
-    if convs:
-        h, w_ = (1, 1) if spec.head == "gap" else spec.conv_out_side()
-        # Flattened features are (channel, y, x): keep every spatial position of kept channels.
-        keep_in = (keep_in[:, None] * (h * w_) + torch.arange(h * w_)[None]).flatten()
-    else:
-        keep_in = torch.arange(int(np.prod(spec.in_shape)))
-    new_units = _prune_head(denses, keep_in, ratio, state)
-    new = build_model(dataclasses.replace(spec, conv_channels=tuple(new_channels),
-                                          dense_units=tuple(new_units)))
-    new.load_state_dict({k: v.detach().clone() for k, v in state.items()})
-    return new
-
-
-def _prune_head(denses: list[tuple[str, nn.Linear]], keep_in: torch.Tensor, ratio: float,
-                state: dict[str, torch.Tensor]) -> list[int]:
-    """Prune hidden dense units (never the classifier's outputs) of ``(state key prefix,
-    layer)`` pairs into ``state``; returns the new hidden widths."""
-    new_units = []
-    for i, (key, dense) in enumerate(denses):
-        w = dense.weight[:, keep_in]
-        last = i == len(denses) - 1
-        keep = torch.arange(w.shape[0]) if last else _keep(w.abs().sum(1).float(), ratio)
-        state[f"{key}weight"], state[f"{key}bias"] = w[keep], dense.bias[keep]
-        if not last:
-            new_units.append(len(keep))
-        keep_in = keep
-    return new_units
-
-
-def _structured_prune_rnn(model: RecurrentNet, ratio: float) -> RecurrentNet:
-    """Embedding dimensions and recurrent hidden units, scored by the L1 norm of the weights
-    that produce them (a unit's rows in every gate block of ``weight_ih`` and ``weight_hh``).
-
-    Removing a unit is exact for a unit whose incoming weights and biases are zero: its state
-    stays 0 in all three cells (tanh(0) = 0; GRU and LSTM keep 0 * 0.5 = 0), so it feeds
-    nothing forward. A test checks the pruned model against the original with the removed units'
-    incoming weights zeroed."""
-    spec = model.spec
-    state: dict[str, torch.Tensor] = {}
-    embed_dim = 0
-    if model.embedding is not None:
-        w = model.embedding.weight
-        keep_in = _keep(w.abs().sum(0).float(), ratio)
-        state["embedding.weight"] = w[:, keep_in]
-        embed_dim = len(keep_in)
-    else:
-        keep_in = torch.arange(spec.in_shape[0] * spec.in_shape[2])
-    gates = GATES[spec.cell]
-    new_units = []
-    for i, layer in enumerate(model.recurrent):
-        hidden = layer.hidden_size
-        w_ih, w_hh = layer.weight_ih_l0[:, keep_in], layer.weight_hh_l0
-        per_unit = (w_ih.abs().sum(1) + w_hh.abs().sum(1)).reshape(gates, hidden).sum(0)
-        keep = _keep(per_unit.float(), ratio)
-        rows = (torch.arange(gates)[:, None] * hidden + keep[None]).flatten()
-        p = f"recurrent.{i}."
-        state[p + "weight_ih_l0"], state[p + "weight_hh_l0"] = w_ih[rows], w_hh[rows][:, keep]
-        state[p + "bias_ih_l0"], state[p + "bias_hh_l0"] = layer.bias_ih_l0[rows], \
-            layer.bias_hh_l0[rows]
-        new_units.append(len(keep))
-        keep_in = keep
-    denses = [(f"classifier.{k}.", m) for k, m in enumerate(model.classifier)
-              if isinstance(m, nn.Linear)]
-    new_dense = _prune_head(denses, keep_in, ratio, state)
-    new = build_model(dataclasses.replace(spec, rnn_units=tuple(new_units),
-                                          dense_units=tuple(new_dense), embed_dim=embed_dim))
-    new.load_state_dict({k: v.detach().clone() for k, v in state.items()})
-    return new  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------
-# Quantization
-# --------------------------------------------------------------------------------------------
-
-
-def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel quantization: ``w ~= q * scale[:, None...]``.
-
-    Returns int codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` and float32 scales (1.0 for all-zero
-    channels, so decoding never divides by zero)."""
-    qmax = 2 ** (bits - 1) - 1
-    flat = w.reshape(w.shape[0], -1).astype(np.float32)
-    amax = np.abs(flat).max(axis=1)
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.rint(flat / scale[:, None]), -qmax, qmax).astype(np.int32)
-    return q.reshape(w.shape), scale
-
-
-def _pack(q: np.ndarray, bits: int) -> bytes:
-    if bits == 16:
-        return q.astype("<i2").tobytes()
-    if bits == 8:
-        return q.astype(np.int8).tobytes()
-    u = (q + 8).astype(np.uint8)  # 4 bits: offset to 1..15, two per byte
-    if len(u) % 2:
-        u = np.append(u, np.uint8(8))
-    return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
 def _unpack(buf: memoryview, n: int, bits: int) -> tuple[np.ndarray, int]:
@@ -237,57 +58,15 @@ def _unpack(buf: memoryview, n: int, bits: int) -> tuple[np.ndarray, int]:
     return u[:n] - 8, nbytes
 
 
-def gradual_ratio(final: float, k: int, total: int) -> float:
-    """Sparsity for fine-tune epoch ``k`` of ``total`` under the cubic schedule of Zhu & Gupta
-    (2017): fast at first, when many small weights can go, and slower towards ``final``,
-    reached in the last epoch."""
-    return final * (1 - (1 - (k + 1) / total) ** 3)
-
-
-@torch.no_grad()
-def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
-    """What the artifact stores, in torch: symmetric per-row (axis 0) or per-column (axis 1)
-    integers times a float32 scale, with the same rounding (half to even) as
-    :func:`quantize_per_channel`."""
-    qmax = 2 ** (bits - 1) - 1
-    x = w.float()
-    x = x.transpose(0, 1) if axis == 1 else x
-    flat = x.reshape(x.shape[0], -1)
-    amax = flat.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).float()
-    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax) * scale[:, None]
-    q = q.reshape(x.shape)
-    return (q.transpose(0, 1) if axis == 1 else q).to(w.dtype)
-
-
-class QuantizedWeights:
-    """Within the block, every prunable weight holds its quantized value; on exit the float
-    weights come back. Gradients computed inside are those of the quantized model and update
-    the float weights (the straight-through estimator), so fine-tuning learns the rounding the
-    artifact will apply."""
-
-    def __init__(self, model: nn.Module, bits: int) -> None:
-        self.weights = [(w, axis) for _, w, axis in prunable_weights(model)]
-        self.bits = bits
-        self.saved: list[torch.Tensor] = []
-
-    def __enter__(self) -> QuantizedWeights:
-        with torch.no_grad():
-            for w, axis in self.weights:
-                self.saved.append(w.detach().clone())
-                w.copy_(quantize_tensor(w, self.bits, axis))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with torch.no_grad():
-            for (w, _), kept in zip(self.weights, self.saved):
-                w.copy_(kept)
-        self.saved = []
-
-
-# --------------------------------------------------------------------------------------------
-# The artifact
-# --------------------------------------------------------------------------------------------
+def _pack(q: np.ndarray, bits: int) -> bytes:
+    if bits == 16:
+        return q.astype("<i2").tobytes()
+    if bits == 8:
+        return q.astype(np.int8).tobytes()
+    u = (q + 8).astype(np.uint8)  # 4 bits: offset to 1..15, two per byte
+    if len(u) % 2:
+        u = np.append(u, np.uint8(8))
+    return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
 def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes:

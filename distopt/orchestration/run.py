@@ -20,7 +20,7 @@ import torch
 from distopt import metrics as M
 from distopt.config import Config
 from distopt.storage import is_uri
-from distopt.telemetry import record_trial
+from distopt.orchestration.telemetry import record_trial
 from distopt.train_loop import WorkerEnv, fit
 
 log = logging.getLogger(__name__)

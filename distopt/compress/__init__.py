@@ -1,0 +1,32 @@
+"""Compression: weight pruning (:mod:`.pruning`), weight quantization (:mod:`.quantization`) and
+the ``.dopt`` artifact whose length is the model size (:mod:`.artifact`).
+
+The artifact is what a user deploys and what every reported compressed accuracy is measured on:
+``decode(encode(model))`` is evaluated, never the in-memory model. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from distopt.compress.artifact import (MAX_PARAMS, ArtifactError, Decoded, decode, encode,
+                                       size_report)
+from distopt.compress.pruning import (Masks, apply_masks, global_magnitude_masks, gradual_ratio,
+                                      structured_prune)
+from distopt.compress.quantization import (QuantizedWeights, quantize_per_channel,
+                                           quantize_tensor)
+
+__all__ = [
+    "ArtifactError",
+    "Decoded",
+    "Masks",
+    "MAX_PARAMS",
+    "QuantizedWeights",
+    "apply_masks",
+    "decode",
+    "encode",
+    "global_magnitude_masks",
+    "gradual_ratio",
+    "quantize_per_channel",
+    "quantize_tensor",
+    "size_report",
+    "structured_prune",
+]

@@ -1,0 +1,9 @@
+"""The Ray side of distopt: the search on Ray Tune + Optuna (:mod:`.tuning`, its trial scheduler
+:mod:`.scheduler` and searcher), trials as Ray Train jobs or in their own Tune actors
+(:mod:`.run`), the driver's live table and callbacks (:mod:`.progress`), Ray metrics
+(:mod:`.telemetry`) and the results directory (:mod:`.report`).
+
+Models, data, compression and the training loop (``distopt.models``, ``distopt.data``,
+``distopt.compress``, ``distopt.train_loop``) know nothing of Ray; everything that does lives
+here. (Not named ``search``: ``distopt/search.py`` is the entry script ``ray submit`` copies.)
+"""

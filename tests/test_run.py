@@ -12,9 +12,10 @@ from distopt.train_loop import evaluate_artifact
 
 from conftest import TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_one_worker_trial_and_rerun_resumes(ray_local, tmp_path):
     cfg = load_config(None, TINY + ["train.cpus_per_worker=2"])
     res = run_trial(cfg, tmp_path, name="t1", evaluate_test=True)
@@ -31,6 +32,8 @@ def test_one_worker_trial_and_rerun_resumes(ray_local, tmp_path):
     assert again.metrics[M.VAL_ACCURACY] == res.metrics[M.VAL_ACCURACY]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_two_ddp_workers_aggregate_over_all_ranks(ray_local, tmp_path):
     """2 workers x 1 CPU fit the 2-CPU machine; metrics cover every rank's shard."""
     cfg = load_config(None, TINY + ["train.num_workers=2", "train.cpus_per_worker=1"])
@@ -43,6 +46,8 @@ def test_two_ddp_workers_aggregate_over_all_ranks(ray_local, tmp_path):
     assert len(res.history) == 3
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_killed_worker_restarts_from_the_last_epoch_checkpoint(ray_local, tmp_path):
     """SIGKILL the Ray Train worker mid-trial: the group restarts (max_failures=1) from the last
     epoch checkpoint, not from epoch 0, and the trial completes."""
@@ -88,3 +93,25 @@ def test_killed_worker_restarts_from_the_last_epoch_checkpoint(ray_local, tmp_pa
     assert res.history and res.history[0][M.EPOCH] >= 1
     assert len(res.history) < 6
     assert res.history[-1][M.EPOCH] == 5 and res.metrics[M.PHASE] == "final"
+
+
+def test_finalizer_exit_reports_are_dropped_once_however_many_trials_an_actor_runs():
+    import sys
+    from types import SimpleNamespace
+
+    from distopt.orchestration.run import _ignore_exit_in_finalizers
+
+    seen = []
+    original = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        _ignore_exit_in_finalizers()
+        hook = sys.unraisablehook
+        _ignore_exit_in_finalizers()  # a reused actor's next trial
+        assert sys.unraisablehook is hook
+        hook(SimpleNamespace(exc_value=SystemExit(1)))
+        other = SimpleNamespace(exc_value=ValueError("kept"))
+        hook(other)
+        assert seen == [other]
+    finally:
+        sys.unraisablehook = original

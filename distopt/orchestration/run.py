@@ -193,11 +193,14 @@ def _ignore_exit_in_finalizers() -> None:
     collection) Python prints it as an ignored exception with a traceback. The process is
     exiting as asked either way: drop that one report, keep every other."""
     previous = sys.unraisablehook
+    if getattr(previous, "_distopt", False):  # a reused actor: installed by an earlier trial
+        return
 
     def hook(unraisable: Any) -> None:
         if not isinstance(unraisable.exc_value, SystemExit):
             previous(unraisable)
 
+    hook._distopt = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
 
 

@@ -86,3 +86,13 @@ def wait_for(predicate, timeout: float, interval: float = 1.0) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+NOISE = ("Traceback", "core_worker.cc", "Deprecat")
+
+
+def assert_quiet(stderr: str) -> None:
+    """What a normal distopt run must not show on stderr: tracebacks, Ray's C++ error lines,
+    deprecation warnings."""
+    noisy = [line for line in stderr.splitlines() if any(n in line for n in NOISE)]
+    assert noisy == [], stderr[-3000:]

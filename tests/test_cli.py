@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from distopt import metrics as M
+
+from _raytools import assert_quiet
 from conftest import CONFIGS, ROOT, TINY
 
 # Tests that train or start Ray are marked slow one by one: the others here start neither.
@@ -106,3 +110,23 @@ def test_full_mnist_rows_rnn_and_gru_reach_their_targets(tmp_path, mnist_dir, ce
                f"model.cell={cell}", "train.epochs=5", "compress.prune_ratio=0",
                "compress.quant_bits=32")
     assert m["test_accuracy"] >= target, m
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_train_trials_are_quiet_and_cost_their_worker_group_start(tmp_path):
+    """train.executor=ray_train: each trial a TorchTrainer job (what several workers or GPUs
+    use). Its console is as quiet as the trial actors', and its trials show the worker-group
+    start-up that the trial actors avoid."""
+    out = tmp_path / "rt"
+    # Here, not in test_tuning.py: a second Ray instance on the machine (that module's
+    # in-process one) makes Ray Train's placement-group cleaner print tracebacks (upstream).
+    p = distopt("search", "--config", str(CONFIGS / "smoke.yaml"), "--output", str(out),
+                "train.executor=ray_train", "search.num_trials=2")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert_quiet(p.stderr)
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert [t["status"] for t in trials] == ["COMPLETE"] * 2
+    assert all(t[M.OVERHEAD_S] > 2 for t in trials)  # measured 15-19 s here
+    assert all((out / "train" / t["trial_id"]).is_dir() for t in trials)
+

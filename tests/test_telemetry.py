@@ -130,7 +130,8 @@ def test_job_submit_runs_the_search_as_a_named_job_with_metrics(head, tmp_path):
     p = subprocess.run(
         ["ray", "job", "submit", "--address", head.dashboard, "--submission-id", job_id,
          "--working-dir", str(ROOT), "--", "python", "distopt/search.py", "--config",
-         "configs/smoke.yaml", "--output", str(out)],
+         "configs/smoke.yaml", "--output", str(out),
+         "train.executor=ray_train"],  # Ray Train jobs, so that the dashboard lists runs
         env=head.env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 

@@ -22,9 +22,13 @@ from distopt.data import load_splits
 from distopt.space import to_optuna
 from distopt.train_loop import evaluate_artifact
 
+from _raytools import assert_quiet
 from conftest import CONFIGS, ROOT
 
 SMOKE = CONFIGS / "smoke.yaml"
+# Smoke trials take about a second in their actors: these make each take several, so that an
+# interrupt lands after some trials finished and while the next one runs.
+SLOWER = ["train.epochs=3", "train.max_steps_per_epoch=30"]
 
 
 def test_space_to_optuna_distributions():
@@ -59,15 +63,6 @@ def _study(out: Path, name: str = "smoke") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
-NOISE = ("Traceback", "core_worker.cc", "Deprecat")
-
-
-def _assert_quiet(stderr: str) -> None:
-    """What a normal run must not show: Ray's tracebacks, C++ error lines, deprecations."""
-    noisy = [line for line in stderr.splitlines() if any(n in line for n in NOISE)]
-    assert noisy == [], stderr[-3000:]
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
@@ -75,7 +70,7 @@ def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
     p = _search("--config", str(SMOKE), "--output", str(out))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "done, 0 failed of 4" in p.stdout  # the live table
-    _assert_quiet(p.stderr)
+    assert_quiet(p.stderr)
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     assert len(trials) == 4 and all(t["status"] == "COMPLETE" for t in trials)
     for t in trials:  # one CPU worker: the trial trains in its own actor, no worker group
@@ -175,7 +170,7 @@ def _complete_count(db: Path) -> int:
 def test_killed_search_resumes_without_losing_completed_trials(tmp_path):
     out = tmp_path / "resume"
     args = ["--config", str(SMOKE), "--output", str(out), "search.num_trials=5",
-            "search.max_concurrent=1"]
+            "search.max_concurrent=1", *SLOWER]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Own session: SIGKILL to the group takes the driver and the Ray instance it started.
     proc = subprocess.Popen([sys.executable, str(ROOT / "distopt" / "search.py"), *args],
@@ -266,7 +261,7 @@ def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path):
 
     out = tmp_path / "sigint"
     args = ["--config", str(SMOKE), "--output", str(out), "search.num_trials=4",
-            "search.max_concurrent=1"]
+            "search.max_concurrent=1", *SLOWER]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "distopt" / "search.py"), *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -487,23 +482,6 @@ def test_restored_searcher_tolerates_a_trial_it_never_created():
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_ray_train_trials_are_quiet_and_cost_their_worker_group_start(tmp_path):
-    """train.executor=ray_train: each trial a TorchTrainer job (what several workers or GPUs
-    use). Its console is as quiet as the trial actors', and its trials show the worker-group
-    start-up that the trial actors avoid."""
-    out = tmp_path / "rt"
-    p = _search("--config", str(SMOKE), "--output", str(out), "train.executor=ray_train",
-                "search.num_trials=2")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    _assert_quiet(p.stderr)
-    trials = pq.read_table(out / "trials.parquet").to_pylist()
-    assert [t["status"] for t in trials] == ["COMPLETE"] * 2
-    assert all(t[M.OVERHEAD_S] > 2 for t in trials)  # measured 15-19 s here
-    assert all((out / "train" / t["trial_id"]).is_dir() for t in trials)
-
-
-@pytest.mark.slow
-@pytest.mark.integration
 def test_two_searches_on_one_machine_both_finish_quietly(tmp_path):
     """Two drivers, two local Ray instances on one machine at once."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -516,7 +494,7 @@ def test_two_searches_on_one_machine_both_finish_quietly(tmp_path):
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-        _assert_quiet(stderr)
+        assert_quiet(stderr)
     for name in ("first", "second"):
         trials = pq.read_table(tmp_path / name / "trials.parquet").to_pylist()
         assert [t["status"] for t in trials] == ["COMPLETE"] * 2
@@ -562,9 +540,11 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
     assert result.error is None and result.metrics[M.PHASE] == "final"
     epochs = [int(e) for e, phase in zip(result.metrics_dataframe[M.EPOCH],
                                          result.metrics_dataframe[M.PHASE]) if phase == "train"]
-    # Every epoch reported once before the kill and, after it, only those after the last
-    # checkpoint: epoch 0 was never trained again, and all 8 epochs were reached.
-    assert epochs.count(0) == 1 and sorted(set(epochs)) == list(range(8))
+    # After the kill the trial continued from a checkpoint: epoch 0 was never trained again,
+    # the last epoch was reached, and at most the epochs after the last checkpoint ran twice.
+    # (An epoch whose checkpoint was persisted just before the kill may be missing from the
+    # result log: its report never reached the driver.)
+    assert epochs.count(0) == 1 and max(epochs) == 7
     assert len(epochs) < 8 + 3
     rows = collect(cfg, out, grid)
     assert rows[0]["status"] == "COMPLETE" and rows[0]["pareto"]
@@ -587,7 +567,7 @@ def test_time_budgeted_search_with_mo_asha_stops_trials_that_never_reach_the_fro
                 "1.0e-2, log: true}, compress.quant_bits: {choices: [4, 8]}}")
     wall = time.monotonic() - t0
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    _assert_quiet(p.stderr)
+    assert_quiet(p.stderr)
     rows = pq.read_table(out / "trials.parquet").to_pylist()
     # Started until the budget (Ray start-up and the report come on top of it).
     assert len(rows) >= 6 and wall < budget + 90, (len(rows), wall)

@@ -135,7 +135,7 @@ def test_search_on_s3_writes_there_and_resumes_from_another_machine(s3_env, tmp_
     base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Trials of several seconds, so that the kill lands between the 2nd and the last one.
     common = ["--config", str(CONFIGS / "smoke.yaml"), "search.num_trials=4",
-              "search.max_concurrent=1", "train.epochs=3", "train.max_steps_per_epoch=30"]
+              "search.max_concurrent=1", "train.epochs=4", "train.max_steps_per_epoch=100"]
     home1 = tmp_path / "home1"
     proc = subprocess.Popen([sys.executable, str(ROOT / "distopt" / "search.py"), *common,
                              "--output", uri], cwd=ROOT, env={**base, "HOME": str(home1)},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -28,7 +29,7 @@ from conftest import CONFIGS, ROOT
 SMOKE = CONFIGS / "smoke.yaml"
 # Smoke trials take about a second in their actors: these make each take several, so that an
 # interrupt lands after some trials finished and while the next one runs.
-SLOWER = ["train.epochs=3", "train.max_steps_per_epoch=30"]
+SLOWER = ["train.epochs=4", "train.max_steps_per_epoch=100"]
 
 
 def test_space_to_optuna_distributions():
@@ -523,7 +524,13 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
                               daemon=True)
     thread.start()
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "tune").glob("*/checkpoint_*"))) < 3:
+
+    def newest_checkpoint() -> int:  # Tune keeps the 2 newest: go by their index
+        names = (re.fullmatch(r"checkpoint_(\d+)", p.name)
+                 for p in (out / "tune").glob("*/checkpoint_*"))
+        return max((int(m.group(1)) for m in names if m), default=-1)
+
+    while time.time() < deadline and newest_checkpoint() < 2:
         time.sleep(0.05)
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):

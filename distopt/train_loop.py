@@ -321,11 +321,19 @@ def expected_size(model: Model, plan: CompressionPlan, meta: dict[str, Any] | No
     base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
                            .to(memory_format=torch.contiguous_format))
     if plan.prunes:
-        if plan.prune_kind == "structured":
-            base = structured_prune(base, plan.prune_ratio)
-        else:
-            apply_masks(base, global_magnitude_masks(base, plan.prune_ratio))
+        base, _ = weight_prune(base, plan.prune_kind, plan.prune_ratio)
     return len(encode(base, plan.quant_bits, meta))
+
+
+def weight_prune(model: Model, kind: str, ratio: float) -> tuple[Model, Masks]:
+    """Structured pruning (a smaller model, no masks) or global magnitude masks applied in
+    place (the masks, to hold while fine-tuning): the one pruning step of the loop and of
+    :func:`expected_size`."""
+    if kind == "structured":
+        return structured_prune(model, ratio), {}
+    masks = global_magnitude_masks(model, ratio)
+    apply_masks(model, masks)
+    return model, masks
 
 
 @dataclass
@@ -484,12 +492,7 @@ class TrainingRun:
         artifact use the folded convs), then weight-prune."""
         base = fold_batch_norm(_unwrap(self.model).cpu().eval()).train()
         base = base.cpu().to(memory_format=torch.contiguous_format)
-        if self.plan.prune_kind == "structured":
-            base = structured_prune(base, self.plan.prune_ratio)
-            masks: Masks = {}
-        else:
-            masks = global_magnitude_masks(base, self._sparsity(0))
-            apply_masks(base, masks)
+        base, masks = weight_prune(base, self.plan.prune_kind, self._sparsity(0))
         self.model = _wrap(base, self.env, self.channels_last)
         self.masks = _device_masks(masks, self.env.device)
         self.finetuning = True

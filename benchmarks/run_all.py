@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
+import onnx_parity  # noqa: E402
 from _common import RESULTS, table, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,20 @@ def render(page: Path = PAGE) -> Path:
         lines += _missing("default_search", "python benchmarks/run_all.py --only "
                           "default_search")
 
+    lines += ["## ONNX export: ONNX Runtime against PyTorch", ""]
+    op = _load("onnx_parity")
+    if op:
+        lines += [_machine(op), "", f"`{op['command'].strip()}`: `distopt export` on the fronts "
+                  "of finished searches (the default MNIST search and the conv1d signals search "
+                  "with ONNX Runtime latency as a third objective). Test accuracy of each model "
+                  "in both runtimes over the whole test set of its data, the share of identical "
+                  "predictions, and batch-1 one-thread latency (median after warm-up) measured "
+                  "side by side. Worst agreement "
+                  f"**{op['worst_agreement']:.2%}**, worst accuracy gap "
+                  f"**{100 * op['worst_accuracy_gap']:.2f} points**.", ""]
+        lines += [onnx_parity.markdown(op), ""]
+    else:
+        lines += _missing("onnx_parity", "python benchmarks/onnx_parity.py")
     lines += ["## GPU", ""]
     gpu = _load("gpu")
     if gpu and "skipped" not in gpu:

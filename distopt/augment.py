@@ -28,7 +28,8 @@ def _uniform(n: int, bound: float, g: torch.Generator, device: torch.device) -> 
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Transform a float batch ``(B, C, H, W)``; returns a new tensor of the same shape.
+    """Transform a float batch ``(B, C, H, W)``; returns a new tensor of the same shape. A
+    batch of 1-D signals ``(B, C, 1, L)`` is only shifted, along L.
 
     ``generator`` must live on ``x.device``; seeding it makes the augmentation reproducible."""
     if is_identity(cfg):
@@ -39,6 +40,8 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     # affine_grid works in normalized [-1, 1] coordinates: a shift of f * width is 2f.
     tx = _uniform(b, 2 * cfg.shift, generator, dev)
     ty = _uniform(b, 2 * cfg.shift, generator, dev)
+    if x.shape[2] == 1:  # a 1-D signal (C, 1, L) shifts along L only
+        ty = torch.zeros_like(ty)
     zx = 1 + _uniform(b, cfg.zoom, generator, dev)
     zy = 1 + _uniform(b, cfg.zoom, generator, dev)
     cos, sin = torch.cos(rot), torch.sin(rot)

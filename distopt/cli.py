@@ -247,6 +247,61 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """ONNX files of a search's front (checked against PyTorch on the test set), or of one
+    ``.dopt`` file (written beside it)."""
+    from distopt.export import ExportError, export_results, require_onnx, to_onnx
+
+    try:
+        require_onnx(runtime=args.verify)
+    except ImportError as e:
+        raise ConfigError([f"--format onnx: {e}"], "command line") from None
+    target = Path(args.target)
+    if target.is_file():
+        from distopt.compress import ArtifactError, decode
+
+        try:
+            onnx_bytes = to_onnx(decode(target.read_bytes(), str(target)), str(target))
+        except ArtifactError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        out = target.with_suffix(".onnx")
+        out.write_bytes(onnx_bytes)
+        log.info("%s: %s bytes (.dopt %s bytes)", out, f"{len(onnx_bytes):,}",
+                 f"{target.stat().st_size:,}")
+        return 0
+    if is_uri(args.target):
+        raise ConfigError([f"directory: got {args.target!r}; distopt export reads a local "
+                           "directory (copy the results down first)"], "command line")
+    try:
+        entries = export_results(target, args.trial, args.verify)
+    except ExportError as e:
+        raise ConfigError([str(e)], "command line") from None
+    log.info("%s", _export_table(entries, args.verify))
+    log.info("\n%d ONNX file(s) in %s; their bytes%s are in %s", len(entries),
+             target / M.ONNX_DIR, " and the runtime check" if args.verify else "",
+             target / M.MANIFEST_FILE)
+    return 0
+
+
+def _export_table(entries: list[dict], verified: bool) -> str:
+    head = ["model", "bits", "sparsity", ".dopt bytes", ".onnx bytes"]
+    if verified:
+        head += ["PyTorch acc", "ORT acc", "agreement", "PyTorch ms", "ORT ms"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for e in entries:
+        m, o = e["metrics"], e["onnx"]
+        cells = [e["trial_id"], str(e["config"]["compress"]["quant_bits"]),
+                 f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",
+                 f"{o[M.ONNX_BYTES]:,}"]
+        if verified:
+            cells += [f"{o['test_accuracy_pytorch']:.4f}", f"{o['test_accuracy_onnxruntime']:.4f}",
+                      f"{o['agreement']:.2%}", f"{o[M.LATENCY_MS]:.3f}",
+                      f"{o[M.ORT_LATENCY_MS]:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.reference:
         print(reference_markdown())
@@ -289,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("artifact", help="a .dopt file")
     common(e)
     e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="export a search's front (or one .dopt file) as ONNX")
+    x.add_argument("target", metavar="RESULTS_DIR", help="a search's experiment directory, or "
+                   "a .dopt file")
+    x.add_argument("--trial", help="export only this trial of the front")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
+    x.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the ONNX Runtime check against PyTorch on the test set")
+    x.set_defaults(func=cmd_export)
 
     c = sub.add_parser("config", help="print the validated config, or the reference table")
     common(c)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -97,6 +98,10 @@ def _opt(default: Any, rule: Rule | None = None, doc: str = "") -> Any:
 # Sections
 # --------------------------------------------------------------------------------------------
 
+# The generated 1-D signal set (data.name signals-mini): channels, 1, length; classes.
+SIGNALS_SHAPE: tuple[int, int, int] = (3, 1, 128)
+SIGNALS_CLASSES = 6
+
 MNIST_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -105,11 +110,13 @@ MNIST_MIRRORS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["mnist-mini", "mnist", "parquet", "tokens-mini"] = _opt(
+    name: Literal["mnist-mini", "mnist", "parquet", "tokens-mini", "signals-mini"] = _opt(
         "mnist-mini", doc="mnist-mini: embedded 12k/2k subset (offline); mnist: full 70k; "
-        "parquet: your own files; tokens-mini: generated token sequences (offline)")
-    kind: Literal["image", "tokens"] = _opt("image", doc="image: (C, H, W) arrays; tokens: "
-                                            "integer id sequences (rnn family only)")
+        "parquet: your own files; tokens-mini: generated token sequences (offline); "
+        "signals-mini: generated 3-channel 1-D signals, shape (3, 1, 128), 6 classes (offline)")
+    kind: Literal["image", "tokens"] = _opt("image", doc="image: (C, H, W) arrays (1-D "
+                                            "signals: (C, 1, L)); tokens: integer id sequences "
+                                            "(rnn family only)")
     path: str | None = _opt(None, doc="mnist: directory with the four IDX files (raw or .gz); "
                             "parquet: training file, directory or glob")
     test_path: str | None = _opt(None, doc="parquet: test file, directory or glob")
@@ -134,8 +141,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: Literal["cnn", "mlp", "rnn"] = _opt(
-        "cnn", doc="cnn: conv blocks + dense head; mlp: dense; rnn: recurrent layers + head")
+    family: Literal["cnn", "conv1d", "mlp", "rnn"] = _opt(
+        "cnn", doc="cnn: conv blocks + dense head; conv1d: the same along L for 1-D signals "
+        "(data.shape [C, 1, L]); mlp: dense; rnn: recurrent layers + head")
     preset: Literal["seed_cnn", "lenet_300_100", "seed_rnn"] | None = _opt(
         None, doc="named architecture; keys given beside it override it")
     channels: int = _opt(32, _range(1), "cnn: channels of the first conv block; each next "
@@ -628,7 +636,8 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
             problems.append(f"data: path {p!r} does not exist")
     if ok("data.name", "data.kind") and d.name == "tokens-mini" and d.kind != "tokens":
         problems.append(f"data.kind: got {d.kind!r}; data.name 'tokens-mini' is 'tokens'")
-    if ok("data.name", "data.kind") and d.name in ("mnist", "mnist-mini") and d.kind != "image":
+    if ok("data.name", "data.kind") and d.name in ("mnist", "mnist-mini", "signals-mini") and \
+            d.kind != "image":
         problems.append(f"data.kind: got {d.kind!r}; data.name {d.name!r} is 'image'")
     if ok("data.kind", "model.family") and d.kind == "tokens" and m.family != "rnn":
         problems.append(f"model.family: got {m.family!r}; token sequences need 'rnn'")
@@ -645,14 +654,27 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                                               or d.num_classes != 10):
         problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
                         f"{d.name} is (1, 28, 28) with 10 classes")
+    if ok("data.name", "data.shape", "data.num_classes") and d.name == "signals-mini" and \
+            (tuple(d.shape) != SIGNALS_SHAPE or d.num_classes != SIGNALS_CLASSES):
+        problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
+                        f"signals-mini is {SIGNALS_SHAPE} with {SIGNALS_CLASSES} classes")
+    if ok("model.family", "data.shape") and m.family == "conv1d" and d.shape[1] != 1:
+        problems.append(f"data.shape: got {list(d.shape)} with model.family 'conv1d'; 1-D "
+                        "signals are [channels, 1, length]")
     if ok("model.family", "model.blocks", "model.kernel_size", "data.shape") and \
-            m.family == "cnn":
-        side = min(d.shape[1:])
+            m.family in ("cnn", "conv1d"):
+        side = d.shape[2] if m.family == "conv1d" else min(d.shape[1:])
         for _ in range(m.blocks):
             side = (side - m.kernel_size + 1) // 2
         if side < 1:
+            hint = "; for 1-D signals use model.family 'conv1d' with data.shape [C, 1, L]" \
+                if m.family == "cnn" and 1 in d.shape[1:] else ""
             problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
-                            f"the {d.shape[1]}x{d.shape[2]} input shrinks to nothing")
+                            f"the {d.shape[1]}x{d.shape[2]} input shrinks to nothing{hint}")
+    if ok("model.family", "augment") and m.family == "conv1d" and \
+            {k for k in image_aug if k != "shift"}:
+        problems.append(f"augment: got {image_aug} with model.family 'conv1d'; 1-D signals "
+                        "take only augment.shift (along L)")
     t = cfg.train
     if ok("train.executor", "train.num_workers", "train.use_gpu") and \
             t.executor == "trial_actor" and (t.num_workers > 1 or t.use_gpu):
@@ -705,6 +727,12 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                             f"{name} is better when {obj.direction}imized")
     if len(set(names)) != len(names):
         problems.append(f"search.objectives: got {names}; each metric at most once")
+    if check_paths and metrics.ORT_LATENCY_MS in names:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(f"search.objectives: {metrics.ORT_LATENCY_MS} needs "
+                            f"{' and '.join(missing)}, not installed here: "
+                            "pip install 'distopt[onnx]'")
     if not names:
         problems.append("search.objectives: got []; needs at least one objective")
 

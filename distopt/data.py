@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from distopt.config import DataConfig
+from distopt.config import SIGNALS_CLASSES, SIGNALS_SHAPE, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -582,6 +582,49 @@ def generate_tokens(n: int, vocab_size: int, max_len: int, num_classes: int, see
     return pad_tokens(seqs, max_len), y.astype(np.int64)
 
 
+# Sizes of the generated 1-D signal dataset (signals-mini).
+SIGNALS_MINI_TRAIN, SIGNALS_MINI_TEST = 6_000, 2_000
+
+
+def generate_signals(n: int, seed: int, length: int = SIGNALS_SHAPE[2]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic sensor set: ``n`` float32 signals ``(3, 1, length)`` in 6 classes, where
+    the class is in the *shape* of a waveform, not in its level or position.
+
+    Every signal is Gaussian noise (sigma 0.6) plus a random offset per channel, plus a
+    low-amplitude distractor sine on every channel (random frequency and phase), plus the
+    class's waveform on one channel, with random amplitude (0.6-1.4), phase and onset:
+    0 slow sine (1-2.5 cycles) and 1 fast sine (5-8 cycles) on channel 0; 2 square wave and
+    3 rising chirp on channel 1; 4 two to four short Gaussian bursts and 5 sawtooth on
+    channel 2. Pairs on one channel differ in frequency or waveform only, so a model must
+    read local temporal structure; the noise keeps a perfect score out of reach."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length, dtype=np.float64) / length
+    y = rng.integers(0, SIGNALS_CLASSES, n)
+    x = rng.normal(0.0, 0.6, (n, 3, length)) + rng.normal(0.0, 0.5, (n, 3, 1))
+    freq = rng.uniform(0.5, 10.0, (n, 3, 1))
+    x += 0.3 * np.sin(2 * np.pi * (freq * t + rng.uniform(0, 1, (n, 3, 1))))
+    amp = rng.uniform(0.6, 1.4, n)
+    phase = rng.uniform(0, 1, n)
+    for i, label in enumerate(y):
+        if label in (0, 1):
+            f = rng.uniform(1.0, 2.5) if label == 0 else rng.uniform(5.0, 8.0)
+            wave = np.sin(2 * np.pi * (f * t + phase[i]))
+        elif label == 2:
+            wave = np.sign(np.sin(2 * np.pi * (rng.uniform(2.0, 4.0) * t + phase[i])))
+        elif label == 3:
+            f0 = rng.uniform(1.0, 3.0)
+            wave = np.sin(2 * np.pi * (f0 * t + rng.uniform(4.0, 7.0) * t ** 2 + phase[i]))
+        elif label == 4:
+            wave = np.zeros(length)
+            for c in rng.uniform(0.05, 0.95, int(rng.integers(2, 5))):
+                wave += 2.0 * np.exp(-0.5 * ((t - c) / 0.015) ** 2)
+        else:
+            wave = 2.0 * ((rng.uniform(2.0, 4.0) * t + phase[i]) % 1.0) - 1.0
+        x[i, label // 2] += amp[i] * wave
+    return x.astype(np.float32).reshape(n, 3, 1, length), y.astype(np.int64)
+
+
 def mini_path() -> Path:
     return Path(str(resources.files("distopt") / "_data" / MINI_FILE))
 
@@ -623,6 +666,10 @@ def load_splits(cfg: DataConfig) -> Splits:
                                cfg.num_classes, seed=0)
         x_tr, y_tr = x[:TOKENS_MINI_TRAIN], y[:TOKENS_MINI_TRAIN]
         x_te, y_te = x[TOKENS_MINI_TRAIN:], y[TOKENS_MINI_TRAIN:]
+    elif cfg.name == "signals-mini":
+        x, y = generate_signals(SIGNALS_MINI_TRAIN + SIGNALS_MINI_TEST, seed=0)
+        x_tr, y_tr = x[:SIGNALS_MINI_TRAIN], y[:SIGNALS_MINI_TRAIN]
+        x_te, y_te = x[SIGNALS_MINI_TRAIN:], y[SIGNALS_MINI_TRAIN:]
     elif cfg.kind == "tokens":
         assert cfg.path is not None
         args = (cfg.feature_column, cfg.label_column, cfg.max_len, cfg.vocab_size,

@@ -1,17 +1,21 @@
-"""Deployed models in Python: ``distopt.load(path)`` gives a ``torch.nn.Module`` that takes
-inputs as the dataset stores them (raw pixels, token ids) and returns logits.
+"""Deployed models in Python: ``distopt.load(path)`` gives a model that takes inputs as the
+dataset stores them (raw pixels, token ids) and returns logits as a ``torch.Tensor``.
 
     import distopt, numpy as np
     model = distopt.load("results/mnist_cnn/models/3ab6996e.dopt")
     x = np.zeros((8, 1, 28, 28), np.uint8)        # a batch as MNIST stores it
     predictions = model(x).argmax(1)
 
-The module is the model decoded from the file (so it computes exactly what every reported
-accuracy measured), in eval mode, with the input normalization recorded in the file built in.
+For a ``.dopt`` file it is a ``torch.nn.Module``: the model decoded from the file (so it
+computes exactly what every reported accuracy measured), in eval mode, with the input
+normalization recorded in the file built in. For an ``.onnx`` file written by ``distopt
+export`` it is an :class:`OnnxModel`, an ONNX Runtime session with the same call (the
+normalization is part of that graph).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ from torch import nn
 from distopt.compress import ArtifactError, decode
 from distopt.train_loop import InputNorm
 
-__all__ = ["DeployedModel", "load"]
+__all__ = ["DeployedModel", "OnnxModel", "load"]
 
 
 class DeployedModel(nn.Module):
@@ -39,13 +43,46 @@ class DeployedModel(nn.Module):
         return self.model(self.norm(x))
 
 
-def load(path: str | Path) -> DeployedModel:
-    """The model in a ``.dopt`` file, ready to call on raw inputs (eval mode, CPU, float32).
+class OnnxModel:
+    """An exported ONNX model on ONNX Runtime (CPU), called like :class:`DeployedModel`:
+    ``model(raw_batch)`` -> logits (``torch.Tensor``). ``meta`` is the artifact's meta;
+    ``session`` is the ``onnxruntime.InferenceSession`` itself."""
+
+    def __init__(self, data: bytes, threads: int | None = None) -> None:
+        from distopt.export import INPUT_NAME, META_KEY, session
+
+        self.session = session(data, threads)
+        self.input_name = INPUT_NAME
+        self.input_dtype = np.int64 if self.session.get_inputs()[0].type == "tensor(int64)" \
+            else np.float32
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta: dict[str, Any] = json.loads(props.get(META_KEY, "{}"))
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        batch = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, self.input_dtype)
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0])
+
+    def eval(self) -> OnnxModel:  # the same call as an nn.Module's, for code written for both
+        return self
+
+
+def load(path: str | Path, threads: int | None = None) -> DeployedModel | OnnxModel:
+    """The model in a ``.dopt`` or ``.onnx`` file, ready to call on raw inputs (eval mode,
+    CPU, float32 logits). ``threads`` caps ONNX Runtime's intra-op threads (``.onnx`` only).
 
     Raises :class:`~distopt.compress.ArtifactError` for a file that is not a valid artifact
-    (or one without its input normalization)."""
+    (or one without its input normalization), and ImportError naming the ``distopt[onnx]``
+    extra for an ``.onnx`` file without ONNX Runtime installed."""
     path = Path(path)
-    decoded = decode(path.read_bytes(), str(path))
+    data = path.read_bytes()
+    if path.suffix == ".onnx":
+        try:
+            return OnnxModel(data, threads)
+        except ImportError:
+            raise
+        except Exception as e:  # onnxruntime's own errors: Fail, InvalidGraph, ...
+            raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({e})") from None
+    decoded = decode(data, str(path))
     norm = decoded.meta.get("input") if isinstance(decoded.meta, dict) else None
     if not isinstance(norm, dict):
         raise ArtifactError(f"{path}: the artifact records no input normalization, so raw "

@@ -29,7 +29,9 @@ NONZERO_PARAMS = "nonzero_params"
 DENSE_FP32_BYTES = "dense_fp32_bytes"
 COMPRESSION_RATIO = "compression_ratio"
 TEST_ACCURACY = "test_accuracy"
-LATENCY_MS = "latency_ms"
+LATENCY_MS = "latency_ms"  # PyTorch, batch 1, one thread, median after warm-up
+ORT_LATENCY_MS = "ort_latency_ms"  # the same on ONNX Runtime (measured when it is an objective)
+ONNX_BYTES = "onnx_bytes"  # length of the exported .onnx file (distopt export)
 PRECISION = "precision"
 TF32 = "tf32"  # whether float32 matmuls/convolutions ran as TF32 (CUDA only)
 TRAIN_SECONDS = "train_seconds"  # inside fit(): data loading, training, export, evaluation
@@ -39,6 +41,10 @@ EARLY_STOPPED = "early_stopped"  # dense training ended on a validation plateau
 # Bytes the artifact would have if the trial ended now (its pruning and bit width applied to
 # the current dense weights, without fine-tuning): what early stopping ranks size by at a rung.
 EXPECTED_SIZE_BYTES = "expected_size_bytes"
+
+# Files of an experiment directory that more than one module reads or writes.
+MANIFEST_FILE = "manifest.json"  # the front's models, their configs and metrics
+ONNX_DIR = "onnx"  # distopt export: <trial_id>.onnx per front model
 
 # Per-trial timing, from the driver (trials.parquet).
 TRIAL_WALL_S = "trial_wall_s"  # Tune's trial start (its actor up) to its last result
@@ -60,6 +66,8 @@ OBJECTIVES: dict[str, Objective] = {
         Objective(VAL_ACCURACY, "max", "validation accuracy of the model decoded from its artifact"),
         Objective(SIZE_BYTES, "min", "length in bytes of the exported artifact file"),
         Objective(LATENCY_MS, "min", "median CPU batch-1 latency of the decoded artifact"),
+        Objective(ORT_LATENCY_MS, "min", "median CPU batch-1 latency of the exported ONNX "
+                  "model on ONNX Runtime (needs distopt[onnx])"),
         Objective(NONZERO_PARAMS, "min", "parameters left non-zero after weight pruning"),
     )
 }
@@ -71,8 +79,8 @@ DEFAULT_OBJECTIVES: tuple[tuple[str, Direction], ...] = (
 
 # Keys that every report carries, so that Tune's strict metric check passes on every result.
 # Before the final report the artifact metrics are NaN ("not known yet").
-ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, SIZE_BYTES, LATENCY_MS, NONZERO_PARAMS,
-                                    EXPECTED_SIZE_BYTES)
+ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, SIZE_BYTES, LATENCY_MS, ORT_LATENCY_MS,
+                                    NONZERO_PARAMS, EXPECTED_SIZE_BYTES)
 
 # At a rung of early stopping, an objective is read from this key instead (the final value is
 # not known before the end); objectives not listed here and not reported are left out there.

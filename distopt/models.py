@@ -25,10 +25,10 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # row blocks of a recurrent weight matr
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: Literal["cnn", "mlp", "rnn"]
-    in_shape: tuple[int, ...]  # images: (C, H, W); tokens: (max_len,)
+    family: Literal["cnn", "conv1d", "mlp", "rnn"]
+    in_shape: tuple[int, ...]  # images: (C, H, W); 1-D signals: (C, 1, L); tokens: (max_len,)
     num_classes: int
-    conv_channels: tuple[int, ...] = ()  # cnn: one conv 'valid' + max-pool 2 per entry
+    conv_channels: tuple[int, ...] = ()  # cnn, conv1d: one conv 'valid' + max-pool 2 per entry
     dense_units: tuple[int, ...] = ()  # hidden dense layers before the classifier
     kernel_size: int = 3
     dropout: float = 0.0
@@ -58,10 +58,22 @@ class ModelSpec:
     def tokens(self) -> bool:
         return self.vocab_size > 0
 
+    @property
+    def conv_kernel(self) -> tuple[int, int]:
+        """The (height, width) of every conv kernel and pooling window's extent: a 1-D
+        convolution (``conv1d``) runs along L only, as a 2-D one of height 1."""
+        return (1, self.kernel_size) if self.family == "conv1d" else \
+            (self.kernel_size, self.kernel_size)
+
+    @property
+    def pool(self) -> tuple[int, int]:
+        return (1, 2) if self.family == "conv1d" else (2, 2)
+
     def conv_out_side(self) -> tuple[int, int]:
         h, w = self.in_shape[1:]
+        (kh, kw), (ph, pw) = self.conv_kernel, self.pool
         for _ in self.conv_channels:
-            h, w = (h - self.kernel_size + 1) // 2, (w - self.kernel_size + 1) // 2
+            h, w = (h - kh + 1) // ph, (w - kw + 1) // pw
         return h, w
 
 
@@ -74,8 +86,8 @@ def spec_from_config(cfg: Config) -> ModelSpec:
                          (m.dense_units,) * m.dense_layers, 3, cfg.regularization.dropout,
                          m.cell, (m.hidden_size,) * m.blocks, d.vocab_size if tokens else 0,
                          m.embed_dim if tokens else 0)
-    if m.family == "cnn":
-        return ModelSpec("cnn", in_shape, d.num_classes,
+    if m.family in ("cnn", "conv1d"):
+        return ModelSpec(m.family, in_shape, d.num_classes,
                          tuple(m.channels * 2 ** i for i in range(m.blocks)),
                          (m.dense_units,) * m.dense_layers, m.kernel_size,
                          cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head)
@@ -114,7 +126,12 @@ def _head(n: int, units: tuple[int, ...], num_classes: int, dropout: float) -> n
 class Net(nn.Module):
     """Conv blocks (conv 'valid' -> [BatchNorm] -> ReLU -> max-pool 2), then either the
     flattened features or their global average per channel (``head: gap``), then dense layers
-    with dropout.
+    with dropout. Family ``mlp`` has no conv blocks.
+
+    Family ``conv1d`` is the same network for 1-D signals ``(C, 1, L)``: kernels ``1 x k`` and
+    pooling ``1 x 2`` run along L only. Keeping them ``Conv2d`` of height 1 (the same function
+    as ``Conv1d``) lets weight pruning, quantization, the artifact and ONNX export treat both
+    families alike.
 
     Layers sit in two flat ``nn.Sequential``s so that weight pruning and the artifact can walk
     (conv_i, dense_j) by index."""
@@ -125,10 +142,10 @@ class Net(nn.Module):
         c = spec.in_shape[0]
         convs: list[nn.Module] = []
         for out in spec.conv_channels:
-            convs.append(nn.Conv2d(c, out, spec.kernel_size))
+            convs.append(nn.Conv2d(c, out, spec.conv_kernel))
             if spec.batch_norm:
                 convs.append(nn.BatchNorm2d(out))
-            convs += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            convs += [nn.ReLU(inplace=True), nn.MaxPool2d(spec.pool)]
             c = out
         if spec.head == "gap" and spec.conv_channels:
             convs.append(nn.AdaptiveAvgPool2d(1))  # (B, C, 1, 1): one value per channel

@@ -391,7 +391,7 @@ class TrainingRun:
         run.spec = ModelSpec.from_dict(state["spec"]) if state else spec_from_config(cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         net = build_model(run.spec)
-        run.channels_last = t.channels_last and run.spec.family == "cnn"
+        run.channels_last = t.channels_last and run.spec.family in ("cnn", "conv1d")
         configure_cuda(env.device, t.tf32)
         if state:
             net.load_state_dict(state["model"])
@@ -617,6 +617,13 @@ class TrainingRun:
                                .to(memory_format=torch.contiguous_format).eval())
         return encode(base, self.plan.quant_bits, self.artifact_meta())
 
+    def ort_latency_ms(self, artifact: bytes) -> float:
+        """Batch-1 latency of the artifact exported to ONNX, on ONNX Runtime (one thread):
+        measured only when it is an objective (the export takes a few milliseconds)."""
+        from distopt.export import example_feed, measure_ort_latency_ms, to_onnx
+
+        return measure_ort_latency_ms(to_onnx(decode(artifact)), example_feed(self.spec))
+
     def evaluate(self, artifact: bytes, evaluate_test: bool) -> dict[str, Any]:
         """Metrics of the model decoded from ``artifact`` (never of the in-memory model), on
         the CPU in fp32 as `distopt evaluate` measures them: each rank evaluates whole splits
@@ -632,6 +639,9 @@ class TrainingRun:
         final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), self.spec) \
             if env.rank == 0 else math.nan
         final[M.LATENCY_MS] = _broadcast_float(final[M.LATENCY_MS], env)
+        if any(name == M.ORT_LATENCY_MS for name, _ in self.cfg.search.objectives):
+            final[M.ORT_LATENCY_MS] = _broadcast_float(
+                self.ort_latency_ms(artifact) if env.rank == 0 else math.nan, env)
         _, final[M.TRAIN_ACCURACY] = evaluate(decoded, self.x_probe, self.y_probe, norm, cpu, 512)
         final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
         if evaluate_test and len(splits.x_test):

@@ -103,3 +103,18 @@ def test_token_dropout_rate_and_order():
     dropped = (out[real] == 0).float().mean().item()
     assert 0.15 < dropped < 0.25
     assert torch.equal(out[out != 0], x[out != 0])  # survivors keep their place
+
+
+def test_one_dimensional_signals_shift_along_their_length_only():
+    """A (C, 1, L) signal keeps its values, moved along L; a vertical shift would instead
+    blend its single row with the zero padding and shrink it."""
+    x = torch.zeros(32, 2, 1, 64)
+    x[:, :, :, 28:36] = 1.0  # a pulse, 8 steps wide
+    out = random_affine(x, AugmentConfig(shift=0.1), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # Pixel-aligned shifts keep the pulse's peak at 1; sub-pixel ones split at most one step
+    # between two neighbours, so its total stays 8 (nothing leaks to other rows).
+    torch.testing.assert_close(out.sum(dim=3), torch.full((32, 2, 1), 8.0), atol=1e-4,
+                               rtol=0)
+    centers = (out[:, 0, 0] * torch.arange(64)).sum(1) / out[:, 0, 0].sum(1)
+    assert centers.std() > 1.0  # samples moved by different amounts along L

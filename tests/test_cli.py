@@ -130,3 +130,39 @@ def test_ray_train_trials_are_quiet_and_cost_their_worker_group_start(tmp_path):
     assert all(t[M.OVERHEAD_S] > 2 for t in trials)  # measured 15-19 s here
     assert all((out / "train" / t["trial_id"]).is_dir() for t in trials)
 
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_conv1d_search_on_three_objectives_then_onnx_export_of_its_front(tmp_path):
+    """1-D signals through the whole product: a conv1d search with ONNX Runtime latency as a
+    third objective, then `distopt export`: every front model as ONNX, checked against
+    PyTorch on the whole test set, its bytes in the manifest."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    out = tmp_path / "sig"
+    p = distopt("search", "--config", str(CONFIGS / "signals_conv1d.yaml"), "--output", str(out),
+                "search.time_budget_s=null", "search.num_trials=4", "search.scheduler=fifo",
+                "search.max_concurrent=2", "train.epochs=2", "train.max_steps_per_epoch=15")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    done = [r for r in rows if r["status"] == "COMPLETE"]
+    assert len(done) == 4 and all(r[M.ORT_LATENCY_MS] > 0 for r in done)
+    assert {json.loads(r["config_json"])["model"]["family"] for r in done} == {"conv1d"}
+    front = [r for r in rows if r["pareto"]]
+
+    p = distopt("export", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    manifest = json.loads((out / M.MANIFEST_FILE).read_text())
+    assert len(manifest["models"]) == len(front) >= 1
+    for model in manifest["models"]:
+        onnx_info = model["onnx"]
+        assert onnx_info[M.ONNX_BYTES] == (out / onnx_info["file"]).stat().st_size
+        assert onnx_info["samples"] == 2000 and onnx_info["agreement"] >= 0.999
+        assert abs(onnx_info["test_accuracy_onnxruntime"]
+                   - onnx_info["test_accuracy_pytorch"]) <= 0.0005
+        # The check's PyTorch accuracy is the report's test accuracy of the same file.
+        assert onnx_info["test_accuracy_pytorch"] == pytest.approx(
+            model["metrics"][M.TEST_ACCURACY], abs=1e-9)
+        assert f"{onnx_info[M.ONNX_BYTES]:,}" in p.stdout
+    p = distopt("export", str(out), "--trial", "nope")
+    assert p.returncode == 2 and "--trial: got 'nope'" in p.stderr

@@ -258,3 +258,25 @@ def test_compression_options_that_would_do_nothing_are_rejected():
         load_config(None, ["compress.qat=true", "compress.prune_ratio=0"])
     load_config(None, ["compress.qat=true", "compress.schedule=gradual", "compress.quant_bits=4",
                        "compress.prune_ratio=0.5"])
+
+
+def test_one_dimensional_signals_need_conv1d_with_shape_c_1_l():
+    sig = ["data.name=signals-mini", "data.shape=[3,1,128]", "data.num_classes=6"]
+    cfg = load_config(None, sig + ["model.family=conv1d", "model.blocks=3",
+                                   "model.kernel_size=7", "augment.shift=0.1"])
+    assert cfg.model.family == "conv1d"
+    with pytest.raises(ConfigError) as e:  # 2-D convolutions on a (1, 128) input
+        load_config(None, sig)
+    assert "the 1x128 input shrinks to nothing; for 1-D signals use model.family 'conv1d'" \
+        in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.name=parquet", "data.path=x", "data.shape=[3,128,1]",
+                           "model.family=conv1d"])
+    assert "data.shape: got [3, 128, 1] with model.family 'conv1d'; 1-D signals are " \
+        "[channels, 1, length]" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, sig + ["model.family=conv1d", "augment.rotation=10"])
+    assert "1-D signals take only augment.shift" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.name=signals-mini", "model.family=conv1d"])
+    assert "signals-mini is (3, 1, 128) with 6 classes" in str(e.value)

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from distopt.config import DataConfig, load_config
-from distopt.data import (MNIST_FILES, DataError, fetch_mnist, generate_tokens, load_mini,
-                          load_splits, pad_tokens, parse_idx, read_idx, read_parquet_arrays,
+from distopt.data import (MNIST_FILES, DataError, fetch_mnist, generate_signals,
+                          generate_tokens, load_mini, load_splits, pad_tokens, parse_idx, read_idx, read_parquet_arrays,
                           read_parquet_tokens, shard)
 
 
@@ -535,3 +535,21 @@ def test_bad_parquet_data_exits_2_in_seconds_before_ray_starts(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "data has 1 problem(s)" in p.stderr and "has type string" in p.stderr
     assert p.stdout.split()[0] == "NO_RAY"
+
+
+def test_generated_signals_are_deterministic_balanced_and_need_the_waveform():
+    x, y = generate_signals(3000, seed=0)
+    x2, y2 = generate_signals(3000, seed=0)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert x.shape == (3000, 3, 1, 128) and x.dtype == np.float32 and y.dtype == np.int64
+    assert np.bincount(y, minlength=6).min() > 400
+    # The level carries little: a nearest-centroid rule on per-channel means (what a model
+    # that ignores the waveform could use) stays far below what convolutions reach (~95%).
+    feats = x[:, :, 0].mean(2)
+    centroids = np.stack([feats[y == c].mean(0) for c in range(6)])
+    guess = np.linalg.norm(feats[:, None] - centroids[None], axis=2).argmin(1)
+    assert (guess == y).mean() < 0.5
+    s = load_splits(load_config(None, ["data.name=signals-mini", "data.shape=[3,1,128]",
+                                       "data.num_classes=6", "model.family=conv1d"]).data)
+    assert s.x_train.shape[1:] == (3, 1, 128) and s.scale == 1.0 and not s.tokens
+    assert len(s.x_train) + len(s.x_val) == 6000 and len(s.x_test) == 2000

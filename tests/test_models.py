@@ -122,3 +122,19 @@ def test_folding_batch_norm_is_exact_in_eval_mode():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_conv1d_convolves_and_pools_along_the_length_only():
+    spec = ModelSpec("conv1d", (3, 1, 64), 6, (4, 8), (10,), 5)
+    model = build_model(spec)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(1, 5), (1, 5)]
+    assert spec.conv_out_side() == (1, 13)  # 64 -> 60 -> 30 -> 26 -> 13
+    assert model(torch.zeros(2, 3, 1, 64)).shape == (2, 6)
+    # A time shift of the input by 4 steps (one pooled step of the last block) moves the
+    # last feature map by one column: the features are translation-equivariant along L.
+    x = torch.randn(1, 3, 1, 64)
+    shifted = torch.roll(x, 4, dims=3)
+    with torch.no_grad():
+        a, b = model.features(x), model.features(shifted)
+    torch.testing.assert_close(a[..., :-2], b[..., 1:-1])

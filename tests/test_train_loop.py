@@ -487,3 +487,24 @@ def test_pruning_without_fine_tune_epochs_still_prunes_the_artifact(splits):
     assert [r[M.PHASE] for r in rec.reports] == ["train", "train", "final"]
     final = out["metrics"]
     assert final[M.NONZERO_PARAMS] < 0.21 * final[M.PARAMS] + 300
+
+
+@pytest.mark.slow
+def test_conv1d_learns_the_generated_signals_through_pruning_and_the_artifact():
+    """The 1-D family end to end: trains on signals-mini, is weight-pruned and quantized, and
+    its decoded artifact classifies well above chance (1/6)."""
+    cfg = load_config(None, ["data.name=signals-mini", "data.shape=[3,1,128]",
+                             "data.num_classes=6", "model.family=conv1d", "model.channels=8",
+                             "model.blocks=3", "model.kernel_size=7", "model.dense_units=32",
+                             "train.epochs=3", "train.max_steps_per_epoch=40",
+                             "train.precision=fp32", "augment.shift=0.05",
+                             "compress.prune_ratio=0.5", "compress.finetune_epochs=1",
+                             "compress.quant_bits=8"])
+    splits = load_splits(cfg.data)
+    out = fit(cfg, WorkerEnv(), Recorder(), splits=splits, evaluate_test=True)
+    final = out["metrics"]
+    assert final[M.VAL_ACCURACY] > 0.5 and final[M.TEST_ACCURACY] > 0.5  # 3x chance
+    assert final[M.NONZERO_PARAMS] < 0.6 * final[M.PARAMS]
+    from distopt.compress import decode
+
+    assert decode(out["artifact"]).model.spec.family == "conv1d"

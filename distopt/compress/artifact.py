@@ -22,7 +22,7 @@ import lzma
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -121,9 +121,15 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes
 
 @dataclass(frozen=True)
 class Decoded:
+    """A decoded artifact: the model (weights = codes x scales, exactly as stored), the file's
+    meta and tensor entries, and, for every quantized weight, its integer codes (the tensor's
+    shape) and float32 scales (one per row, or per column for ``axis`` 1), which exporters
+    need to write the same numbers in another format."""
+
     model: Model
     meta: dict[str, Any]
     tensors: list[dict[str, Any]]
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 # Bounds of what a file may ask the decoder to build. Every model distopt encodes is within
@@ -139,7 +145,7 @@ def _spec_problem(d: Any) -> str | None:
     is built, so that a crafted spec never allocates memory."""
     if not isinstance(d, dict):
         return "spec is not an object"
-    for key, allowed, default in (("family", ("cnn", "mlp", "rnn"), None),
+    for key, allowed, default in (("family", ("cnn", "conv1d", "mlp", "rnn"), None),
                                   ("cell", tuple(GATES), "rnn"), ("head", ("flatten", "gap"),
                                                                   "flatten")):
         v = d.get(key, default)
@@ -170,10 +176,14 @@ def _spec_problem(d: Any) -> str | None:
         return f"spec.in_shape {lists['in_shape']} does not fit family {d['family']!r}"
     if tokens and not d.get("embed_dim"):
         return "spec.embed_dim must be >= 1 with a vocabulary"
-    if d["family"] == "cnn" and lists["conv_channels"]:
+    if d["family"] == "conv1d" and lists["in_shape"][1] != 1:
+        return f"spec.in_shape {lists['in_shape']}: a conv1d model takes (C, 1, L)"
+    if d["family"] in ("cnn", "conv1d") and lists["conv_channels"]:
         h, w = lists["in_shape"][1:]
+        kh = 1 if d["family"] == "conv1d" else d["kernel_size"]
+        ph = 1 if d["family"] == "conv1d" else 2
         for _ in lists["conv_channels"]:
-            h, w = (h - d["kernel_size"] + 1) // 2, (w - d["kernel_size"] + 1) // 2
+            h, w = (h - kh + 1) // ph, (w - d["kernel_size"] + 1) // 2
         if min(h, w) < 1:
             return "spec's convolutions shrink the input to nothing"
     if d["family"] == "rnn" and not lists["rnn_units"]:
@@ -322,6 +332,7 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
         raise ArtifactError(f"{source}: body decompresses to more than its tensors need")
     reader = _Reader(memoryview(raw)[4 + hlen:], source)
     state = {}
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for e in header["tensors"]:
         shape, bits = tuple(e["shape"]), e["bits"]
         n = math.prod(shape)
@@ -346,6 +357,7 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
             with np.errstate(over="ignore", invalid="ignore"):  # crafted scales may overflow
                 values = (dense_q.reshape(shape) * scale[None, :] if axis == 1 else
                           dense_q.reshape(rows, -1) * scale[:, None]).ravel()
+            codes[e["name"]] = (dense_q.reshape(shape).astype(np.int32), scale.copy())
         state[e["name"]] = torch.from_numpy(values.reshape(shape).copy())
     if reader.pos != len(reader.buf):
         raise ArtifactError(f"{source}: {len(reader.buf) - reader.pos} bytes of payload follow "
@@ -353,7 +365,7 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
     model = build_model(ModelSpec.from_dict(header["spec"]))
     model.load_state_dict(state)
     model.eval()
-    return Decoded(model, header.get("meta", {}), header["tensors"])
+    return Decoded(model, header.get("meta", {}), header["tensors"], codes)
 
 
 def size_report(model: nn.Module, artifact: bytes) -> dict[str, float]:

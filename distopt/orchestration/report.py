@@ -35,7 +35,7 @@ __all__ = ["collect", "write_report", "verdict", "hypervolume_curve", "load_tria
 TRIALS = "trials.parquet"
 FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
                  M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
-                 M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s")
+                 M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s")
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
 OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
 UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
@@ -261,7 +261,8 @@ def write_report(output: Path) -> dict[str, Any]:
 
     with open(output / "pareto.csv", "w", newline="") as f:
         cols = ["trial_id", M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES, M.COMPRESSION_RATIO,
-                M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.TRAIN_ACCURACY, "artifact"] + \
+                M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
+                "artifact"] + \
             [f"param.{k}" for k in keys]
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -272,6 +273,8 @@ def write_report(output: Path) -> dict[str, Any]:
     _plot_hv(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
     failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED)]
+    # Objectives beyond accuracy and bytes (latency, non-zero parameters) get a column too.
+    extra = [n for n, _ in cfg.search.objectives if n not in (M.VAL_ACCURACY, M.SIZE_BYTES)]
     stopped = sum(r["status"] == STOPPED for r in rows)
     complete = len(rows) - len(failed) - stopped
     lines = [f"# {cfg.name}: Pareto front", "",
@@ -283,13 +286,15 @@ def write_report(output: Path) -> dict[str, Any]:
              "Accuracies are those of the models decoded from their artifacts; test accuracy is "
              "evaluated once, after the search, on the front only.", "",
              "| trial | " + " | ".join(keys) + " | val acc | test acc | bytes | compression | "
-             "fit |", "|---" * (len(keys) + 6) + "|"]
+             + "".join(f"{n} | " for n in extra) + "fit |",
+             "|---" * (len(keys) + len(extra) + 6) + "|"]
     for r in front:
         vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
         lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
                      f"{r[M.TEST_ACCURACY]:.4f} | {int(r[M.SIZE_BYTES]):,} | "
                      f"{r[M.COMPRESSION_RATIO]:.1f}x | "
-                     f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
+                     + "".join(f"{_cell(r.get(n))} | " for n in extra)
+                     + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
     if failed:
         lines += ["", "## Failed trials", "", "| trial | error |", "|---|---|"]
         lines += [f"| {r['trial_id']} | {r['error'].replace('|', '/')} |" for r in failed]
@@ -307,10 +312,11 @@ def write_report(output: Path) -> dict[str, Any]:
             "data_digest": _artifact_digest(output / r["artifact"]),
             "metrics": {k: r[k] for k in (M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
                                           M.COMPRESSION_RATIO, M.PARAMS, M.NONZERO_PARAMS,
-                                          M.LATENCY_MS, M.TRAIN_ACCURACY)},
+                                          M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY)
+                        if k in r},
         } for r in front],
     }
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    (output / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
     return {"trials": len(rows), "failed": len(failed), "front": len(front),
             "hypervolume": ys[-1] if ys else 0.0}
 

@@ -1,0 +1,366 @@
+"""ONNX export of ``.dopt`` artifacts: the same numbers, in the format deployment runtimes read.
+
+The graph is built from the *decoded* artifact, so ONNX Runtime computes what every reported
+accuracy measured, and it takes inputs as the dataset stores them: the artifact's input
+normalization (``x * scale - mean) / std``) is the graph's first nodes. Weights:
+
+* 8-bit and 4-bit weights are ``int8`` initializers (4-bit codes lie in [-7, 7], one per
+  byte) followed by a per-channel ``DequantizeLinear`` (zero point 0; axis 0 = the output
+  channel of conv and dense weights, kept in PyTorch's ``(out, in)`` layout with ``Gemm``
+  ``transB=1`` so that the axis never needs transposing; axis 1 for embedding columns and for
+  recurrent weights, whose ONNX shape is ``(1, gates * hidden, in)``). ONNX Runtime dequantizes
+  to exactly ``code * scale`` in float32, the value the ``.dopt`` decoder builds.
+* 16-bit and 32-bit weights, and all biases, are float32 initializers (16-bit values are the
+  dequantized ``code * scale``: ``DequantizeLinear`` reads int16 only from opset 21, which
+  many runtimes lack).
+* Pruned zeros are zero codes: they stay zeros (ONNX has no sparse storage, so the ``.onnx``
+  file keeps every weight; its bytes are reported beside the ``.dopt`` bytes).
+
+Recurrent layers become ONNX ``RNN``/``GRU``/``LSTM`` nodes, time-major, with PyTorch's gate
+blocks reordered to ONNX's (LSTM ``ifgo`` -> ``iofc``; GRU ``rzn`` -> ``zrh`` with
+``linear_before_reset=1``). Nothing here imports Ray; ``onnx`` is the optional extra
+``distopt[onnx]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from distopt import metrics as M
+from distopt.compress import ArtifactError, Decoded
+from distopt.models import ModelSpec, Net, RecurrentNet
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+
+__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "META_KEY", "ExportError", "example_feed",
+           "export_results", "measure_ort_latency_ms", "parity", "predict", "require_onnx",
+           "session", "to_onnx"]
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+META_KEY = "distopt"  # metadata_props key holding the artifact's meta (input norm, ...) as JSON
+EXTRA_HINT = "pip install 'distopt[onnx]'"
+
+# Row blocks of PyTorch's recurrent weights, in the order ONNX wants them.
+_GATE_ORDER = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}
+_CELL_OP = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+
+
+def require_onnx(runtime: bool = False) -> None:
+    """Raise ImportError naming the extra to install when ``onnx`` (and, with ``runtime``,
+    ``onnxruntime``) is missing."""
+    for module, needed in (("onnx", True), ("onnxruntime", runtime)):
+        try:
+            if needed:
+                __import__(module)
+        except ImportError:
+            raise ImportError(f"the {module} package is not installed: {EXTRA_HINT}") from None
+
+
+class _Graph:
+    """Nodes and initializers of one graph, with fresh value names."""
+
+    def __init__(self, decoded: Decoded) -> None:
+        from onnx import helper
+
+        self.helper = helper
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.bits = {e["name"]: e["bits"] for e in decoded.tensors}
+        # The quantization axis the artifact records: 1 for embedding columns, else 0 (rows).
+        self.axes = {e["name"]: int(e.get("axis", 0)) for e in decoded.tensors}
+        self.codes = decoded.codes
+        self.n = 0
+
+    def fresh(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}_{self.n}"
+
+    def node(self, op: str, inputs: list[str], hint: str | None = None, outputs: int = 1,
+             **attrs: Any) -> list[str]:
+        outs = [self.fresh(hint or op.lower()) for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op, inputs, outs, name=outs[0], **attrs))
+        return outs
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh(name)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def weight(self, param: str, value: np.ndarray, rows: list[int] | None = None,
+               shape: tuple[int, ...] | None = None) -> str:
+        """A weight as stored: int8 codes + DequantizeLinear for 8/4 bits, else float32.
+
+        ``rows`` reorders (gate blocks of) the quantized axis; ``shape`` reshapes the codes
+        around it (recurrent weights get a leading direction axis, so their axis becomes 1)."""
+        bits = self.bits.get(param, 32)
+        codes = self.codes.get(param)
+        if bits in (8, 4) and codes is not None:
+            q, scale = codes
+            axis = self.axes.get(param, 0)
+            if rows is not None:
+                q, scale = q[rows], scale[rows]
+            q = q.astype(np.int8)
+            if shape is not None:
+                q, axis = q.reshape(shape), axis + 1
+            qn = self.const(f"{param}_q", q)
+            sn = self.const(f"{param}_scale", scale.astype(np.float32))
+            zn = self.const(f"{param}_zero", np.zeros(scale.shape, np.int8))
+            return self.node("DequantizeLinear", [qn, sn, zn], f"{param}_dq", axis=axis)[0]
+        w = value[rows] if rows is not None else value
+        w = w.reshape(shape) if shape is not None else w
+        return self.const(param, w.astype(np.float32))
+
+
+def _float(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+def _normalize(g: _Graph, x: str, meta: dict[str, Any]) -> str:
+    norm = meta.get("input")
+    if not isinstance(norm, dict):
+        raise ArtifactError("the artifact records no input normalization, so the exported "
+                            "graph could not take raw inputs")
+    if norm.get("tokens"):
+        return x
+    x = g.node("Mul", [x, g.const("input_scale", np.float32(norm["scale"]))], "scaled")[0]
+    x = g.node("Sub", [x, g.const("input_mean", np.float32(norm["mean"]))], "centered")[0]
+    return g.node("Div", [x, g.const("input_std", np.float32(norm["std"]))], "standardized")[0]
+
+
+def _head(g: _Graph, x: str, head: nn.Sequential, prefix: str) -> str:
+    for i, m in enumerate(head):
+        name = f"{prefix}.{i}"
+        if isinstance(m, nn.Flatten):
+            x = g.node("Flatten", [x], "flat", axis=1)[0]
+        elif isinstance(m, nn.Linear):
+            w = g.weight(f"{name}.weight", _float(m.weight))
+            b = g.const(f"{name}.bias", _float(m.bias))
+            x = g.node("Gemm", [x, w, b], f"{name}.gemm", transB=1)[0]
+        elif isinstance(m, nn.ReLU):
+            x = g.node("Relu", [x])[0]
+        elif not isinstance(m, nn.Dropout):  # dropout is the identity at inference
+            raise TypeError(f"cannot export {type(m).__name__} ({name})")
+    return x
+
+
+def _net(g: _Graph, x: str, model: Net) -> str:
+    for i, m in enumerate(model.features):
+        name = f"features.{i}"
+        if isinstance(m, nn.Conv2d):
+            w = g.weight(f"{name}.weight", _float(m.weight))
+            b = g.const(f"{name}.bias", _float(m.bias))
+            x = g.node("Conv", [x, w, b], f"{name}.conv", kernel_shape=list(m.kernel_size),
+                       strides=[1, 1], pads=[0, 0, 0, 0])[0]
+        elif isinstance(m, nn.ReLU):
+            x = g.node("Relu", [x])[0]
+        elif isinstance(m, nn.MaxPool2d):
+            k = list(m.kernel_size) if isinstance(m.kernel_size, tuple) else [m.kernel_size] * 2
+            x = g.node("MaxPool", [x], "pool", kernel_shape=k, strides=k)[0]
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            x = g.node("GlobalAveragePool", [x], "gap")[0]
+        else:
+            raise TypeError(f"cannot export {type(m).__name__} ({name}); fold BatchNorm first")
+    return _head(g, x, model.classifier, "classifier")
+
+
+def _recurrent(g: _Graph, x: str, model: RecurrentNet) -> str:
+    spec = model.spec
+    if model.embedding is not None:
+        table = g.weight("embedding.weight", _float(model.embedding.weight))
+        ids = g.node("Cast", [x], "ids", to=7)[0]  # int64
+        h = g.node("Gather", [table, ids], "embedded", axis=0)[0]  # (B, L, E)
+        seq = g.node("Transpose", [h], "time_major", perm=[1, 0, 2])[0]  # (L, B, E)
+    else:
+        c, rows, w = spec.in_shape
+        t = g.node("Transpose", [x], "rows", perm=[2, 0, 1, 3])[0]  # (H, B, C, W)
+        seq = g.node("Reshape", [t, g.const("seq_shape", np.array([rows, -1, c * w], np.int64))],
+                     "time_major")[0]
+    gates = _GATE_ORDER[spec.cell]
+    last = ""
+    for i, layer in enumerate(model.recurrent):
+        units = layer.hidden_size
+        order = [blk * units + j for blk in gates for j in range(units)]
+        p = f"recurrent.{i}"
+        n_in = layer.input_size
+        w = g.weight(f"{p}.weight_ih_l0", _float(layer.weight_ih_l0), order,
+                     (1, len(gates) * units, n_in))
+        r = g.weight(f"{p}.weight_hh_l0", _float(layer.weight_hh_l0), order,
+                     (1, len(gates) * units, units))
+        bias = np.concatenate([_float(layer.bias_ih_l0)[order], _float(layer.bias_hh_l0)[order]])
+        b = g.const(f"{p}.bias", bias[None])
+        attrs: dict[str, Any] = {"hidden_size": units}
+        if spec.cell == "gru":
+            attrs["linear_before_reset"] = 1
+        y, y_h = g.node(_CELL_OP[spec.cell], [seq, w, r, b], f"{p}.{spec.cell}",
+                        outputs=3 if spec.cell == "lstm" else 2, **attrs)[:2]
+        # Y: (L, 1, B, H) -> the next layer's (L, B, H); Y_h: (1, B, H) -> the last step.
+        seq = g.node("Squeeze", [y, g.const("axis1", np.array([1], np.int64))], "seq")[0]
+        last = y_h
+    h = g.node("Squeeze", [last, g.const("axis0", np.array([0], np.int64))], "last_step")[0]
+    return _head(g, h, model.classifier, "classifier")
+
+
+def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
+    """The ONNX model (serialized ``ModelProto``) of a decoded artifact: raw inputs in
+    (``float32`` values as the dataset stores them, or ``int64`` token ids), logits out,
+    batch size dynamic. The artifact's meta is kept as JSON in the model's metadata."""
+    require_onnx()
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = decoded.model.eval()
+    spec = model.spec
+    g = _Graph(decoded)
+    in_type = TensorProto.INT64 if spec.tokens else TensorProto.FLOAT
+    x = _normalize(g, INPUT_NAME, decoded.meta)
+    out = _recurrent(g, x, model) if isinstance(model, RecurrentNet) else _net(g, x, model)
+    g.nodes.append(helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
+    graph = helper.make_graph(
+        g.nodes, f"distopt_{spec.family}",
+        [helper.make_tensor_value_info(INPUT_NAME, in_type, ["batch", *spec.in_shape])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT,
+                                       ["batch", spec.num_classes])],
+        g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="distopt")
+    proto.ir_version = 8  # what opset 17 needs; readable by every ONNX Runtime since 1.10
+    helper.set_model_props(proto, {META_KEY: json.dumps(decoded.meta, separators=(",", ":"))})
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:  # a bug here, not in the user's file
+        raise RuntimeError(f"{source}: the exported ONNX graph is invalid: {e}") from e
+    return proto.SerializeToString()
+
+
+def session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session with the default (full) graph optimizations; ``threads``
+    caps its intra-op threads (1 for latency measurements)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError(f"ONNX Runtime is needed: {EXTRA_HINT}") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: the console stays distopt's
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def measure_ort_latency_ms(onnx_bytes: bytes, example: np.ndarray, runs: int = 50) -> float:
+    """Median batch-1 latency on ONNX Runtime, one thread, after 10 warm-up runs: what
+    :func:`distopt.train_loop.measure_latency_ms` measures for PyTorch."""
+    sess = session(onnx_bytes, threads=1)
+    feed = {INPUT_NAME: example}
+    for _ in range(10):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def example_feed(spec: ModelSpec, batch: int = 1) -> np.ndarray:
+    """A zero input batch as the exported graph takes it (float32 values or int64 ids)."""
+    return np.zeros((batch, *spec.in_shape), np.int64 if spec.tokens else np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# A search's front, exported and checked against PyTorch
+# --------------------------------------------------------------------------------------------
+
+
+def predict(model: Callable[[np.ndarray], Any], x: np.ndarray, batch: int = 1024
+            ) -> np.ndarray:
+    """Logits of ``model`` over ``x`` in batches, as a float32 array."""
+    outs = [np.asarray(model(x[s:s + batch]), np.float32) for s in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def parity(decoded: Decoded, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray
+           ) -> dict[str, float]:
+    """ONNX Runtime against the decoded PyTorch model on ``(x, y)`` (raw inputs, as stored):
+    both accuracies, the fraction of identical predictions, the largest logit difference, and
+    batch-1 one-thread latency in both runtimes, measured side by side."""
+    import torch
+
+    from distopt.train_loop import InputNorm, measure_latency_ms
+
+    norm = InputNorm.from_meta(decoded.meta["input"])
+    model = decoded.model.eval()
+    with torch.inference_mode():
+        ref = predict(lambda b: model(norm(torch.from_numpy(b))).numpy(), x)
+    sess = session(onnx_bytes)
+    dtype = np.int64 if decoded.model.spec.tokens else np.float32
+    got = predict(lambda b: sess.run(None, {INPUT_NAME: b.astype(dtype)})[0], x)
+    spec = decoded.model.spec
+    return {
+        "test_accuracy_pytorch": float((ref.argmax(1) == y).mean()),
+        "test_accuracy_onnxruntime": float((got.argmax(1) == y).mean()),
+        "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(ref - got).max()) if len(x) else 0.0,
+        "samples": int(len(y)),
+        M.LATENCY_MS: measure_latency_ms(model, spec),
+        M.ORT_LATENCY_MS: measure_ort_latency_ms(onnx_bytes, example_feed(spec)),
+    }
+
+
+def export_results(output: Path, trial: str | None = None, verify: bool = True
+                   ) -> list[dict[str, Any]]:
+    """Export the front of the search in ``output`` (or one ``trial`` of it) as
+    ``onnx/<trial_id>.onnx``; with ``verify``, check each against PyTorch on the whole test
+    set (:func:`parity`). Records every file's bytes (and the check) under ``"onnx"`` in the
+    manifest's model entries, and returns those entries.
+
+    Raises :class:`ExportError` for a directory without a search's manifest or an unknown
+    trial, before anything is exported."""
+    from distopt.compress import decode
+    from distopt.config import load_config
+    from distopt.data import load_splits
+
+    path = output / M.MANIFEST_FILE
+    if not path.exists():
+        raise ExportError(f"{output}: no {M.MANIFEST_FILE}; is it a search's output (or run "
+                          "`distopt report` on it first)?")
+    manifest = json.loads(path.read_text())
+    entries = manifest.get("models", [])
+    if trial is not None:
+        entries = [e for e in entries if e["trial_id"] == trial]
+        if not entries:
+            ids = ", ".join(e["trial_id"] for e in manifest.get("models", [])) or "none"
+            raise ExportError(f"--trial: got {trial!r}; the front of {output} holds {ids}")
+    splits = load_splits(load_config(output / "config.yaml").data) if verify and entries \
+        else None
+    (output / M.ONNX_DIR).mkdir(exist_ok=True)
+    for entry in entries:
+        source = output / entry["file"]
+        decoded = decode(source.read_bytes(), str(source))
+        onnx_bytes = to_onnx(decoded, str(source))
+        target = output / M.ONNX_DIR / f"{entry['trial_id']}.onnx"
+        target.write_bytes(onnx_bytes)
+        info: dict[str, Any] = {"file": str(target.relative_to(output)), "opset": OPSET,
+                                M.ONNX_BYTES: len(onnx_bytes)}
+        if splits is not None:
+            info.update(parity(decoded, onnx_bytes, splits.x_test, splits.y_test))
+        entry["onnx"] = info
+    path.write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    return entries
+
+
+class ExportError(ValueError):
+    """The export cannot start: no search results there, or no such trial on the front."""

@@ -111,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "Resume with:\n  %s", str(e) or "SIGINT", out / "ray",
                  _resume_command(args, out))
         return EXIT_INTERRUPTED
-    (out / "model.dopt").write_bytes(result.artifact)
+    (out / M.ARTIFACT_FILE).write_bytes(result.artifact)
     m = dict(result.metrics)
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float) + "\n")
     (out / "history.json").write_text(json.dumps(result.history, indent=2, default=float) + "\n")
@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         m.get(M.TEST_ACCURACY, float("nan")), "size", f"{m[M.SIZE_BYTES]:,}",
         m[M.COMPRESSION_RATIO], f"{m[M.DENSE_FP32_BYTES]:,}", "params",
         f"{m[M.NONZERO_PARAMS]:,}", f"{m[M.PARAMS]:,}", "latency", m[M.LATENCY_MS],
-        "artifact", out / "model.dopt", "metrics", out / "metrics.json")
+        "artifact", out / M.ARTIFACT_FILE, "metrics", out / "metrics.json")
     return 0
 
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 import math
 import os
+import random
 import re
 import types
 import typing
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence, Union
@@ -287,6 +290,10 @@ class SearchConfig:
                                "when the study opens; a literal one is redacted in results")
     trial_overrides: dict[str, Any] = _opt({}, doc="dotted key -> value every trial uses "
                                             "instead of the sections above (e.g. fewer epochs)")
+    children: int = _opt(0, _range(0, 64), "train once, compress many: each trial that "
+                         "finishes dense training also compresses its dense model with this "
+                         "many other values of the space's compress.* keys (drawn at random), "
+                         "each a trial of its own in the results and the study")
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,34 @@ class Config:
         if t.executor == "auto":
             return t.num_workers == 1 and not t.use_gpu
         return t.executor == "trial_actor"
+
+    def child_configs(self) -> list[tuple[dict[str, Any], Config]]:
+        """The compression settings a search trial of this config forks from its dense model
+        (``search.children``): that many value sets of the space's ``compress.*`` keys, drawn
+        uniformly from their ranges and choices, none equal to this config's own or to each
+        other, each with its validated config (draws that make the config invalid, such as
+        QAT at 32 bits, are skipped). Seeded by ``search.seed`` and this config, so every rank
+        and every restart of a trial draws the same; the one place children are decided."""
+        keys = [k for k in self.search.space if k.startswith("compress.")]
+        if not self.search.children or not keys:
+            return []
+        raw = self.to_dict()
+        own = {k: _get_dotted(raw, k) for k in keys}
+        digest = zlib.crc32(json.dumps(raw, sort_keys=True, default=str).encode())
+        rng = random.Random(self.search.seed * 1_000_003 + digest)
+        seen, out = {repr(sorted(own.items()))}, []
+        for _ in range(20 * self.search.children):
+            if len(out) == self.search.children:
+                break
+            values = {k: _draw(self.search.space[k], field_info(k)[0], rng) for k in keys}
+            if repr(sorted(values.items())) in seen:
+                continue
+            seen.add(repr(sorted(values.items())))
+            try:
+                out.append((values, self.with_overrides(values)))
+            except ConfigError:
+                continue
+        return out
 
     def trial_config(self) -> Config:
         """The config every search trial starts from: this one with ``search.trial_overrides``."""
@@ -700,6 +735,11 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
             problems.append(f"search.grace_epochs: got {cfg.search.grace_epochs} with "
                             f"{epochs} dense epochs per trial; mo_asha needs a rung before the "
                             "last dense epoch (grace_epochs < train.epochs)")
+    if ok("search.children", "search.space") and cfg.search.children and \
+            not any(k.startswith("compress.") for k in cfg.search.space):
+        problems.append(f"search.children: got {cfg.search.children} with no compress.* key in "
+                        "search.space; children differ from their trial only in compress.* "
+                        "values drawn from the space")
     if ok("search.num_trials", "search.time_budget_s") and cfg.search.num_trials is None \
             and cfg.search.time_budget_s is None:
         problems.append("search.num_trials: got None with time_budget_s None; a search needs "
@@ -760,6 +800,29 @@ def _build(raw: Mapping[str, Any], source: str, check_paths: bool = False) -> Co
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _get_dotted(raw: Mapping[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _draw(spec: Mapping[str, Any], kind: Any, rng: random.Random) -> Any:
+    """One value of a validated ``search.space`` entry, uniformly over its range or choices
+    (log-uniform with ``log``, on the grid with ``step``): what Optuna's distributions of the
+    same entry contain (:mod:`distopt.space`)."""
+    if "choices" in spec:
+        return rng.choice(list(spec["choices"]))
+    low, high, step = spec["low"], spec["high"], spec.get("step")
+    if step:
+        value = low + step * rng.randint(0, int(math.floor((high - low) / step + 1e-9)))
+        return int(value) if kind is int else float(value)
+    if spec.get("log"):
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        return min(max(int(round(value)), int(low)), int(high)) if kind is int else value
+    return rng.randint(int(low), int(high)) if kind is int else rng.uniform(low, high)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:

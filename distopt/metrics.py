@@ -43,8 +43,15 @@ EARLY_STOPPED = "early_stopped"  # dense training ended on a validation plateau
 EXPECTED_SIZE_BYTES = "expected_size_bytes"
 
 # Files of an experiment directory that more than one module reads or writes.
+ARTIFACT_FILE = "model.dopt"  # a trial's artifact, in its final checkpoint
+CHILD_ARTIFACT = "child_{index}.dopt"  # its children's (search.children), beside it
 MANIFEST_FILE = "manifest.json"  # the front's models, their configs and metrics
 ONNX_DIR = "onnx"  # distopt export: <trial_id>.onnx per front model
+
+# Train once, compress many: a trial's final result lists its children (JSON); their rows in
+# trials.parquet name the trial they forked from.
+CHILDREN = "children"
+PARENT_ID = "parent_id"
 
 # Per-trial timing, from the driver (trials.parquet).
 TRIAL_WALL_S = "trial_wall_s"  # Tune's trial start (its actor up) to its last result

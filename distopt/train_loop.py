@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -380,6 +381,12 @@ class TrainingRun:
         self.next_epoch = 0
         self.last: dict[str, Any] = {}
         self.ckpt: dict[str, Any] | None = None
+        # The dense model's spec and weights after dense training, kept when children fork
+        # from them (:meth:`fork`); its last dense epoch's metrics.
+        self.keep_dense = False
+        self.dense_spec: ModelSpec | None = None
+        self.dense_state: dict[str, torch.Tensor] | None = None
+        self.dense_last: dict[str, Any] = {}
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -436,6 +443,9 @@ class TrainingRun:
             :max(1, min(n_train, len(splits.x_val), TRAIN_PROBE_MAX))])
         run.x_probe, run.y_probe = splits.x_train[probe], splits.y_train[probe]
         run.ckpt = state if env.rank == 0 else None
+        if state and state.get("dense_model"):
+            run.dense_state = state["dense_model"]
+            run.dense_spec = ModelSpec.from_dict(state["dense_spec"])
         return run
 
     def _choose_precision(self, net: nn.Module) -> tuple[str, str]:
@@ -484,6 +494,11 @@ class TrainingRun:
                          self.cfg.train.epochs)
                 self.dense_epochs = epoch + 1
             self._report_epoch(epoch, metrics)
+        if self.keep_dense and self.dense_state is None:
+            base = _unwrap(self.model)
+            self.dense_spec = base.spec
+            self.dense_state = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
+            self.dense_last = dict(self.last)
 
     # ---- weight pruning ----------------------------------------------------------------------
 
@@ -503,6 +518,37 @@ class TrainingRun:
         if not self.plan.gradual:
             return self.plan.prune_ratio
         return gradual_ratio(self.plan.prune_ratio, k, max(self.plan.finetune_epochs, 1))
+
+    def compress(self) -> None:
+        """Weight pruning and the fine-tune epochs, if the plan prunes (a run resumed inside
+        fine-tuning is pruned already)."""
+        if self.plan.prunes:
+            if not self.finetuning:
+                self.prune()
+            self.fine_tune()
+
+    def fork(self, cfg: Config) -> TrainingRun:
+        """Train once, compress many: a run of ``cfg``'s compression plan from this run's
+        dense weights, which continues at the first fine-tune epoch as a run of that plan
+        from scratch would (same epoch numbers, so the same seeded batches, augmentation and
+        dropout; a fresh fine-tune optimizer), so its artifact is the one that run would
+        export. It shares this run's data, normalization and precision and reports nothing
+        per epoch (its result is its parent's to report)."""
+        assert self.dense_state is not None and self.dense_spec is not None
+        child = copy.copy(self)
+        child.cfg, child.plan = cfg, cfg.compression_plan
+        child.report = lambda metrics, state, files=None: None
+        torch.manual_seed(cfg.train.seed)
+        net = build_model(self.dense_spec)
+        net.load_state_dict(self.dense_state)
+        child.model = _wrap(net, self.env, self.channels_last)
+        child.masks, child.finetuning, child.ckpt = None, False, None
+        child.next_epoch = self.dense_epochs
+        child.last = dict(self.dense_last)
+        child.keep_dense = False
+        child.t_start, child.started_at = time.perf_counter(), time.time()
+        child._new_optimizer()
+        return child
 
     # ---- fine-tuning -------------------------------------------------------------------------
 
@@ -600,7 +646,10 @@ class TrainingRun:
                 "scheduler": self.sched.state_dict() if self.sched else None,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "masks": {k: v.bool().cpu() for k, v in self.masks.items()}
-                if self.masks else None}
+                if self.masks else None,
+                # Children fork from the dense weights: a fine-tune checkpoint keeps them.
+                "dense_model": self.dense_state if self.finetuning else None,
+                "dense_spec": self.dense_spec.to_dict() if self.dense_spec else None}
         self.last = metrics
         self.next_epoch = epoch + 1
         self.report(metrics, self.ckpt)
@@ -660,24 +709,48 @@ class TrainingRun:
 
 
 def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
-        evaluate_test: bool = False, splits: Splits | None = None) -> dict[str, Any]:
+        evaluate_test: bool = False, splits: Splits | None = None,
+        children: Sequence[tuple[dict[str, Any], Config]] = ()) -> dict[str, Any]:
     """Train, weight-prune, fine-tune, export and evaluate one configuration: the phases of
     :class:`TrainingRun`, in order, each resuming where ``state`` (a checkpoint) left off.
 
-    Reports after every epoch (with a checkpoint ``state`` on rank 0) and once more at the end
-    with the decoded artifact's metrics (phase ``final``). Returns ``{"metrics": ...,
-    "artifact": bytes}`` (the same on every rank)."""
+    ``children`` (``(values, config)`` pairs: :meth:`Config.child_configs`) are compressed
+    from the same dense weights after the run's own artifact (:meth:`TrainingRun.fork`): the
+    dense model is trained once. Reports after every epoch (with a checkpoint ``state`` on
+    rank 0) and once more at the end with the decoded artifact's metrics (phase ``final``),
+    whose ``children`` key holds every child's values, metrics and file (``child_<i>.dopt``,
+    reported beside ``model.dopt``); ``train_seconds`` then covers the children too. Returns
+    ``{"metrics": ..., "artifact": bytes, "children": [...]}`` (the same on every rank)."""
     splits = splits if splits is not None else load_splits(cfg.data)
     run = TrainingRun.start(cfg, env, report, splits, state)
+    run.keep_dense = bool(children)
     run.train_dense()
-    if run.plan.prunes:
-        if not run.finetuning:
-            run.prune()
-        run.fine_tune()
+    run.compress()
     artifact = run.export()
     final = run.evaluate(artifact, evaluate_test)
-    report(final, run.ckpt, {"model.dopt": artifact} if env.rank == 0 else None)
-    return {"metrics": final, "artifact": artifact}
+    files = {M.ARTIFACT_FILE: artifact}
+    records: list[dict[str, Any]] = []
+    if children and run.dense_state is None:
+        log.warning("resumed from a checkpoint without the dense weights: no children")
+    elif children:
+        for i, (values, child_cfg) in enumerate(children):
+            child = run.fork(child_cfg)
+            child.compress()
+            child_artifact = child.export()
+            metrics = child.evaluate(child_artifact, evaluate_test)
+            files[child_file(i)] = child_artifact
+            records.append({"params": values, "file": child_file(i), "metrics": {
+                k: v for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "started_at"}})
+        final[M.CHILDREN] = json.dumps(records, default=float)
+        final[M.TRAIN_SECONDS] = time.perf_counter() - run.t_start
+    report(final, run.ckpt, files if env.rank == 0 else None)
+    return {"metrics": final, "artifact": artifact, "children": records}
+
+
+def child_file(i: int) -> str:
+    """The artifact file of a trial's i-th child, beside its ``model.dopt``."""
+    return M.CHILD_ARTIFACT.format(index=i)
 
 
 def _broadcast_float(value: float, env: WorkerEnv) -> float:

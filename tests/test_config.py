@@ -280,3 +280,30 @@ def test_one_dimensional_signals_need_conv1d_with_shape_c_1_l():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.name=signals-mini", "model.family=conv1d"])
     assert "signals-mini is (3, 1, 128) with 6 classes" in str(e.value)
+
+
+def test_children_are_distinct_seeded_draws_of_the_compress_keys_only():
+    space = ("search.space={compress.prune_ratio: {low: 0.0, high: 0.9, step: 0.1}, "
+             "compress.quant_bits: {choices: [4, 8, 32]}, compress.qat: {choices: [true, false]}, "
+             "model.channels: {choices: [4, 8]}}")
+    cfg = load_config(None, [space, "search.children=6", "compress.finetune_epochs=1"])
+    children = cfg.child_configs()
+    assert children == cfg.child_configs()  # the same on every rank and restart
+    assert len(children) == 6
+    seen = {(cfg.compress.prune_ratio, cfg.compress.quant_bits, cfg.compress.qat)}
+    for values, child in children:
+        assert set(values) == {"compress.prune_ratio", "compress.quant_bits", "compress.qat"}
+        key = (child.compress.prune_ratio, child.compress.quant_bits, child.compress.qat)
+        assert key not in seen
+        seen.add(key)
+        assert child.compress.quant_bits in (4, 8, 32)
+        assert round(child.compress.prune_ratio * 10, 6) == round(child.compress.prune_ratio * 10)
+        # Draws QAT cannot run (32 bits, or no fine-tune without pruning) were skipped.
+        assert not child.compress.qat or (child.compress.quant_bits < 32 and
+                                          child.compress.prune_ratio > 0)
+        assert child.model == cfg.model and child.train == cfg.train
+    other = load_config(None, [space, "search.children=6", "search.seed=1"]).child_configs()
+    assert [v for v, _ in other] != [v for v, _ in children]
+    with pytest.raises(ConfigError, match="search.children: got 2 with no compress.. key"):
+        load_config(None, ["search.space={model.channels: {choices: [4, 8]}}",
+                           "search.children=2"])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -508,3 +509,48 @@ def test_conv1d_learns_the_generated_signals_through_pruning_and_the_artifact():
     from distopt.compress import decode
 
     assert decode(out["artifact"]).model.spec.family == "conv1d"
+
+
+CHILD_SPACE = ["search.space={compress.prune_ratio: {low: 0.0, high: 0.9}, "
+               "compress.quant_bits: {choices: [4, 8]}, compress.prune_kind: "
+               "{choices: [unstructured, structured]}}", "search.children=3"]
+
+
+@pytest.mark.slow
+def test_children_are_the_runs_they_replace_with_the_dense_model_trained_once(splits):
+    """Train once, compress many: each child's file is byte for byte the file a separate run
+    of its settings exports, while its dense epochs ran once."""
+    cfg = load_config(None, TINY + CHILD_SPACE)
+    children = cfg.child_configs()
+    assert len(children) == 3
+    rec = Recorder()
+    out = fit(cfg, WorkerEnv(), rec, splits=splits, children=children)
+    assert [r[M.PHASE] for r in rec.reports] == ["train", "train", "finetune", "final"]
+    files = rec.files[-1]
+    assert sorted(files) == ["child_0.dopt", "child_1.dopt", "child_2.dopt", "model.dopt"]
+    records = json.loads(rec.reports[-1][M.CHILDREN])
+    assert records == json.loads(json.dumps(out["children"]))
+    for (values, child_cfg), record in zip(children, records):
+        assert record["params"] == values
+        solo = fit(child_cfg, WorkerEnv(), Recorder(), splits=splits)
+        assert files[record["file"]] == solo["artifact"]
+        assert record["metrics"][M.SIZE_BYTES] == len(solo["artifact"])
+        assert record["metrics"][M.VAL_ACCURACY] == solo["metrics"][M.VAL_ACCURACY]
+    # The parent's time covers its children's.
+    assert rec.reports[-1][M.TRAIN_SECONDS] > max(r["metrics"][M.TRAIN_SECONDS] for r in records)
+
+
+@pytest.mark.slow
+def test_children_of_a_run_resumed_inside_fine_tuning_fork_from_the_dense_weights(splits):
+    cfg = load_config(None, TINY + CHILD_SPACE + ["compress.finetune_epochs=2"])
+    children = cfg.child_configs()
+    full = Recorder()
+    fit(cfg, WorkerEnv(), full, splits=splits, children=children)
+    crashed = Recorder(crash_after=2)  # the first fine-tune epoch: the weights are pruned
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, WorkerEnv(), crashed, splits=splits, children=children)
+    state = crashed.states[-1]
+    assert state["masks"] is not None and state["dense_model"] is not None
+    resumed = Recorder()
+    fit(cfg, WorkerEnv(), resumed, state=state, splits=splits, children=children)
+    assert resumed.files[-1] == full.files[-1]  # the parent's file and every child's

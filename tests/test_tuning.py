@@ -168,10 +168,10 @@ def _complete_count(db: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_killed_search_resumes_without_losing_completed_trials(tmp_path):
+def test_killed_search_resumes_without_losing_completed_trials_or_children(tmp_path):
     out = tmp_path / "resume"
     args = ["--config", str(SMOKE), "--output", str(out), "search.num_trials=5",
-            "search.max_concurrent=1", *SLOWER]
+            "search.max_concurrent=1", "search.children=1", *SLOWER]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Own session: SIGKILL to the group takes the driver and the Ray instance it started.
     proc = subprocess.Popen([sys.executable, str(ROOT / "distopt" / "search.py"), *args],
@@ -197,9 +197,14 @@ def test_killed_search_resumes_without_losing_completed_trials(tmp_path):
     for number, (params, values) in before.items():
         assert after[number] == (params, values)  # unchanged
     rows = pq.read_table(out / "trials.parquet").to_pylist()
-    assert len(rows) == 5 and sum(r["status"] == "COMPLETE" for r in rows) == 5
+    parents = {r["trial_id"] for r in rows if not r[M.PARENT_ID]}
+    children = [r for r in rows if r[M.PARENT_ID]]
+    assert len(parents) == 5 and sorted(r[M.PARENT_ID] for r in children) == sorted(parents)
+    assert sum(r["status"] == "COMPLETE" for r in rows) == 10
+    # Every trial and child finished before the kill is in the results, unchanged.
     finals = {tuple(v) for _, v in before.values()}
     assert finals <= {(r[M.VAL_ACCURACY], r[M.SIZE_BYTES]) for r in rows}
+    assert len(after) == 10
 
 
 @pytest.mark.slow
@@ -614,3 +619,31 @@ def test_sampled_duplicates_are_told_the_earlier_result_instead_of_training_agai
     # A trial that ended before its final result is never a source of answers.
     s.on_trial_complete("c", {M.PHASE: "train", M.VAL_ACCURACY: 0.99, M.SIZE_BYTES: float("nan")})
     assert len(s.results) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_children_become_study_trials_the_sampler_learns_from_and_answer_duplicates():
+    from distopt.orchestration._optuna_search import ResumableOptunaSearch
+
+    space = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3]),
+             "compress.quant_bits": optuna.distributions.CategoricalDistribution([4, 8])}
+    s = ResumableOptunaSearch(space=space, metric=[M.VAL_ACCURACY, M.SIZE_BYTES],
+                              mode=["max", "min"], sampler=optuna.samplers.NSGAIISampler(seed=0))
+    s.suggest("a")
+    parent = s._ot_trials["a"]
+    other_bits = 12 - parent.params["compress.quant_bits"]
+    children = [{"params": {"compress.quant_bits": other_bits}, "file": "child_0.dopt",
+                 "metrics": {M.VAL_ACCURACY: 0.7, M.SIZE_BYTES: 50.0}}]
+    s.on_trial_complete("a", {M.PHASE: "final", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 100.0,
+                              M.CHILDREN: json.dumps(children)})
+    trials = s._ot_study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    child = trials[1]
+    assert child.params == {**parent.params, "compress.quant_bits": other_bits}
+    assert child.values == [0.7, 50.0] and child.user_attrs["parent"] == trials[0].number
+    # NSGA-II counts it in its parent's generation (else it would never select it).
+    key = "NSGAIISampler:generation"
+    assert child.system_attrs[key] == trials[0].system_attrs[key] == 0
+    # A later sample of the child's values is answered with its result, not trained.
+    assert s.results[s._key(child.params)] == (child.number, [0.7, 50.0])

@@ -10,6 +10,7 @@ completes, ``OptunaSearch.on_trial_complete`` raises ``KeyError`` and the resume
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -85,7 +86,41 @@ class ResumableOptunaSearch(OptunaSearch):
             final = bool(result) and result.get(M.PHASE) == "final"
             ot_trial = self._ot_trials.get(trial_id)
             if final and ot_trial is not None:
-                values = [result.get(m) for m in self.metric]
-                if all(isinstance(v, (int, float)) and v == v for v in values):
+                values = self._values(result)
+                if values is not None:
                     self.results[self._key(ot_trial.params)] = (ot_trial.number, values)
+                params, distributions = dict(ot_trial.params), dict(ot_trial.distributions)
             super().on_trial_complete(trial_id, result if final else None, error)
+            if final and ot_trial is not None and result.get(M.CHILDREN):
+                # A genetic sampler (NSGA-II) counts a trial in the generation its system
+                # attributes name: children join their parent's.
+                system = {k: v for k, v in self._ot_study._storage.get_trial_system_attrs(
+                    ot_trial._trial_id).items() if k.endswith(":generation")}
+                self._add_children(ot_trial.number, params, distributions, system,
+                                   result[M.CHILDREN])
+
+    def _values(self, metrics: dict[str, Any]) -> list[float] | None:
+        values = [metrics.get(m) for m in self.metric]
+        return values if all(isinstance(v, (int, float)) and v == v for v in values) else None
+
+    def _add_children(self, parent: int, params: dict[str, Any],
+                      distributions: dict[str, Any], system_attrs: dict[str, Any],
+                      children_json: str) -> None:
+        """Train once, compress many: each child of a trial becomes a complete trial of the
+        study with its full parameters (the parent's, with the child's compress.* values) and
+        its decoded metrics (user attribute ``parent``), so the sampler learns from it, and a
+        later sample of the same values is answered with its result instead of trained."""
+        import optuna
+
+        for child in json.loads(children_json):
+            values = self._values(child["metrics"])
+            child_params = {**params, **child["params"]}
+            if values is None or set(child_params) != set(distributions):
+                continue
+            frozen = optuna.trial.create_trial(
+                params=child_params, distributions=distributions, values=values,
+                user_attrs={"parent": parent, "file": child["file"]},
+                system_attrs=system_attrs)
+            self._ot_study.add_trial(frozen)
+            number = len(self._ot_study.get_trials(deepcopy=False)) - 1
+            self.results.setdefault(self._key(child_params), (number, values))

@@ -154,8 +154,12 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         row[M.TF32] = bool(m.get(M.TF32, False))
         row[M.EARLY_STOPPED] = bool(m.get(M.EARLY_STOPPED, False))
         row["config_json"] = _trial_config_json(cfg, result.config or {})
+        row[M.PARENT_ID] = ""
+        row["artifact_file"] = M.ARTIFACT_FILE
         rows.append(row)
-    rows.sort(key=lambda r: r["trial_number"])
+        if complete and m.get(M.CHILDREN):
+            rows += _child_rows(cfg, row, json.loads(m[M.CHILDREN]), result.config or {})
+    rows.sort(key=lambda r: r["trial_number"])  # stable: children stay after their parent
 
     pts = objective_matrix(rows, cfg)
     done = np.array([r["status"] == "COMPLETE" for r in rows], bool)
@@ -172,13 +176,36 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         row["artifact"] = ""
         if not on_front:
             continue
-        src = row["checkpoint_path"].removeprefix("file://").rstrip("/") + "/model.dopt"
+        src = row["checkpoint_path"].removeprefix("file://").rstrip("/") + "/" + \
+            row["artifact_file"]
         dst = models / f"{row['trial_id']}.dopt"
         dst.write_bytes(location.read_bytes(src))
         row["artifact"] = str(dst.relative_to(output))
         assert splits is not None
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
     pq.write_table(pa.Table.from_pylist(rows), output / TRIALS)
+    return rows
+
+
+def _child_rows(cfg: Config, parent: dict[str, Any], children: list[dict[str, Any]],
+                params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a trial's children (train once, compress many): the parent's sampled values
+    with the child's compress.* values, its decoded metrics, ``parent_id``, and its artifact
+    beside the parent's in the same checkpoint. Their time is in the parent's ``train_seconds``
+    and ``trial_wall_s``, so theirs are only ``train_seconds`` (fork, compress, evaluate)."""
+    rows = []
+    for i, child in enumerate(children):
+        values = {**{k: params.get(k) for k in cfg.search.space}, **child["params"]}
+        row = {**parent, "trial_id": f"{parent['trial_id']}-c{i}", M.PARENT_ID: parent["trial_id"],
+               "params_json": json.dumps(values), "artifact_file": child["file"],
+               "config_json": _trial_config_json(cfg, values),
+               M.TRIAL_WALL_S: math.nan, M.OVERHEAD_S: math.nan}
+        for k in cfg.search.space:
+            row[f"param.{k}"] = values.get(k)
+        for k in FINAL_METRICS:
+            v = child["metrics"].get(k, math.nan)
+            row[k] = float(v) if isinstance(v, (int, float)) else math.nan
+        rows.append(row)
     return rows
 
 
@@ -260,7 +287,7 @@ def write_report(output: Path) -> dict[str, Any]:
     keys = list(cfg.search.space)
 
     with open(output / "pareto.csv", "w", newline="") as f:
-        cols = ["trial_id", M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES, M.COMPRESSION_RATIO,
+        cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES, M.COMPRESSION_RATIO,
                 M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                 "artifact"] + \
             [f"param.{k}" for k in keys]
@@ -277,8 +304,11 @@ def write_report(output: Path) -> dict[str, Any]:
     extra = [n for n, _ in cfg.search.objectives if n not in (M.VAL_ACCURACY, M.SIZE_BYTES)]
     stopped = sum(r["status"] == STOPPED for r in rows)
     complete = len(rows) - len(failed) - stopped
+    children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
     lines = [f"# {cfg.name}: Pareto front", "",
-             f"{len(rows)} trials, {complete} complete, "
+             f"{len(rows)} trials, {complete} complete"
+             + (f" ({children} of them children: compressed from another trial's dense model, "
+                "search.children)" if children else "") + ", "
              + (f"{stopped} stopped early ({cfg.search.scheduler}), " if stopped else "")
              + f"{len(failed)} failed; "
              f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
@@ -306,7 +336,7 @@ def write_report(output: Path) -> dict[str, Any]:
         "experiment": cfg.name, "versions": _versions(),
         "objectives": [list(o) for o in cfg.search.objectives],
         "models": [{
-            "file": r["artifact"], "trial_id": r["trial_id"],
+            "file": r["artifact"], "trial_id": r["trial_id"], M.PARENT_ID: r.get(M.PARENT_ID, ""),
             "config": json.loads(r["config_json"]),
             "seed": json.loads(r["config_json"])["train"]["seed"],
             "data_digest": _artifact_digest(output / r["artifact"]),

@@ -29,7 +29,7 @@ __all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial"
            "train_in_trial_actor", "train_loop_per_worker", "worker_resources"]
 
 STATE_FILE = "state.pt"
-ARTIFACT_FILE = "model.dopt"
+ARTIFACT_FILE = M.ARTIFACT_FILE
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             record_trial(cfg.name, run_name, metrics)
         _report_with_state(ray.train.report, ray.train.Checkpoint, metrics, st, files)
 
-    out = fit(cfg, env, report, state, evaluate_test=loop_config.get("evaluate_test", False))
+    children = cfg.child_configs() if loop_config.get("children") else []
+    out = fit(cfg, env, report, state, evaluate_test=loop_config.get("evaluate_test", False),
+              children=children)
     if rank != 0:
         return None
     return {"metrics": out["metrics"], "artifact": out["artifact"], "history": history}
@@ -226,14 +228,16 @@ def train_in_trial_actor(cfg: Config) -> None:
         record_trial(cfg.name, trial_id, metrics)
         _report_with_state(ray.tune.report, ray.tune.Checkpoint, metrics, st, files)
 
-    fit(cfg, WorkerEnv(), report, state, evaluate_test=False)
+    fit(cfg, WorkerEnv(), report, state, evaluate_test=False, children=cfg.child_configs())
 
 
 def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_test: bool,
-                 log_epochs: bool = True, callbacks: Sequence[Any] = ()) -> Any:
+                 log_epochs: bool = True, callbacks: Sequence[Any] = (),
+                 children: bool = False) -> Any:
     """The ``TorchTrainer`` of one configuration: the workers hold the CPUs (and GPUs), every
     epoch is checkpointed, and ``train.max_failures`` worker-group restarts resume from the last
-    checkpoint. Re-running one with the same ``storage_path`` and ``name`` resumes it too."""
+    checkpoint. Re-running one with the same ``storage_path`` and ``name`` resumes it too.
+    ``children``: a search trial's, which forks ``search.children`` compressions."""
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchTrainer
@@ -242,7 +246,7 @@ def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_t
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "evaluate_test": evaluate_test,
-                           "log_epochs": log_epochs},
+                           "log_epochs": log_epochs, "children": children},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(

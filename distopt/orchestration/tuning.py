@@ -237,7 +237,7 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     # The trial id names the Train run: a restored trial resumes its own checkpoints.
     trainer = make_trainer(cfg, train_storage, ray.tune.get_context().get_trial_id(),
                            evaluate_test=False, log_epochs=False,
-                           callbacks=[TuneReportCallback()])
+                           callbacks=[TuneReportCallback()], children=True)
     result = trainer.fit()
     if result.error is not None:
         raise result.error

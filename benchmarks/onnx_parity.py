@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
 from distopt import metrics as M  # noqa: E402
+from distopt.config import bits_text  # noqa: E402
 from distopt.export import export_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def rows(experiment: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]
     for e in sorted(entries, key=lambda e: e["metrics"][M.SIZE_BYTES]):
         m, o = e["metrics"], e["onnx"]
         out.append({"experiment": experiment, "trial_id": e["trial_id"],
-                    "bits": e["config"]["compress"]["quant_bits"],
+                    "bits": bits_text(e["config"]["compress"]),
                     "sparsity": 1 - m[M.NONZERO_PARAMS] / m[M.PARAMS],
                     "dopt_bytes": int(m[M.SIZE_BYTES]), "onnx_bytes": o[M.ONNX_BYTES],
                     "pytorch_accuracy": o["test_accuracy_pytorch"],

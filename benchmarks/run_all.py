@@ -9,6 +9,8 @@ JSON is missing say so (and which command produces it).
     python benchmarks/run_all.py --only render        # render the page from existing JSON
     python benchmarks/run_all.py --only default_search
     python benchmarks/headline.py results/mnist_cnn_full   # the headline (after its search)
+    python benchmarks/onnx_parity.py                  # ONNX Runtime vs PyTorch on two fronts
+    python benchmarks/frontier_ablation.py            # distillation, mixed bits, each alone
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
+import frontier_ablation  # noqa: E402
 import onnx_parity  # noqa: E402
 from _common import RESULTS, table, write  # noqa: E402
 
@@ -44,18 +47,25 @@ def run_default_search() -> Path:
     wall = time.perf_counter() - t0
     if p.returncode:
         raise SystemExit(f"default search failed:\n{p.stderr[-2000:]}")
-    rows = load_trials(out)
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["size_bytes"])
-    overhead = [r["overhead_s"] for r in rows if r["status"] == "COMPLETE"]
     return write("default_search", {
         "command": "python distopt/search.py --config configs/mnist_cnn.yaml", "wall_s": wall,
-        "trials": len(rows), "failed": sum(r["status"] == "FAILED" for r in rows),
-        "stopped": sum(r["status"] == "STOPPED" for r in rows),
-        "overhead_s_median": sorted(overhead)[len(overhead) // 2] if overhead else None,
-        "stderr_lines": len(p.stderr.splitlines()),
-        "front": [{"bytes": r["size_bytes"], "val_accuracy": r["val_accuracy"],
-                   "test_accuracy": r["test_accuracy"]} for r in front],
+        "stderr_lines": len(p.stderr.splitlines()), **summarize(load_trials(out)),
         "seeds": {"search.seed": 0, "train.seed": 0}})
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A default search's counts, overhead and front from its trials.parquet rows."""
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["size_bytes"])
+    trials = [r for r in rows if not r.get("parent_id")]  # Tune trials; children apart
+    overhead = sorted(r["overhead_s"] for r in trials if r["status"] == "COMPLETE")
+    return {
+        "trials": len(trials), "children": len(rows) - len(trials),
+        "failed": sum(r["status"] == "FAILED" for r in rows),
+        "stopped": sum(r["status"] == "STOPPED" for r in rows),
+        "overhead_s_median": overhead[len(overhead) // 2] if overhead else None,
+        "front": [{"bytes": r["size_bytes"], "val_accuracy": r["val_accuracy"],
+                   "test_accuracy": r["test_accuracy"], "child": bool(r.get("parent_id"))}
+                  for r in front]}
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -128,15 +138,19 @@ def render(page: Path = PAGE) -> Path:
                   f"({', '.join(f'{b:g} s' for b in budgets)}), 2 trials at once: `baseline` is "
                   "the search before early stopping and trial actors (FIFO, 2 dense epochs, each "
                   "trial a Ray Train job); `default` is today's (trials in reused Tune actors, "
-                  "`mo_asha`, up to 6 dense epochs, NSGA-II); `default-random` the same with "
-                  "random search. Hypervolume of (val accuracy, log10 bytes) above "
+                  "`mo_asha`, up to 6 dense epochs, NSGA-II, 3 children per dense model: "
+                  "train once, compress many); `default-random` the same with random search; "
+                  "`no-children` the default without children. Hypervolume of (val accuracy, "
+                  "log10 bytes) above "
                   f"{tuple(se['reference'])}, mean over seeds. *Time to baseline HV*: the "
                   "median share of the baseline's wall time a setup needs to reach the "
                   "baseline's final hypervolume (0.5 = twice the hypervolume per CPU-hour). "
                   "Overhead per trial: median of `overhead_s` in `trials.parquet` (trial wall "
                   "time minus time in `fit`); aggregate: trial slots x wall time minus all time "
                   "in `fit`, per trial (actor start-up, scheduling gaps and the idle tail "
-                  "included).", "",
+                  "included). *Trials* are Tune trials; *complete configs* and *configs "
+                  "evaluated / min* count every decoded, evaluated configuration, children "
+                  "included.", "",
                   "![hypervolume over wall time](results/search_efficiency.png)", ""]
         from search_efficiency import HEADERS
 
@@ -150,6 +164,9 @@ def render(page: Path = PAGE) -> Path:
     if ds:
         front = ds["front"]
         stopped = f", {ds['stopped']} stopped early" if ds.get("stopped") else ""
+        if ds.get("children"):
+            stopped += (f"; plus {ds['children']} children (train once, compress many), "
+                        f"{sum(f.get('child', False) for f in front)} of them on the front")
         lines += [_machine(ds), "", f"`{ds['command']}`: **{ds['wall_s']:.0f} s** wall "
                   f"(Ray start-up and the report included), {ds['trials']} trials "
                   f"({ds['failed']} failed{stopped}), a front of {len(front)} from "
@@ -167,6 +184,18 @@ def render(page: Path = PAGE) -> Path:
         lines += _missing("default_search", "python benchmarks/run_all.py --only "
                           "default_search")
 
+    lines += ["## Distillation and mixed bit widths, each alone", ""]
+    fa = _load("frontier_ablation")
+    if fa:
+        lines += [_machine(fa), "", f"`{fa['command']}`: one small compressed CNN on the "
+                  "embedded data (`" + " ".join(fa["base"]) + "`), and the same with one "
+                  "change each; test accuracy of the decoded file over the 2,000 embedded test "
+                  f"images, over seeds. Teacher: seed CNN, {fa['teacher_test_accuracy']:.4f} "
+                  "test accuracy, trained once. Input resolution (`data.resize`) is not built.",
+                  ""]
+        lines += [table(frontier_ablation.HEADERS, fa["table"]), ""]
+    else:
+        lines += _missing("frontier_ablation", "python benchmarks/frontier_ablation.py")
     lines += ["## ONNX export: ONNX Runtime against PyTorch", ""]
     op = _load("onnx_parity")
     if op:

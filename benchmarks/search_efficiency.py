@@ -53,7 +53,7 @@ REFERENCE = (0.80, 6.0)
 SLOTS = 2  # trials at once: 1-CPU trials on the 2-core machine
 
 SETUPS: dict[str, list[str]] = {
-    "baseline": ["train.executor=ray_train", "search.scheduler=fifo",
+    "baseline": ["train.executor=ray_train", "search.scheduler=fifo", "search.children=0",
                  "search.trial_overrides={train.epochs: 2, train.cpus_per_worker: 1, "
                  "compress.finetune_epochs: 1}"],
     "default": [],
@@ -87,7 +87,8 @@ def one_search(setup: str, seed: int, budget: float, workdir: Path) -> dict[str,
     def ended(r: dict[str, Any]) -> dict[str, float]:
         return clock.get(r.get(M.PARENT_ID) or r["trial_id"], {})
 
-    ends = sorted((ended(r)["end"] - start, r) for r in done if "end" in ended(r))
+    ends = sorted(((ended(r)["end"] - start, r) for r in done if "end" in ended(r)),
+                  key=lambda pair: pair[0])
     curve = [(t, _hv([r for _, r in ends[:i + 1]])) for i, (t, _) in enumerate(ends)]
     front = [r for r in done if r["pareto"]]
     sizes = [r[M.SIZE_BYTES] for r in front]

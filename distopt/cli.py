@@ -15,7 +15,7 @@ from typing import Sequence
 import yaml
 
 from distopt import metrics as M
-from distopt.config import (Config, ConfigError, absolute_data_paths, load_config,
+from distopt.config import (Config, ConfigError, absolute_data_paths, bits_text, load_config,
                             reference_markdown)
 from distopt.data import DataError
 from distopt.storage import Location, is_uri
@@ -96,15 +96,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         create_output(out, "train")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
 
-    from distopt.orchestration.run import ensure_ray, run_trial  # Ray is imported once the config is valid
+    # Ray is imported once the config is valid.
+    from distopt.orchestration.run import ensure_ray, ensure_teacher, run_trial
 
-    log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %d-bit weights",
+    log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %s-bit weights",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
-             cfg.compression_plan.finetune_epochs,
-             cfg.compress.prune_ratio, cfg.compress.prune_kind, cfg.compress.quant_bits)
+             cfg.compression_plan.finetune_epochs, cfg.compress.prune_ratio,
+             cfg.compress.prune_kind, bits_text(cfg.public_dict()["compress"]))
     ensure_ray(verbose=args.verbose)
     _stop_on_signals()
     try:
+        cfg = ensure_teacher(cfg, Location(str(out)), out / "ray")
         result = run_trial(cfg, out / "ray", name="train", evaluate_test=True)
     except KeyboardInterrupt as e:
         log.info("\ntraining interrupted (%s); the epochs checkpointed in %s are kept. "
@@ -167,8 +169,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         create_location(out, "search")
 
     from distopt.orchestration.report import collect, save_config, write_report
-    from distopt.orchestration.run import ensure_ray
-    from distopt.orchestration.tuning import check_fits, run_search
+    from distopt.orchestration.run import ensure_ray, ensure_teacher
+    from distopt.orchestration.tuning import SearchPaths, check_fits, run_search
 
     save_config(cfg, stage)
     if out.remote:
@@ -179,6 +181,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(problems, "per-trial resources")
     _stop_on_signals()
     try:
+        # Trials (and their rows in trials.parquet) name the teacher, if they distill.
+        cfg = ensure_teacher(cfg, out, SearchPaths(out).train)
         grid = run_search(cfg, out, resume=args.resume)
     except KeyboardInterrupt as e:
         from distopt.orchestration.tuning import finished_trials
@@ -192,7 +196,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                  "with:\n  %s", str(e) or "SIGINT", finished_trials(cfg, out), out,
                  _resume_command(args, out))
         return EXIT_INTERRUPTED
-    collect(cfg, out, grid)
+    rows = collect(cfg, out, grid)
+    if cfg.search.reseed > 1:
+        from distopt.orchestration.reseed import reseed_front
+        from distopt.orchestration.report import write_trials
+        from distopt.orchestration.tuning import concurrency
+
+        try:
+            rows = reseed_front(cfg, out, rows, concurrency(cfg)[0])
+            write_trials(rows, stage)
+        except KeyboardInterrupt:
+            log.info("\nreseeding interrupted: the front is reported without its seed noise "
+                     "(the search's results are complete)")
     summary = write_report(stage)
     if out.remote:
         n = out.upload(stage)
@@ -291,7 +306,7 @@ def _export_table(entries: list[dict], verified: bool) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for e in entries:
         m, o = e["metrics"], e["onnx"]
-        cells = [e["trial_id"], str(e["config"]["compress"]["quant_bits"]),
+        cells = [e["trial_id"], bits_text(e["config"]["compress"]),
                  f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",
                  f"{o[M.ONNX_BYTES]:,}"]
         if verified:

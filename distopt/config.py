@@ -140,6 +140,17 @@ class DataConfig:
                         "to their last max_len ids")
     vocab_size: int = _opt(5000, _range(2), "tokens: ids must lie in [0, vocab_size); 0 is "
                            "padding")
+    resize: int | None = _opt(None, Rule(lambda v: v is None or 2 <= v <= 1024,
+                                         "must be null or in [2, 1024]"),
+                              "images: the input resolution the model sees, side x side "
+                              "(bilinear, half-pixel centers, no antialiasing), in training, "
+                              "evaluation and the exported model (the artifact records it); "
+                              "null: as stored")
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The (C, H, W) the model takes: ``shape``, or its channels at ``resize``."""
+        return (self.shape[0], self.resize, self.resize) if self.resize else tuple(self.shape)
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,16 @@ class TrainConfig:
                             "cells)")
     max_steps_per_epoch: int | None = _opt(None, Rule(lambda v: v is None or v >= 1,
                                            "must be null or >= 1"), "cap on steps per epoch")
+    distill_alpha: float = _opt(0.0, _range(0, 1), "knowledge distillation: loss = (1 - alpha)"
+                                " x cross-entropy + alpha x T^2 x KL(teacher || student) at "
+                                "temperature T; 0 = off")
+    distill_temperature: float = _opt(4.0, _range(0, lo_open=True), "distillation "
+                                      "temperature T")
+    teacher_overrides: dict[str, Any] = _opt({}, doc="what the teacher changes from this config "
+                                             "(dotted keys, e.g. model.preset: seed_cnn); it "
+                                             "trains densely in float32, once per search")
+    teacher_path: str | None = _opt(None, doc="the teacher's .dopt file (path or URI); a search "
+                                    "or `distopt train` sets it to the teacher it trained")
 
 
 @dataclass(frozen=True)
@@ -242,6 +263,15 @@ class CompressConfig:
                      "forward (straight-through), so the artifact's rounding is trained for")
     quant_bits: Literal[32, 16, 8, 4] = _opt(8, doc="weight bits in the artifact: 32 = float32; "
                                              "16/8/4 = symmetric per-output-channel integers")
+    bits_first_conv: Literal[32, 16, 8, 4] | None = _opt(
+        None, doc="mixed bit widths: weight bits of the first conv layer; null: quant_bits")
+    bits_conv: Literal[32, 16, 8, 4] | None = _opt(
+        None, doc="weight bits of the other conv layers; null: quant_bits")
+    bits_dense: Literal[32, 16, 8, 4] | None = _opt(
+        None, doc="weight bits of hidden dense layers (and rnn: recurrent and embedding "
+        "weights); null: quant_bits")
+    bits_classifier: Literal[32, 16, 8, 4] | None = _opt(
+        None, doc="weight bits of the last (classifier) layer; null: quant_bits")
 
 
 @dataclass(frozen=True)
@@ -254,11 +284,17 @@ class CompressionPlan:
     gradual: bool  # sparsity raised over the fine-tune epochs (unstructured only)
     finetune_epochs: int  # epochs with the masks held; 0 without pruning
     qat: bool  # fine-tune on the quantized weights
-    quant_bits: int
+    quant_bits: int  # every weight's bits, unless its layer kind has its own below
+    layer_bits: tuple[tuple[str, int], ...] = ()  # (layer kind, bits): mixed bit widths
 
     @property
     def prunes(self) -> bool:
         return self.prune_ratio > 0
+
+    def bits_of(self, kind: str) -> int:
+        """Weight bits of a layer kind (``first_conv``, ``conv``, ``dense``, ``classifier``:
+        :func:`distopt.models.layer_kinds`)."""
+        return dict(self.layer_bits).get(kind, self.quant_bits)
 
 
 @dataclass(frozen=True)
@@ -290,6 +326,10 @@ class SearchConfig:
                                "when the study opens; a literal one is redacted in results")
     trial_overrides: dict[str, Any] = _opt({}, doc="dotted key -> value every trial uses "
                                             "instead of the sections above (e.g. fewer epochs)")
+    reseed: int = _opt(0, _range(0, 20), "noise-aware front: seeds per front configuration in "
+                       "all (the search's own run is the first; reseed - 1 retrainings each "
+                       "after the search), reported as mean and sd of decoded test accuracy, "
+                       "points within seed noise of their smaller neighbour marked; 0 or 1: off")
     children: int = _opt(0, _range(0, 64), "train once, compress many: each trial that "
                          "finishes dense training also compresses its dense model with this "
                          "many other values of the space's compress.* keys (drawn at random), "
@@ -348,7 +388,11 @@ class Config:
             prune_ratio=c.prune_ratio, prune_kind=c.prune_kind,
             gradual=prunes and c.schedule == "gradual" and c.prune_kind == "unstructured",
             finetune_epochs=c.finetune_epochs if prunes else 0,
-            qat=c.qat and prunes and c.finetune_epochs > 0, quant_bits=c.quant_bits)
+            qat=c.qat and prunes and c.finetune_epochs > 0, quant_bits=c.quant_bits,
+            layer_bits=tuple((kind, bits) for kind, bits in (
+                ("first_conv", c.bits_first_conv), ("conv", c.bits_conv),
+                ("dense", c.bits_dense), ("classifier", c.bits_classifier))
+                if bits is not None))
 
     @property
     def in_trial_actor(self) -> bool:
@@ -387,12 +431,43 @@ class Config:
                 continue
         return out
 
+    @property
+    def distills(self) -> bool:
+        """Whether a run of this config, or a trial of its search, learns from a teacher: the
+        one place that decides whether a teacher is trained."""
+        if self.trial_config().train.distill_alpha > 0:
+            return True
+        spec = self.search.space.get("train.distill_alpha", {})
+        return any(v > 0 for v in spec.get("choices", [])) or spec.get("high", 0) > 0
+
+    def teacher_config(self) -> Config:
+        """The teacher: this config with ``train.teacher_overrides``, trained densely (no
+        weight pruning, float32 weights, no distillation, no children, no early stopping)."""
+        return self.with_overrides({
+            **self.train.teacher_overrides, "train.teacher_overrides": {},
+            "train.distill_alpha": 0.0, "train.teacher_path": None,
+            "compress.prune_ratio": 0.0, "compress.quant_bits": 32, "compress.qat": False,
+            "compress.bits_first_conv": None, "compress.bits_conv": None,
+            "compress.bits_dense": None, "compress.bits_classifier": None,
+            "search.children": 0, "search.scheduler": "fifo", "search.trial_overrides": {},
+            "search.space": {},
+            "name": f"{self.name}-teacher"[:100]})
+
     def trial_config(self) -> Config:
         """The config every search trial starts from: this one with ``search.trial_overrides``."""
         if not self.search.trial_overrides:
             return self
         # The result has no trial_overrides left, so applying them is not repeated.
         return self.with_overrides({**self.search.trial_overrides, "search.trial_overrides": {}})
+
+
+def bits_text(compress: Mapping[str, Any]) -> str:
+    """A ``compress`` section's weight bits for tables: ``"4"``, or with mixed widths
+    ``"4 (first_conv 8, classifier 8)"``."""
+    mixed = [f"{k.removeprefix('bits_')} {compress[k]}" for k in
+             ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier")
+             if compress.get(k) is not None]
+    return f"{compress['quant_bits']}" + (f" ({', '.join(mixed)})" if mixed else "")
 
 
 def trial_epochs(cfg: Config) -> int | None:
@@ -693,19 +768,24 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
             (tuple(d.shape) != SIGNALS_SHAPE or d.num_classes != SIGNALS_CLASSES):
         problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
                         f"signals-mini is {SIGNALS_SHAPE} with {SIGNALS_CLASSES} classes")
+    if ok("data.resize", "data.kind", "model.family") and d.resize and \
+            (d.kind != "image" or m.family == "conv1d"):
+        problems.append(f"data.resize: got {d.resize} with data.kind {d.kind!r}, model.family "
+                        f"{m.family!r}; resizing is for 2-D images")
     if ok("model.family", "data.shape") and m.family == "conv1d" and d.shape[1] != 1:
         problems.append(f"data.shape: got {list(d.shape)} with model.family 'conv1d'; 1-D "
                         "signals are [channels, 1, length]")
-    if ok("model.family", "model.blocks", "model.kernel_size", "data.shape") and \
+    if ok("model.family", "model.blocks", "model.kernel_size", "data.shape", "data.resize") and \
             m.family in ("cnn", "conv1d"):
-        side = d.shape[2] if m.family == "conv1d" else min(d.shape[1:])
+        side = d.shape[2] if m.family == "conv1d" else min(d.model_shape[1:])
         for _ in range(m.blocks):
             side = (side - m.kernel_size + 1) // 2
         if side < 1:
             hint = "; for 1-D signals use model.family 'conv1d' with data.shape [C, 1, L]" \
                 if m.family == "cnn" and 1 in d.shape[1:] else ""
             problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
-                            f"the {d.shape[1]}x{d.shape[2]} input shrinks to nothing{hint}")
+                            f"the {d.model_shape[1]}x{d.model_shape[2]} input shrinks to "
+                            f"nothing{hint}")
     if ok("model.family", "augment") and m.family == "conv1d" and \
             {k for k in image_aug if k != "shift"}:
         problems.append(f"augment: got {image_aug} with model.family 'conv1d'; 1-D signals "
@@ -718,7 +798,10 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         "workers or GPUs need 'ray_train' or 'auto')")
     c = cfg.compress
     fine_tunes = ok("compress") and cfg.compression_plan.finetune_epochs > 0
-    if ok("compress") and c.qat and (c.quant_bits == 32 or not fine_tunes):
+    all_bits = {c.quant_bits, *(b for b in (c.bits_first_conv, c.bits_conv, c.bits_dense,
+                                             c.bits_classifier) if b is not None)} \
+        if ok("compress") else set()
+    if ok("compress") and c.qat and (all_bits == {32} or not fine_tunes):
         problems.append(f"compress.qat: got true with quant_bits {c.quant_bits}, prune_ratio "
                         f"{c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; quantization-"
                         "aware fine-tuning needs quant_bits < 32 and a fine-tune phase "

@@ -136,6 +136,15 @@ def _normalize(g: _Graph, x: str, meta: dict[str, Any]) -> str:
     if norm.get("tokens"):
         return x
     x = g.node("Mul", [x, g.const("input_scale", np.float32(norm["scale"]))], "scaled")[0]
+    if norm.get("size"):  # data.resize: bilinear, half-pixel centers, as F.interpolate did
+        batch_channels = g.node("Slice", [g.node("Shape", [x], "shape")[0],
+                                          g.const("zero", np.array([0], np.int64)),
+                                          g.const("two", np.array([2], np.int64))], "bc")[0]
+        sizes = g.node("Concat", [batch_channels,
+                                  g.const("size", np.array(norm["size"], np.int64))],
+                       "sizes", axis=0)[0]
+        x = g.node("Resize", [x, "", "", sizes], "resized", mode="linear",
+                   coordinate_transformation_mode="half_pixel")[0]
     x = g.node("Sub", [x, g.const("input_mean", np.float32(norm["mean"]))], "centered")[0]
     return g.node("Div", [x, g.const("input_std", np.float32(norm["std"]))], "standardized")[0]
 
@@ -225,12 +234,16 @@ def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
     spec = model.spec
     g = _Graph(decoded)
     in_type = TensorProto.INT64 if spec.tokens else TensorProto.FLOAT
+    norm = decoded.meta.get("input") if isinstance(decoded.meta, dict) else None
+    # A resizing model takes inputs as stored, whose height and width the file does not keep.
+    in_shape = [spec.in_shape[0], "height", "width"] if isinstance(norm, dict) and \
+        norm.get("size") else list(spec.in_shape)
     x = _normalize(g, INPUT_NAME, decoded.meta)
     out = _recurrent(g, x, model) if isinstance(model, RecurrentNet) else _net(g, x, model)
     g.nodes.append(helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
     graph = helper.make_graph(
         g.nodes, f"distopt_{spec.family}",
-        [helper.make_tensor_value_info(INPUT_NAME, in_type, ["batch", *spec.in_shape])],
+        [helper.make_tensor_value_info(INPUT_NAME, in_type, ["batch", *in_shape])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT,
                                        ["batch", spec.num_classes])],
         g.inits)

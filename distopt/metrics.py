@@ -46,6 +46,7 @@ EXPECTED_SIZE_BYTES = "expected_size_bytes"
 ARTIFACT_FILE = "model.dopt"  # a trial's artifact, in its final checkpoint
 CHILD_ARTIFACT = "child_{index}.dopt"  # its children's (search.children), beside it
 MANIFEST_FILE = "manifest.json"  # the front's models, their configs and metrics
+TEACHER_FILE = "teacher.dopt"  # distillation: the teacher a search or `distopt train` trained
 ONNX_DIR = "onnx"  # distopt export: <trial_id>.onnx per front model
 
 # Train once, compress many: a trial's final result lists its children (JSON); their rows in

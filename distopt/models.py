@@ -17,7 +17,8 @@ from torch import nn
 from distopt.config import Config
 
 __all__ = ["ModelSpec", "Net", "RecurrentNet", "build_model", "spec_from_config", "seed_cnn",
-           "seed_rnn", "Model", "count_params", "fold_batch_norm", "prunable_weights", "example_input"]
+           "seed_rnn", "Model", "count_params", "fold_batch_norm", "layer_kinds",
+           "prunable_weights", "example_input"]
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # row blocks of a recurrent weight matrix
@@ -79,7 +80,7 @@ class ModelSpec:
 
 def spec_from_config(cfg: Config) -> ModelSpec:
     m, d = cfg.model, cfg.data
-    in_shape = (int(d.shape[0]), int(d.shape[1]), int(d.shape[2]))
+    in_shape = tuple(int(v) for v in d.model_shape)  # data.resize applied
     if m.family == "rnn":
         tokens = d.kind == "tokens"
         return ModelSpec("rnn", (d.max_len,) if tokens else in_shape, d.num_classes, (),
@@ -231,6 +232,26 @@ def example_input(spec: ModelSpec, batch: int = 1) -> torch.Tensor:
     if spec.tokens:
         return torch.zeros(batch, *spec.in_shape, dtype=torch.long)
     return torch.zeros(batch, *spec.in_shape)
+
+
+def layer_kinds(model: nn.Module) -> dict[str, str]:
+    """The kind of every weight :func:`prunable_weights` lists, for mixed bit widths:
+    ``first_conv`` (the first conv layer), ``conv`` (the others), ``classifier`` (the last
+    dense layer) and ``dense`` (hidden dense layers; recurrent and embedding weights)."""
+    names = [name for name, _, _ in prunable_weights(model)]
+    convs = [f"{p}.weight" for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    denses = [f"{p}.weight" for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+    kinds = {}
+    for name in names:
+        if convs and name == convs[0]:
+            kinds[name] = "first_conv"
+        elif name in convs:
+            kinds[name] = "conv"
+        elif denses and name == denses[-1]:
+            kinds[name] = "classifier"
+        else:
+            kinds[name] = "dense"
+    return kinds
 
 
 def count_params(model: nn.Module) -> int:

@@ -18,11 +18,20 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "is_uri"]
+__all__ = ["Location", "is_uri", "read_file"]
 
 
 def is_uri(spec: str) -> bool:
     return "://" in spec and not spec.startswith("file://")
+
+
+def read_file(spec: str) -> bytes:
+    """The bytes of a file given as a local path or a URI of any pyarrow filesystem."""
+    if is_uri(spec):
+        fs, path = pafs.FileSystem.from_uri(spec)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    return Path(os.path.expanduser(spec.removeprefix("file://"))).read_bytes()
 
 
 class Location:

@@ -37,8 +37,9 @@ from distopt.compress import (ArtifactError, Masks, QuantizedWeights, apply_mask
                               structured_prune)
 from distopt.config import AugmentConfig, CompressionPlan, Config
 from distopt.data import Splits, load_splits, shard
+from distopt.storage import read_file
 from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
-                            prunable_weights, spec_from_config)
+                            layer_kinds, prunable_weights, spec_from_config)
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +146,15 @@ def resolve_precision(requested: str, device: torch.device, model: nn.Module,
 
 @dataclass(frozen=True)
 class InputNorm:
-    """Maps stored pixels to network inputs: ``(x * scale - mean) / std``; token ids pass
-    through as integers. Stored in the artifact so that a deployed model preprocesses exactly
-    as in training."""
+    """Maps stored pixels to network inputs: ``(x * scale - mean) / std``, resized to ``size``
+    (``data.resize``) before standardizing; token ids pass through as integers. Stored in the
+    artifact so that a deployed model preprocesses exactly as in training."""
 
     scale: float
     mean: float
     std: float
     tokens: bool = False
+    size: tuple[int, int] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:
@@ -162,24 +164,45 @@ class InputNorm:
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Stored pixels to [0, 1] (0 = black background): where augmentation happens, so that
         the zeros a transform pads with are background, not mean grey."""
-        return x.float() * self.scale
+        x = x.float() * self.scale
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            # Bilinear, half-pixel centers, no antialiasing: what ONNX Resize (linear,
+            # half_pixel) computes, so the exported graph resizes as training did.
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
+                              antialias=False)
+        return x
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def shape_after(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one input after this norm (its resize), from the stored shape."""
+        return (in_shape[0], *self.size) if self.size and not self.tokens else tuple(in_shape)
+
     def to_meta(self) -> dict[str, Any]:
-        return {"scale": self.scale, "mean": self.mean, "std": self.std, "tokens": self.tokens}
+        meta = {"scale": self.scale, "mean": self.mean, "std": self.std, "tokens": self.tokens}
+        return {**meta, "size": list(self.size)} if self.size else meta
 
     @classmethod
     def from_meta(cls, d: dict[str, Any]) -> InputNorm:
-        return cls(d["scale"], d["mean"], d["std"], bool(d.get("tokens", False)))
+        size = d.get("size")
+        return cls(d["scale"], d["mean"], d["std"], bool(d.get("tokens", False)),
+                   (int(size[0]), int(size[1])) if size else None)
 
 
-def input_norm(splits: Splits) -> InputNorm:
+def input_norm(splits: Splits, resize: int | None = None) -> InputNorm:
+    """The normalization of this data: its scale, and the mean and standard deviation of (up to
+    10,000) training inputs as the model sees them (resized to ``resize`` x ``resize``)."""
     if splits.tokens:
         return InputNorm(1.0, 0.0, 1.0, tokens=True)
-    sample = splits.x_train[: min(len(splits.x_train), 10_000)].astype(np.float32) * splits.scale
-    return InputNorm(splits.scale, float(sample.mean()), float(sample.std()) or 1.0)
+    sample = splits.x_train[: min(len(splits.x_train), 10_000)]
+    if not resize:
+        unit = sample.astype(np.float32) * splits.scale
+        return InputNorm(splits.scale, float(unit.mean()), float(unit.std()) or 1.0)
+    size = (resize, resize)
+    resized = InputNorm(splits.scale, 0.0, 1.0, size=size).to_unit(torch.from_numpy(sample))
+    return InputNorm(splits.scale, float(resized.mean()), float(resized.std()) or 1.0,
+                     size=size)
 
 
 def _all_sum(values: list[float], env: WorkerEnv) -> list[float]:
@@ -323,7 +346,12 @@ def expected_size(model: Model, plan: CompressionPlan, meta: dict[str, Any] | No
                            .to(memory_format=torch.contiguous_format))
     if plan.prunes:
         base, _ = weight_prune(base, plan.prune_kind, plan.prune_ratio)
-    return len(encode(base, plan.quant_bits, meta))
+    return len(encode(base, plan.quant_bits, meta, weight_bits(base, plan)))
+
+
+def weight_bits(model: nn.Module, plan: CompressionPlan) -> dict[str, int]:
+    """Every weight's bits under the plan (its layer kind's, else ``quant_bits``)."""
+    return {name: plan.bits_of(kind) for name, kind in layer_kinds(model).items()}
 
 
 def weight_prune(model: Model, kind: str, ratio: float) -> tuple[Model, Masks]:
@@ -375,7 +403,7 @@ class TrainingRun:
         self.cfg, self.env, self.report, self.splits = cfg, env, report, splits
         self.plan = cfg.compression_plan
         self.t_start, self.started_at = time.perf_counter(), time.time()
-        self.norm = input_norm(splits)
+        self.norm = input_norm(splits, cfg.data.resize)
         self.masks: Masks | None = None
         self.finetuning = False
         self.next_epoch = 0
@@ -387,6 +415,7 @@ class TrainingRun:
         self.dense_spec: ModelSpec | None = None
         self.dense_state: dict[str, torch.Tensor] | None = None
         self.dense_last: dict[str, Any] = {}
+        self.teacher: nn.Module | None = None  # distillation (train.distill_alpha > 0)
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -443,6 +472,7 @@ class TrainingRun:
             :max(1, min(n_train, len(splits.x_val), TRAIN_PROBE_MAX))])
         run.x_probe, run.y_probe = splits.x_train[probe], splits.y_train[probe]
         run.ckpt = state if env.rank == 0 else None
+        run.teacher = load_teacher(cfg, splits, env) if cfg.train.distill_alpha > 0 else None
         if state and state.get("dense_model"):
             run.dense_state = state["dense_model"]
             run.dense_spec = ModelSpec.from_dict(state["dense_spec"])
@@ -573,7 +603,8 @@ class TrainingRun:
         l1_weights = [w for _, w, _ in prunable_weights(_unwrap(model))] \
             if cfg.regularization.l1 else []
         # QAT: forward/backward (and validation) with the artifact's quantized weights.
-        quantized: Any = QuantizedWeights(_unwrap(model), self.plan.quant_bits) \
+        quantized: Any = QuantizedWeights(_unwrap(model), self.plan.quant_bits,
+                                          weight_bits(_unwrap(model), self.plan)) \
             if phase == "finetune" and self.plan.qat else contextlib.nullcontext()
         # Per-epoch seeding: resumable without generator state, distinct per rank.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
@@ -601,6 +632,8 @@ class TrainingRun:
                                     enabled=self.precision != "fp32"):
                     out = model(xb)
                 loss = F.cross_entropy(out.float(), yb)
+                if self.teacher is not None:
+                    loss = self._distilled(loss, out, xb)
                 total = loss + cfg.regularization.l1 * sum(w.abs().sum() for w in l1_weights) \
                     if l1_weights else loss
                 self.scaler.scale(total).backward()
@@ -634,6 +667,21 @@ class TrainingRun:
                 M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
                 M.PRECISION: self.precision, **_nan_artifact_metrics()}
 
+    def _distilled(self, loss: torch.Tensor, out: torch.Tensor, xb: torch.Tensor
+                   ) -> torch.Tensor:
+        """(1 - alpha) x the cross-entropy + alpha x T^2 x KL(teacher || student) on the
+        batch's softened predictions (Hinton et al. 2015; T^2 keeps the gradient scale)."""
+        t = self.cfg.train
+        assert self.teacher is not None
+        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=self.dtype,
+                                             enabled=self.precision != "fp32"):
+            target = self.teacher(xb)
+        temp = t.distill_temperature
+        kd = F.kl_div(F.log_softmax(out.float() / temp, dim=1),
+                      F.log_softmax(target.float() / temp, dim=1), log_target=True,
+                      reduction="batchmean") * temp * temp
+        return (1 - t.distill_alpha) * loss + t.distill_alpha * kd
+
     def _report_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.ckpt = None
         if self.env.rank == 0:
@@ -664,7 +712,8 @@ class TrainingRun:
         """The artifact of the final weights (BatchNorm folded, quantized, encoded)."""
         base = fold_batch_norm(_unwrap(self.model).cpu()
                                .to(memory_format=torch.contiguous_format).eval())
-        return encode(base, self.plan.quant_bits, self.artifact_meta())
+        return encode(base, self.plan.quant_bits, self.artifact_meta(),
+                      weight_bits(base, self.plan))
 
     def ort_latency_ms(self, artifact: bytes) -> float:
         """Batch-1 latency of the artifact exported to ONNX, on ONNX Runtime (one thread):
@@ -706,6 +755,25 @@ class TrainingRun:
         final["started_at"] = self.started_at  # wall clock: callers measure start-up overhead
         final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return final
+
+
+def load_teacher(cfg: Config, splits: Splits, env: WorkerEnv) -> nn.Module:
+    """The teacher of a distilling run (``train.teacher_path``: a ``.dopt`` file, local or a
+    URI), decoded, in eval mode, on the run's device. It must have been trained on the same
+    data (the artifact records its data digest) and takes the same normalized inputs."""
+    path = cfg.train.teacher_path
+    if not path:
+        raise ValueError("train.distill_alpha > 0 needs train.teacher_path (a search or "
+                         "`distopt train` sets it to the teacher it trains)")
+    decoded = decode(read_file(path), path)
+    digest = decoded.meta.get("data_digest")
+    if digest != splits.digest:
+        raise ValueError(f"train.teacher_path: {path} was trained on data {digest!r}, this run "
+                         f"uses {splits.digest!r}")
+    teacher = decoded.model.eval().to(env.device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
@@ -775,8 +843,9 @@ def evaluate_artifact(data: bytes, splits: Splits, which: str = "test",
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{source}: no valid input normalization in its meta") from None
     x, y = (splits.x_test, splits.y_test) if which == "test" else (splits.x_val, splits.y_val)
-    if tuple(dec.model.spec.in_shape) != tuple(x.shape[1:]):
+    if tuple(dec.model.spec.in_shape) != norm.shape_after(tuple(x.shape[1:])):
         raise ArtifactError(f"{source}: the model takes inputs of shape "
-                            f"{list(dec.model.spec.in_shape)}, the data's are {list(x.shape[1:])}")
+                            f"{list(dec.model.spec.in_shape)}, the data's are {list(x.shape[1:])}"
+                            + (f" (resized to {list(norm.size)})" if norm.size else ""))
     loss, acc = evaluate(dec.model, x, y, norm, WorkerEnv(), 512)
     return {f"{which}_loss": loss, f"{which}_accuracy": acc, M.SIZE_BYTES: len(data)}

@@ -307,3 +307,46 @@ def test_children_are_distinct_seeded_draws_of_the_compress_keys_only():
     with pytest.raises(ConfigError, match="search.children: got 2 with no compress.. key"):
         load_config(None, ["search.space={model.channels: {choices: [4, 8]}}",
                            "search.children=2"])
+
+
+def test_mixed_bit_widths_fall_back_to_quant_bits_and_qat_needs_one_below_32():
+    plan = load_config(None, ["compress.quant_bits=4", "compress.bits_first_conv=8",
+                              "compress.bits_classifier=8"]).compression_plan
+    assert [plan.bits_of(k) for k in ("first_conv", "conv", "dense", "classifier")] == \
+        [8, 4, 4, 8]
+    qat = ["compress.qat=true", "compress.prune_ratio=0.5", "compress.finetune_epochs=1",
+           "compress.quant_bits=32"]
+    assert load_config(None, qat + ["compress.bits_dense=4"]).compression_plan.qat
+    with pytest.raises(ConfigError, match="compress.qat: got true with quant_bits 32"):
+        load_config(None, qat)
+    with pytest.raises(ConfigError, match="compress.bits_conv"):
+        load_config(None, ["compress.bits_conv=3"])
+
+
+def test_a_teacher_is_needed_when_any_trial_distills_and_trains_densely_in_float():
+    assert not load_config(None).distills
+    assert load_config(None, ["train.distill_alpha=0.3"]).distills
+    assert load_config(None, ["search.space={train.distill_alpha: {choices: [0.0, 0.5]}}"]).distills
+    assert load_config(None, ["search.space={train.distill_alpha: {low: 0.0, high: 0.7}}"]).distills
+    assert not load_config(None, ["search.space={train.distill_alpha: {choices: [0.0]}}"]).distills
+    assert load_config(None, ["search.trial_overrides={train.distill_alpha: 0.5}"]).distills
+    cfg = load_config(None, ["train.distill_alpha=0.5", "compress.prune_ratio=0.9",
+                             "compress.quant_bits=4", "compress.bits_classifier=8",
+                             "search.children=2", "search.space={compress.quant_bits: "
+                             "{choices: [4, 8]}}",
+                             "train.teacher_overrides={model.channels: 64, train.epochs: 3}"])
+    teacher = cfg.teacher_config()
+    assert teacher.model.channels == 64 and teacher.train.epochs == 3
+    assert teacher.compression_plan.quant_bits == 32 and not teacher.compression_plan.prunes
+    assert teacher.compression_plan.layer_bits == () and teacher.train.distill_alpha == 0
+    assert teacher.search.children == 0 and not teacher.distills and not teacher.search.space
+
+
+def test_resize_sets_the_model_input_and_is_for_images_only():
+    cfg = load_config(None, ["data.resize=16"])
+    assert cfg.data.model_shape == (1, 16, 16) and cfg.data.shape == (1, 28, 28)
+    with pytest.raises(ConfigError, match="the 8x8 input shrinks to nothing"):
+        load_config(None, ["data.resize=8", "model.blocks=2"])
+    with pytest.raises(ConfigError, match="data.resize: got 16 with data.kind 'tokens'"):
+        load_config(None, ["data.name=tokens-mini", "data.kind=tokens", "model.family=rnn",
+                           "data.resize=16"])

@@ -24,7 +24,8 @@ import pytest
 
 from distopt.config import DataConfig, load_config
 from distopt.data import (MNIST_FILES, DataError, fetch_mnist, generate_signals,
-                          generate_tokens, load_mini, load_splits, pad_tokens, parse_idx, read_idx, read_parquet_arrays,
+                          generate_tokens, load_mini, load_splits, pad_tokens, parse_idx,
+                          read_idx, read_parquet_arrays,
                           read_parquet_tokens, shard)
 
 

@@ -196,3 +196,34 @@ def test_structured_pruned_conv1d_exports_its_narrower_spec():
         ref = decoded.model(InputNorm.from_meta(SIGNALS)(torch.from_numpy(x))).numpy()
     got = session(to_onnx(decoded)).run(None, {INPUT_NAME: x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_mixed_bit_widths_export_each_weight_at_its_own_width():
+    spec = SPECS["cnn-flatten"]
+    model = _random_model(spec, 0, 0.4)
+    names = [n for n, _, _ in prunable_weights(model)]  # conv, conv, dense, classifier
+    per = dict(zip(names, (8, 4, 16, 32)))
+    decoded = decode(encode(model, 8, {"input": NORM}, weight_bits=per))
+    proto = onnx.load_from_string(to_onnx(decoded))
+    dq_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(dq_inputs) == 2  # the 8- and 4-bit weights; 16 and 32 bits are float
+    x = _raw_inputs(spec, 128, 0)
+    with torch.no_grad():
+        ref = decoded.model(InputNorm.from_meta(NORM)(torch.from_numpy(x))).numpy()
+    got = session(proto.SerializeToString()).run(None, {INPUT_NAME: x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("side", [16, 14, 20])
+def test_a_resizing_model_resizes_in_the_graph_as_in_training(side):
+    """data.resize: the exported graph takes the stored 28 x 28 images and resizes them with
+    ONNX Resize (linear, half_pixel), matching F.interpolate in training and evaluation."""
+    spec = ModelSpec("cnn", (1, side, side), 10, (6, 12), (16,), 3)
+    norm = {**NORM, "size": [side, side]}
+    decoded = decode(encode(_random_model(spec, 0, 0.3), 8, {"input": norm}))
+    x = _raw_inputs(SPECS["cnn-flatten"], 200, 0)  # stored images: (200, 1, 28, 28)
+    with torch.no_grad():
+        ref = decoded.model(InputNorm.from_meta(norm)(torch.from_numpy(x))).numpy()
+    got = session(to_onnx(decoded)).run(None, {INPUT_NAME: x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999

@@ -138,3 +138,16 @@ def test_conv1d_convolves_and_pools_along_the_length_only():
     with torch.no_grad():
         a, b = model.features(x), model.features(shifted)
     torch.testing.assert_close(a[..., :-2], b[..., 1:-1])
+
+
+def test_layer_kinds_name_first_conv_other_convs_hidden_dense_and_classifier():
+    from distopt.models import layer_kinds
+
+    cnn = build_model(ModelSpec("cnn", (1, 28, 28), 10, (4, 8, 8), (16, 12), 3))
+    kinds = layer_kinds(cnn)
+    assert list(kinds.values()) == ["first_conv", "conv", "conv", "dense", "dense",
+                                    "classifier"]
+    assert list(kinds) == [n for n, _, _ in prunable_weights(cnn)]
+    rnn = build_model(seed_rnn(tokens=True))
+    assert set(layer_kinds(rnn).values()) == {"dense", "classifier"}
+    assert layer_kinds(rnn)["classifier.2.weight"] == "classifier"

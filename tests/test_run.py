@@ -115,3 +115,30 @@ def test_finalizer_exit_reports_are_dropped_once_however_many_trials_an_actor_ru
         assert seen == [other]
     finally:
         sys.unraisablehook = original
+
+
+def test_a_stored_teacher_is_reused_and_a_missing_one_trained_once(tmp_path, monkeypatch):
+    """The caching rule of ensure_teacher. run_trial is replaced by a recorder here (the real
+    teacher job runs in tests/test_tuning.py's distillation search)."""
+    import distopt.orchestration.run as run_mod
+    from distopt.orchestration.run import TrialResult, ensure_teacher
+    from distopt.storage import Location
+
+    calls = []
+
+    def fake_run_trial(cfg, storage, name="train", evaluate_test=True):
+        calls.append((cfg, name))
+        return TrialResult({M.VAL_ACCURACY: 0.9, M.TRAIN_SECONDS: 1.0}, b"teacher-bytes", [])
+
+    monkeypatch.setattr(run_mod, "run_trial", fake_run_trial)
+    out = Location(str(tmp_path))
+    plain = load_config(None)
+    assert ensure_teacher(plain, out, tmp_path / "ray") is plain and not calls
+    cfg = load_config(None, ["train.distill_alpha=0.5"])
+    taught = ensure_teacher(cfg, out, tmp_path / "ray")
+    assert taught.train.teacher_path == str(tmp_path / M.TEACHER_FILE)
+    assert (tmp_path / M.TEACHER_FILE).read_bytes() == b"teacher-bytes"
+    assert len(calls) == 1 and calls[0][1] == "teacher"
+    assert calls[0][0].compression_plan.quant_bits == 32 and calls[0][0].train.distill_alpha == 0
+    again = ensure_teacher(cfg, out, tmp_path / "ray")  # a resumed search: stored, not retrained
+    assert again.train.teacher_path == taught.train.teacher_path and len(calls) == 1

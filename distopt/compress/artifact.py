@@ -23,7 +23,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -69,12 +69,17 @@ def _pack(q: np.ndarray, bits: int) -> bytes:
     return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
-def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes:
+def encode(model: Model, bits: int, meta: dict[str, Any] | None = None,
+           weight_bits: Mapping[str, int] | None = None) -> bytes:
     """Serialize a (pruned) model: sparse bitmask + per-channel quantized weights, compressed.
 
-    Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values."""
-    if bits not in (32, 16, 8, 4):
-        raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {bits!r}")
+    Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values.
+    ``weight_bits`` gives single weights (by parameter name) their own bits: mixed widths,
+    recorded per tensor (the format always had a width per tensor)."""
+    weight_bits = dict(weight_bits or {})
+    for b in (bits, *weight_bits.values()):
+        if b not in (32, 16, 8, 4):
+            raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {b!r}")
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > MAX_PARAMS:
         raise ValueError(f"the model has {n_params:,} parameters; the artifact holds at most "
@@ -87,7 +92,7 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None) -> bytes
     for name, t in model.state_dict().items():
         a = t.detach().float().contiguous().cpu().numpy()
         is_weight = name in axes
-        b = bits if is_weight else 32
+        b = weight_bits.get(name, bits) if is_weight else 32
         nz = a != 0
         sparse = is_weight and bool((~nz).any())
         entry: dict[str, Any] = {"name": name, "shape": list(a.shape), "bits": b,

@@ -3,6 +3,8 @@ stores) and in torch (the same rounding, for quantization-aware fine-tuning)."""
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -47,20 +49,25 @@ class QuantizedWeights:
     the float weights (the straight-through estimator), so fine-tuning learns the rounding the
     artifact will apply."""
 
-    def __init__(self, model: nn.Module, bits: int) -> None:
-        self.weights = [(w, axis) for _, w, axis in prunable_weights(model)]
-        self.bits = bits
+    def __init__(self, model: nn.Module, bits: int,
+                 weight_bits: Mapping[str, int] | None = None) -> None:
+        """``weight_bits``: bits of single weights by parameter name (mixed widths); 32-bit
+        weights stay float."""
+        per_weight = dict(weight_bits or {})
+        self.weights = [(w, axis, per_weight.get(name, bits))
+                        for name, w, axis in prunable_weights(model)]
         self.saved: list[torch.Tensor] = []
 
     def __enter__(self) -> QuantizedWeights:
         with torch.no_grad():
-            for w, axis in self.weights:
+            for w, axis, bits in self.weights:
                 self.saved.append(w.detach().clone())
-                w.copy_(quantize_tensor(w, self.bits, axis))
+                if bits < 32:
+                    w.copy_(quantize_tensor(w, bits, axis))
         return self
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            for (w, _), kept in zip(self.weights, self.saved):
+            for (w, _, _), kept in zip(self.weights, self.saved):
                 w.copy_(kept)
         self.saved = []

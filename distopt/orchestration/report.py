@@ -27,6 +27,7 @@ from distopt import metrics as M
 from distopt.config import Config, ConfigError, load_config
 from distopt.pareto import hypervolume, non_dominated
 from distopt.storage import Location
+from distopt.orchestration.reseed import SEEDS, TEST_MEAN, TEST_SD, WITHIN_NOISE
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,12 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         row["artifact"] = str(dst.relative_to(output))
         assert splits is not None
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
-    pq.write_table(pa.Table.from_pylist(rows), output / TRIALS)
+    write_trials(rows, output)
     return rows
+
+
+def write_trials(rows: list[dict[str, Any]], output: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(rows), output / TRIALS)
 
 
 def _child_rows(cfg: Config, parent: dict[str, Any], children: list[dict[str, Any]],
@@ -287,9 +292,10 @@ def write_report(output: Path) -> dict[str, Any]:
     keys = list(cfg.search.space)
 
     with open(output / "pareto.csv", "w", newline="") as f:
-        cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES, M.COMPRESSION_RATIO,
+        cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+                M.COMPRESSION_RATIO,
                 M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
-                "artifact"] + \
+                TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, "artifact"] + \
             [f"param.{k}" for k in keys]
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -302,6 +308,8 @@ def write_report(output: Path) -> dict[str, Any]:
     failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED)]
     # Objectives beyond accuracy and bytes (latency, non-zero parameters) get a column too.
     extra = [n for n, _ in cfg.search.objectives if n not in (M.VAL_ACCURACY, M.SIZE_BYTES)]
+    # search.reseed: the front's test accuracy as mean +- sd over seeds, and the noise mark.
+    reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
     stopped = sum(r["status"] == STOPPED for r in rows)
     complete = len(rows) - len(failed) - stopped
     children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
@@ -315,16 +323,24 @@ def write_report(output: Path) -> dict[str, Any]:
              + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
              "Accuracies are those of the models decoded from their artifacts; test accuracy is "
              "evaluated once, after the search, on the front only.", "",
-             "| trial | " + " | ".join(keys) + " | val acc | test acc | bytes | compression | "
+             "| trial | " + " | ".join(keys) + " | val acc | test acc | "
+             + ("test acc over seeds | " if reseeded else "") + "bytes | compression | "
              + "".join(f"{n} | " for n in extra) + "fit |",
-             "|---" * (len(keys) + len(extra) + 6) + "|"]
+             "|---" * (len(keys) + len(extra) + 6 + reseeded) + "|"]
     for r in front:
         vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
         lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
-                     f"{r[M.TEST_ACCURACY]:.4f} | {int(r[M.SIZE_BYTES]):,} | "
+                     f"{r[M.TEST_ACCURACY]:.4f} | "
+                     + (f"{_over_seeds(r)} | " if reseeded else "")
+                     + f"{int(r[M.SIZE_BYTES]):,} | "
                      f"{r[M.COMPRESSION_RATIO]:.1f}x | "
                      + "".join(f"{_cell(r.get(n))} | " for n in extra)
                      + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
+    if reseeded:
+        lines += ["", "Test accuracy over seeds (`search.reseed`): mean +- standard deviation "
+                  "over the search's run and its retrainings with other seeds; *within noise*: "
+                  "its advantage over the next smaller front model is at most the spread of "
+                  "the difference of two single runs, sqrt(sd^2 + sd_smaller^2)."]
     if failed:
         lines += ["", "## Failed trials", "", "| trial | error |", "|---|---|"]
         lines += [f"| {r['trial_id']} | {r['error'].replace('|', '/')} |" for r in failed]
@@ -336,19 +352,28 @@ def write_report(output: Path) -> dict[str, Any]:
         "experiment": cfg.name, "versions": _versions(),
         "objectives": [list(o) for o in cfg.search.objectives],
         "models": [{
-            "file": r["artifact"], "trial_id": r["trial_id"], M.PARENT_ID: r.get(M.PARENT_ID, ""),
+            "file": r["artifact"], "trial_id": r["trial_id"],
+            M.PARENT_ID: r.get(M.PARENT_ID, ""),
             "config": json.loads(r["config_json"]),
             "seed": json.loads(r["config_json"])["train"]["seed"],
             "data_digest": _artifact_digest(output / r["artifact"]),
             "metrics": {k: r[k] for k in (M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
                                           M.COMPRESSION_RATIO, M.PARAMS, M.NONZERO_PARAMS,
-                                          M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY)
+                                          M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
+                                          TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE)
                         if k in r},
         } for r in front],
     }
     (output / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
     return {"trials": len(rows), "failed": len(failed), "front": len(front),
             "hypervolume": ys[-1] if ys else 0.0}
+
+
+def _over_seeds(r: dict[str, Any]) -> str:
+    if not r.get(SEEDS):
+        return "-"
+    text = f"{r[TEST_MEAN]:.4f} +- {r[TEST_SD]:.4f} ({int(r[SEEDS])} seeds)"
+    return text + (", within noise" if r.get(WITHIN_NOISE) else "")
 
 
 def _cell(v: Any) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from distopt import metrics as M
 from distopt.config import Config
-from distopt.storage import is_uri
+from distopt.storage import Location, is_uri
 from distopt.orchestration.telemetry import record_trial
 from distopt.train_loop import WorkerEnv, fit
 
@@ -274,6 +274,27 @@ def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
     out = result.return_value
     assert out is not None, "rank 0 returned nothing"
     return TrialResult(out["metrics"], out["artifact"], out["history"])
+
+
+def ensure_teacher(cfg: Config, output: Location, train_storage: str | Path) -> Config:
+    """``cfg`` with ``train.teacher_path`` set, when it distills (:attr:`Config.distills`):
+    the teacher stored at ``output`` (``teacher.dopt``) if there is one (a resumed search or
+    training reuses it), else trained now, once, as a Ray Train job of
+    :meth:`Config.teacher_config` (resumable under the name ``teacher``) and stored there.
+    A config that names its own teacher, or does not distill, comes back unchanged."""
+    if not cfg.distills or cfg.train.teacher_path:
+        return cfg
+    if output.is_file(M.TEACHER_FILE):
+        log.info("teacher: reusing %s", output.uri(M.TEACHER_FILE))
+    else:
+        teacher = cfg.teacher_config()
+        log.info("teacher: training %s (%s, %d epochs) once, for every trial to learn from",
+                 teacher.name, teacher.model.preset or teacher.model.family, teacher.train.epochs)
+        result = run_trial(teacher, train_storage, name="teacher", evaluate_test=False)
+        output.write_bytes(M.TEACHER_FILE, result.artifact)
+        log.info("teacher: validation accuracy %.4f, %.0f s in its training loop",
+                 result.metrics[M.VAL_ACCURACY], result.metrics[M.TRAIN_SECONDS])
+    return cfg.with_overrides({"train.teacher_path": output.uri(M.TEACHER_FILE)})
 
 
 def fit_local(cfg: Config, evaluate_test: bool = True) -> TrialResult:

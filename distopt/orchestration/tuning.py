@@ -27,6 +27,7 @@ from typing import Any
 from distopt.config import Config, ConfigError, storage_url
 from distopt.storage import Location
 from distopt.space import to_optuna
+from distopt.orchestration.reseed import unwrap_params
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
 
     A config the sampled values make invalid raises here, and fails this trial alone. (The
     function's name is what the dashboard shows for every trial actor.)"""
-    cfg = _trial_cfg(params, base)
+    cfg = _trial_cfg(unwrap_params(params), base)
     if cfg.in_trial_actor:
         from distopt.orchestration.run import train_in_trial_actor
 
@@ -250,7 +251,7 @@ def trial_resources(params: dict[str, Any], base: dict[str, Any]) -> Any:
     from ray.tune import PlacementGroupFactory
 
     try:
-        cfg = _trial_cfg(params, base)
+        cfg = _trial_cfg(unwrap_params(params), base)
     except ConfigError:  # the trial fails on its own, with this error, as soon as it starts
         cfg = Config.from_dict(base).trial_config()
     if cfg.in_trial_actor:
@@ -313,6 +314,9 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     paths = SearchPaths(output)
     output.local.mkdir(parents=True, exist_ok=True)
+    from distopt.orchestration.run import ensure_teacher
+
+    cfg = ensure_teacher(cfg, output, paths.train)  # once per search, before any trial
     run_config = ray.tune.RunConfig(
         name="tune", storage_path=output.uri(), verbose=0,
         callbacks=[ProgressTable(cfg), ExperimentGauges(cfg), TrialClock(output.local)] + (
@@ -327,11 +331,7 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
         tuner = ray.tune.Tuner.restore(paths.tune, trainable=trainable(cfg, paths),
                                        resume_unfinished=True, resume_errored=False)
     else:
-        if cfg.search.max_concurrent:
-            max_conc, why = cfg.search.max_concurrent, "search.max_concurrent"
-        else:
-            types, source = cluster_node_types()
-            max_conc, why = default_max_concurrent(cfg, types), f"judged on {source}"
+        max_conc, why = concurrency(cfg)
         log.info("search %s: %s, sampler %s, up to %d at once (%s), objectives %s",
                  cfg.name, budget_text(cfg), cfg.search.sampler, max_conc, why,
                  ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives))
@@ -349,6 +349,14 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     log.info("search finished in %.0f s", time.perf_counter() - t0)
     _close_orphans(cfg, paths)
     return grid
+
+
+def concurrency(cfg: Config) -> tuple[int, str]:
+    """Trials at once, and why: ``search.max_concurrent``, else what the cluster holds."""
+    if cfg.search.max_concurrent:
+        return cfg.search.max_concurrent, "search.max_concurrent"
+    types, source = cluster_node_types()
+    return default_max_concurrent(cfg, types), f"judged on {source}"
 
 
 def budget_text(cfg: Config) -> str:

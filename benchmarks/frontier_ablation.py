@@ -1,0 +1,95 @@
+"""What distillation and mixed bit widths each add to one small compressed model, alone,
+against the same base, over seeds (issue 14's ablation; input resolution is not built yet).
+
+Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dense epochs,
+80% global magnitude pruning + 2 fine-tune epochs, 4-bit weights. Setups change one thing:
+
+- ``+distill``: ``train.distill_alpha`` 0.5 at T = 4 from a seed CNN teacher (6 epochs, dense
+  float32), trained once for all seeds;
+- ``+mixed bits``: the first conv and the classifier at 8 bits, the rest at 4.
+
+Every number is the decoded file's: test accuracy on the 2,000 embedded test images, bytes of
+the whole file. Runs in this process (no Ray), ~8 minutes on 2 cores.
+
+    python benchmarks/frontier_ablation.py [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write  # noqa: E402
+
+from distopt import metrics as M  # noqa: E402
+from distopt.config import load_config  # noqa: E402
+from distopt.data import load_splits  # noqa: E402
+from distopt.train_loop import WorkerEnv, fit  # noqa: E402
+
+BASE = ["model.channels=8", "model.blocks=2", "model.dense_units=32", "train.epochs=8",
+        "train.lr=0.003", "train.schedule=cosine", "train.precision=fp32",
+        "augment.rotation=10", "augment.shift=0.1", "compress.prune_ratio=0.8",
+        "compress.finetune_epochs=2", "compress.quant_bits=4"]
+TEACHER = ["model.preset=seed_cnn", "train.epochs=6", "train.lr=0.002", "train.schedule=cosine",
+           "train.precision=fp32", "augment.rotation=10", "augment.shift=0.1",
+           "compress.prune_ratio=0", "compress.quant_bits=32"]
+SETUPS: dict[str, list[str]] = {
+    "base": [],
+    "+distill": ["train.distill_alpha=0.5", "train.distill_temperature=4.0"],
+    "+mixed bits": ["compress.bits_first_conv=8", "compress.bits_classifier=8"],
+}
+HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "bytes mean", "vs base (points)"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args()
+    splits = load_splits(load_config(None).data)
+    t0 = time.perf_counter()
+    teacher = fit(load_config(None, TEACHER), WorkerEnv(), lambda *a, **k: None,
+                  evaluate_test=True, splits=splits)
+    print(f"teacher: test {teacher['metrics'][M.TEST_ACCURACY]:.4f}, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "teacher.dopt"
+        path.write_bytes(teacher["artifact"])
+        for seed in range(args.seeds):  # seeds outermost: every setup sees the same load
+            for setup, extra in SETUPS.items():
+                over = BASE + extra + [f"train.seed={seed}"]
+                if "train.distill_alpha=0.5" in extra:
+                    over.append(f"train.teacher_path={path}")
+                m = fit(load_config(None, over), WorkerEnv(), lambda *a, **k: None,
+                        evaluate_test=True, splits=splits)["metrics"]
+                runs.append({"setup": setup, "seed": seed, "test_accuracy": m[M.TEST_ACCURACY],
+                             "val_accuracy": m[M.VAL_ACCURACY], "bytes": m[M.SIZE_BYTES]})
+                print(f"{setup:>12} seed {seed}: test {m[M.TEST_ACCURACY]:.4f}, "
+                      f"{m[M.SIZE_BYTES]:,} B", flush=True)
+    base = statistics.mean(r["test_accuracy"] for r in runs if r["setup"] == "base")
+    rows = []
+    for setup in SETUPS:
+        rs = [r for r in runs if r["setup"] == setup]
+        acc = [r["test_accuracy"] for r in rs]
+        mean = statistics.mean(acc)
+        rows.append([setup, len(rs), f"{mean:.4f}",
+                     f"{statistics.stdev(acc):.4f}" if len(acc) > 1 else "-",
+                     f"{statistics.mean(r['bytes'] for r in rs):,.0f}",
+                     f"{100 * (mean - base):+.2f}"])
+    print(table(HEADERS, rows))
+    path = write("frontier_ablation", {
+        "command": "python benchmarks/frontier_ablation.py", "base": BASE, "teacher": TEACHER,
+        "teacher_test_accuracy": teacher["metrics"][M.TEST_ACCURACY], "setups": SETUPS,
+        "runs": runs, "table": rows}, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

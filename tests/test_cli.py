@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distopt import metrics as M
+from distopt.compress import decode
 
 from _raytools import assert_quiet
 from conftest import CONFIGS, ROOT, TINY
@@ -166,3 +167,26 @@ def test_conv1d_search_on_three_objectives_then_onnx_export_of_its_front(tmp_pat
         assert f"{onnx_info[M.ONNX_BYTES]:,}" in p.stdout
     p = distopt("export", str(out), "--trial", "nope")
     assert p.returncode == 2 and "--trial: got 'nope'" in p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_distilling_search_trains_its_teacher_once_and_every_trial_learns_from_it(tmp_path):
+    out = tmp_path / "kd"
+    # Here, not in test_tuning.py: the teacher is a Ray Train job, and with the in-process
+    # instance of that module's tests alive, Train's placement-group cleaner finds two local
+    # Ray instances and logs a traceback (upstream; README, Monitoring).
+    p = distopt("search", "--config", str(CONFIGS / "smoke.yaml"), "--output", str(out),
+                "search.num_trials=3",
+                "search.space={train.distill_alpha: {choices: [0.0, 0.5]}, "
+                "compress.quant_bits: {choices: [4, 8]}}", "train.distill_temperature=2.0")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.count("teacher: training") == 1
+    assert_quiet(p.stderr)
+    teacher = out / M.TEACHER_FILE
+    decoded = decode(teacher.read_bytes())
+    assert all(e["bits"] == 32 for e in decoded.tensors)  # dense float32: no compression
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "COMPLETE" for r in rows)
+    for r in rows:  # every trial was pointed at the one stored teacher
+        assert json.loads(r["config_json"])["train"]["teacher_path"] == str(teacher)

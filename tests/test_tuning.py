@@ -647,22 +647,3 @@ def test_children_become_study_trials_the_sampler_learns_from_and_answer_duplica
     assert child.system_attrs[key] == trials[0].system_attrs[key] == 0
     # A later sample of the child's values is answered with its result, not trained.
     assert s.results[s._key(child.params)] == (child.number, [0.7, 50.0])
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_a_distilling_search_trains_its_teacher_once_and_every_trial_learns_from_it(tmp_path):
-    out = tmp_path / "kd"
-    p = _search("--config", str(SMOKE), "--output", str(out), "search.num_trials=3",
-                "search.space={train.distill_alpha: {choices: [0.0, 0.5]}, "
-                "compress.quant_bits: {choices: [4, 8]}}", "train.distill_temperature=2.0")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert p.stdout.count("teacher: training") == 1
-    assert_quiet(p.stderr)
-    teacher = out / M.TEACHER_FILE
-    decoded = decode(teacher.read_bytes())
-    assert all(e["bits"] == 32 for e in decoded.tensors)  # dense float32: no compression
-    rows = pq.read_table(out / "trials.parquet").to_pylist()
-    assert len(rows) == 3 and all(r["status"] == "COMPLETE" for r in rows)
-    for r in rows:  # every trial was pointed at the one stored teacher
-        assert json.loads(r["config_json"])["train"]["teacher_path"] == str(teacher)

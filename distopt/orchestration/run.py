@@ -262,13 +262,14 @@ def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_t
 
 
 def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
-              evaluate_test: bool = True) -> TrialResult:
+              evaluate_test: bool = True, log_epochs: bool = True) -> TrialResult:
     """Run one configuration as a Ray Train job and return its final metrics and artifact.
 
     Re-running with the same ``storage_path`` and ``name`` resumes from the last epoch
     checkpoint (Ray Train's behaviour), so callers pick a fresh name for a fresh run."""
     ensure_ray()
-    result = make_trainer(cfg, storage_path, name, evaluate_test=evaluate_test).fit()
+    result = make_trainer(cfg, storage_path, name, evaluate_test=evaluate_test,
+                          log_epochs=log_epochs).fit()
     if result.error is not None:
         raise result.error
     out = result.return_value
@@ -290,7 +291,9 @@ def ensure_teacher(cfg: Config, output: Location, train_storage: str | Path) -> 
         teacher = cfg.teacher_config()
         log.info("teacher: training %s (%s, %d epochs) once, for every trial to learn from",
                  teacher.name, teacher.model.preset or teacher.model.family, teacher.train.epochs)
-        result = run_trial(teacher, train_storage, name="teacher", evaluate_test=False)
+        # Quiet like the search's trials: the driver logs the teacher's result below.
+        result = run_trial(teacher, train_storage, name="teacher", evaluate_test=False,
+                           log_epochs=False)
         output.write_bytes(M.TEACHER_FILE, result.artifact)
         log.info("teacher: validation accuracy %.4f, %.0f s in its training loop",
                  result.metrics[M.VAL_ACCURACY], result.metrics[M.TRAIN_SECONDS])

@@ -126,7 +126,8 @@ def test_a_stored_teacher_is_reused_and_a_missing_one_trained_once(tmp_path, mon
 
     calls = []
 
-    def fake_run_trial(cfg, storage, name="train", evaluate_test=True):
+    def fake_run_trial(cfg, storage, name="train", evaluate_test=True, log_epochs=True):
+        assert not log_epochs  # quiet: the driver logs the teacher's result
         calls.append((cfg, name))
         return TrialResult({M.VAL_ACCURACY: 0.9, M.TRAIN_SECONDS: 1.0}, b"teacher-bytes", [])
 

@@ -300,21 +300,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_table(entries: list[dict], verified: bool) -> str:
-    head = ["model", "bits", "sparsity", ".dopt bytes", ".onnx bytes"]
-    if verified:
-        head += ["PyTorch acc", "ORT acc", "agreement", "PyTorch ms", "ORT ms"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for e in entries:
-        m, o = e["metrics"], e["onnx"]
-        cells = [e["trial_id"], bits_text(e["config"]["compress"]),
-                 f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",
-                 f"{o[M.ONNX_BYTES]:,}"]
-        if verified:
-            cells += [f"{o['test_accuracy_pytorch']:.4f}", f"{o['test_accuracy_onnxruntime']:.4f}",
-                      f"{o['agreement']:.2%}", f"{o[M.LATENCY_MS]:.3f}",
-                      f"{o[M.ORT_LATENCY_MS]:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from distopt.export import PARITY_HEADERS, parity_cells
+
+    head = PARITY_HEADERS if verified else PARITY_HEADERS[:5]
+    rows = [parity_cells(e, verified) for e in entries]
+    return "\n".join(["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def cmd_config(args: argparse.Namespace) -> int:

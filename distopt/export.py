@@ -375,5 +375,24 @@ def export_results(output: Path, trial: str | None = None, verify: bool = True
     return entries
 
 
+PARITY_HEADERS = ["model", "bits", "sparsity", ".dopt bytes", ".onnx bytes", "PyTorch acc",
+                  "ORT acc", "agreement", "PyTorch ms", "ORT ms"]
+
+
+def parity_cells(entry: dict[str, Any], verified: bool = True) -> list[str]:
+    """One manifest model entry after :func:`export_results` as table cells (the first five
+    of :data:`PARITY_HEADERS` without the runtime check): the CLI's and the benchmark's row."""
+    from distopt.config import bits_text
+
+    m, o = entry["metrics"], entry["onnx"]
+    cells = [entry["trial_id"], bits_text(entry["config"]["compress"]),
+             f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",
+             f"{o[M.ONNX_BYTES]:,}"]
+    if verified:
+        cells += [f"{o['test_accuracy_pytorch']:.4f}", f"{o['test_accuracy_onnxruntime']:.4f}",
+                  f"{o['agreement']:.2%}", f"{o[M.LATENCY_MS]:.3f}", f"{o[M.ORT_LATENCY_MS]:.3f}"]
+    return cells
+
+
 class ExportError(ValueError):
     """The export cannot start: no search results there, or no such trial on the front."""

@@ -1,12 +1,20 @@
-"""What distillation and mixed bit widths each add to one small compressed model, alone,
-against the same base, over seeds (issue 14's ablation; input resolution is not built yet).
+"""What distillation, mixed bit widths, input resolution, conv block kinds and lower bit widths
+each add to one small compressed model, alone, against the same base, over seeds (issue 14's
+ablation), and what artifact format v2 saves over v1 on each (the same weights, re-encoded).
 
 Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dense epochs,
 80% global magnitude pruning + 2 fine-tune epochs, 4-bit weights. Setups change one thing:
 
 - ``+distill``: ``train.distill_alpha`` 0.5 at T = 4 from a seed CNN teacher (6 epochs, dense
   float32), trained once for all seeds;
-- ``+mixed bits``: the first conv and the classifier at 8 bits, the rest at 4.
+- ``+mixed bits``: the first conv and the classifier at 8 bits, the rest at 4;
+- ``16x16 input``: ``data.resize`` 16 (bilinear, in training, evaluation and the file);
+- ``same blocks`` / ``separable blocks``: ``model.block`` same / separable;
+- ``3-bit`` / ``ternary``: ``compress.quant_bits`` 3 / 2.
+
+Bytes are format v2's (the default), split into header / index / scales+biases / values; the
+``v1 bytes`` column is the same decoded weights written in format v1, checked to decode to the
+same parameters.
 
 Every number is the decoded file's: test accuracy on the 2,000 embedded test images, bytes of
 the whole file. Runs in this process (no Ray), ~8 minutes on 2 cores.
@@ -27,11 +35,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
+import torch  # noqa: E402
+
 from distopt import metrics as M  # noqa: E402
+from distopt.compress import decode, encode  # noqa: E402
 from distopt.config import load_config  # noqa: E402
 from distopt.data import load_splits  # noqa: E402
 from distopt.train_loop import WorkerEnv, fit  # noqa: E402
 
+BREAKDOWN = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)
 BASE = ["model.channels=8", "model.blocks=2", "model.dense_units=32", "train.epochs=8",
         "train.lr=0.003", "train.schedule=cosine", "train.precision=fp32",
         "augment.rotation=10", "augment.shift=0.1", "compress.prune_ratio=0.8",
@@ -43,8 +55,24 @@ SETUPS: dict[str, list[str]] = {
     "base": [],
     "+distill": ["train.distill_alpha=0.5", "train.distill_temperature=4.0"],
     "+mixed bits": ["compress.bits_first_conv=8", "compress.bits_classifier=8"],
+    "16x16 input": ["data.resize=16"],
+    "same blocks": ["model.block=same"],
+    "separable blocks": ["model.block=separable"],
+    "3-bit": ["compress.quant_bits=3"],
+    "ternary": ["compress.quant_bits=2"],
 }
-HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "bytes mean", "vs base (points)"]
+HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)", "bytes mean",
+           "header / index / scales+biases / values", "v1 bytes mean", "v2 saves"]
+
+
+def v1_bytes(artifact: bytes, bits: int) -> int:
+    """The same decoded weights in format v1, after checking that they decode identically."""
+    d = decode(artifact)
+    widths = {e["name"]: e["bits"] for e in d.tensors if e["name"] in d.codes}
+    v1 = encode(d.model, bits, d.meta, weight_bits=widths, version=1)
+    back = decode(v1).model.state_dict()
+    assert all(torch.equal(t, back[k]) for k, t in d.model.state_dict().items())
+    return len(v1)
 
 
 def main() -> None:
@@ -67,22 +95,29 @@ def main() -> None:
                 over = BASE + extra + [f"train.seed={seed}"]
                 if "train.distill_alpha=0.5" in extra:
                     over.append(f"train.teacher_path={path}")
-                m = fit(load_config(None, over), WorkerEnv(), lambda *a, **k: None,
-                        evaluate_test=True, splits=splits)["metrics"]
+                cfg = load_config(None, over)
+                out = fit(cfg, WorkerEnv(), lambda *a, **k: None, evaluate_test=True,
+                          splits=splits)
+                m = out["metrics"]
                 runs.append({"setup": setup, "seed": seed, "test_accuracy": m[M.TEST_ACCURACY],
-                             "val_accuracy": m[M.VAL_ACCURACY], "bytes": m[M.SIZE_BYTES]})
-                print(f"{setup:>12} seed {seed}: test {m[M.TEST_ACCURACY]:.4f}, "
-                      f"{m[M.SIZE_BYTES]:,} B", flush=True)
+                             "val_accuracy": m[M.VAL_ACCURACY], "bytes": m[M.SIZE_BYTES],
+                             "v1_bytes": v1_bytes(out["artifact"], cfg.compress.quant_bits),
+                             **{k: m[k] for k in BREAKDOWN}})
+                print(f"{setup:>16} seed {seed}: test {m[M.TEST_ACCURACY]:.4f}, "
+                      f"{m[M.SIZE_BYTES]:,} B (v1 {runs[-1]['v1_bytes']:,} B)", flush=True)
     base = statistics.mean(r["test_accuracy"] for r in runs if r["setup"] == "base")
     rows = []
     for setup in SETUPS:
         rs = [r for r in runs if r["setup"] == setup]
         acc = [r["test_accuracy"] for r in rs]
         mean = statistics.mean(acc)
+        size = statistics.mean(r["bytes"] for r in rs)
+        v1 = statistics.mean(r["v1_bytes"] for r in rs)
         rows.append([setup, len(rs), f"{mean:.4f}",
                      f"{statistics.stdev(acc):.4f}" if len(acc) > 1 else "-",
-                     f"{statistics.mean(r['bytes'] for r in rs):,.0f}",
-                     f"{100 * (mean - base):+.2f}"])
+                     f"{100 * (mean - base):+.2f}", f"{size:,.0f}",
+                     " / ".join(f"{statistics.mean(r[k] for r in rs):,.0f}" for k in BREAKDOWN),
+                     f"{v1:,.0f}", f"{1 - size / v1:.0%}"])
     print(table(HEADERS, rows))
     path = write("frontier_ablation", {
         "command": "python benchmarks/frontier_ablation.py", "base": BASE, "teacher": TEACHER,

@@ -28,6 +28,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence, Union
 import yaml
 
 from distopt import metrics
+from distopt.shapes import conv_out_side
 
 __all__ = [
     "AugmentConfig",
@@ -172,6 +173,10 @@ class ModelConfig:
                             "folded into the convs when weight pruning starts (or at export)")
     head: Literal["flatten", "gap"] = _opt("flatten", doc="cnn: flatten the last feature map, "
                                            "or global-average-pool it (one value per channel)")
+    block: Literal["plain", "same", "separable"] = _opt(
+        "plain", doc="cnn, conv1d: conv blocks; plain: 'valid' convs (the seed's); same: "
+        "zero-padded convs (only pooling shrinks the map); separable: depthwise-separable "
+        "blocks (k x k depthwise + 1 x 1 pointwise, 'same') after a full first conv")
     cell: Literal["rnn", "gru", "lstm"] = _opt("rnn", doc="rnn: recurrent cell (rnn = Elman "
                                                "tanh, Keras' SimpleRNN)")
     hidden_size: int = _opt(128, _range(1), "rnn: hidden units of each recurrent layer")
@@ -261,16 +266,17 @@ class CompressConfig:
         "sparsity over the fine-tune epochs (cubic, Zhu & Gupta 2017)")
     qat: bool = _opt(False, doc="fine-tune with weights quantized to quant_bits in every "
                      "forward (straight-through), so the artifact's rounding is trained for")
-    quant_bits: Literal[32, 16, 8, 4] = _opt(8, doc="weight bits in the artifact: 32 = float32; "
-                                             "16/8/4 = symmetric per-output-channel integers")
-    bits_first_conv: Literal[32, 16, 8, 4] | None = _opt(
+    quant_bits: Literal[32, 16, 8, 4, 3, 2] = _opt(
+        8, doc="weight bits in the artifact: 32 = float32; 16/8/4/3 = symmetric "
+        "per-output-channel integers; 2 = ternary {-1, 0, 1} x a per-channel scale")
+    bits_first_conv: Literal[32, 16, 8, 4, 3, 2] | None = _opt(
         None, doc="mixed bit widths: weight bits of the first conv layer; null: quant_bits")
-    bits_conv: Literal[32, 16, 8, 4] | None = _opt(
+    bits_conv: Literal[32, 16, 8, 4, 3, 2] | None = _opt(
         None, doc="weight bits of the other conv layers; null: quant_bits")
-    bits_dense: Literal[32, 16, 8, 4] | None = _opt(
+    bits_dense: Literal[32, 16, 8, 4, 3, 2] | None = _opt(
         None, doc="weight bits of hidden dense layers (and rnn: recurrent and embedding "
         "weights); null: quant_bits")
-    bits_classifier: Literal[32, 16, 8, 4] | None = _opt(
+    bits_classifier: Literal[32, 16, 8, 4, 3, 2] | None = _opt(
         None, doc="weight bits of the last (classifier) layer; null: quant_bits")
 
 
@@ -778,14 +784,21 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     if ok("model.family", "model.blocks", "model.kernel_size", "data.shape", "data.resize") and \
             m.family in ("cnn", "conv1d"):
         side = d.shape[2] if m.family == "conv1d" else min(d.model_shape[1:])
-        for _ in range(m.blocks):
-            side = (side - m.kernel_size + 1) // 2
+        side = conv_out_side(side, side, m.blocks, (m.kernel_size,) * 2, (2, 2), m.block)[0]
         if side < 1:
             hint = "; for 1-D signals use model.family 'conv1d' with data.shape [C, 1, L]" \
                 if m.family == "cnn" and 1 in d.shape[1:] else ""
             problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
                             f"the {d.model_shape[1]}x{d.model_shape[2]} input shrinks to "
                             f"nothing{hint}")
+    if ok("model.block", "model.kernel_size") and m.block != "plain" and m.kernel_size % 2 == 0:
+        problems.append(f"model.kernel_size: got {m.kernel_size} with model.block {m.block!r}; "
+                        "'same' padding needs an odd kernel size")
+    if ok("model.block", "compress.prune_kind") and m.block == "separable" and \
+            cfg.compress.prune_kind == "structured":
+        problems.append("compress.prune_kind: got 'structured' with model.block 'separable'; "
+                        "structured pruning removes whole channels of full convs only (use "
+                        "unstructured)")
     if ok("model.family", "augment") and m.family == "conv1d" and \
             {k for k in image_aug if k != "shift"}:
         problems.append(f"augment: got {image_aug} with model.family 'conv1d'; 1-D signals "

@@ -101,13 +101,13 @@ class _Graph:
 
     def weight(self, param: str, value: np.ndarray, rows: list[int] | None = None,
                shape: tuple[int, ...] | None = None) -> str:
-        """A weight as stored: int8 codes + DequantizeLinear for 8/4 bits, else float32.
+        """A weight as stored: int8 codes + DequantizeLinear for 8/4/3/2 bits, else float32.
 
         ``rows`` reorders (gate blocks of) the quantized axis; ``shape`` reshapes the codes
         around it (recurrent weights get a leading direction axis, so their axis becomes 1)."""
         bits = self.bits.get(param, 32)
         codes = self.codes.get(param)
-        if bits in (8, 4) and codes is not None:
+        if bits in (8, 4, 3, 2) and codes is not None:
             q, scale = codes
             axis = self.axes.get(param, 0)
             if rows is not None:
@@ -171,8 +171,9 @@ def _net(g: _Graph, x: str, model: Net) -> str:
         if isinstance(m, nn.Conv2d):
             w = g.weight(f"{name}.weight", _float(m.weight))
             b = g.const(f"{name}.bias", _float(m.bias))
+            ph, pw = m.padding if isinstance(m.padding, tuple) else (0, 0)
             x = g.node("Conv", [x, w, b], f"{name}.conv", kernel_shape=list(m.kernel_size),
-                       strides=[1, 1], pads=[0, 0, 0, 0])[0]
+                       strides=[1, 1], pads=[ph, pw, ph, pw], group=m.groups)[0]
         elif isinstance(m, nn.ReLU):
             x = g.node("Relu", [x])[0]
         elif isinstance(m, nn.MaxPool2d):

@@ -28,6 +28,13 @@ PARAMS = "params"
 NONZERO_PARAMS = "nonzero_params"
 DENSE_FP32_BYTES = "dense_fp32_bytes"
 COMPRESSION_RATIO = "compression_ratio"
+# Where the artifact's bytes go (format v2; they add up to SIZE_BYTES): the header (wrapper,
+# spec, per-tensor entries, meta), the index of non-zero positions, the scales and biases, and
+# the weight values.
+BYTES_HEADER = "bytes_header"
+BYTES_INDEX = "bytes_index"
+BYTES_SCALES = "bytes_scales_biases"
+BYTES_VALUES = "bytes_values"
 TEST_ACCURACY = "test_accuracy"
 LATENCY_MS = "latency_ms"  # PyTorch, batch 1, one thread, median after warm-up
 ORT_LATENCY_MS = "ort_latency_ms"  # the same on ONNX Runtime (measured when it is an objective)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from distopt.config import Config
+from distopt.shapes import BLOCKS, conv_out_side
 
 __all__ = ["ModelSpec", "Net", "RecurrentNet", "build_model", "spec_from_config", "seed_cnn",
            "seed_rnn", "Model", "count_params", "fold_batch_norm", "layer_kinds",
@@ -39,6 +40,7 @@ class ModelSpec:
     embed_dim: int = 0
     batch_norm: bool = False  # cnn: BatchNorm after each conv (folded away before export)
     head: Literal["flatten", "gap"] = "flatten"  # cnn: flatten or global-average-pool features
+    block: Literal["plain", "same", "separable"] = "plain"  # cnn, conv1d: conv block kind
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +55,8 @@ class ModelSpec:
                    cell=d.get("cell", "rnn"),
                    rnn_units=tuple(int(u) for u in d.get("rnn_units", ())),
                    vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)),
-                   batch_norm=bool(d.get("batch_norm", False)), head=d.get("head", "flatten"))
+                   batch_norm=bool(d.get("batch_norm", False)), head=d.get("head", "flatten"),
+                   block=d.get("block", "plain"))
 
     @property
     def tokens(self) -> bool:
@@ -72,10 +75,8 @@ class ModelSpec:
 
     def conv_out_side(self) -> tuple[int, int]:
         h, w = self.in_shape[1:]
-        (kh, kw), (ph, pw) = self.conv_kernel, self.pool
-        for _ in self.conv_channels:
-            h, w = (h - kh + 1) // ph, (w - kw + 1) // pw
-        return h, w
+        return conv_out_side(h, w, len(self.conv_channels), self.conv_kernel, self.pool,
+                             self.block)
 
 
 def spec_from_config(cfg: Config) -> ModelSpec:
@@ -91,7 +92,8 @@ def spec_from_config(cfg: Config) -> ModelSpec:
         return ModelSpec(m.family, in_shape, d.num_classes,
                          tuple(m.channels * 2 ** i for i in range(m.blocks)),
                          (m.dense_units,) * m.dense_layers, m.kernel_size,
-                         cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head)
+                         cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head,
+                         block=m.block)
     return ModelSpec("mlp", in_shape, d.num_classes, (), (m.dense_units,) * m.blocks, 3,
                      cfg.regularization.dropout)
 
@@ -125,9 +127,16 @@ def _head(n: int, units: tuple[int, ...], num_classes: int, dropout: float) -> n
 
 
 class Net(nn.Module):
-    """Conv blocks (conv 'valid' -> [BatchNorm] -> ReLU -> max-pool 2), then either the
-    flattened features or their global average per channel (``head: gap``), then dense layers
-    with dropout. Family ``mlp`` has no conv blocks.
+    """Conv blocks (conv -> [BatchNorm] -> ReLU -> max-pool 2), then either the flattened
+    features or their global average per channel (``head: gap``), then dense layers with
+    dropout. Family ``mlp`` has no conv blocks.
+
+    Block kinds (``spec.block``): ``plain`` convs are 'valid' (the seed's); ``same`` convs pad
+    ``k // 2`` so that only pooling shrinks the map (more blocks fit a small input);
+    ``separable`` blocks after the first are depthwise-separable (MobileNet): a ``k x k``
+    depthwise conv (one filter per channel, 'same') then a ``1 x 1`` pointwise conv, about
+    ``k * k`` times fewer weights than a full conv; the first block stays a full 'same' conv
+    (a depthwise conv of a one-channel image would learn a single filter).
 
     Family ``conv1d`` is the same network for 1-D signals ``(C, 1, L)``: kernels ``1 x k`` and
     pooling ``1 x 2`` run along L only. Keeping them ``Conv2d`` of height 1 (the same function
@@ -141,9 +150,14 @@ class Net(nn.Module):
         super().__init__()
         self.spec = spec
         c = spec.in_shape[0]
+        kernel = spec.conv_kernel
+        pad = (0, 0) if spec.block == "plain" else (kernel[0] // 2, kernel[1] // 2)
         convs: list[nn.Module] = []
-        for out in spec.conv_channels:
-            convs.append(nn.Conv2d(c, out, spec.conv_kernel))
+        for i, out in enumerate(spec.conv_channels):
+            if spec.block == "separable" and i > 0:
+                convs += [nn.Conv2d(c, c, kernel, padding=pad, groups=c), nn.Conv2d(c, out, 1)]
+            else:
+                convs.append(nn.Conv2d(c, out, kernel, padding=pad))
             if spec.batch_norm:
                 convs.append(nn.BatchNorm2d(out))
             convs += [nn.ReLU(inplace=True), nn.MaxPool2d(spec.pool)]
@@ -217,12 +231,20 @@ def fold_batch_norm(model: Net) -> Net:
     if not model.spec.batch_norm:
         return model
     new = Net(dataclasses.replace(model.spec, batch_norm=False))
-    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-    bns = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
-    for conv, bn, dst in zip(convs, bns, (m for m in new.features if isinstance(m, nn.Conv2d))):
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        dst.weight.copy_(conv.weight * scale[:, None, None, None])
-        dst.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+    # Each BatchNorm folds into the conv just before it (the pointwise one of a separable
+    # block); convs without one are copied.
+    new_convs = iter(m for m in new.features if isinstance(m, nn.Conv2d))
+    last: tuple[nn.Conv2d, nn.Conv2d] | None = None
+    for m in model.features:
+        if isinstance(m, nn.Conv2d):
+            last = (m, next(new_convs))
+            last[1].weight.copy_(m.weight)
+            last[1].bias.copy_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and last is not None:
+            conv, dst = last
+            scale = m.weight / torch.sqrt(m.running_var + m.eps)
+            dst.weight.copy_(conv.weight * scale[:, None, None, None])
+            dst.bias.copy_((conv.bias - m.running_mean) * scale + m.bias)
     new.classifier.load_state_dict(model.classifier.state_dict())
     return new.train(model.training)
 

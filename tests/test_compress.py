@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distopt import metrics as M
 from distopt.compress import (ArtifactError, QuantizedWeights, apply_masks, decode, encode,
                               global_magnitude_masks, gradual_ratio, quantize_per_channel,
                               quantize_tensor, size_report, structured_prune)
@@ -32,6 +33,8 @@ def _dequantized_reference(model: torch.nn.Module, bits: int) -> torch.nn.Module
             q, scale = quantize_per_channel(t.numpy(), bits)
             t = torch.from_numpy((q.reshape(len(q), -1) * scale[:, None]).reshape(t.shape)
                                  .astype(np.float32))
+        elif bits < 32:  # biases beside quantized weights: float16 in format v2
+            t = t.half().float()
         state[name] = t
     ref.load_state_dict(state)
     return ref
@@ -184,7 +187,9 @@ def test_rnn_round_trip_quantizes_every_matrix_and_matches_a_reference(cell, tok
     assert quantized == ({n for n, _, _ in prunable_weights(m)} if bits < 32 else set())
     # Reference: each matrix quantized on its own axis, independently of the codec.
     ref = build_model(m.spec).eval()
-    state = dict(m.state_dict())
+    weights = {n for n, _, _ in prunable_weights(m)}
+    state = {n: (t.half().float() if bits < 32 and n not in weights else t)  # float16 biases
+             for n, t in m.state_dict().items()}
     for name, w, axis in prunable_weights(m) if bits < 32 else ():
         a = w.detach().numpy()
         a = a.T if axis == 1 else a
@@ -300,7 +305,7 @@ def test_gradual_schedule_reaches_the_final_ratio():
 
 
 # ---------------------------------------------------------------- bounded, validated decoding
-# Crafted files carry a valid wrapper (magic, version, length, CRC), so only the decoder's own
+# Version-1 files (v2: the next section). Crafted files carry a valid wrapper (magic, version, length, CRC), so only the decoder's own
 # checks stand between them and the memory they ask for.
 
 import json  # noqa: E402
@@ -316,8 +321,14 @@ from distopt.compress import artifact as C  # noqa: E402
 SMALL = ModelSpec("cnn", (1, 12, 12), 3, (4,), (8,), 3)
 
 
+def _encode1(*args, **kwargs) -> bytes:
+    """Format version 1: these tests craft files in its layout (one JSON header, one body),
+    which distopt still decodes."""
+    return encode(*args, **kwargs, version=1)
+
+
 def _wrap(body: bytes, codec: int) -> bytes:
-    head = C._PREAMBLE.pack(C.MAGIC, C.VERSION, codec, 0, len(body)) + body
+    head = C._PREAMBLE.pack(C.MAGIC, 1, codec, 0, len(body)) + body
     return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -358,7 +369,7 @@ def _huge_spec_file() -> bytes:
 def _bomb(codec: int, megabytes: int) -> bytes:
     """A valid small model's header followed by ``megabytes`` of zeros, streamed into the
     compressor so the test itself never holds them."""
-    header, _ = _header_of(encode(_model(0, SMALL), 8))
+    header, _ = _header_of(_encode1(_model(0, SMALL), 8))
     h = json.dumps(header).encode()
     comp = (lzma.LZMACompressor(format=lzma.FORMAT_RAW,
                                 filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
@@ -371,7 +382,7 @@ def _bomb(codec: int, megabytes: int) -> bytes:
 
 
 def _shape_1e9_file() -> bytes:
-    header, payload = _header_of(encode(_model(0, SMALL), 8))
+    header, payload = _header_of(_encode1(_model(0, SMALL), 8))
     header["tensors"][0]["shape"] = [10 ** 9]
     return _craft(header, payload)
 
@@ -438,7 +449,7 @@ def test_crafted_files_do_not_grow_the_process(tmp_path):
     (lambda h: h.update(tensors="all"), "lacks its spec, tensors or meta"),
 ])
 def test_invalid_headers_raise_artifact_error_naming_the_problem(mutate, reason):
-    header, payload = _header_of(encode(_model(0, SMALL), 8))
+    header, payload = _header_of(_encode1(_model(0, SMALL), 8))
     mutate(header)
     with pytest.raises(ArtifactError, match=reason):
         decode(_craft(header, payload))
@@ -449,14 +460,14 @@ def test_deep_json_and_broken_payloads_raise_artifact_error():
         decode(_craft(b"[" * 200_000))
     with pytest.raises(ArtifactError, match="not valid JSON"):
         decode(_craft(b"\xff\xfe{"))
-    header, payload = _header_of(encode(_model(0, SMALL), 8))
+    header, payload = _header_of(_encode1(_model(0, SMALL), 8))
     with pytest.raises(ArtifactError, match="payload ends inside"):
         decode(_craft(header, payload[:-3]))
     with pytest.raises(ArtifactError, match="decompresses to more than its tensors need"):
         decode(_craft(header, payload + b"\x00" * 5))  # dense: the bound is exact
     sparse = _model(0, SMALL)
     apply_masks(sparse, global_magnitude_masks(sparse, 0.5))
-    header, payload = _header_of(encode(sparse, 8))
+    header, payload = _header_of(_encode1(sparse, 8))
     with pytest.raises(ArtifactError, match="5 bytes of payload follow the last tensor"):
         decode(_craft(header, payload + b"\x00" * 5))
     with pytest.raises(ArtifactError, match="cannot be decompressed"):
@@ -489,7 +500,7 @@ def test_fuzzed_artifacts_decode_or_raise_artifact_error_within_bounded_memory(d
                                                                  in_shape=(10,))]))
     m = _model(0, spec)
     apply_masks(m, global_magnitude_masks(m, data.draw(st.sampled_from([0.0, 0.6]))))
-    original = encode(m, data.draw(st.sampled_from([32, 8, 4])))
+    original = _encode1(m, data.draw(st.sampled_from([32, 8, 4])))
     decode(original)  # warm up: the first meta-device build of a family imports ~40 MB of torch
     header, payload = _header_of(original)
     if data.draw(st.booleans()):
@@ -546,5 +557,225 @@ def test_mixed_bit_widths_are_stored_per_tensor_as_the_qat_quantizer_rounds_them
                        dict(m.named_parameters())[names[-1]])  # 32 bits: the float weights
     # Lower widths where it matters make a smaller file than one width for all.
     assert len(encode(m, 16, weight_bits={n: 4 for n in names[:-1]})) < len(encode(m, 16))
-    with pytest.raises(ValueError, match="bits must be one of 32, 16, 8, 4, but got 2"):
-        encode(m, 8, weight_bits={names[0]: 2})
+    with pytest.raises(ValueError, match=r"bits must be one of 32, 16, 8, 4, 3, 2 \(format "
+                                         r"version 2\), but got 5"):
+        encode(m, 8, weight_bits={names[0]: 5})
+    with pytest.raises(ValueError, match=r"32, 16, 8, 4 \(format version 1\), but got 2"):
+        encode(m, 8, weight_bits={names[0]: 2}, version=1)
+
+
+# ---------------------------------------------------------------- format version 2
+
+
+def _v2_parts(data: bytes) -> tuple[dict, list[bytes], int]:
+    """A v2 file's header JSON, its four sections decompressed, and the values layout flag."""
+    secs = C._sections(data, "test")
+    raws = [C._unpack_section(s, s[1], "s", "test", C._BYTE_LAYOUT) for s in secs]
+    return json.loads(raws[0]), raws, secs[3][0] & C._BYTE_LAYOUT
+
+
+def _v2_build(header: dict | bytes, raws: list[bytes], flag: int = 0, codec: int = 0) -> bytes:
+    """A v2 file from parts (sections stored with ``codec``), wrapper and CRC valid."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    parts = [h, *raws[1:]]
+    stored = [s if codec == C._RAW else lzma.compress(s, format=lzma.FORMAT_RAW,
+                                                      filters=C._lzma_filters(len(s), False))
+              for s in parts]
+    body = b"".join(C._section(codec | (flag if i == 3 else 0), len(r), st_)
+                    for i, (r, st_) in enumerate(zip(parts, stored)))
+    return C._wrap(2, 0, body)
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8, 4, 3, 2])
+def test_v2_decodes_to_exactly_what_quantization_aware_training_sees(bits):
+    """Weights and biases of the decoded file equal the model inside QuantizedWeights, bit for
+    bit, at every width (ternary and 3-bit included), pruned zeros kept."""
+    m = _model()
+    apply_masks(m, global_magnitude_masks(m, 0.6))
+    decoded = decode(encode(m, bits))
+    with QuantizedWeights(m, bits):
+        trained_on = {n: p.detach().clone() for n, p in m.named_parameters()}
+    for name, p in decoded.model.named_parameters():
+        assert torch.equal(p, trained_on[name]), name
+    for (name, w, _), (_, w2, _) in zip(prunable_weights(m), prunable_weights(decoded.model)):
+        assert not w2[w == 0].any(), name
+
+
+def test_v2_picks_each_index_coding_where_it_is_smallest():
+    """Dense tensors store no index, moderately sparse ones a bitmask, very sparse ones Rice
+    gaps; a forced other choice is never smaller (compared by the section it lands in)."""
+    m = _model()
+    seen = set()
+    for ratio in (0.0, 0.5, 0.97):
+        apply_masks(m, global_magnitude_masks(m, ratio))
+        data = encode(m, 8)
+        seen |= {e["index"] for e in decode(data).tensors if "index" in e}
+    assert seen == {"dense", "bitmask", "rice"}
+
+
+def test_v2_ternary_non_zeros_cost_one_bit_each():
+    m = _model()
+    apply_masks(m, global_magnitude_masks(m, 0.5))
+    decoded = decode(data := encode(m, 2))
+    nonzero = sum(int((q != 0).sum()) for q, _ in decoded.codes.values())
+    assert all(set(np.unique(q)) <= {-1, 0, 1} for q, _ in decoded.codes.values())
+    header, raws, flag = _v2_parts(data)
+    if not flag:  # bit-packed: one bit per stored non-zero, each tensor padded to a byte
+        assert len(raws[3]) <= (nonzero + 7 * len(decoded.codes)) // 8 + 1
+    else:
+        assert len(raws[3]) == nonzero
+    assert len(data) < len(encode(m, 4))
+
+
+def test_v2_byte_breakdown_adds_up_and_v2_is_smaller_than_v1_for_the_same_weights():
+    m = _model(0, SMALL)
+    apply_masks(m, global_magnitude_masks(m, 0.8))
+    v1, v2 = encode(m, 4, version=1), encode(m, 4)
+    parts = C.byte_breakdown(v2)
+    assert set(parts) == set(C.SECTIONS) and sum(parts.values()) == len(v2)
+    assert C.byte_breakdown(v1) == {}
+    assert len(v2) < len(v1)
+    d1, d2 = decode(v1), decode(v2)
+    for name in d1.codes:  # the same integer codes and scales in both formats
+        np.testing.assert_array_equal(d1.codes[name][0], d2.codes[name][0])
+        np.testing.assert_array_equal(d1.codes[name][1], d2.codes[name][1])
+    rep = size_report(d2.model, v2)
+    assert rep[M.BYTES_VALUES] == parts[M.BYTES_VALUES]
+
+
+def test_v2_scales_are_float16_only_where_exact_and_never_clip_the_largest_weight():
+    w = torch.tensor([[3.3, -1.0, 0.5], [1e-3, 2e-3, -3e-3], [1e-9, 0.0, -2e-9]])
+    q, scale = quantize_per_channel(w.numpy(), 16)
+    assert np.abs(q).max() <= 32767
+    err = np.abs(q * scale[:, None] - w.numpy())
+    assert np.all(err <= scale[:, None] * (0.5 + 1e-3))  # even the max: the scale rounds up
+    # The third row's scale underflows float16, so this tensor keeps float32 scales.
+    m = build_model(ModelSpec("mlp", (1, 1, 3), 3, (), (), 3)).eval()
+    with torch.no_grad():
+        m.classifier[-1].weight.copy_(w)
+    header, _, _ = _v2_parts(encode(m, 16))
+    assert header["t"][0][1] == 32
+    with torch.no_grad():  # scales in float16's normal range: stored as float16
+        m.classifier[-1].weight.copy_(torch.tensor([[3.3, -1, 0.5], [0.2, 0.1, -0.3], [1, 2, 3]]))
+    assert _v2_parts(encode(m, 8))[0]["t"][0][1] == 16
+
+
+def test_v2_header_is_compact_and_decodes_the_spec_and_meta():
+    m = _model(0, SMALL)
+    meta = {"input": {"scale": 1 / 255, "mean": 0.13098469376564026, "std": 0.3082424402},
+            "config_name": "x"}
+    data = encode(m, 8, meta)
+    d = decode(data)
+    assert dataclasses.replace(d.model.spec, dropout=m.spec.dropout) == m.spec
+    assert np.float32(d.meta["input"]["mean"]) == np.float32(meta["input"]["mean"])
+    assert C.byte_breakdown(data)[M.BYTES_HEADER] < 130
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda h: h["t"].pop(), "tensor entries; the spec's model has"),
+    (lambda h: h["t"][0].__setitem__(0, 5), "bits 5 is not one of"),
+    (lambda h: h["t"][0].__setitem__(1, 8), "scale bits 8 is not valid"),
+    (lambda h: h["t"][0].__setitem__(2, 7), "unknown index coding 7"),
+    (lambda h: h["t"][0].__setitem__(3, 10 ** 9), "stored values of"),
+    (lambda h: h["t"][0].__setitem__(4, 3), "Rice fields set without Rice coding"),
+    (lambda h: h["t"][1].__setitem__(0, 8), r"expected \[16\] or \[32\]"),
+    (lambda h: h["t"].__setitem__(0, "dense"), "is not a list of integers"),
+    (lambda h: h["spec"].update(family="vit"), "unknown model family"),
+    (lambda h: h["spec"].update(block="dense"), "unknown conv block"),
+    (lambda h: h.pop("t"), "lacks its spec, tensors or meta"),
+])
+def test_v2_invalid_headers_raise_artifact_error_naming_the_problem(mutate, reason):
+    header, raws, flag = _v2_parts(encode(_model(0, SMALL), 8))
+    mutate(header)
+    with pytest.raises(ArtifactError, match=reason):
+        decode(_v2_build(header, raws, flag))
+
+
+def test_v2_broken_sections_raise_artifact_error():
+    sparse = _model(0, SMALL)
+    apply_masks(sparse, global_magnitude_masks(sparse, 0.97))
+    header, raws, flag = _v2_parts(encode(sparse, 4))
+    assert any(e[2] == C.INDEX_RICE for e in header["t"] if len(e) == 6)
+    with pytest.raises(ArtifactError, match="values section holds"):
+        decode(_v2_build(header, raws[:3] + [raws[3] + b"\x00"], flag))
+    with pytest.raises(ArtifactError, match="index section holds"):
+        decode(_v2_build(header, [raws[0], raws[1][:-1], *raws[2:]], flag))
+    good = _v2_build(header, raws, flag, codec=C._LZMA)
+    decode(good)
+    with pytest.raises(ArtifactError, match="follow the last section"):
+        decode(C._wrap(2, 0, good[C._PREAMBLE.size:-4] + b"\x00"))
+    with pytest.raises(ArtifactError, match="unknown codec 9"):
+        decode(_v2_build(header, raws, flag, codec=9))
+    # A bitmask that marks another count than its entry says.
+    bm = next(i for i, e in enumerate(header["t"]) if len(e) == 6 and e[2] == C.INDEX_RICE)
+    header["t"][bm][3] += 1
+    with pytest.raises(ArtifactError):
+        decode(_v2_build(header, raws, flag))
+
+
+def test_v2_section_bombs_are_refused_before_they_allocate():
+    header, raws, flag = _v2_parts(encode(_model(0, SMALL), 8))
+    comp = lzma.LZMACompressor(format=lzma.FORMAT_RAW,
+                               filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
+    bomb = b"".join(comp.compress(bytes(1 << 20)) for _ in range(64)) + comp.flush()
+    h = json.dumps(header).encode()
+    body = C._section(0, len(h), h) + C._section(0, len(raws[1]), raws[1]) + \
+        C._section(0, len(raws[2]), raws[2]) + C._section(C._LZMA, len(raws[3]), bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match="decompresses to"):
+            decode(C._wrap(2, 0, body))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fuzzed_v2_artifacts_decode_or_raise_artifact_error_within_bounded_memory(data):
+    """Structural mutations of the v2 header (any spec key or entry field set to any JSON
+    value) and byte-level mutations of any section: decoded, or ArtifactError, in a few MB."""
+    spec = data.draw(st.sampled_from([SMALL, dataclasses.replace(seed_rnn(True), vocab_size=50,
+                                                                 embed_dim=4, rnn_units=(6,),
+                                                                 in_shape=(10,))]))
+    m = _model(0, spec)
+    apply_masks(m, global_magnitude_masks(m, data.draw(st.sampled_from([0.0, 0.6, 0.97]))))
+    original = encode(m, data.draw(st.sampled_from([32, 8, 4, 2])))
+    decode(original)
+    header, raws, flag = _v2_parts(original)
+    if data.draw(st.booleans()):
+        value = data.draw(_json_values)
+        if data.draw(st.booleans()):
+            header["spec"][data.draw(st.sampled_from(["family", "in_shape", "conv_channels",
+                                                      "num_classes", "rnn_units"]))] = value
+        else:
+            i = data.draw(st.integers(0, len(header["t"]) - 1))
+            j = data.draw(st.integers(0, len(header["t"][i]) - 1))
+            header["t"][i][j] = value
+        crafted = _v2_build(header, raws, flag, data.draw(st.sampled_from([0, C._LZMA])))
+    else:
+        k = data.draw(st.integers(1, 3))
+        raw = bytearray(raws[k])
+        for _ in range(data.draw(st.integers(1, 4))):
+            op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+            i = data.draw(st.integers(0, max(0, len(raw) - 1)))
+            if op == "flip" and raw:
+                raw[i] ^= data.draw(st.integers(1, 255))
+            elif op == "cut":
+                del raw[i:i + data.draw(st.integers(1, 64))]
+            else:
+                raw[i:i] = data.draw(st.binary(min_size=1, max_size=64))
+        raws = list(raws)
+        raws[k] = bytes(raw)
+        crafted = _v2_build(header, raws, flag)
+    tracemalloc.start()
+    try:
+        try:
+            decode(crafted)
+        except ArtifactError:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2, peak

@@ -53,7 +53,7 @@ def test_config_is_frozen_and_with_overrides_validates():
 def test_every_problem_is_reported_at_once_with_key_value_and_rule():
     with pytest.raises(ConfigError) as e:
         load_config(None, [
-            "train.lr=-0.1", "compress.prune_ratio=1.0", "compress.quant_bits=3",
+            "train.lr=-0.1", "compress.prune_ratio=1.0", "compress.quant_bits=5",
             "model.blocks=many", "traain.epochs=3", "data.name=cifar", "train.use_gpu=maybe",
             "regularization.dropout=1.5", "augment.rotation=-5", "search.sampler=grid",
             "search.objectives=[[accuracy, max]]",
@@ -62,7 +62,7 @@ def test_every_problem_is_reported_at_once_with_key_value_and_rule():
     expected = [
         "train.lr: got -0.1 (float); must be > 0",
         "compress.prune_ratio: got 1.0 (float); must be >= 0 and < 1",
-        "compress.quant_bits: got 3 (int); must be one of 32, 16, 8, 4",
+        "compress.quant_bits: got 5 (int); must be one of 32, 16, 8, 4, 3, 2",
         "model.blocks: got 'many' (str); must be an integer",
         "traain: unknown key",
         "data.name: got 'cifar' (str); must be one of 'mnist-mini', 'mnist', 'parquet'",
@@ -97,7 +97,7 @@ def test_search_space_rules():
         "train.lr": {"low": 0.0, "high": 0.1, "log": True},
         "model.channels": {"low": 64, "high": 8},
         "model.nope": {"choices": [1, 2]},
-        "compress.quant_bits": {"choices": [8, 3]},
+        "compress.quant_bits": {"choices": [8, 5]},
         "model.dense_units": {"low": 16, "high": 256, "step": 2.5},
         "train.optimizer": {"low": 1, "high": 2},
         "regularization.l1": {"low": 0, "high": 1, "bins": 3},
@@ -108,7 +108,7 @@ def test_search_space_rules():
     assert "search.space.train.lr: a log range needs low > 0, but got low=0.0" in text
     assert "search.space.model.channels: low <= high must hold, but got (low=64, high=8)" in text
     assert "search.space.model.nope: not a config key that can be searched" in text
-    assert "search.space.compress.quant_bits.choices[1]: got 3 (int)" in text
+    assert "search.space.compress.quant_bits.choices[1]: got 5 (int)" in text
     assert "model.dense_units is an integer, so step must be an integer" in text
     assert "train.optimizer is not numeric" in text
     assert "unknown entries ['bins']" in text
@@ -320,7 +320,7 @@ def test_mixed_bit_widths_fall_back_to_quant_bits_and_qat_needs_one_below_32():
     with pytest.raises(ConfigError, match="compress.qat: got true with quant_bits 32"):
         load_config(None, qat)
     with pytest.raises(ConfigError, match="compress.bits_conv"):
-        load_config(None, ["compress.bits_conv=3"])
+        load_config(None, ["compress.bits_conv=5"])
 
 
 def test_a_teacher_is_needed_when_any_trial_distills_and_trains_densely_in_float():

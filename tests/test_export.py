@@ -36,7 +36,11 @@ IMG = (1, 28, 28)
 SPECS = {
     "cnn-flatten": ModelSpec("cnn", IMG, 10, (6, 12), (16,), 3),
     "cnn-gap": ModelSpec("cnn", IMG, 10, (8, 16), (12,), 5, head="gap"),
+    "cnn-same": ModelSpec("cnn", IMG, 10, (6, 12, 16), (16,), 3, block="same"),
+    "cnn-separable": ModelSpec("cnn", IMG, 10, (6, 12, 16), (12,), 3, block="separable"),
     "conv1d": ModelSpec("conv1d", (3, 1, 64), 6, (8, 16), (12,), 5),
+    "conv1d-separable": ModelSpec("conv1d", (3, 1, 64), 6, (8, 16), (12,), 5,
+                                  block="separable"),
     "mlp": ModelSpec("mlp", IMG, 10, (), (32, 16), 3),
     "rnn-rows": ModelSpec("rnn", IMG, 10, (), (), 3, cell="rnn", rnn_units=(16, 12)),
     "lstm-tokens": ModelSpec("rnn", (20,), 5, (), (8,), 3, cell="lstm", rnn_units=(12, 10),
@@ -75,7 +79,7 @@ def _norm(spec: ModelSpec) -> dict:
     return TOKENS if spec.tokens else SIGNALS if spec.family == "conv1d" else NORM
 
 
-@pytest.mark.parametrize("bits", [32, 16, 8, 4])
+@pytest.mark.parametrize("bits", [32, 16, 8, 4, 3, 2])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_onnx_runtime_computes_what_the_decoded_artifact_computes(name, bits):
     spec = SPECS[name]
@@ -90,11 +94,13 @@ def test_onnx_runtime_computes_what_the_decoded_artifact_computes(name, bits):
     # A wrong gate order, transposed axis or missing normalization moves logits by O(1).
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
-    assert ref.std(axis=0).mean() > 0.02  # the logits depend on the input: it is exercised
+    # The logits vary between inputs by far more than the tolerance, so the check has teeth.
+    assert ref.std(axis=0).mean() > 30 * 1e-4 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("name", ["cnn-flatten", "conv1d", "lstm-tokens", "gru-tokens"])
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", ["cnn-flatten", "cnn-separable", "conv1d", "lstm-tokens",
+                                  "gru-tokens"])
+@pytest.mark.parametrize("bits", [8, 4, 2])
 def test_low_bit_weights_are_int8_codes_behind_per_channel_dequantize(name, bits):
     spec = SPECS[name]
     model = _random_model(spec, seed=3, sparsity=0.6)
@@ -125,11 +131,14 @@ def test_low_bit_weights_are_int8_codes_behind_per_channel_dequantize(name, bits
 def test_onnx_keeps_the_artifact_meta_and_takes_a_dynamic_batch():
     spec = SPECS["cnn-flatten"]
     meta = {"input": NORM, "config_name": "x", "data_digest": "abc"}
-    onnx_bytes = to_onnx(decode(encode(_random_model(spec, 0, 0.0), 8, meta)))
+    decoded = decode(encode(_random_model(spec, 0, 0.0), 8, meta))
+    onnx_bytes = to_onnx(decoded)
     proto = onnx.load_from_string(onnx_bytes)
     assert proto.opset_import[0].version >= 13
     props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["distopt"]) == meta
+    assert json.loads(props["distopt"]) == decoded.meta
+    assert decoded.meta["data_digest"] == "abc" and \
+        np.float32(decoded.meta["input"]["scale"]) == np.float32(NORM["scale"])
     sess = session(onnx_bytes)
     for n in (1, 7):
         assert sess.run(None, {INPUT_NAME: _raw_inputs(spec, n, 0)})[0].shape == (n, 10)

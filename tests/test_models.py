@@ -4,6 +4,7 @@ import dataclasses
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from distopt.config import load_config
@@ -103,10 +104,11 @@ def test_gap_head_and_batch_norm_shapes():
     assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 
-def test_folding_batch_norm_is_exact_in_eval_mode():
+@pytest.mark.parametrize("block", ["plain", "same", "separable"])
+def test_folding_batch_norm_is_exact_in_eval_mode(block):
     torch.manual_seed(0)
     spec = dataclasses.replace(seed_cnn(), conv_channels=(8, 16), batch_norm=True, head="gap",
-                               dense_units=())
+                               dense_units=(), block=block)
     model = build_model(spec)
     x = torch.randn(64, 1, 28, 28)
     model.train()
@@ -151,3 +153,43 @@ def test_layer_kinds_name_first_conv_other_convs_hidden_dense_and_classifier():
     rnn = build_model(seed_rnn(tokens=True))
     assert set(layer_kinds(rnn).values()) == {"dense", "classifier"}
     assert layer_kinds(rnn)["classifier.2.weight"] == "classifier"
+
+
+def test_same_blocks_keep_the_map_and_separable_blocks_are_depthwise_then_pointwise():
+    """'same' convs shrink the map by pooling only, so three blocks fit a 16x16 input that
+    'valid' convs shrink to nothing; separable blocks (after a full first conv) are a k x k
+    depthwise conv (one filter per channel) and a 1 x 1 pointwise conv, with about k*k times
+    fewer conv weights."""
+    base = ModelSpec("cnn", (1, 16, 16), 10, (8, 16, 32), (16,), 3)
+    assert base.conv_out_side() == (0, 0)
+    same = dataclasses.replace(base, block="same")
+    sep = dataclasses.replace(base, block="separable")
+    assert same.conv_out_side() == sep.conv_out_side() == (2, 2)
+    x = torch.randn(2, 1, 16, 16)
+    for spec in (same, sep):
+        assert build_model(spec)(x).shape == (2, 10)
+    convs = [m for m in build_model(sep).features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.groups, c.kernel_size, c.padding) for c in convs] == \
+        [(1, (3, 3), (1, 1)), (8, (3, 3), (1, 1)), (1, (1, 1), (0, 0)), (16, (3, 3), (1, 1)),
+         (1, (1, 1), (0, 0))]
+    conv_weights = lambda spec: sum(m.weight.numel() for m in build_model(spec).features  # noqa
+                                    if isinstance(m, torch.nn.Conv2d))
+    assert conv_weights(same) == 8 * 9 + 16 * 8 * 9 + 32 * 16 * 9
+    assert conv_weights(sep) == 8 * 9 + (8 * 9 + 16 * 8) + (16 * 9 + 32 * 16)
+    conv1d = ModelSpec("conv1d", (3, 1, 32), 4, (8, 8), (), 5, block="separable")
+    assert build_model(conv1d)(torch.randn(2, 3, 1, 32)).shape == (2, 4)
+    assert conv1d.conv_out_side() == (1, 8)
+
+
+def test_block_kinds_are_configurable_and_checked(tmp_path):
+    cfg = load_config(CONFIGS / "smoke.yaml", ["model.block=separable", "data.resize=16",
+                                               "model.blocks=3"])
+    assert spec_from_config(cfg).block == "separable"
+    from distopt.config import ConfigError
+    with pytest.raises(ConfigError, match="odd kernel size"):
+        load_config(CONFIGS / "smoke.yaml", ["model.block=same", "model.kernel_size=4"])
+    with pytest.raises(ConfigError, match="structured pruning removes whole channels"):
+        load_config(CONFIGS / "smoke.yaml", ["model.block=separable",
+                                             "compress.prune_kind=structured"])
+    with pytest.raises(ConfigError, match="shrinks to nothing"):
+        load_config(CONFIGS / "smoke.yaml", ["model.blocks=3", "data.resize=16"])

@@ -3,16 +3,38 @@
 The artifact is what a user deploys and what every reported compressed accuracy is measured on:
 ``decode(encode(model))`` is evaluated, never the in-memory model.
 
-File layout (little-endian)::
+Wrapper (little-endian), both versions::
 
     b"DOPT" | version u16 | codec u8 | reserved u8 | body_len u32 | body | crc32 u32
-    body (compressed by codec) = header_len u32 | header JSON | tensor payloads in header order
 
-Each weight tensor's payload (conv, dense, recurrent, embedding) is: a bitmask of its non-zeros
-(only if it is sparse), then one float32 scale per output channel, or per column for embeddings
-(only if quantized), then the non-zero values, as float32, int16, int8 or two 4-bit values per
-byte. Biases stay float32. The CRC covers everything before
-it, so truncated or altered files are rejected.
+The CRC covers everything before it, so truncated or altered files are rejected.
+
+**Version 2** (written by default). The body is four sections, each ``codec u8 | raw_len varint
+| stored_len varint | stored bytes`` and each compressed on its own by whichever codec is
+smallest for it (none, LZMA, LZMA without literal context, zlib), so every byte of the file
+belongs to one part of the byte breakdown (:func:`byte_breakdown`):
+
+1. *header*: compact JSON of the model spec (non-default keys only), the meta, and one short
+   entry per tensor in ``state_dict`` order (names and shapes follow from the spec):
+   ``[bits, scale_bits, index, nnz, rice_k, unary_len]`` for weights, ``[float_bits]`` for the
+   rest (biases);
+2. *index*: where each weight's non-zero codes are, by whichever is smallest for that tensor:
+   none (dense: zeros are stored as values), a bitmask, or Golomb-Rice coded gaps between
+   non-zero positions (low bits and unary quotients as two streams);
+3. *scales and biases*: each quantized weight's per-row scales (float16 where exact, else
+   float32), then the float tensors (float16 beside quantized weights, else float32);
+4. *values*: each weight's stored codes as unsigned symbols of the fewest bits (ternary
+   non-zeros are one sign bit), bit-packed or one per byte (bit 4 of the section's codec byte),
+   or float32 for 32-bit weights.
+
+Quantized codes are ``[-qmax, qmax]`` integers times a per-row scale at 16, 8, 4, 3 or 2 bits
+(2 = ternary); :func:`distopt.compress.quantization.quantize_codes` computes them for the codec
+and for quantization-aware training alike.
+
+**Version 1** (still decoded; ``encode(..., version=1)`` writes it for comparisons): one
+compressed body of ``header_len u32 | JSON header (names, shapes, bits, sparsity) | payloads``,
+each weight a bitmask if sparse, float32 scales, then its non-zero values as float32, int16,
+int8 or two 4-bit values per byte; float32 biases.
 """
 
 from __future__ import annotations
@@ -30,13 +52,17 @@ import torch
 from torch import nn
 
 from distopt import metrics as M
-from distopt.compress.quantization import quantize_per_channel
-from distopt.models import GATES, Model, ModelSpec, build_model, prunable_weights
+from distopt.compress import codecs as K
+from distopt.compress.quantization import (WEIGHT_BITS, float_bits, quantize_codes,
+                                           quantize_per_channel)
+from distopt.models import (BLOCKS, GATES, Model, ModelSpec, build_model, conv_out_side,
+                            prunable_weights)
 
-__all__ = ["ArtifactError", "Decoded", "decode", "encode", "size_report"]
+__all__ = ["ArtifactError", "Decoded", "byte_breakdown", "decode", "encode", "size_report"]
 
 MAGIC = b"DOPT"
-VERSION = 1
+VERSION = 2  # what encode writes
+VERSIONS = (1, 2)  # what decode reads
 _PREAMBLE = struct.Struct("<4sHBBI")
 _CODECS = {1: "lzma", 2: "zlib"}
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
@@ -70,16 +96,21 @@ def _pack(q: np.ndarray, bits: int) -> bytes:
 
 
 def encode(model: Model, bits: int, meta: dict[str, Any] | None = None,
-           weight_bits: Mapping[str, int] | None = None) -> bytes:
-    """Serialize a (pruned) model: sparse bitmask + per-channel quantized weights, compressed.
+           weight_bits: Mapping[str, int] | None = None, version: int = VERSION) -> bytes:
+    """Serialize a (pruned) model: per-channel quantized weights, where they are non-zero.
 
-    Zero weights (pruned or exactly zero) are not stored; ``bits`` 32 keeps float32 values.
-    ``weight_bits`` gives single weights (by parameter name) their own bits: mixed widths,
-    recorded per tensor (the format always had a width per tensor)."""
+    Zero weights (pruned, or rounded to zero) are not stored when an index is smaller than
+    storing them; ``bits`` 32 keeps float32 values. ``weight_bits`` gives single weights (by
+    parameter name) their own bits: mixed widths, recorded per tensor. ``version`` 1 writes the
+    old format (no 3- or 2-bit weights there), for comparisons."""
     weight_bits = dict(weight_bits or {})
+    allowed = WEIGHT_BITS if version == 2 else (32, 16, 8, 4)
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, but got {version!r}")
     for b in (bits, *weight_bits.values()):
-        if b not in (32, 16, 8, 4):
-            raise ValueError(f"bits must be one of 32, 16, 8, 4, but got {b!r}")
+        if b not in allowed:
+            raise ValueError(f"bits must be one of {', '.join(map(str, allowed))} (format "
+                             f"version {version}), but got {b!r}")
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > MAX_PARAMS:
         raise ValueError(f"the model has {n_params:,} parameters; the artifact holds at most "
@@ -88,6 +119,8 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None,
         raise ValueError("fold BatchNorm into the convs first (distopt.models.fold_batch_norm): "
                          "the artifact stores only what its decoder rebuilds")
     axes = {n: axis for n, _, axis in prunable_weights(model)}
+    if version == 2:
+        return _encode_v2(model, bits, meta or {}, weight_bits, axes)
     tensors, chunks = [], []
     for name, t in model.state_dict().items():
         a = t.detach().float().contiguous().cpu().numpy()
@@ -120,7 +153,11 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None,
                   2: zlib.compress(raw, 9)}
     codec = min(candidates, key=lambda c: len(candidates[c]))
     body = candidates[codec]
-    head = _PREAMBLE.pack(MAGIC, VERSION, codec, 0, len(body)) + body
+    return _wrap(1, codec, body)
+
+
+def _wrap(version: int, codec: int, body: bytes) -> bytes:
+    head = _PREAMBLE.pack(MAGIC, version, codec, 0, len(body)) + body
     return head + struct.pack("<I", zlib.crc32(head))
 
 
@@ -151,11 +188,13 @@ def _spec_problem(d: Any) -> str | None:
     if not isinstance(d, dict):
         return "spec is not an object"
     for key, allowed, default in (("family", ("cnn", "conv1d", "mlp", "rnn"), None),
-                                  ("cell", tuple(GATES), "rnn"), ("head", ("flatten", "gap"),
-                                                                  "flatten")):
+                                  ("cell", tuple(GATES), "rnn"),
+                                  ("head", ("flatten", "gap"), "flatten"),
+                                  ("block", BLOCKS, "plain")):
         v = d.get(key, default)
         if not isinstance(v, str) or v not in allowed:
-            name = {"family": "model family", "cell": "recurrent cell", "head": "head"}[key]
+            name = {"family": "model family", "cell": "recurrent cell", "head": "head",
+                    "block": "conv block"}[key]
             return f"unknown {name} {v!r}"
     if d.get("batch_norm", False) is not False:
         return "spec.batch_norm must be false (BatchNorm is folded before export)"
@@ -187,8 +226,8 @@ def _spec_problem(d: Any) -> str | None:
         h, w = lists["in_shape"][1:]
         kh = 1 if d["family"] == "conv1d" else d["kernel_size"]
         ph = 1 if d["family"] == "conv1d" else 2
-        for _ in lists["conv_channels"]:
-            h, w = (h - kh + 1) // ph, (w - d["kernel_size"] + 1) // 2
+        h, w = conv_out_side(h, w, len(lists["conv_channels"]), (kh, d["kernel_size"]), (ph, 2),
+                             d.get("block", "plain"))
         if min(h, w) < 1:
             return "spec's convolutions shrink the input to nothing"
     if d["family"] == "rnn" and not lists["rnn_units"]:
@@ -236,8 +275,9 @@ def _payload_bound(tensors: list[dict[str, Any]]) -> int:
     return total
 
 
-def _inflate(body: bytes, codec: int, limit: int, source: str) -> bytes:
-    """Decompress at most ``limit`` bytes; a body that holds more is rejected, not expanded."""
+def _inflate(body: bytes, codec: int, limit: int, source: str, zdict: bytes = b"") -> bytes:
+    """Decompress at most ``limit`` bytes; a body that holds more is rejected, not expanded.
+    ``zdict``: zlib's preset dictionary (format v2's header section)."""
     try:
         if codec == 1:
             # No match can reach further back than the output we accept, so a dictionary of
@@ -247,7 +287,8 @@ def _inflate(body: bytes, codec: int, limit: int, source: str) -> bytes:
             out = lzma.LZMADecompressor(format=lzma.FORMAT_RAW,
                                         filters=filters).decompress(body, limit + 1)
         else:
-            out = zlib.decompressobj().decompress(body, limit + 1)
+            d = zlib.decompressobj(zdict=zdict) if zdict else zlib.decompressobj()
+            out = d.decompress(body, limit + 1)
     except (lzma.LZMAError, zlib.error) as e:
         raise ArtifactError(f"{source}: body cannot be decompressed ({e})") from None
     return out
@@ -267,18 +308,17 @@ class _Reader:
         return view
 
 
-def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
-    """Check the wrapper (magic, version, length, CRC, codec) and return the codec and the
-    validated header (spec and tensor list agree with each other)."""
+def _check_wrapper(data: bytes, source: str) -> tuple[int, int]:
+    """Check magic, version, length and CRC; return the version and the wrapper's codec."""
     if len(data) < _PREAMBLE.size + 4:
         raise ArtifactError(f"{source}: {len(data)} bytes is too short to be an artifact")
     magic, version, codec, _, body_len = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise ArtifactError(f"{source}: not a distopt artifact (magic {magic!r}, expected "
                             f"{MAGIC!r})")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise ArtifactError(f"{source}: artifact version {version} is not supported (this "
-                            f"distopt reads version {VERSION})")
+                            f"distopt reads versions {', '.join(map(str, VERSIONS))})")
     expected = _PREAMBLE.size + body_len + 4
     if len(data) != expected:
         raise ArtifactError(f"{source}: length {len(data)} bytes, header says {expected}; the "
@@ -286,6 +326,13 @@ def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) != crc:
         raise ArtifactError(f"{source}: CRC mismatch; the file is corrupt")
+    return version, codec
+
+
+def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
+    """Version 1: the wrapper's codec and the validated header (spec and tensor list agree
+    with each other)."""
+    _, codec = _check_wrapper(data, source)
     if codec not in _CODECS:
         raise ArtifactError(f"{source}: unknown codec {codec}")
     prefix = _inflate(data[_PREAMBLE.size:-4], codec, 4 + MAX_HEADER_BYTES, source)
@@ -329,6 +376,9 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
     against each other before anything is built, decompresses no more than those tensors can
     need, and checks every read against the payload. Any problem raises :class:`ArtifactError`
     naming it, whatever the file holds."""
+    version, _ = _check_wrapper(data, source)
+    if version == 2:
+        return _decode_v2(data, source)
     codec, header = _read_header(data, source)
     hlen = header.pop("hlen")
     limit = 4 + hlen + _payload_bound(header["tensors"])
@@ -373,9 +423,378 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
     return Decoded(model, header.get("meta", {}), header["tensors"], codes)
 
 
+# ------------------------------------------------------------------------- format version 2
+
+SECTIONS = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)  # in file order
+_RAW, _LZMA, _ZLIB, _LZMA_FLAT, _ZLIB_DICT = 0, 1, 2, 3, 4  # section codecs
+_CODECS_V2 = (_RAW, _LZMA, _ZLIB, _LZMA_FLAT, _ZLIB_DICT)
+_BYTE_LAYOUT = 0x10  # values section: sub-byte symbols stored one per byte
+# zlib's preset dictionary for _ZLIB_DICT: the strings a header is made of, so that a small
+# model's header does not pay for spelling them out. Fixed for format version 2 forever.
+_ZDICT = (b'"lstm","gru","rnn","conv1d","mlp","head":"gap","cell":"gru","cell":"lstm",'
+          b'"rnn_units":[,"vocab_size":"embed_dim":"kernel_size":5,"resize":,"tokens":true},'
+          b'"config_name":"signals_conv1d","text_rnn","mnist_rnn","mnist_cnn_full","data_digest":"'
+          b'"}},"t":[[8,16,1,[32],[4,16,2,[4,16,1,[4,16,0,[8,16,0,[16],[16],[16],'
+          b'{"spec":{"family":"cnn","in_shape":[1,28,28],"num_classes":10,"conv_channels":[16,32],'
+          b'"dense_units":[32]},"meta":{"input":{"scale":0.003921569,"mean":0.1307,"std":0.3081,'
+          b'"tokens":false},"config_name":"mnist_cnn","data_digest":"')
+
+
+def _lzma_filters(size: int, flat: bool) -> list[dict[str, Any]]:
+    """LZMA2 at its strongest, with a dictionary no bigger than the input (a bigger one only
+    costs time); ``flat``: no literal context, which suits streams of codes."""
+    f: dict[str, Any] = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+                         "dict_size": max(4096, size)}
+    if flat:
+        f.update(lc=0, lp=0, pb=0)
+    return [f]
+
+
+def _zlib_dict(raw: bytes) -> bytes:
+    c = zlib.compressobj(9, zdict=_ZDICT)
+    return c.compress(raw) + c.flush()
+INDEX_DENSE, INDEX_BITMASK, INDEX_RICE = 0, 1, 2
+INDEX_NAMES = {INDEX_DENSE: "dense", INDEX_BITMASK: "bitmask", INDEX_RICE: "rice"}
+_SPEC_DEFAULTS = {k: (list(v) if isinstance(v, tuple) else v)
+                  for k, v in ModelSpec("cnn", (1, 1, 1), 1).to_dict().items()
+                  if k not in ("family", "in_shape", "num_classes")}
+
+
+def _pack_section(raw: bytes, flags: int = 0) -> tuple[int, bytes]:
+    """The smallest of the section's codings, as (codec byte, stored bytes)."""
+    options = {_RAW: raw, _ZLIB: zlib.compress(raw, 9), _ZLIB_DICT: _zlib_dict(raw)}
+    if raw:
+        for codec, flat in ((_LZMA, False), (_LZMA_FLAT, True)):
+            options[codec] = lzma.compress(raw, format=lzma.FORMAT_RAW,
+                                           filters=_lzma_filters(len(raw), flat))
+    codec = min(options, key=lambda c: (len(options[c]), c))
+    return codec | flags, options[codec]
+
+
+def _section(codec: int, raw_len: int, stored: bytes) -> bytes:
+    return bytes([codec]) + K.varint(raw_len) + K.varint(len(stored)) + stored
+
+
+@dataclass
+class _Coded:
+    """One weight tensor, coded: its header entry and its bytes in three sections."""
+
+    entry: list[int]
+    index: bytes = b""
+    scales: bytes = b""
+    values: list[tuple[np.ndarray, int]] | bytes = b""  # (symbols, width) or float32 bytes
+
+
+def _estimate(index: bytes, values: np.ndarray | bytes) -> int:
+    """A cheap stand-in for a coding's compressed bytes, to choose the index per tensor."""
+    vb = values if isinstance(values, bytes) else values.astype(np.uint8 if values.size == 0 or
+                                                                values.max() < 256 else "<u2"
+                                                                ).tobytes()
+    return len(zlib.compress(index, 9)) + len(zlib.compress(vb, 9))
+
+
+def _code_weight(a: np.ndarray, bits: int, axis: int) -> _Coded:
+    """Quantize (as training did) and pick the smallest index coding for one weight."""
+    flat = a.ravel()
+    if bits == 32:
+        sbits, scales, kept_of = 0, b"", flat
+        nz = flat != 0
+    else:
+        q, scale = quantize_codes(torch.from_numpy(a), bits, axis)
+        q, scale = q.numpy().ravel(), scale.numpy()
+        exact16 = bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
+        sbits = 16 if exact16 else 32
+        scales = scale.astype("<f2" if exact16 else "<f4").tobytes()
+        kept_of, nz = q, q != 0
+    n, nnz = flat.size, int(nz.sum())
+
+    def values(keep: np.ndarray | None) -> np.ndarray | bytes:
+        v = kept_of if keep is None else kept_of[keep]
+        if bits == 32:
+            return v.astype("<f4").tobytes()
+        return K.to_symbols(v, bits, keep is not None)
+
+    options = [(_estimate(b"", values(None)), [bits, sbits, INDEX_DENSE, n, 0, 0], b"", None)]
+    if nnz < n:
+        mask = np.packbits(nz).tobytes()
+        options.append((_estimate(mask, values(nz)), [bits, sbits, INDEX_BITMASK, nnz, 0, 0],
+                        mask, nz))
+        gaps = K.gaps_of(nz)
+        k = K.best_rice_k(gaps)
+        low, unary = K.rice_encode(gaps, k)
+        options.append((_estimate(low + unary, values(nz)),
+                        [bits, sbits, INDEX_RICE, nnz, k, len(unary)], low + unary, nz))
+    _, entry, index, keep = min(options, key=lambda o: o[0])
+    v = values(keep)
+    stored: list[tuple[np.ndarray, int]] | bytes = v if isinstance(v, bytes) else \
+        [(v, K.symbol_width(bits, keep is not None))]
+    return _Coded(entry, index, scales, stored)
+
+
+def _encode_v2(model: Model, bits: int, meta: dict[str, Any], weight_bits: dict[str, int],
+               axes: dict[str, int]) -> bytes:
+    fbits = float_bits(bits)
+    entries: list[list[int]] = []
+    index, params = [], []
+    values: list[tuple[np.ndarray, int] | bytes] = []
+    for name, t in model.state_dict().items():
+        a = t.detach().float().contiguous().cpu().numpy()
+        if name in axes:
+            c = _code_weight(a, weight_bits.get(name, bits), axes[name])
+            entries.append(c.entry)
+            index.append(c.index)
+            params.append(c.scales)
+            values.extend(c.values if isinstance(c.values, list) else [c.values])
+        else:
+            half = a.astype(np.float16)
+            use16 = fbits == 16 and bool(np.isfinite(half).all())
+            entries.append([16 if use16 else 32])
+            params.append(half.astype("<f2").tobytes() if use16 else a.astype("<f4").tobytes())
+    # The spec as inference needs it: non-default keys, no dropout (training only).
+    spec = {k: v for k, v in model.spec.to_dict().items() if k != "dropout" and
+            (k not in _SPEC_DEFAULTS or _jsonable(v) != _SPEC_DEFAULTS[k])}
+    meta = _short_floats(meta)
+    header = json.dumps({"spec": spec, "meta": meta, "t": entries},
+                        separators=(",", ":")).encode()
+    body = b""
+    for raw in (header, b"".join(index), b"".join(params)):
+        codec, stored = _pack_section(raw)
+        body += _section(codec, len(raw), stored)
+    # Values: bit-packed, or (when some symbols are narrower than a byte) one per byte, which
+    # LZMA often models better; whichever ends smaller.
+    layouts = {0: b"".join(v if isinstance(v, bytes) else K.pack_uint(*v) for v in values)}
+    if any(not isinstance(v, bytes) and v[1] < 8 for v in values):
+        layouts[_BYTE_LAYOUT] = b"".join(
+            v if isinstance(v, bytes) else
+            v[0].astype(np.uint8).tobytes() if v[1] < 8 else K.pack_uint(*v) for v in values)
+    packed = {flag: _pack_section(raw, flag) for flag, raw in layouts.items()}
+    flag = min(packed, key=lambda f: (len(packed[f][1]), f))
+    body += _section(packed[flag][0], len(layouts[flag]), packed[flag][1])
+    return _wrap(2, 0, body)
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _short_floats(v: Any) -> Any:
+    """Meta with every float written as its shortest float32 decimal: the same number to a
+    float32 computation (input normalization runs in float32), in half the characters."""
+    if isinstance(v, float) and math.isfinite(v):
+        return float(np.format_float_positional(np.float32(v), unique=True, trim="-"))
+    if isinstance(v, dict):
+        return {k: _short_floats(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_short_floats(x) for x in v]
+    return v
+
+
+def _sections(data: bytes, source: str) -> list[tuple[int, int, memoryview, int]]:
+    """The four sections of a version-2 file as (codec byte, raw length, stored bytes, bytes
+    the section takes in the file), framing checked, nothing decompressed."""
+    body = memoryview(data)[_PREAMBLE.size:-4]
+    out, pos = [], 0
+    try:
+        for _ in SECTIONS:
+            start = pos
+            if pos >= len(body):
+                raise K.CodingError("the body ends before its last section")
+            codec = body[pos]
+            raw_len, pos = K.read_varint(body, pos + 1)
+            stored_len, pos = K.read_varint(body, pos)
+            if pos + stored_len > len(body):
+                raise K.CodingError("a section runs past the end of the body")
+            out.append((codec, raw_len, body[pos:pos + stored_len], pos + stored_len - start))
+            pos += stored_len
+    except K.CodingError as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    if pos != len(body):
+        raise ArtifactError(f"{source}: {len(body) - pos} bytes follow the last section")
+    return out
+
+
+def _unpack_section(sec: tuple[int, int, memoryview, int], expected: int, what: str,
+                    source: str, flags_ok: int = 0) -> bytes:
+    """Decompress one section to exactly ``expected`` bytes (or fail, reading no more)."""
+    codec, raw_len, stored, _ = sec
+    base = codec & ~flags_ok
+    if base not in _CODECS_V2:
+        raise ArtifactError(f"{source}: {what} section has unknown codec {codec}")
+    if raw_len != expected:
+        raise ArtifactError(f"{source}: {what} section holds {raw_len} bytes; its tensors need "
+                            f"{expected}")
+    raw = bytes(stored) if base == _RAW else \
+        _inflate(bytes(stored), _ZLIB if base in (_ZLIB, _ZLIB_DICT) else _LZMA, expected, source,
+                 _ZDICT if base == _ZLIB_DICT else b"")
+    if len(raw) != expected:
+        raise ArtifactError(f"{source}: {what} section decompresses to {len(raw)} bytes, "
+                            f"not {expected}")
+    return raw
+
+
+def _entry_problem(e: Any, name: str, n: int, rows: int | None) -> str | None:
+    """Why a version-2 tensor entry is invalid (``rows`` is None for float tensors)."""
+    if not isinstance(e, list) or not all(type(x) is int for x in e):
+        return f"tensor {name!r}: entry {e!r} is not a list of integers"
+    if rows is None:
+        return None if e in ([16], [32]) else f"tensor {name!r}: entry {e!r}, expected [16] " \
+                                                "or [32] (float bits)"
+    if len(e) != 6:
+        return f"tensor {name!r}: entry {e!r} needs 6 integers"
+    bits, sbits, index, nnz, k, ulen = e
+    if bits not in WEIGHT_BITS:
+        return f"tensor {name!r}: bits {bits} is not one of {WEIGHT_BITS}"
+    if sbits not in ((0,) if bits == 32 else (16, 32)):
+        return f"tensor {name!r}: scale bits {sbits} is not valid at {bits} bits"
+    if index not in INDEX_NAMES:
+        return f"tensor {name!r}: unknown index coding {index}"
+    if not 0 <= nnz <= n or (index == INDEX_DENSE and nnz != n):
+        return f"tensor {name!r}: {nnz} stored values of {n}"
+    if index == INDEX_RICE:
+        if not (0 <= k <= K.MAX_RICE_K and 0 <= ulen <= (n + 7) // 8):
+            return f"tensor {name!r}: Rice parameter {k} or unary length {ulen} out of range"
+    elif k or ulen:
+        return f"tensor {name!r}: Rice fields set without Rice coding"
+    return None
+
+
+def _decode_v2(data: bytes, source: str) -> Decoded:
+    secs = _sections(data, source)
+    header_sec = secs[0]
+    if header_sec[1] > MAX_HEADER_BYTES:
+        raise ArtifactError(f"{source}: header of {header_sec[1]} bytes is beyond the "
+                            f"{MAX_HEADER_BYTES}-byte limit")
+    raw_header = _unpack_section(header_sec, header_sec[1], "header", source)
+    try:
+        header = json.loads(raw_header)
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{source}: header is not valid JSON ({e.__class__.__name__})") \
+            from None
+    if not isinstance(header, dict) or not isinstance(header.get("spec"), dict) or \
+            not isinstance(header.get("t"), list) or not isinstance(header.get("meta", {}), dict):
+        raise ArtifactError(f"{source}: header lacks its spec, tensors or meta")
+    spec_d = {**_SPEC_DEFAULTS, **header["spec"]}
+    problem = _spec_problem(spec_d)
+    if problem is None:
+        spec = ModelSpec.from_dict(spec_d)
+        expected_state, weights = _expected_state(spec)
+        n_params = sum(math.prod(s) for s in expected_state.values())
+        if n_params > MAX_PARAMS:
+            problem = f"spec asks for {n_params:,} parameters; at most {MAX_PARAMS:,} are read"
+        elif len(header["t"]) != len(expected_state):
+            problem = f"{len(header['t'])} tensor entries; the spec's model has " \
+                      f"{len(expected_state)} tensors"
+    if problem is None:
+        for (name, shape), e in zip(expected_state.items(), header["t"]):
+            rows = shape[weights[name]] if name in weights else None
+            problem = problem or _entry_problem(e, name, math.prod(shape), rows)
+    if problem:
+        raise ArtifactError(f"{source}: invalid header: {problem}")
+    values_flag = secs[3][0] & _BYTE_LAYOUT
+    sizes = [0, 0, 0]  # index, scales and biases, values
+    for (name, shape), e in zip(expected_state.items(), header["t"]):
+        n = math.prod(shape)
+        if name not in weights:
+            sizes[1] += n * e[0] // 8
+            continue
+        bits, sbits, index, nnz, k, ulen = e
+        sizes[0] += {INDEX_DENSE: 0, INDEX_BITMASK: (n + 7) // 8,
+                     INDEX_RICE: K.packed_len(nnz, k) + ulen}[index]
+        if bits == 32:
+            sizes[2] += 4 * nnz
+        else:
+            sizes[1] += shape[weights[name]] * sbits // 8
+            width = K.symbol_width(bits, index != INDEX_DENSE)
+            sizes[2] += nnz if values_flag and width < 8 else K.packed_len(nnz, width)
+    index_r = _Reader(memoryview(_unpack_section(secs[1], sizes[0], "index", source)), source)
+    params_r = _Reader(memoryview(_unpack_section(secs[2], sizes[1], "scales and biases",
+                                                  source)), source)
+    values_r = _Reader(memoryview(_unpack_section(secs[3], sizes[2], "values", source,
+                                                  _BYTE_LAYOUT)), source)
+    state: dict[str, torch.Tensor] = {}
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tensors: list[dict[str, Any]] = []
+    for (name, shape), e in zip(expected_state.items(), header["t"]):
+        n, what = math.prod(shape), f"tensor {name!r}"
+        if name not in weights:
+            dtype = "<f2" if e[0] == 16 else "<f4"
+            a = np.frombuffer(params_r.take(n * e[0] // 8, what), dtype).astype(np.float32)
+            state[name] = torch.from_numpy(a.reshape(shape).copy())
+            tensors.append({"name": name, "shape": list(shape), "bits": 32, "sparse": False,
+                            "float_bits": e[0]})
+            continue
+        bits, sbits, index, nnz, k, ulen = e
+        try:
+            if index == INDEX_DENSE:
+                keep = None
+            elif index == INDEX_BITMASK:
+                mask = np.unpackbits(np.frombuffer(index_r.take((n + 7) // 8, what), np.uint8))
+                keep = mask[:n].astype(bool)
+                if int(keep.sum()) != nnz:
+                    raise K.CodingError(f"its bitmask marks {int(keep.sum())} values, not {nnz}")
+            else:
+                low = index_r.take(K.packed_len(nnz, k), what)
+                pos = K.positions_of(K.rice_decode(low, index_r.take(ulen, what), nnz, k))
+                if nnz and pos[-1] >= n:
+                    raise K.CodingError(f"a position {int(pos[-1])} is beyond its {n} values")
+                keep = np.zeros(n, bool)
+                keep[pos] = True
+            if bits == 32:
+                kept = np.frombuffer(values_r.take(4 * nnz, what), "<f4")
+                flat = np.zeros(n, np.float32)
+                flat[slice(None) if keep is None else keep] = kept
+                state[name] = torch.from_numpy(flat.reshape(shape).copy())
+            else:
+                axis, rows = weights[name], shape[weights[name]]
+                scale = np.frombuffer(params_r.take(rows * sbits // 8, what),
+                                      "<f2" if sbits == 16 else "<f4").astype(np.float32)
+                width = K.symbol_width(bits, keep is not None)
+                if values_flag and width < 8:
+                    sym = np.frombuffer(values_r.take(nnz, what), np.uint8).astype(np.int64)
+                else:
+                    sym = K.unpack_uint(values_r.take(K.packed_len(nnz, width), what), nnz, width)
+                q = np.zeros(n, np.float32)
+                q[slice(None) if keep is None else keep] = K.from_symbols(sym, bits,
+                                                                          keep is not None)
+                q = q.reshape(shape)
+                with np.errstate(over="ignore", invalid="ignore"):  # crafted scales
+                    if axis == 1:
+                        values = q * scale[None, :]
+                    else:
+                        values = (q.reshape(rows, -1) * scale[:, None]).reshape(shape)
+                state[name] = torch.from_numpy(values.astype(np.float32))
+                codes[name] = (q.astype(np.int32), scale.copy())
+        except K.CodingError as err:
+            raise ArtifactError(f"{source}: {what}: {err}") from None
+        entry = {"name": name, "shape": list(shape), "bits": bits,
+                 "sparse": index != INDEX_DENSE, "index": INDEX_NAMES[index]}
+        if bits != 32:
+            entry["scale_bits"] = sbits
+            if weights[name] == 1:
+                entry["axis"] = 1
+        tensors.append(entry)
+    model = build_model(ModelSpec.from_dict(spec_d))
+    model.load_state_dict(state)
+    model.eval()
+    return Decoded(model, header.get("meta", {}), tensors, codes)
+
+
+def byte_breakdown(data: bytes) -> dict[str, int]:
+    """Where a version-2 file's bytes go: header (with the 16-byte wrapper and spec), index,
+    scales and biases, values; they add up to the file's length. Each section is compressed on
+    its own, so the split is exact. Empty for version-1 files (one jointly compressed body)."""
+    version, _ = _check_wrapper(data, "artifact")
+    if version != 2:
+        return {}
+    parts = {key: sec[3] for key, sec in zip(SECTIONS, _sections(data, "artifact"))}
+    parts[M.BYTES_HEADER] += _PREAMBLE.size + 4
+    return parts
+
+
 def size_report(model: nn.Module, artifact: bytes) -> dict[str, float]:
     """Parameter counts and sizes of a model and its artifact (metric names from metrics)."""
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return {M.PARAMS: params, M.NONZERO_PARAMS: nonzero, M.DENSE_FP32_BYTES: 4 * params,
-            M.SIZE_BYTES: len(artifact), M.COMPRESSION_RATIO: 4 * params / len(artifact)}
+            M.SIZE_BYTES: len(artifact), M.COMPRESSION_RATIO: 4 * params / len(artifact),
+            **byte_breakdown(artifact)}

@@ -3,6 +3,7 @@ stores) and in torch (the same rounding, for quantization-aware fine-tuning)."""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -11,51 +12,98 @@ from torch import nn
 
 from distopt.models import prunable_weights
 
-__all__ = ["QuantizedWeights", "quantize_per_channel", "quantize_tensor"]
+__all__ = ["WEIGHT_BITS", "QuantizedWeights", "float_bits", "quantize_codes", "quantize_per_channel",
+           "quantize_tensor", "stored_float"]
+
+
+WEIGHT_BITS = (32, 16, 8, 4, 3, 2)  # 2 bits = ternary codes {-1, 0, 1}
+
+
+def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row (axis 0) or per-column (axis 1) quantization: ``w ~= codes * scale``.
+
+    The one implementation behind both quantization-aware training and the artifact's codec,
+    so the two stay bit-identical by construction. Codes are integers in ``[-qmax, qmax]``,
+    ``qmax = 2**(bits-1) - 1``; the scale is ``max|w| / qmax``, except at 2 bits (ternary),
+    where it is the mean magnitude of the row's non-zeros (BitNet b1.58's absmean: the max
+    would round most weights to zero). Scales are rounded to float16 (what format v2 stores)
+    whenever every one of the tensor's scales survives that rounding (upwards) within one part
+    in 2**10;
+    all-zero rows get scale 1."""
+    qmax = 2 ** (bits - 1) - 1
+    x = w.detach().float()
+    x = x.transpose(0, 1) if axis == 1 else x
+    flat = x.reshape(x.shape[0], -1)
+    if bits == 2:
+        count = (flat != 0).sum(dim=1).clamp(min=1)
+        mag = flat.abs().sum(dim=1) / count
+    else:
+        mag = flat.abs().amax(dim=1) / qmax
+    scale = torch.where(mag > 0, mag, torch.ones_like(mag)).float()
+    half = scale.half()
+    # Round up, never down, so that max|w| / scale stays within qmax: a rounded-down scale
+    # would clip the largest weights by up to qmax * 2**-11 steps (16 at 16 bits).
+    half = torch.where(half.float() < scale, torch.nextafter(half, torch.full_like(half, math.inf)),
+                       half).float()
+    # float16 only where it is as exact as in its normal range (a subnormal or overflowing
+    # scale would move the codes): within one part in 2**10 of the float32 scale.
+    if bool(torch.isfinite(half).all()) and bool(((half - scale) <= scale * 2 ** -10).all()):
+        scale = half
+    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax).reshape(x.shape)
+    q = q.transpose(0, 1) if axis == 1 else q
+    return q.to(torch.int32), scale
 
 
 def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel quantization: ``w ~= q * scale[:, None...]``.
-
-    Returns int codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` and float32 scales (1.0 for all-zero
-    channels, so decoding never divides by zero)."""
-    qmax = 2 ** (bits - 1) - 1
-    flat = w.reshape(w.shape[0], -1).astype(np.float32)
-    amax = np.abs(flat).max(axis=1)
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.rint(flat / scale[:, None]), -qmax, qmax).astype(np.int32)
-    return q.reshape(w.shape), scale
+    """:func:`quantize_codes` on a numpy array, axis 0: int32 codes and float32 scales."""
+    q, scale = quantize_codes(torch.from_numpy(np.ascontiguousarray(w, np.float32)), bits)
+    return q.numpy(), scale.numpy()
 
 
 @torch.no_grad()
 def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
-    """What the artifact stores, in torch: symmetric per-row (axis 0) or per-column (axis 1)
-    integers times a float32 scale, with the same rounding (half to even) as
-    :func:`quantize_per_channel`."""
-    qmax = 2 ** (bits - 1) - 1
-    x = w.float()
-    x = x.transpose(0, 1) if axis == 1 else x
-    flat = x.reshape(x.shape[0], -1)
-    amax = flat.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).float()
-    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax) * scale[:, None]
-    q = q.reshape(x.shape)
-    return (q.transpose(0, 1) if axis == 1 else q).to(w.dtype)
+    """What the artifact stores, in torch: :func:`quantize_codes`' codes times their scales."""
+    q, scale = quantize_codes(w, bits, axis)
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    return (q.float() * scale.reshape(shape)).to(w.dtype)
+
+
+def float_bits(default_bits: int) -> int:
+    """Bits of the float tensors (biases) in a format-v2 artifact whose weights default to
+    ``default_bits``: float16 beside quantized weights, float32 beside float32 weights."""
+    return 16 if default_bits < 32 else 32
+
+
+def stored_float(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """A float tensor as the artifact stores it: rounded to float16 at 16 bits, unless that
+    would overflow (then float32, which the encoder detects the same way)."""
+    if bits == 16:
+        half = t.detach().half().float()
+        if bool(torch.isfinite(half).all()):
+            return half.to(t.dtype)
+    return t.detach().clone()
 
 
 class QuantizedWeights:
-    """Within the block, every prunable weight holds its quantized value; on exit the float
-    weights come back. Gradients computed inside are those of the quantized model and update
-    the float weights (the straight-through estimator), so fine-tuning learns the rounding the
-    artifact will apply."""
+    """Within the block, every prunable weight holds its quantized value, and every other
+    parameter (the biases) its stored precision; on exit the float values come back. Gradients
+    computed inside are those of the model as the artifact stores it and update the float
+    values (the straight-through estimator), so fine-tuning learns the rounding the artifact
+    will apply."""
 
     def __init__(self, model: nn.Module, bits: int,
                  weight_bits: Mapping[str, int] | None = None) -> None:
         """``weight_bits``: bits of single weights by parameter name (mixed widths); 32-bit
-        weights stay float."""
+        weights stay float. Biases are rounded to :func:`float_bits` of ``bits``."""
         per_weight = dict(weight_bits or {})
-        self.weights = [(w, axis, per_weight.get(name, bits))
-                        for name, w, axis in prunable_weights(model)]
+        prunable = prunable_weights(model)
+        names = {name for name, _, _ in prunable}
+        self.weights = [(w, axis, per_weight.get(name, bits)) for name, w, axis in prunable]
+        fbits = float_bits(bits)
+        self.floats = [] if fbits == 32 or getattr(getattr(model, "spec", None), "batch_norm",
+                                                    False) else \
+            [p for name, p in model.named_parameters() if name not in names]
         self.saved: list[torch.Tensor] = []
 
     def __enter__(self) -> QuantizedWeights:
@@ -64,10 +112,14 @@ class QuantizedWeights:
                 self.saved.append(w.detach().clone())
                 if bits < 32:
                     w.copy_(quantize_tensor(w, bits, axis))
+            for p in self.floats:
+                self.saved.append(p.detach().clone())
+                p.copy_(stored_float(p, 16))
         return self
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            for (w, _, _), kept in zip(self.weights, self.saved):
-                w.copy_(kept)
+            params = [w for w, _, _ in self.weights] + self.floats
+            for p, kept in zip(params, self.saved):
+                p.copy_(kept)
         self.saved = []

@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 __all__ = ["collect", "write_report", "verdict", "hypervolume_curve", "load_trials"]
 
 TRIALS = "trials.parquet"
+BREAKDOWN = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)  # adds to SIZE_BYTES
 FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
                  M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
-                 M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s")
+                 M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s",
+                 *BREAKDOWN)
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
 OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
 UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
@@ -284,6 +286,15 @@ def _plot_hv(xs: list[int], ys: list[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _breakdown(r: dict[str, Any]) -> str:
+    """Where a model's bytes go, as ``header / index / scales+biases / values``; ``-`` for
+    format-v1 files (one jointly compressed body: no exact split)."""
+    parts = [r.get(k) for k in BREAKDOWN]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in parts):
+        return "-"
+    return " / ".join(f"{int(v):,}" for v in parts)
+
+
 def write_report(output: Path) -> dict[str, Any]:
     """pareto.csv, pareto.png, hypervolume.png, report.md, manifest.json from stored results."""
     cfg = load_config(output / "config.yaml")
@@ -293,7 +304,7 @@ def write_report(output: Path) -> dict[str, Any]:
 
     with open(output / "pareto.csv", "w", newline="") as f:
         cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
-                M.COMPRESSION_RATIO,
+                *BREAKDOWN, M.COMPRESSION_RATIO,
                 M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                 TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, "artifact"] + \
             [f"param.{k}" for k in keys]
@@ -324,15 +335,16 @@ def write_report(output: Path) -> dict[str, Any]:
              "Accuracies are those of the models decoded from their artifacts; test accuracy is "
              "evaluated once, after the search, on the front only.", "",
              "| trial | " + " | ".join(keys) + " | val acc | test acc | "
-             + ("test acc over seeds | " if reseeded else "") + "bytes | compression | "
+             + ("test acc over seeds | " if reseeded else "") + "bytes | header / index / "
+             "scales+biases / values | compression | "
              + "".join(f"{n} | " for n in extra) + "fit |",
-             "|---" * (len(keys) + len(extra) + 6 + reseeded) + "|"]
+             "|---" * (len(keys) + len(extra) + 7 + reseeded) + "|"]
     for r in front:
         vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
         lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
                      f"{r[M.TEST_ACCURACY]:.4f} | "
                      + (f"{_over_seeds(r)} | " if reseeded else "")
-                     + f"{int(r[M.SIZE_BYTES]):,} | "
+                     + f"{int(r[M.SIZE_BYTES]):,} | {_breakdown(r)} | "
                      f"{r[M.COMPRESSION_RATIO]:.1f}x | "
                      + "".join(f"{_cell(r.get(n))} | " for n in extra)
                      + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")

@@ -65,10 +65,13 @@ HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)",
            "header / index / scales+biases / values", "v1 bytes mean", "v2 saves"]
 
 
-def v1_bytes(artifact: bytes, bits: int) -> int:
-    """The same decoded weights in format v1, after checking that they decode identically."""
+def v1_bytes(artifact: bytes, bits: int) -> int | None:
+    """The same decoded weights in format v1, after checking that they decode identically;
+    None where v1 cannot hold them (3-bit and ternary weights are new in v2)."""
     d = decode(artifact)
     widths = {e["name"]: e["bits"] for e in d.tensors if e["name"] in d.codes}
+    if {bits, *widths.values()} & {3, 2}:
+        return None
     v1 = encode(d.model, bits, d.meta, weight_bits=widths, version=1)
     back = decode(v1).model.state_dict()
     assert all(torch.equal(t, back[k]) for k, t in d.model.state_dict().items())
@@ -103,8 +106,10 @@ def main() -> None:
                              "val_accuracy": m[M.VAL_ACCURACY], "bytes": m[M.SIZE_BYTES],
                              "v1_bytes": v1_bytes(out["artifact"], cfg.compress.quant_bits),
                              **{k: m[k] for k in BREAKDOWN}})
+                v1 = runs[-1]["v1_bytes"]
                 print(f"{setup:>16} seed {seed}: test {m[M.TEST_ACCURACY]:.4f}, "
-                      f"{m[M.SIZE_BYTES]:,} B (v1 {runs[-1]['v1_bytes']:,} B)", flush=True)
+                      f"{m[M.SIZE_BYTES]:,} B (v1 {'-' if v1 is None else f'{v1:,}'} B)",
+                      flush=True)
     base = statistics.mean(r["test_accuracy"] for r in runs if r["setup"] == "base")
     rows = []
     for setup in SETUPS:
@@ -112,12 +117,14 @@ def main() -> None:
         acc = [r["test_accuracy"] for r in rs]
         mean = statistics.mean(acc)
         size = statistics.mean(r["bytes"] for r in rs)
-        v1 = statistics.mean(r["v1_bytes"] for r in rs)
+        v1s = [r["v1_bytes"] for r in rs if r["v1_bytes"] is not None]
+        v1 = statistics.mean(v1s) if len(v1s) == len(rs) else None
         rows.append([setup, len(rs), f"{mean:.4f}",
                      f"{statistics.stdev(acc):.4f}" if len(acc) > 1 else "-",
                      f"{100 * (mean - base):+.2f}", f"{size:,.0f}",
                      " / ".join(f"{statistics.mean(r[k] for r in rs):,.0f}" for k in BREAKDOWN),
-                     f"{v1:,.0f}", f"{1 - size / v1:.0%}"])
+                     "- (v2 only)" if v1 is None else f"{v1:,.0f}",
+                     "-" if v1 is None else f"{1 - size / v1:.0%}"])
     print(table(HEADERS, rows))
     path = write("frontier_ablation", {
         "command": "python benchmarks/frontier_ablation.py", "base": BASE, "teacher": TEACHER,

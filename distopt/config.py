@@ -453,6 +453,7 @@ class Config:
             **self.train.teacher_overrides, "train.teacher_overrides": {},
             "train.distill_alpha": 0.0, "train.teacher_path": None,
             "compress.prune_ratio": 0.0, "compress.quant_bits": 32, "compress.qat": False,
+            "compress.schedule": "oneshot",
             "compress.bits_first_conv": None, "compress.bits_conv": None,
             "compress.bits_dense": None, "compress.bits_classifier": None,
             "search.children": 0, "search.scheduler": "fifo", "search.trial_overrides": {},

@@ -170,9 +170,10 @@ def _net(g: _Graph, x: str, model: Net) -> str:
         name = f"features.{i}"
         if isinstance(m, nn.Conv2d):
             w = g.weight(f"{name}.weight", _float(m.weight))
-            b = g.const(f"{name}.bias", _float(m.bias))
+            bias = [] if m.bias is None else [g.const(f"{name}.bias", _float(m.bias))]
+            inputs = [x, w, *bias]
             ph, pw = m.padding if isinstance(m.padding, tuple) else (0, 0)
-            x = g.node("Conv", [x, w, b], f"{name}.conv", kernel_shape=list(m.kernel_size),
+            x = g.node("Conv", inputs, f"{name}.conv", kernel_shape=list(m.kernel_size),
                        strides=[1, 1], pads=[ph, pw, ph, pw], group=m.groups)[0]
         elif isinstance(m, nn.ReLU):
             x = g.node("Relu", [x])[0]

@@ -134,7 +134,8 @@ class Net(nn.Module):
     Block kinds (``spec.block``): ``plain`` convs are 'valid' (the seed's); ``same`` convs pad
     ``k // 2`` so that only pooling shrinks the map (more blocks fit a small input);
     ``separable`` blocks after the first are depthwise-separable (MobileNet): a ``k x k``
-    depthwise conv (one filter per channel, 'same') then a ``1 x 1`` pointwise conv, about
+    depthwise conv (one filter per channel, 'same', no bias) then a ``1 x 1`` pointwise conv,
+    about
     ``k * k`` times fewer weights than a full conv; the first block stays a full 'same' conv
     (a depthwise conv of a one-channel image would learn a single filter).
 
@@ -155,7 +156,10 @@ class Net(nn.Module):
         convs: list[nn.Module] = []
         for i, out in enumerate(spec.conv_channels):
             if spec.block == "separable" and i > 0:
-                convs += [nn.Conv2d(c, c, kernel, padding=pad, groups=c), nn.Conv2d(c, out, 1)]
+                # No bias on the depthwise conv: with nothing non-linear before the pointwise
+                # conv, the pointwise bias absorbs it (and the file stores fewer floats).
+                convs += [nn.Conv2d(c, c, kernel, padding=pad, groups=c, bias=False),
+                          nn.Conv2d(c, out, 1)]
             else:
                 convs.append(nn.Conv2d(c, out, kernel, padding=pad))
             if spec.batch_norm:
@@ -239,7 +243,8 @@ def fold_batch_norm(model: Net) -> Net:
         if isinstance(m, nn.Conv2d):
             last = (m, next(new_convs))
             last[1].weight.copy_(m.weight)
-            last[1].bias.copy_(m.bias)
+            if m.bias is not None:
+                last[1].bias.copy_(m.bias)
         elif isinstance(m, nn.BatchNorm2d) and last is not None:
             conv, dst = last
             scale = m.weight / torch.sqrt(m.running_var + m.eps)

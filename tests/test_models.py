@@ -169,9 +169,9 @@ def test_same_blocks_keep_the_map_and_separable_blocks_are_depthwise_then_pointw
     for spec in (same, sep):
         assert build_model(spec)(x).shape == (2, 10)
     convs = [m for m in build_model(sep).features if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.groups, c.kernel_size, c.padding) for c in convs] == \
-        [(1, (3, 3), (1, 1)), (8, (3, 3), (1, 1)), (1, (1, 1), (0, 0)), (16, (3, 3), (1, 1)),
-         (1, (1, 1), (0, 0))]
+    assert [(c.groups, c.kernel_size, c.padding, c.bias is None) for c in convs] == \
+        [(1, (3, 3), (1, 1), False), (8, (3, 3), (1, 1), True), (1, (1, 1), (0, 0), False),
+         (16, (3, 3), (1, 1), True), (1, (1, 1), (0, 0), False)]
     conv_weights = lambda spec: sum(m.weight.numel() for m in build_model(spec).features  # noqa
                                     if isinstance(m, torch.nn.Conv2d))
     assert conv_weights(same) == 8 * 9 + 16 * 8 * 9 + 32 * 16 * 9

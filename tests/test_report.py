@@ -40,3 +40,37 @@ def test_hypervolume_curve_never_decreases_and_skips_failed():
     xs, ys = hypervolume_curve(rows, cfg)
     assert xs == [0, 1, 2, 3]
     assert ys[0] == ys[1] and ys[2] > ys[1] and ys[3] == pytest.approx(ys[2])
+
+
+def test_sampled_duplicates_become_rows_naming_the_trial_or_child_they_repeat(tmp_path):
+    """A study as a search leaves it: a trained trial (its Tune id recorded), one of its
+    children, and two sampled duplicates told their results. trials.parquet gets a DUPLICATE
+    row for each, naming the original (``<id>`` or ``<id>-c<i>``), with no metrics of its own."""
+    import optuna
+
+    from distopt.orchestration.report import DUPLICATE, _duplicate_rows
+    from distopt.orchestration.tuning import SearchPaths
+    from distopt.storage import Location
+
+    cfg = load_config(CONFIGS / "mnist_cnn.yaml")
+    loc = Location(str(tmp_path))
+    study = optuna.create_study(study_name=cfg.name, storage=SearchPaths(loc).study_url,
+                                directions=["maximize", "minimize"])
+    dist = {"model.channels": optuna.distributions.CategoricalDistribution([4, 8])}
+    make = optuna.trial.create_trial
+    study.add_trial(make(params={"model.channels": 4}, distributions=dist, values=[0.9, 100],
+                         user_attrs={"tune_trial_id": "abc12"}))
+    study.add_trial(make(params={"model.channels": 8}, distributions=dist, values=[0.8, 50],
+                         user_attrs={"parent": 0, "file": "child_1.dopt"}))
+    study.add_trial(make(params={"model.channels": 4}, distributions=dist, values=[0.9, 100],
+                         user_attrs={"duplicate_of": 0}))
+    study.add_trial(make(params={"model.channels": 8}, distributions=dist, values=[0.8, 50],
+                         user_attrs={"duplicate_of": 1}))
+    template = {"trial_id": "abc12", "trial_number": 0, "status": "COMPLETE",
+                M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 100.0, "pareto": True, "duplicate_of": ""}
+    rows = _duplicate_rows(cfg, loc, [template])
+    assert [(r["trial_id"], r["duplicate_of"], r["status"]) for r in rows] == [
+        ("abc12-dup2", "abc12", DUPLICATE), ("abc12-c1-dup3", "abc12-c1", DUPLICATE)]
+    assert rows[1]["param.model.channels"] == 8
+    assert all(math.isnan(r[M.VAL_ACCURACY]) and math.isnan(r[M.SIZE_BYTES]) for r in rows)
+    assert [r["trial_number"] for r in rows] == [1, 2]

@@ -602,6 +602,7 @@ def test_sampled_duplicates_are_told_the_earlier_result_instead_of_training_agai
                               metric=[M.VAL_ACCURACY, M.SIZE_BYTES], mode=["max", "min"],
                               sampler=optuna.samplers.RandomSampler(seed=0))
     first = s.suggest("a")
+    assert s._ot_trials["a"].user_attrs["tune_trial_id"] == "a"  # for the report's rows
     s.on_trial_complete("a", {M.PHASE: "final", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 100.0})
     second = s.suggest("b")
     assert second != first  # the only other value: a repeat of 'a' is never handed to Tune

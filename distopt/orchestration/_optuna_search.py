@@ -22,6 +22,11 @@ from distopt import metrics as M
 
 log = logging.getLogger(__name__)
 
+# User attributes of the study's trials: the Tune trial that trained one, and, on a sampled
+# duplicate (never trained), the number of the study trial whose result it was told.
+TUNE_TRIAL_ID = "tune_trial_id"
+DUPLICATE_OF = "duplicate_of"
+
 
 class ResumableOptunaSearch(OptunaSearch):
     """With ``deadline`` (a ``time.time()`` value), no trial is suggested after it: the search
@@ -44,7 +49,8 @@ class ResumableOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """The sampler's next values, except that values a complete trial already had are not
         trained again: Optuna is told that trial's objectives for them at once (the study
-        records it, with user attribute ``duplicate_of``), and the sampler is asked again."""
+        records it, with user attribute ``duplicate_of``; ``trials.parquet`` gets a
+        ``DUPLICATE`` row), and the sampler is asked again."""
         if self.deadline is not None and time.time() >= self.deadline:
             if not getattr(self, "_budget_logged", False):
                 log.info("time budget reached: no new trials; waiting for the running ones")
@@ -55,9 +61,11 @@ class ResumableOptunaSearch(OptunaSearch):
             ot_trial = self._ot_trials.get(trial_id)
             earlier = self.results.get(self._key(ot_trial.params)) if ot_trial else None
             if earlier is None:
+                if ot_trial is not None:  # which Tune trial trains it (report: duplicate rows)
+                    ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
                 return config
             number, values = earlier
-            ot_trial.set_user_attr("duplicate_of", number)
+            ot_trial.set_user_attr(DUPLICATE_OF, number)
             self._ot_study.tell(ot_trial, values)
             del self._ot_trials[trial_id]
             self.duplicates += 1

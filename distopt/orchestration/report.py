@@ -29,6 +29,8 @@ from distopt.pareto import hypervolume, non_dominated
 from distopt.storage import Location
 from distopt.orchestration.reseed import SEEDS, TEST_MEAN, TEST_SD, WITHIN_NOISE
 
+DUPLICATE_OF = "duplicate_of"  # trials.parquet: the trial whose result a DUPLICATE row got
+
 log = logging.getLogger(__name__)
 
 __all__ = ["collect", "write_report", "verdict", "hypervolume_curve", "load_trials"]
@@ -40,6 +42,7 @@ FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYT
                  M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s",
                  *BREAKDOWN)
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
+DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained
 OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
 UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
 
@@ -158,11 +161,13 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         row[M.EARLY_STOPPED] = bool(m.get(M.EARLY_STOPPED, False))
         row["config_json"] = _trial_config_json(cfg, result.config or {})
         row[M.PARENT_ID] = ""
+        row[DUPLICATE_OF] = ""
         row["artifact_file"] = M.ARTIFACT_FILE
         rows.append(row)
         if complete and m.get(M.CHILDREN):
             rows += _child_rows(cfg, row, json.loads(m[M.CHILDREN]), result.config or {})
     rows.sort(key=lambda r: r["trial_number"])  # stable: children stay after their parent
+    rows += _duplicate_rows(cfg, location, rows)
 
     pts = objective_matrix(rows, cfg)
     done = np.array([r["status"] == "COMPLETE" for r in rows], bool)
@@ -214,6 +219,54 @@ def _child_rows(cfg: Config, parent: dict[str, Any], children: list[dict[str, An
             row[k] = float(v) if isinstance(v, (int, float)) else math.nan
         rows.append(row)
     return rows
+
+
+def _duplicate_rows(cfg: Config, location: Location, rows: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+    """Rows for the sampler's duplicates: values it proposed again after a trial (or child)
+    had finished with them, answered with that result instead of a training (the study holds
+    them as trials with user attribute ``duplicate_of``). Status ``DUPLICATE``, the original's
+    id in ``duplicate_of``, no metrics of their own: never on the front, never counted twice."""
+    import optuna
+
+    from distopt.orchestration._optuna_search import DUPLICATE_OF as ATTR, TUNE_TRIAL_ID
+    from distopt.config import storage_url
+    from distopt.orchestration.tuning import SearchPaths
+
+    try:
+        study = optuna.load_study(study_name=cfg.name,
+                                  storage=storage_url(cfg) or SearchPaths(location).study_url)
+    except KeyError:
+        return []
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+
+    def tune_id(number: int) -> str:
+        t = by_number.get(number)
+        if t is None:
+            return ""
+        if "parent" in t.user_attrs:  # a child: <parent>-c<i> (file child_<i>.dopt)
+            index = str(t.user_attrs.get("file", "")).removeprefix("child_").removesuffix(".dopt")
+            return f"{tune_id(t.user_attrs['parent'])}-c{index}"
+        return str(t.user_attrs.get(TUNE_TRIAL_ID, ""))
+
+    template = rows[0] if rows else {}
+    out = []
+    for t in trials:
+        if ATTR not in t.user_attrs:
+            continue
+        original = tune_id(int(t.user_attrs[ATTR]))
+        row = {k: (math.nan if isinstance(v, float) else type(v)() if v is not None else None)
+               for k, v in template.items()}
+        row.update({"trial_id": f"{original or 'unknown'}-dup{t.number}",
+                    "trial_number": len(rows) + len(out), "status": DUPLICATE,
+                    DUPLICATE_OF: original, M.PARENT_ID: "", "artifact_file": "",
+                    "params_json": json.dumps(t.params),
+                    "config_json": _trial_config_json(cfg, t.params)})
+        for k in cfg.search.space:
+            row[f"param.{k}"] = t.params.get(k)
+        out.append(row)
+    return out
 
 
 def _trial_config_json(cfg: Config, params: dict[str, Any]) -> str:
@@ -316,19 +369,22 @@ def write_report(output: Path) -> dict[str, Any]:
     _plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
     _plot_hv(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
-    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED)]
+    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE)]
     # Objectives beyond accuracy and bytes (latency, non-zero parameters) get a column too.
     extra = [n for n, _ in cfg.search.objectives if n not in (M.VAL_ACCURACY, M.SIZE_BYTES)]
     # search.reseed: the front's test accuracy as mean +- sd over seeds, and the noise mark.
     reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
     stopped = sum(r["status"] == STOPPED for r in rows)
-    complete = len(rows) - len(failed) - stopped
+    duplicates = sum(r["status"] == DUPLICATE for r in rows)
+    complete = len(rows) - len(failed) - stopped - duplicates
     children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
     lines = [f"# {cfg.name}: Pareto front", "",
              f"{len(rows)} trials, {complete} complete"
              + (f" ({children} of them children: compressed from another trial's dense model, "
                 "search.children)" if children else "") + ", "
              + (f"{stopped} stopped early ({cfg.search.scheduler}), " if stopped else "")
+             + (f"{duplicates} sampled again after they had finished (answered with the "
+                "earlier result, not trained), " if duplicates else "")
              + f"{len(failed)} failed; "
              f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
              + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",

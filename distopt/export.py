@@ -24,6 +24,7 @@ blocks reordered to ONNX's (LSTM ``ifgo`` -> ``iofc``; GRU ``rzn`` -> ``zrh`` wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -368,8 +369,10 @@ def export_results(output: Path, trial: str | None = None, verify: bool = True
         onnx_bytes = to_onnx(decoded, str(source))
         target = output / M.ONNX_DIR / f"{entry['trial_id']}.onnx"
         target.write_bytes(onnx_bytes)
+        # The .dopt it came from, so that a rebuilt report keeps this entry while it holds.
         info: dict[str, Any] = {"file": str(target.relative_to(output)), "opset": OPSET,
-                                M.ONNX_BYTES: len(onnx_bytes)}
+                                M.ONNX_BYTES: len(onnx_bytes),
+                                "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
         if splits is not None:
             info.update(parity(decoded, onnx_bytes, splits.x_test, splits.y_test))
         entry["onnx"] = info

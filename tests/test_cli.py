@@ -167,6 +167,15 @@ def test_conv1d_search_on_three_objectives_then_onnx_export_of_its_front(tmp_pat
         assert f"{onnx_info[M.ONNX_BYTES]:,}" in p.stdout
     p = distopt("export", str(out), "--trial", "nope")
     assert p.returncode == 2 and "--trial: got 'nope'" in p.stderr
+    # A rebuilt report keeps the exports that are still current, and drops a missing one.
+    before = json.loads((out / M.MANIFEST_FILE).read_text())["models"]
+    assert distopt("report", str(out)).returncode == 0
+    after = json.loads((out / M.MANIFEST_FILE).read_text())["models"]
+    assert [m.get("onnx") for m in after] == [m["onnx"] for m in before]
+    (out / before[0]["onnx"]["file"]).unlink()
+    assert distopt("report", str(out)).returncode == 0
+    after = json.loads((out / M.MANIFEST_FILE).read_text())["models"]
+    assert "onnx" not in after[0] and all("onnx" in m for m in after[1:])
 
 
 @pytest.mark.slow

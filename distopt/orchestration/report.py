@@ -10,6 +10,7 @@ rerunning anything.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -339,6 +340,16 @@ def _plot_hv(xs: list[int], ys: list[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _kept_onnx(info: Any, output: Path, artifact: Path) -> dict[str, Any]:
+    """``{"onnx": info}`` if that export is still current (its file exists, made from this
+    artifact's bytes), else nothing."""
+    if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+        return {}
+    current = artifact.is_file() and hashlib.sha256(artifact.read_bytes()).hexdigest() == \
+        info.get("source_sha256")
+    return {"onnx": info} if current and (output / info["file"]).is_file() else {}
+
+
 def _breakdown(r: dict[str, Any]) -> str:
     """Where a model's bytes go, as ``header / index / scales+biases / values``; ``-`` for
     format-v1 files (one jointly compressed body: no exact split)."""
@@ -416,6 +427,16 @@ def write_report(output: Path) -> dict[str, Any]:
               "![front](pareto.png)", "", "![hypervolume](hypervolume.png)", ""]
     (output / "report.md").write_text("\n".join(lines))
 
+    # `distopt export` added ONNX files to the last manifest: keep each entry whose .onnx is
+    # still there and was made from the very .dopt the front still holds.
+    exported: dict[str, Any] = {}
+    if (output / M.MANIFEST_FILE).is_file():
+        try:
+            old = json.loads((output / M.MANIFEST_FILE).read_text())
+            exported = {e["trial_id"]: e["onnx"] for e in old.get("models", []) if "onnx" in e}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("%s: unreadable; rewritten without its ONNX entries",
+                        output / M.MANIFEST_FILE)
     manifest = {
         "experiment": cfg.name, "versions": _versions(),
         "objectives": [list(o) for o in cfg.search.objectives],
@@ -430,6 +451,7 @@ def write_report(output: Path) -> dict[str, Any]:
                                           M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                                           TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE)
                         if k in r},
+            **_kept_onnx(exported.get(r["trial_id"]), output, output / r["artifact"]),
         } for r in front],
     }
     (output / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float) + "\n")

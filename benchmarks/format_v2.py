@@ -88,6 +88,8 @@ def v1_parts(data: bytes) -> dict[str, int]:
 def compare(path: Path) -> dict[str, Any]:
     d = decode(path.read_bytes(), str(path))
     widths = {e["name"]: e["bits"] for e in d.tensors if e["name"] in d.codes}
+    if set(widths.values()) & {3, 2}:
+        raise SystemExit(f"{path}: 3-bit or ternary weights, which format v1 cannot hold")
     bits = max(widths.values(), default=32)
     # The weights as v2 stores them (a v1 file's float32 biases become float16 once); a v2
     # file is its own fixed point. v1 then holds exactly these numbers.

@@ -10,6 +10,7 @@ JSON is missing say so (and which command produces it).
     python benchmarks/run_all.py --only default_search
     python benchmarks/headline.py results/mnist_cnn_full   # the headline (after its search)
     python benchmarks/onnx_parity.py                  # ONNX Runtime vs PyTorch on two fronts
+    python benchmarks/format_v2.py FILE.dopt ...       # artifact format v1 vs v2, part by part
     python benchmarks/frontier_ablation.py            # tiny-model levers, each alone; v1 vs v2
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
+import format_v2  # noqa: E402
 import frontier_ablation  # noqa: E402
 import onnx_parity  # noqa: E402
 from _common import RESULTS, table, write  # noqa: E402
@@ -90,14 +92,18 @@ def render(page: Path = PAGE) -> Path:
              "compare setups measured side by side in one run; this machine is shared, so "
              "absolute numbers move between runs.", ""]
 
-    lines += ["## Headline: full MNIST front vs Deep Compression", ""]
+    lines += ["## Headline: full MNIST front vs BitNetMCU and Deep Compression", ""]
     hl = _load("headline")
     if hl:
-        wall = (f" in **{hl['search_wall_s'] / 60:.0f} min** wall"
-                if hl.get("search_wall_s") else "")
-        lines += [_machine(hl), "", f"`configs/mnist_cnn_full.yaml`: {hl['trials']} trials"
-                  f"{wall}, {hl['complete']} complete, {len(hl['front'])} on the front. Test "
-                  "accuracy of each front model is measured on its decoded file.", "",
+        wall = (f" in **{hl['search_wall_s'] / 60:.0f} min** wall (teacher, search and "
+                "retrainings)" if hl.get("search_wall_s") else "")
+        seeds = (" The accuracy compared with the anchors and goals is the mean over the "
+                 "front's retrainings with 3 seeds (`search.reseed`)."
+                 if hl.get("accuracy") == "mean over seeds" else "")
+        lines += [_machine(hl), "", f"`configs/{Path(hl['experiment']).name}.yaml`: "
+                  f"{hl['trials']} trials{wall}, {hl['complete']} complete, "
+                  f"{len(hl['front'])} on the front. Test accuracy of each front model is "
+                  f"measured on its decoded file (whole file bytes, format v2).{seeds}", "",
                   "![headline](results/headline.png)", ""]
         lines += [headline.markdown(hl), ""]
     else:
@@ -199,12 +205,25 @@ def render(page: Path = PAGE) -> Path:
         lines += [table(frontier_ablation.HEADERS, fa["table"]), ""]
     else:
         lines += _missing("frontier_ablation", "python benchmarks/frontier_ablation.py")
+    lines += ["## Artifact format v2 against v1, part by part", ""]
+    fv = _load("format_v2")
+    if fv:
+        lines += [_machine(fv), "", f"`{fv['command']}`: front models of the headline search, "
+                  "each written in both formats from the same decoded weights (checked to "
+                  "decode identically); each part compressed on its own with the best codec, "
+                  "v1's part as v1 stores it against v2's section. v1's parts are compressed "
+                  "jointly in its real file, so they need not add up to its length; v2's do.",
+                  ""]
+        lines += [format_v2.markdown(fv), ""]
+    else:
+        lines += _missing("format_v2", "python benchmarks/format_v2.py FILE.dopt ...")
     lines += ["## ONNX export: ONNX Runtime against PyTorch", ""]
     op = _load("onnx_parity")
     if op:
         lines += [_machine(op), "", f"`{op['command'].strip()}`: `distopt export` on the fronts "
-                  "of finished searches (the default MNIST search and the conv1d signals search "
-                  "with ONNX Runtime latency as a third objective). Test accuracy of each model "
+                  "of finished searches (first column: the default MNIST search, the conv1d "
+                  "signals search with ONNX Runtime latency as a third objective, the headline "
+                  "full-MNIST search). Test accuracy of each model "
                   "in both runtimes over the whole test set of its data, the share of identical "
                   "predictions, and batch-1 one-thread latency (median after warm-up) measured "
                   "side by side. Worst agreement "

@@ -128,9 +128,17 @@ def test_failing_trials_fail_alone_and_busy_cluster_queues(ray_local, tmp_path):
     out.mkdir()
     save_config(cfg, out)
     grid = run_search(cfg, out)
-    rows = collect(cfg, out, grid)
+    all_rows = collect(cfg, out, grid)
     write_report(out)
+    # 8 combinations, 6 trials: the sampler may propose a finished trial's values again; such a
+    # duplicate is answered with that trial's result (a DUPLICATE row naming it), not trained.
+    rows = [r for r in all_rows if r["status"] != "DUPLICATE"]
     assert len(rows) == 6
+    for dup in (r for r in all_rows if r["status"] == "DUPLICATE"):
+        original = next(r for r in rows if r["trial_id"] == dup["duplicate_of"])
+        assert original["status"] == "COMPLETE" and not dup["pareto"]
+        assert [dup[f"param.{k}"] for k in cfg.search.space] == \
+            [original[f"param.{k}"] for k in cfg.search.space]
     kinds = set()
     for r in rows:
         lr, blocks, units = (r["param.train.lr"], r["param.model.blocks"],

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
 from distopt import metrics as M  # noqa: E402
-from distopt.orchestration.report import BREAKDOWN, load_trials  # noqa: E402
+from distopt.orchestration.report import breakdown_cell, load_trials  # noqa: E402
 from distopt.orchestration.reseed import SEEDS, TEST_MEAN, TEST_SD  # noqa: E402
 
 ANCHORS = [  # (label, bytes, test accuracy)
@@ -123,19 +123,13 @@ def main() -> None:
                       {"trial": best["trial_id"], "bytes": best[M.SIZE_BYTES],
                        "test_accuracy": accuracy(best)}})
 
-    def breakdown(r: dict[str, Any]) -> str:
-        parts = [r.get(k) for k in BREAKDOWN]
-        if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in parts):
-            return "-"
-        return " / ".join(f"{int(v):,}" for v in parts)
-
     payload: dict[str, Any] = {
         "experiment": str(args.experiment), "trials": len(rows), "complete": len(done),
         "search_wall_s": args.wall_s, "accuracy": "mean over seeds" if seeded else "one run",
         "front": [{**{k: r[k] for k in ["trial_id", M.SIZE_BYTES, M.VAL_ACCURACY,
                                         M.TEST_ACCURACY] + keys},
                    "accuracy": accuracy(r), "sd": r.get(TEST_SD), "seeds": r.get(SEEDS) or 1,
-                   "breakdown": breakdown(r)} for r in front],
+                   "breakdown": breakdown_cell(r)} for r in front],
         "anchors": verdicts, "goals": goals}
     print(markdown(payload))
 

@@ -489,6 +489,32 @@ _json_values = st.recursive(
     max_leaves=12)
 
 
+def _mutate(raw: bytearray, data: st.DataObject) -> None:
+    """1-4 byte-level flips, cuts or insertions, in place."""
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        i = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        if op == "flip" and raw:
+            raw[i] ^= data.draw(st.integers(1, 255))
+        elif op == "cut":
+            del raw[i:i + data.draw(st.integers(1, 64))]
+        else:
+            raw[i:i] = data.draw(st.binary(min_size=1, max_size=64))
+
+
+def _assert_decodes_or_refuses_in_bounded_memory(crafted: bytes) -> None:
+    tracemalloc.start()
+    try:
+        try:
+            decode(crafted)
+        except ArtifactError:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2, peak
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_fuzzed_artifacts_decode_or_raise_artifact_error_within_bounded_memory(data):
@@ -517,26 +543,9 @@ def test_fuzzed_artifacts_decode_or_raise_artifact_error_within_bounded_memory(d
         crafted = _craft(header, payload, data.draw(st.sampled_from([1, 2])))
     else:
         raw = bytearray(_raw_of(original))
-        for _ in range(data.draw(st.integers(1, 4))):
-            op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-            i = data.draw(st.integers(0, max(0, len(raw) - 1)))
-            if op == "flip" and raw:
-                raw[i] ^= data.draw(st.integers(1, 255))
-            elif op == "cut":
-                del raw[i:i + data.draw(st.integers(1, 64))]
-            else:
-                raw[i:i] = data.draw(st.binary(min_size=1, max_size=64))
+        _mutate(raw, data)
         crafted = _wrap(_compress(bytes(raw)), 1)
-    tracemalloc.start()
-    try:
-        try:
-            decode(crafted)
-        except ArtifactError:
-            pass
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * 1024**2, peak
+    _assert_decodes_or_refuses_in_bounded_memory(crafted)
 
 
 def test_mixed_bit_widths_are_stored_per_tensor_as_the_qat_quantizer_rounds_them():
@@ -757,25 +766,8 @@ def test_fuzzed_v2_artifacts_decode_or_raise_artifact_error_within_bounded_memor
     else:
         k = data.draw(st.integers(1, 3))
         raw = bytearray(raws[k])
-        for _ in range(data.draw(st.integers(1, 4))):
-            op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-            i = data.draw(st.integers(0, max(0, len(raw) - 1)))
-            if op == "flip" and raw:
-                raw[i] ^= data.draw(st.integers(1, 255))
-            elif op == "cut":
-                del raw[i:i + data.draw(st.integers(1, 64))]
-            else:
-                raw[i:i] = data.draw(st.binary(min_size=1, max_size=64))
+        _mutate(raw, data)
         raws = list(raws)
         raws[k] = bytes(raw)
         crafted = _v2_build(header, raws, flag)
-    tracemalloc.start()
-    try:
-        try:
-            decode(crafted)
-        except ArtifactError:
-            pass
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * 1024**2, peak
+    _assert_decodes_or_refuses_in_bounded_memory(crafted)

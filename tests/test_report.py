@@ -94,3 +94,12 @@ def test_a_rebuilt_manifest_keeps_an_onnx_export_only_while_it_matches_its_file(
     assert _kept_onnx(info, tmp_path, dopt) == {}
     assert _kept_onnx({"file": "onnx/m.onnx"}, tmp_path, dopt) == {}  # older export: no hash
     assert _kept_onnx(None, tmp_path, dopt) == {}
+
+
+def test_the_byte_breakdown_cell_reads_the_four_parts_or_dashes_a_v1_file():
+    from distopt.orchestration.report import BREAKDOWN, breakdown_cell
+
+    assert breakdown_cell(dict(zip(BREAKDOWN, (104.0, 373.0, 215.0, 1369.0)))) == \
+        "104 / 373 / 215 / 1,369"
+    assert breakdown_cell({k: math.nan for k in BREAKDOWN}) == "-"  # v1: no exact split
+    assert breakdown_cell({}) == "-"

@@ -34,7 +34,8 @@ DUPLICATE_OF = "duplicate_of"  # trials.parquet: the trial whose result a DUPLIC
 
 log = logging.getLogger(__name__)
 
-__all__ = ["collect", "write_report", "verdict", "hypervolume_curve", "load_trials"]
+__all__ = ["BREAKDOWN", "breakdown_cell", "collect", "write_report", "verdict",
+           "hypervolume_curve", "load_trials"]
 
 TRIALS = "trials.parquet"
 BREAKDOWN = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)  # adds to SIZE_BYTES
@@ -350,7 +351,7 @@ def _kept_onnx(info: Any, output: Path, artifact: Path) -> dict[str, Any]:
     return {"onnx": info} if current and (output / info["file"]).is_file() else {}
 
 
-def _breakdown(r: dict[str, Any]) -> str:
+def breakdown_cell(r: dict[str, Any]) -> str:
     """Where a model's bytes go, as ``header / index / scales+biases / values``; ``-`` for
     format-v1 files (one jointly compressed body: no exact split)."""
     parts = [r.get(k) for k in BREAKDOWN]
@@ -411,7 +412,7 @@ def write_report(output: Path) -> dict[str, Any]:
         lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
                      f"{r[M.TEST_ACCURACY]:.4f} | "
                      + (f"{_over_seeds(r)} | " if reseeded else "")
-                     + f"{int(r[M.SIZE_BYTES]):,} | {_breakdown(r)} | "
+                     + f"{int(r[M.SIZE_BYTES]):,} | {breakdown_cell(r)} | "
                      f"{r[M.COMPRESSION_RATIO]:.1f}x | "
                      + "".join(f"{_cell(r.get(n))} | " for n in extra)
                      + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")

@@ -7,7 +7,8 @@ same ``search.time_budget_s``; 2 trials at once on 2 cores):
   epochs), each trial a Ray Train ``TorchTrainer`` job (``train.executor=ray_train``).
 - ``default``: trials in their own (reused) Tune actors, multi-objective early stopping
   (``mo_asha``, up to 6 dense epochs), the shipped sampler (NSGA-II).
-- ``default-random``: the same with random search, to see what the sampler adds.
+- ``default-random``: the same with random search, to see what the sampler adds;
+  ``default-tpe``: the same with multivariate TPE.
 - ``no-children``: the default without train once / compress many (``search.children=0``),
   to see what the children add.
 
@@ -16,10 +17,15 @@ curve over wall time (PNG), per-trial overhead (median of ``trials.parquet``'s `
 trial wall time minus time inside ``fit``) and the aggregate one (trial slots x wall time minus
 all time inside ``fit``, per trial: actor start-up and scheduling gaps included), trials ended
 and completed per minute, and the time the setup needs to reach the baseline's final
-hypervolume.
+hypervolume. Each run's front is kept (JSON), and each setup's hypervolume is also given as a
+share of the best known one: that of the union of every run's front at that budget, an upper
+bound on what any sampler found here, against which "1.2x random" can be checked for room.
+Each finished run is written to ``<name>.partial.json`` at once, so a long benchmark that is
+interrupted keeps what it measured.
 
     python benchmarks/search_efficiency.py                         # 3 seeds x 180 s, ~30 min
-    python benchmarks/search_efficiency.py --budgets 600 --seeds 1
+    python benchmarks/search_efficiency.py --budgets 600 --seeds 2 --setups baseline,default \
+        --name search_efficiency_600
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ SETUPS: dict[str, list[str]] = {
                  "compress.finetune_epochs: 1}"],
     "default": [],
     "default-random": ["search.sampler=random"],
+    "default-tpe": ["search.sampler=tpe"],
     "no-children": ["search.children=0"],
 }
 
@@ -106,7 +113,9 @@ def one_search(setup: str, seed: int, budget: float, workdir: Path) -> dict[str,
         "stopped": sum(r["status"] == "STOPPED" for r in rows),
         "failed": sum(r["status"] == "FAILED" for r in rows),
         "hypervolume": _hv(done), "curve": curve,
-        "front": len(front), "front_size_span": (max(sizes) / min(sizes)) if sizes else 0.0,
+        "front": len(front),
+        "front_points": sorted([r[M.VAL_ACCURACY], r[M.SIZE_BYTES]] for r in front),
+        "front_size_span": (max(sizes) / min(sizes)) if sizes else 0.0,
         "best_val_accuracy": best[M.VAL_ACCURACY] if best else math.nan,
         "best_val_accuracy_bytes": best[M.SIZE_BYTES] if best else math.nan,
         "best_val_accuracy_at_most_5000_bytes": max((r[M.VAL_ACCURACY] for r in small),
@@ -121,6 +130,12 @@ def one_search(setup: str, seed: int, budget: float, workdir: Path) -> dict[str,
     }
 
 
+def best_known_hv(runs: Any) -> float:
+    """Hypervolume of the union of the runs' fronts: the best this benchmark found at all."""
+    pts = [p for r in runs for p in r["front_points"]]
+    return _hv([{M.VAL_ACCURACY: a, M.SIZE_BYTES: b} for a, b in pts])
+
+
 def time_to_reach(curve: list[list[float]], target: float) -> float:
     """Seconds until the hypervolume curve first reaches ``target`` (inf if never)."""
     return next((t for t, hv in curve if hv >= target - 1e-12), math.inf)
@@ -133,7 +148,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"baseline": "tab:gray", "default": "tab:blue", "default-random": "tab:orange",
-              "no-children": "tab:green"}
+              "no-children": "tab:green", "default-tpe": "tab:purple"}
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
         xs = [0.0] + [t for t, _ in r["curve"]] + [r["wall_s"]]
@@ -155,12 +170,14 @@ def main() -> None:
     ap.add_argument("--setups", default=",".join(SETUPS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budgets", default="180", help="comma-separated time budgets, seconds")
-    ap.add_argument("--out", default=None, help="directory for search_efficiency.json")
+    ap.add_argument("--out", default=None, help="directory for the JSON and PNG")
+    ap.add_argument("--name", default="search_efficiency", help="file name of the JSON and PNG")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ensure_ray(include_dashboard=False)
     setups = args.setups.split(",")
     runs = []
+    out_dir = Path(args.out) if args.out else RESULTS
     with tempfile.TemporaryDirectory(prefix="distopt-search-bench-") as d:
         # Budgets and seeds outermost, setups inner: every setup sees the same conditions.
         for budget in (float(b) for b in args.budgets.split(",")):
@@ -172,11 +189,15 @@ def main() -> None:
                           f"{r['trials']} trials ({r['complete']} complete, {r['stopped']} "
                           f"stopped), best {r['best_val_accuracy']:.4f}, {r['wall_s']:.0f} s",
                           flush=True)
+                    write(f"{args.name}.partial", {"reference": REFERENCE, "runs": runs},
+                          out_dir)
     summary: dict[str, Any] = {}
     rows = []
     for budget in sorted({r["budget_s"] for r in runs}):
         base = [r for r in runs if r["budget_s"] == budget and r["setup"] == "baseline"]
         base_hv = {r["seed"]: r["hypervolume"] for r in base}
+        best_known = best_known_hv(r for r in runs if r["budget_s"] == budget)
+        summary[f"best_known@{budget:g}"] = best_known
         for setup in setups:
             rs = [r for r in runs if r["budget_s"] == budget and r["setup"] == setup]
             hv = [r["hypervolume"] for r in rs]
@@ -198,7 +219,8 @@ def main() -> None:
                  "best_val_accuracy_mean": statistics.mean(r["best_val_accuracy"] for r in rs),
                  "best_at_most_5000_bytes_mean": statistics.mean(
                      r["best_val_accuracy_at_most_5000_bytes"] for r in rs),
-                 "front_size_span_min": min(r["front_size_span"] for r in rs)}
+                 "front_size_span_min": min(r["front_size_span"] for r in rs),
+                 "share_of_best_known_hv": statistics.mean(hv) / best_known}
             summary[f"{setup}@{budget:g}"] = s
             rows.append([setup, f"{budget:g}", len(rs), f"{s['hv_mean']:.3f}",
                          " / ".join(f"{h:.3f}" for h in hv), f"{s['vs_baseline']:.2f}x",
@@ -208,14 +230,20 @@ def main() -> None:
                          f"{s['overhead_s_median']:.2f}", f"{s['aggregate_overhead_s']:.1f}",
                          f"{s['best_val_accuracy_mean']:.4f}",
                          f"{s['best_at_most_5000_bytes_mean']:.4f}",
-                         f"{s['front_size_span_min']:.0f}x"])
+                         f"{s['front_size_span_min']:.0f}x",
+                         f"{s['share_of_best_known_hv']:.2f}"])
+        for sampler in ("default", "default-tpe"):
+            if f"{sampler}@{budget:g}" in summary and f"default-random@{budget:g}" in summary:
+                ratio = summary[f"{sampler}@{budget:g}"]["hv_mean"] / \
+                    summary[f"default-random@{budget:g}"]["hv_mean"]
+                summary[f"{sampler}_vs_random@{budget:g}"] = ratio
+                print(f"{budget:g} s: {sampler} / default-random hypervolume = {ratio:.3f}")
     print()
     print(f"hypervolume of (val accuracy max, log10 bytes min) above reference {REFERENCE}")
     print(table(HEADERS, rows))
-    out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot(runs, out_dir / "search_efficiency.png")
-    path = write("search_efficiency", {"reference": REFERENCE, "setups": SETUPS, "runs": runs,
+    plot(runs, out_dir / f"{args.name}.png")
+    path = write(args.name, {"reference": REFERENCE, "setups": SETUPS, "runs": runs,
                                        "summary": summary, "table": rows}, out_dir)
     print(f"\nwrote {path}")
 
@@ -224,7 +252,7 @@ HEADERS = ["setup", "budget s", "seeds", "HV mean", "HV by seed", "vs baseline",
            "time to baseline HV (share)", "trials (complete configs)",
            "configs evaluated / min", "overhead s / trial (median)",
            "aggregate overhead s / trial", "best val acc", "best val acc <= 5 KB",
-           "min front span"]
+           "min front span", "share of best-known HV"]
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -340,6 +341,10 @@ class SearchConfig:
                          "finishes dense training also compresses its dense model with this "
                          "many other values of the space's compress.* keys (drawn at random), "
                          "each a trial of its own in the results and the study")
+    reuse_dense: bool = _opt(True, doc="train once, compress many across trials: a trial whose "
+                             "settings differ from an earlier trial's only in compress.* "
+                             "fine-tunes that trial's dense model (kept in <output>/dense) "
+                             "instead of training its own")
 
 
 @dataclass(frozen=True)
@@ -384,6 +389,15 @@ class Config:
         if problems:
             raise ConfigError(problems)
         return _build(raw, "config")
+
+    @property
+    def dense_key(self) -> str:
+        """Which configurations train the same dense model: all of them but the compression
+        settings (``compress.*``: weight pruning, fine-tuning, bit widths, which act after
+        the last dense epoch), the search's settings and the name. Same key, same data, seed
+        and hyperparameters, so the same dense weights: the one place this is decided."""
+        raw = {k: v for k, v in self.to_dict().items() if k not in ("name", "compress", "search")}
+        return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     @property
     def compression_plan(self) -> CompressionPlan:

@@ -60,6 +60,10 @@ ONNX_DIR = "onnx"  # distopt export: <trial_id>.onnx per front model
 # trials.parquet name the trial they forked from.
 CHILDREN = "children"
 PARENT_ID = "parent_id"
+# ... and across trials (search.reuse_dense): the trial whose stored dense model a trial
+# fine-tuned instead of training its own ("" if it trained it); the store's directory.
+DENSE_FROM = "dense_from"
+DENSE_DIR = "dense"
 
 # Per-trial timing, from the driver (trials.parquet).
 TRIAL_WALL_S = "trial_wall_s"  # Tune's trial start (its actor up) to its last result

@@ -37,6 +37,7 @@ from distopt.compress import (ArtifactError, Masks, QuantizedWeights, apply_mask
                               structured_prune)
 from distopt.config import AugmentConfig, CompressionPlan, Config
 from distopt.data import Splits, load_splits, shard
+from distopt.dense_store import DenseStore, DenseWeights
 from distopt.storage import read_file
 from distopt.models import (Model, ModelSpec, build_model, example_input, fold_batch_norm,
                             layer_kinds, prunable_weights, spec_from_config)
@@ -415,6 +416,10 @@ class TrainingRun:
         self.dense_spec: ModelSpec | None = None
         self.dense_state: dict[str, torch.Tensor] | None = None
         self.dense_last: dict[str, Any] = {}
+        # Every dense epoch's metrics (a dense store replays them), and the trial whose stored
+        # dense model this run adopted instead of training its own ("": it trained it).
+        self.dense_history: list[dict[str, Any]] = []
+        self.dense_source = ""
         self.teacher: nn.Module | None = None  # distillation (train.distill_alpha > 0)
 
     # ---- setup -----------------------------------------------------------------------------
@@ -476,6 +481,9 @@ class TrainingRun:
         if state and state.get("dense_model"):
             run.dense_state = state["dense_model"]
             run.dense_spec = ModelSpec.from_dict(state["dense_spec"])
+        if state:
+            run.dense_history = list(state.get("dense_history") or [])
+            run.dense_source = str(state.get("dense_source") or "")
         return run
 
     def _choose_precision(self, net: nn.Module) -> tuple[str, str]:
@@ -517,6 +525,7 @@ class TrainingRun:
                 # Early stopping ranks trials by size at its rungs: what they'd export now.
                 metrics[M.EXPECTED_SIZE_BYTES] = float(expected_size(
                     _unwrap(self.model), self.plan, self.artifact_meta()))
+            self.dense_history.append(metrics)
             if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
                 # Every rank sees the same all-reduced accuracy: all stop together.
                 log.info("validation accuracy has not improved for %d epochs: dense training "
@@ -529,6 +538,44 @@ class TrainingRun:
             self.dense_spec = base.spec
             self.dense_state = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
             self.dense_last = dict(self.last)
+
+    def adopt(self, dense: DenseWeights) -> None:
+        """Train once, compress many, across trials: take the dense model another trial of the
+        same dense configuration trained (:class:`~distopt.dense_store.DenseStore`) instead of
+        training one. The run continues from it as that trial did after its last dense epoch
+        (its precision, its dense epoch count), so it exports the file it would have exported
+        with this run's compression settings. Its dense epochs' metrics are reported again,
+        each marked with the source trial, so early stopping ranks this trial at its rungs;
+        the size at a rung is this run's compression of the adopted weights."""
+        torch.manual_seed(self.cfg.train.seed)
+        self.spec = ModelSpec.from_dict(dense.spec)
+        net = build_model(self.spec)
+        net.load_state_dict(dense.state)
+        self.model = _wrap(net, self.env, self.channels_last)
+        self.precision, self.dtype = dense.precision, _DTYPES[dense.precision]
+        self.dense_epochs = dense.dense_epochs
+        self.dense_source = dense.source
+        self._new_optimizer()
+        rung_size = float(expected_size(net, self.plan, self.artifact_meta())) \
+            if self.cfg.search.scheduler == "mo_asha" else None
+        for metrics in dense.history:
+            metrics = {**metrics, M.DENSE_FROM: dense.source}
+            if rung_size is not None:
+                metrics[M.EXPECTED_SIZE_BYTES] = rung_size
+            self.dense_history.append(metrics)
+            self._report_epoch(int(metrics[M.EPOCH]), metrics)
+        self.next_epoch = self.dense_epochs
+
+    def dense_weights(self) -> DenseWeights | None:
+        """This run's dense model for a dense store, once dense training is over (None if it
+        is not kept, or a resumed run lacks some dense epoch's metrics)."""
+        if self.dense_state is None or self.dense_spec is None or \
+                len(self.dense_history) != self.dense_epochs:
+            return None
+        return DenseWeights(spec=self.dense_spec.to_dict(), state=self.dense_state,
+                            dense_epochs=self.dense_epochs, precision=self.precision,
+                            history=[{k: v for k, v in m.items() if k != M.DENSE_FROM}
+                                     for m in self.dense_history])
 
     # ---- weight pruning ----------------------------------------------------------------------
 
@@ -697,7 +744,8 @@ class TrainingRun:
                 if self.masks else None,
                 # Children fork from the dense weights: a fine-tune checkpoint keeps them.
                 "dense_model": self.dense_state if self.finetuning else None,
-                "dense_spec": self.dense_spec.to_dict() if self.dense_spec else None}
+                "dense_spec": self.dense_spec.to_dict() if self.dense_spec else None,
+                "dense_history": self.dense_history, "dense_source": self.dense_source}
         self.last = metrics
         self.next_epoch = epoch + 1
         self.report(metrics, self.ckpt)
@@ -752,6 +800,7 @@ class TrainingRun:
         final[M.TRAIN_SECONDS] = time.perf_counter() - self.t_start
         final[M.DENSE_EPOCHS] = self.dense_epochs
         final[M.EARLY_STOPPED] = self.dense_epochs < t.epochs
+        final[M.DENSE_FROM] = self.dense_source
         final["started_at"] = self.started_at  # wall clock: callers measure start-up overhead
         final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return final
@@ -778,7 +827,8 @@ def load_teacher(cfg: Config, splits: Splits, env: WorkerEnv) -> nn.Module:
 
 def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | None = None,
         evaluate_test: bool = False, splits: Splits | None = None,
-        children: Sequence[tuple[dict[str, Any], Config]] = ()) -> dict[str, Any]:
+        children: Sequence[tuple[dict[str, Any], Config]] = (),
+        dense_store: DenseStore | None = None) -> dict[str, Any]:
     """Train, weight-prune, fine-tune, export and evaluate one configuration: the phases of
     :class:`TrainingRun`, in order, each resuming where ``state`` (a checkpoint) left off.
 
@@ -787,12 +837,27 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     dense model is trained once. Reports after every epoch (with a checkpoint ``state`` on
     rank 0) and once more at the end with the decoded artifact's metrics (phase ``final``),
     whose ``children`` key holds every child's values, metrics and file (``child_<i>.dopt``,
-    reported beside ``model.dopt``); ``train_seconds`` then covers the children too. Returns
+    reported beside ``model.dopt``); ``train_seconds`` then covers the children too.
+
+    ``dense_store``: a run that starts afresh adopts the stored dense model of its dense
+    configuration if there is one (:meth:`TrainingRun.adopt`; ``dense_from`` in the final
+    metrics names its trial), and one that trains its own stores it. Returns
     ``{"metrics": ..., "artifact": bytes, "children": [...]}`` (the same on every rank)."""
     splits = splits if splits is not None else load_splits(cfg.data)
     run = TrainingRun.start(cfg, env, report, splits, state)
-    run.keep_dense = bool(children)
+    run.keep_dense = bool(children) or dense_store is not None
+    adopted = _stored_dense(dense_store, cfg, env) if state is None else None
+    if adopted is not None:
+        run.adopt(adopted)
+        if env.rank == 0:
+            log.info("dense model of trial %s adopted (same dense configuration): %d dense "
+                     "epochs not trained again", adopted.source, adopted.dense_epochs)
     run.train_dense()
+    if dense_store is not None and not run.dense_source and env.rank == 0:
+        weights = run.dense_weights()
+        if weights is not None:
+            weights.source = dense_store.owner
+            dense_store.save(cfg, weights)
     run.compress()
     artifact = run.export()
     final = run.evaluate(artifact, evaluate_test)
@@ -814,6 +879,19 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
         final[M.TRAIN_SECONDS] = time.perf_counter() - run.t_start
     report(final, run.ckpt, files if env.rank == 0 else None)
     return {"metrics": final, "artifact": artifact, "children": records}
+
+
+def _stored_dense(store: DenseStore | None, cfg: Config, env: WorkerEnv) -> DenseWeights | None:
+    """The store's dense model for ``cfg``, as rank 0 finds it, on every rank (ranks may not
+    share a filesystem, and must all decide alike)."""
+    if store is None:
+        return None
+    found = store.load(cfg) if env.rank == 0 else None
+    if env.distributed:
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    return found
 
 
 def child_file(i: int) -> str:

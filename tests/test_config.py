@@ -350,3 +350,15 @@ def test_resize_sets_the_model_input_and_is_for_images_only():
     with pytest.raises(ConfigError, match="data.resize: got 16 with data.kind 'tokens'"):
         load_config(None, ["data.name=tokens-mini", "data.kind=tokens", "model.family=rnn",
                            "data.resize=16"])
+
+
+def test_dense_key_ignores_compression_and_search_settings_only():
+    base = load_config(None)
+    same = [["compress.prune_ratio=0.9", "compress.quant_bits=4", "compress.finetune_epochs=3"],
+            ["search.sampler=random", "search.reseed=3", "name=other"]]
+    for overrides in same:
+        assert load_config(None, overrides).dense_key == base.dense_key, overrides
+    for overrides in (["train.seed=1"], ["train.lr=0.01"], ["model.channels=8"],
+                      ["augment.rotation=5"], ["regularization.dropout=0.1"],
+                      ["data.val_fraction=0.2"]):
+        assert load_config(None, overrides).dense_key != base.dense_key, overrides

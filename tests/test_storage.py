@@ -93,6 +93,24 @@ def test_location_reads_writes_and_lists_on_s3(s3_env, tmp_path, monkeypatch):
     assert str(tmp_path / "home") in str(loc.local)
 
 
+def test_dense_store_on_s3_writes_whole_entries_and_reads_them_back(s3_env):
+    import torch
+
+    from distopt.config import load_config
+    from distopt.dense_store import DenseStore, DenseWeights
+
+    cfg = load_config(None)
+    weights = DenseWeights(spec={"family": "mlp"}, state={"w": torch.ones(3)}, dense_epochs=1,
+                           precision="fp32", history=[{"epoch": 0, "val_accuracy": 0.5}])
+    store = DenseStore(f"s3://{BUCKET}/dense-unit", "t1")
+    assert store.load(cfg) is None
+    store.save(cfg, weights)
+    assert _keys("dense-unit/") == [f"dense-unit/{cfg.dense_key}.pt"]  # moved, no temporary
+    got = DenseStore(f"s3://{BUCKET}/dense-unit", "t2").load(cfg)
+    assert got is not None and torch.equal(got.state["w"], weights.state["w"])
+    assert got.history == weights.history
+
+
 def test_remote_overwrite_needs_the_marker(s3_env, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     foreign = Location(f"s3://{BUCKET}/foreign")
@@ -174,7 +192,8 @@ def test_search_on_s3_writes_there_and_resumes_from_another_machine(s3_env, tmp_
     down = tmp_path / "down"
     loc.download(["trials.parquet", "study.db"], down)
     rows = pq.read_table(down / "trials.parquet").to_pylist()
-    assert len(rows) == 4 and all(r["status"] == "COMPLETE" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "COMPLETE" for r in rows), \
+        [(r["trial_id"], r["status"], r.get("error")) for r in rows]
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{down / 'study.db'}")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= \
         before

@@ -631,3 +631,48 @@ def test_a_resized_model_trains_exports_and_deploys_on_stored_images(splits, tmp
     with torch.no_grad():
         logits = distopt.load(tmp_path / "m.dopt")(splits.x_test)
     assert float((logits.argmax(1).numpy() == splits.y_test).mean()) == again[M.TEST_ACCURACY]
+
+
+@pytest.mark.slow
+def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, tmp_path):
+    """Train once, compress many, across trials: a run whose config differs from a stored one
+    only in compress.* trains no dense epoch, reports the stored dense epochs again (marked with
+    their trial; at a rung, the size of its own compression of them), and exports byte for
+    byte the file a run training its own dense model exports. Other dense settings miss."""
+    from distopt.dense_store import DenseStore
+
+    rungs = ["search.scheduler=mo_asha", "search.grace_epochs=1"]
+    first = load_config(None, TINY + rungs + ["compress.quant_bits=8"])
+    fit(first, WorkerEnv(), Recorder(), splits=splits, dense_store=DenseStore(str(tmp_path), "t1"))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    second = load_config(None, TINY + rungs + ["compress.quant_bits=4",
+                                                "compress.prune_ratio=0.8"])
+    assert second.dense_key == first.dense_key
+    rec = Recorder()
+    out = fit(second, WorkerEnv(), rec, splits=splits, dense_store=DenseStore(str(tmp_path), "t2"))
+    solo_rec = Recorder()
+    solo = fit(second, WorkerEnv(), solo_rec, splits=splits)
+    assert out["artifact"] == solo["artifact"]
+    assert out["metrics"][M.DENSE_FROM] == "t1" and solo["metrics"][M.DENSE_FROM] == ""
+    dense = [r for r in rec.reports if r[M.PHASE] == "train"]
+    solo_dense = [r for r in solo_rec.reports if r[M.PHASE] == "train"]
+    assert [(r[M.EPOCH], r[M.VAL_ACCURACY]) for r in dense] == \
+        [(r[M.EPOCH], r[M.VAL_ACCURACY]) for r in solo_dense]
+    # Rung sizes: this run's compression of the weights it adopted (the last dense epoch's).
+    assert {r[M.EXPECTED_SIZE_BYTES] for r in dense} == {solo_dense[-1][M.EXPECTED_SIZE_BYTES]}
+    assert all(r[M.DENSE_FROM] == "t1" for r in dense)
+    # The adopting run's checkpoints resume like any: a crash in its fine-tune loses nothing.
+    crashed = Recorder(crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(second, WorkerEnv(), crashed, splits=splits,
+            dense_store=DenseStore(str(tmp_path), "t3"))
+    resumed = fit(second, WorkerEnv(), Recorder(), state=crashed.states[-1], splits=splits,
+                  dense_store=DenseStore(str(tmp_path), "t3"))
+    assert resumed["artifact"] == solo["artifact"] and resumed["metrics"][M.DENSE_FROM] == "t1"
+
+    other = load_config(None, TINY + rungs + ["compress.quant_bits=4", "train.seed=1"])
+    assert other.dense_key != first.dense_key
+    out = fit(other, WorkerEnv(), Recorder(), splits=splits,
+              dense_store=DenseStore(str(tmp_path), "t4"))
+    assert out["metrics"][M.DENSE_FROM] == "" and len(list(tmp_path.glob("*.pt"))) == 2

@@ -94,6 +94,12 @@ def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
         assert evaluate_artifact(data, splits, "test")[M.TEST_ACCURACY] == t[M.TEST_ACCURACY]
     for name in ("pareto.csv", "pareto.png", "hypervolume.png", "report.md", "manifest.json"):
         assert (out / name).stat().st_size > 0, name
+    # Each trial kept every epoch checkpoint while it ran; after the search only its last.
+    trial_dirs = sorted((out / "tune").glob("distopt_trial_*"))
+    assert len(trial_dirs) == 4
+    for d in trial_dirs:
+        kept = list(d.glob("checkpoint_*"))
+        assert len(kept) == 1 and (kept[0] / M.ARTIFACT_FILE).is_file(), d
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["models"]) == len(front)
     assert {"torch", "ray", "optuna"} <= set(manifest["versions"])
@@ -603,6 +609,42 @@ def test_time_budgeted_search_with_mo_asha_stops_trials_that_never_reach_the_fro
     assert f"{len(stopped)} stopped early (mo_asha)" in (out / "report.md").read_text()
 
 
+def test_a_restored_searcher_limits_concurrency_without_waiting_on_a_lost_trial(tmp_path):
+    """The hang seen with the S3 kill-and-resume test: the killed driver's searcher state said
+    trial 'lost' was running, but Tune's experiment state never got it, so it never ends. Under
+    Tune's ConcurrencyLimiter a one-at-a-time search then waits forever; this searcher counts a
+    restored live trial again only once it reports."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from distopt.orchestration._optuna_search import ResumableOptunaSearch
+
+    def searcher() -> ResumableOptunaSearch:
+        return ResumableOptunaSearch(
+            space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+            metric=[M.VAL_ACCURACY, M.SIZE_BYTES], mode=["max", "min"],
+            sampler=optuna.samplers.RandomSampler(seed=0))
+
+    s = searcher()
+    limiter = ConcurrencyLimiter(s, max_concurrent=1)  # what Tune wraps it in
+    assert limiter.suggest("running") is not None
+    assert limiter.suggest("waits") is None  # the limit holds
+    assert limiter.suggest("lost") is None
+    s.on_trial_complete("running", {M.PHASE: "final", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 1.0})
+    assert limiter.suggest("lost") is not None  # the driver is killed right after this
+    s.save(str(tmp_path / "state.pkl"))
+
+    restored = searcher()
+    limiter = ConcurrencyLimiter(restored, max_concurrent=1)
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert restored.live == {"lost"}
+    assert limiter.suggest("next") is not None  # not blocked by the trial that never ends
+    assert limiter.suggest("after") is None  # and the limit still holds for the new one
+    restored.on_trial_result("lost", {M.VAL_ACCURACY: 0.5})  # a restored trial that does run
+    restored.on_trial_complete("next", {M.PHASE: "final", M.VAL_ACCURACY: 0.8,
+                                        M.SIZE_BYTES: 2.0})
+    assert limiter.suggest("after") is None  # it counts again once it reports
+
+
 def test_sampled_duplicates_are_told_the_earlier_result_instead_of_training_again():
     from distopt.orchestration._optuna_search import ResumableOptunaSearch
 
@@ -656,3 +698,33 @@ def test_children_become_study_trials_the_sampler_learns_from_and_answer_duplica
     assert child.system_attrs[key] == trials[0].system_attrs[key] == 0
     # A later sample of the child's values is answered with its result, not trained.
     assert s.results[s._key(child.params)] == (child.number, [0.7, 50.0])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_trials_differing_only_in_compression_train_one_dense_model(tmp_path):
+    """search.reuse_dense: the first trial trains and stores its dense model; the later ones,
+    whose sampled values are all compress.*, fine-tune it (dense_from names the first), and
+    each ends with the metrics a run training its own dense model gets."""
+    from distopt.config import Config
+    from distopt.train_loop import WorkerEnv, fit
+
+    out = tmp_path / "reuse"
+    p = _search("--config", str(SMOKE), "--output", str(out), "search.num_trials=3",
+                "search.max_concurrent=1", "search.space={compress.prune_ratio: "
+                "{low: 0.0, high: 0.9}, compress.quant_bits: {choices: [4, 8]}}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = sorted(pq.read_table(out / "trials.parquet").to_pylist(),
+                  key=lambda r: r["trial_number"])
+    assert [r["status"] for r in rows] == ["COMPLETE"] * 3
+    first, *later = rows
+    assert first[M.DENSE_FROM] == ""
+    assert [r[M.DENSE_FROM] for r in later] == [first["trial_id"]] * 2
+    assert len(list((out / M.DENSE_DIR).glob("*.pt"))) == 1
+    assert "2 fine-tuned the stored dense model of an earlier trial" in \
+        (out / "report.md").read_text()
+    splits = load_splits(load_config(SMOKE).data)
+    for r in later:
+        solo = fit(Config.from_dict(json.loads(r["config_json"])), WorkerEnv(),
+                   lambda *a, **k: None, splits=splits)["metrics"]
+        assert (r[M.VAL_ACCURACY], r[M.SIZE_BYTES]) == (solo[M.VAL_ACCURACY], solo[M.SIZE_BYTES])

@@ -31,7 +31,14 @@ DUPLICATE_OF = "duplicate_of"
 class ResumableOptunaSearch(OptunaSearch):
     """With ``deadline`` (a ``time.time()`` value), no trial is suggested after it: the search
     ends when the trials running then finish. The deadline is saved with the searcher, so a
-    resumed search keeps the budget it was started with."""
+    resumed search keeps the budget it was started with.
+
+    It limits how many trials run at once itself (Tune's ``max_concurrent_trials`` hands the
+    limit to it), instead of Tune's ``ConcurrencyLimiter``: that one restores its set of live
+    trials from the searcher state, which a killed driver may have saved with a trial Tune's
+    experiment state never got. That trial never ends, and a search limited to one trial at a
+    time then waits forever on resume (seen here with the S3 kill-and-resume test). After a
+    restore, the trials the saved state calls live count again only once they report."""
 
     MAX_DUPLICATES = 50  # sampled duplicates answered in a row before one is trained anyway
 
@@ -41,6 +48,21 @@ class ResumableOptunaSearch(OptunaSearch):
         # Sampled values -> (Optuna trial number, objective values) of every complete trial.
         self.results: dict[tuple, tuple[int, list[float]]] = {}
         self.duplicates = 0
+        self.max_concurrent: int | None = None
+        self.live: set[str] = set()  # suggested, not ended
+        self.unconfirmed: set[str] = set()  # live in a restored state, not heard from since
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True  # Tune's ConcurrencyLimiter then leaves the limiting to this searcher
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.live = set(getattr(self, "live", set()))
+        self.unconfirmed = set(self.live)
+
+    def _running(self) -> int:
+        return len(self.live - self.unconfirmed)
 
     @staticmethod
     def _key(params: dict[str, Any]) -> tuple:
@@ -56,6 +78,8 @@ class ResumableOptunaSearch(OptunaSearch):
                 log.info("time budget reached: no new trials; waiting for the running ones")
                 self._budget_logged = True
             return Searcher.FINISHED
+        if self.max_concurrent and self._running() >= self.max_concurrent:
+            return None  # asked again when a trial ends
         for _ in range(self.MAX_DUPLICATES):
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials.get(trial_id)
@@ -63,6 +87,8 @@ class ResumableOptunaSearch(OptunaSearch):
             if earlier is None:
                 if ot_trial is not None:  # which Tune trial trains it (report: duplicate rows)
                     ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+                if config not in (None, Searcher.FINISHED):
+                    self.live.add(trial_id)
                 return config
             number, values = earlier
             ot_trial.set_user_attr(DUPLICATE_OF, number)
@@ -71,6 +97,8 @@ class ResumableOptunaSearch(OptunaSearch):
             self.duplicates += 1
             log.debug("sampled values of optuna trial %d again: told its result, not trained",
                       number)
+        if config not in (None, Searcher.FINISHED):
+            self.live.add(trial_id)
         return config
 
     def _known(self, trial_id: str) -> bool:
@@ -82,6 +110,7 @@ class ResumableOptunaSearch(OptunaSearch):
         return False
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.unconfirmed.discard(trial_id)
         if self._known(trial_id):
             super().on_trial_result(trial_id, result)
 
@@ -90,6 +119,8 @@ class ResumableOptunaSearch(OptunaSearch):
         """Optuna is told the final (decoded-artifact) metrics of a complete trial; a trial
         that ended before its final result is FAIL if it raised, else PRUNED (early stopping
         stopped it): never the objectives of an unfinished model."""
+        self.live.discard(trial_id)
+        self.unconfirmed.discard(trial_id)
         if self._known(trial_id):
             final = bool(result) and result.get(M.PHASE) == "final"
             ot_trial = self._ot_trials.get(trial_id)

@@ -161,6 +161,8 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         row[M.PRECISION] = str(m.get(M.PRECISION, ""))
         row[M.TF32] = bool(m.get(M.TF32, False))
         row[M.EARLY_STOPPED] = bool(m.get(M.EARLY_STOPPED, False))
+        # Dense weights another trial trained and stored (search.reuse_dense): its id.
+        row[M.DENSE_FROM] = str(m.get(M.DENSE_FROM) or "")
         row["config_json"] = _trial_config_json(cfg, result.config or {})
         row[M.PARENT_ID] = ""
         row[DUPLICATE_OF] = ""
@@ -390,10 +392,14 @@ def write_report(output: Path) -> dict[str, Any]:
     duplicates = sum(r["status"] == DUPLICATE for r in rows)
     complete = len(rows) - len(failed) - stopped - duplicates
     children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
+    reused = sum(bool(r.get(M.DENSE_FROM)) and not r.get(M.PARENT_ID) for r in rows)
     lines = [f"# {cfg.name}: Pareto front", "",
              f"{len(rows)} trials, {complete} complete"
              + (f" ({children} of them children: compressed from another trial's dense model, "
                 "search.children)" if children else "") + ", "
+             + (f"{reused} fine-tuned the stored dense model of an earlier trial of the same "
+                "dense configuration instead of training one (search.reuse_dense), "
+                if reused else "")
              + (f"{stopped} stopped early ({cfg.search.scheduler}), " if stopped else "")
              + (f"{duplicates} sampled again after they had finished (answered with the "
                 "earlier result, not trained), " if duplicates else "")

@@ -19,6 +19,7 @@ import torch
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.dense_store import DenseStore
 from distopt.storage import Location, is_uri
 from distopt.orchestration.telemetry import record_trial
 from distopt.train_loop import WorkerEnv, fit
@@ -182,8 +183,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         _report_with_state(ray.train.report, ray.train.Checkpoint, metrics, st, files)
 
     children = cfg.child_configs() if loop_config.get("children") else []
+    store = DenseStore(loop_config["dense_store"], run_name) \
+        if loop_config.get("dense_store") else None
     out = fit(cfg, env, report, state, evaluate_test=loop_config.get("evaluate_test", False),
-              children=children)
+              children=children, dense_store=store)
     if rank != 0:
         return None
     return {"metrics": out["metrics"], "artifact": out["artifact"], "history": history}
@@ -206,13 +209,15 @@ def _ignore_exit_in_finalizers() -> None:
     sys.unraisablehook = hook
 
 
-def train_in_trial_actor(cfg: Config) -> None:
+def train_in_trial_actor(cfg: Config, dense_store: str | None = None) -> None:
     """Run one search trial's training loop in the calling Tune trial actor.
 
     The actor holds the one worker's CPUs, so there is no worker group to start or tear down
     (Ray Train's costs ~12 s per trial here; this ~0.1 s). Epochs are checkpointed through Tune
     (``ray.tune.report``), and a trial restarted by Tune (``train.max_failures``: a killed
-    actor, a resumed search) continues from its last epoch checkpoint."""
+    actor, a resumed search) continues from its last epoch checkpoint. ``dense_store``: the
+    search's store of dense models (:class:`~distopt.dense_store.DenseStore`), if it reuses
+    them."""
     import ray.tune
 
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
@@ -228,16 +233,18 @@ def train_in_trial_actor(cfg: Config) -> None:
         record_trial(cfg.name, trial_id, metrics)
         _report_with_state(ray.tune.report, ray.tune.Checkpoint, metrics, st, files)
 
-    fit(cfg, WorkerEnv(), report, state, evaluate_test=False, children=cfg.child_configs())
+    fit(cfg, WorkerEnv(), report, state, evaluate_test=False, children=cfg.child_configs(),
+        dense_store=DenseStore(dense_store, trial_id) if dense_store else None)
 
 
 def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_test: bool,
                  log_epochs: bool = True, callbacks: Sequence[Any] = (),
-                 children: bool = False) -> Any:
+                 children: bool = False, dense_store: str | None = None) -> Any:
     """The ``TorchTrainer`` of one configuration: the workers hold the CPUs (and GPUs), every
     epoch is checkpointed, and ``train.max_failures`` worker-group restarts resume from the last
     checkpoint. Re-running one with the same ``storage_path`` and ``name`` resumes it too.
-    ``children``: a search trial's, which forks ``search.children`` compressions."""
+    ``children``: a search trial's, which forks ``search.children`` compressions;
+    ``dense_store``: the search's store of dense models, if it reuses them."""
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchTrainer
@@ -246,7 +253,8 @@ def make_trainer(cfg: Config, storage_path: str | Path, name: str, *, evaluate_t
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "evaluate_test": evaluate_test,
-                           "log_epochs": log_epochs, "children": children},
+                           "log_epochs": log_epochs, "children": children,
+                           "dense_store": dense_store},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distopt import metrics as M
 from distopt.config import Config, ConfigError, storage_url
 from distopt.storage import Location
 from distopt.space import to_optuna
@@ -54,6 +55,11 @@ class SearchPaths:
     @property
     def train(self) -> str:
         return self.output.uri("train")
+
+    @property
+    def dense(self) -> str:
+        """The dense models trials store for each other (``search.reuse_dense``)."""
+        return self.output.uri(M.DENSE_DIR)
 
     @property
     def study_url(self) -> str:
@@ -214,9 +220,11 @@ def _trial_cfg(params: dict[str, Any], base: dict[str, Any]) -> Config:
     return Config.from_dict(base).trial_config().with_overrides(params)
 
 
-def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: str) -> None:
+def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: str,
+                  dense_store: str | None = None) -> None:
     """One Tune trial: apply the sampled values, then train in this trial actor (one CPU
     worker) or as a Ray Train job (several workers, GPUs): :attr:`Config.in_trial_actor`.
+    ``dense_store``: where trials keep dense models for each other (``search.reuse_dense``).
 
     A config the sampled values make invalid raises here, and fails this trial alone. (The
     function's name is what the dashboard shows for every trial actor.)"""
@@ -224,7 +232,7 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     if cfg.in_trial_actor:
         from distopt.orchestration.run import train_in_trial_actor
 
-        train_in_trial_actor(cfg)
+        train_in_trial_actor(cfg, dense_store)
         return
 
     import ray.tune
@@ -238,7 +246,8 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     # The trial id names the Train run: a restored trial resumes its own checkpoints.
     trainer = make_trainer(cfg, train_storage, ray.tune.get_context().get_trial_id(),
                            evaluate_test=False, log_epochs=False,
-                           callbacks=[TuneReportCallback()], children=True)
+                           callbacks=[TuneReportCallback()], children=True,
+                           dense_store=dense_store)
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -291,7 +300,8 @@ def trainable(cfg: Config, paths: SearchPaths) -> Any:
 
     # Trials never open the study: they get the config without its storage credentials.
     base = cfg.public_dict()
-    fn = ray.tune.with_parameters(distopt_trial, base=base, train_storage=paths.train)
+    fn = ray.tune.with_parameters(distopt_trial, base=base, train_storage=paths.train,
+                                  dense_store=paths.dense if cfg.search.reuse_dense else None)
     return ray.tune.with_resources(fn, functools.partial(trial_resources, base=base))
 
 
@@ -323,7 +333,12 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
             [StudyUploader(output)] if output.remote and not cfg.search.storage else []),
         # A failing trial fails alone (after its restarts from its last epoch checkpoint).
         failure_config=ray.tune.FailureConfig(max_failures=trial_max_failures(cfg)),
-        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+        # Every checkpoint is kept while the search runs, pruned to each trial's last after
+        # it. With num_to_keep, Tune deletes a trial's older checkpoints as soon as it has
+        # newer ones, while the experiment state at a remote location may still name an older
+        # one (its upload lags): a driver killed then leaves a trial that cannot be restored
+        # ("does not exist on storage anymore"), and --resume fails it.
+        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=None),
     )
     if resume:
         if not ray.tune.Tuner.can_restore(paths.tune):
@@ -348,7 +363,28 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     grid = tuner.fit()
     log.info("search finished in %.0f s", time.perf_counter() - t0)
     _close_orphans(cfg, paths)
+    keep_last_checkpoints(grid)
     return grid
+
+
+def keep_last_checkpoints(grid: Any) -> int:
+    """Delete every trial's checkpoints but its last (which holds its artifact, and its
+    children's): once the search has ended no trial resumes from an older one. Returns how
+    many were deleted."""
+    import pyarrow.fs as pafs
+
+    deleted = 0
+    for result in grid:
+        if result.checkpoint is None or not result.path:
+            continue
+        fs, keep = result.filesystem, result.checkpoint.path.rstrip("/")
+        for info in fs.get_file_info(pafs.FileSelector(result.path, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(
+                    "checkpoint_") and info.path.rstrip("/") != keep:
+                fs.delete_dir(info.path)
+                deleted += 1
+    log.debug("deleted %d superseded trial checkpoints", deleted)
+    return deleted
 
 
 def concurrency(cfg: Config) -> tuple[int, str]:

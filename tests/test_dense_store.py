@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Iterator
 
+import pytest
 import torch
 
 from distopt.config import load_config
 from distopt.dense_store import DenseStore, DenseWeights
+
+
+@contextlib.contextmanager
+def _warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Records of the module's logger, on it directly: the CLI's and the workers' logging
+    setup stops "distopt" records propagating to the root logger caplog listens on."""
+    logger = logging.getLogger("distopt.dense_store")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="distopt.dense_store"):
+            yield
+    finally:
+        logger.removeHandler(caplog.handler)
 
 
 def _weights() -> DenseWeights:
@@ -32,7 +48,7 @@ def test_an_entry_comes_back_as_stored_under_its_dense_configuration(tmp_path):
 def test_a_damaged_entry_is_none_with_a_warning_not_a_failed_trial(tmp_path, caplog):
     cfg = load_config(None)
     (tmp_path / f"{cfg.dense_key}.pt").write_bytes(b"not a torch file")
-    with caplog.at_level(logging.WARNING, logger="distopt.dense_store"):
+    with _warnings(caplog):
         assert DenseStore(str(tmp_path), "t").load(cfg) is None
     assert "unreadable" in caplog.text and "training it again" in caplog.text
 
@@ -40,6 +56,6 @@ def test_a_damaged_entry_is_none_with_a_warning_not_a_failed_trial(tmp_path, cap
 def test_an_unwritable_store_logs_and_lets_the_trial_go_on(tmp_path, caplog):
     blocker = tmp_path / "dense"
     blocker.write_text("a file where the store's directory should be")
-    with caplog.at_level(logging.WARNING, logger="distopt.dense_store"):
+    with _warnings(caplog):
         DenseStore(str(blocker), "t").save(load_config(None), _weights())
     assert "could not write" in caplog.text

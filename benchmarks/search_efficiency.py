@@ -31,6 +31,7 @@ interrupted keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import statistics
@@ -172,12 +173,20 @@ def main() -> None:
     ap.add_argument("--budgets", default="180", help="comma-separated time budgets, seconds")
     ap.add_argument("--out", default=None, help="directory for the JSON and PNG")
     ap.add_argument("--name", default="search_efficiency", help="file name of the JSON and PNG")
+    ap.add_argument("--summarize", default=None, metavar="PARTIAL_JSON",
+                    help="no searches: summarize the runs a <name>.partial.json holds (an "
+                         "interrupted benchmark's finished runs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    ensure_ray(include_dashboard=False)
     setups = args.setups.split(",")
-    runs = []
     out_dir = Path(args.out) if args.out else RESULTS
+    if args.summarize:
+        runs = json.loads(Path(args.summarize).read_text())["runs"]
+        setups = [s for s in setups if any(r["setup"] == s for r in runs)]
+        summarize(runs, setups, args.name, out_dir)
+        return
+    ensure_ray(include_dashboard=False)
+    runs = []
     with tempfile.TemporaryDirectory(prefix="distopt-search-bench-") as d:
         # Budgets and seeds outermost, setups inner: every setup sees the same conditions.
         for budget in (float(b) for b in args.budgets.split(",")):
@@ -191,6 +200,11 @@ def main() -> None:
                           flush=True)
                     write(f"{args.name}.partial", {"reference": REFERENCE, "runs": runs},
                           out_dir)
+    summarize(runs, setups, args.name, out_dir)
+
+
+def summarize(runs: list[dict[str, Any]], setups: list[str], name: str, out_dir: Path) -> None:
+    """Per budget and setup: means over seeds, ratios, the table, the plot and the JSON."""
     summary: dict[str, Any] = {}
     rows = []
     for budget in sorted({r["budget_s"] for r in runs}):
@@ -242,8 +256,8 @@ def main() -> None:
     print(f"hypervolume of (val accuracy max, log10 bytes min) above reference {REFERENCE}")
     print(table(HEADERS, rows))
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot(runs, out_dir / f"{args.name}.png")
-    path = write(args.name, {"reference": REFERENCE, "setups": SETUPS, "runs": runs,
+    plot(runs, out_dir / f"{name}.png")
+    path = write(name, {"reference": REFERENCE, "setups": SETUPS, "runs": runs,
                                        "summary": summary, "table": rows}, out_dir)
     print(f"\nwrote {path}")
 

@@ -397,7 +397,8 @@ class Config:
         the last dense epoch), the search's settings and the name. Same key, same data, seed
         and hyperparameters, so the same dense weights: the one place this is decided."""
         raw = {k: v for k, v in self.to_dict().items() if k not in ("name", "compress", "search")}
-        return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        text = json.dumps(raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     @property
     def compression_plan(self) -> CompressionPlan:

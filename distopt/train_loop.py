@@ -568,14 +568,14 @@ class TrainingRun:
 
     def dense_weights(self) -> DenseWeights | None:
         """This run's dense model for a dense store, once dense training is over (None if it
-        is not kept, or a resumed run lacks some dense epoch's metrics)."""
+        is not kept, or a resumed run lacks some dense epoch's metrics). Only a run that
+        trained its dense model stores it, so its history holds no replayed epochs."""
         if self.dense_state is None or self.dense_spec is None or \
                 len(self.dense_history) != self.dense_epochs:
             return None
         return DenseWeights(spec=self.dense_spec.to_dict(), state=self.dense_state,
                             dense_epochs=self.dense_epochs, precision=self.precision,
-                            history=[{k: v for k, v in m.items() if k != M.DENSE_FROM}
-                                     for m in self.dense_history])
+                            history=list(self.dense_history))
 
     # ---- weight pruning ----------------------------------------------------------------------
 

@@ -87,9 +87,7 @@ class ResumableOptunaSearch(OptunaSearch):
             if earlier is None:
                 if ot_trial is not None:  # which Tune trial trains it (report: duplicate rows)
                     ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
-                if config not in (None, Searcher.FINISHED):
-                    self.live.add(trial_id)
-                return config
+                break
             number, values = earlier
             ot_trial.set_user_attr(DUPLICATE_OF, number)
             self._ot_study.tell(ot_trial, values)

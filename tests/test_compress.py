@@ -740,6 +740,50 @@ def test_v2_section_bombs_are_refused_before_they_allocate():
     assert peak < 8 * 1024**2
 
 
+def _huge_spec_v2_file() -> bytes:
+    """A consistent v2 file of a 248-million-parameter MLP whose weights are all zero: bitmask
+    indexes of zeros (31 MB) compress to a few KB, so only the parameter cap stands between it
+    and gigabytes of decoded arrays."""
+    spec = ModelSpec("mlp", (1, 28, 28), 10, (), (65536, 3000), 3)
+    with torch.device("meta"):
+        model = build_model(spec)
+    weights = {n for n, _, _ in prunable_weights(model)}
+    entries, index_len, scales_len = [], 0, 0
+    for name, t in model.state_dict().items():
+        if name in weights:
+            entries.append([8, 16, C.INDEX_BITMASK, 0, 0, 0])
+            index_len += (t.numel() + 7) // 8
+            scales_len += 2 * t.shape[0]
+        else:
+            entries.append([16])
+            scales_len += 2 * t.numel()
+    header = json.dumps({"spec": {k: v for k, v in spec.to_dict().items() if k != "dropout"},
+                         "meta": {}, "t": entries}).encode()
+    comp = lzma.LZMACompressor(format=lzma.FORMAT_RAW,
+                               filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
+    chunk = bytes(1 << 20)
+    index = b"".join(comp.compress(chunk) for _ in range(index_len >> 20))
+    index += comp.compress(bytes(index_len & ((1 << 20) - 1))) + comp.flush()
+    scales = zlib.compress(bytes(scales_len), 9)
+    body = C._section(0, len(header), header) + C._section(C._LZMA, index_len, index) + \
+        C._section(C._ZLIB, scales_len, scales) + C._section(0, 0, b"")
+    return C._wrap(2, 0, body)
+
+
+def test_v2_parameter_cap_refuses_a_consistent_all_zero_giant_before_it_allocates():
+    data = _huge_spec_v2_file()
+    assert len(data) < 100_000
+    decode(encode(_model(0, SMALL), 8))  # warm up lazy imports outside the measurement
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=r"asks for 248,\d{3},\d{3} parameters; at most"):
+            decode(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_fuzzed_v2_artifacts_decode_or_raise_artifact_error_within_bounded_memory(data):

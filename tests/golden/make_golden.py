@@ -1,0 +1,120 @@
+"""Writes the golden ``.dopt`` files of ``tests/golden/`` (run once, by hand; never in a test).
+
+These files pin the artifact format: ``tests/compress/test_golden.py`` decodes every one of
+them and compares the parameters, the integer codes and the logits with what this script
+stored beside them (``<case>.npz``), and encodes the stored source weights again and compares
+the bytes. A file written by an old distopt must decode to the same model forever; so once
+committed, these files are never rewritten. A new format version or coding adds new cases
+(new names) and leaves the old ones alone.
+
+The files were written by distopt at commit 8b6d3ae (format v2 the default, v1 for
+comparisons), torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
+
+    python tests/golden/make_golden.py   # refuses to overwrite an existing case
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distopt.compress import encode
+from distopt.compress.artifact import decode
+from distopt.models import ModelSpec, build_model, prunable_weights
+
+HERE = Path(__file__).resolve().parent
+META = {"input": {"scale": 1 / 255, "mean": 0.1307, "std": 0.3081, "tokens": False},
+        "config_name": "golden", "data_digest": "0123456789abcdef"}
+
+# name: (spec, default bits, per-layer bits, sparsity, format version)
+CNN = dict(family="cnn", in_shape=(1, 12, 12), num_classes=10, conv_channels=(4, 8),
+           dense_units=(16,))
+CASES: dict[str, tuple[dict, int, dict[str, int], float, int]] = {}
+for bits in (32, 16, 8, 4, 3, 2):
+    for sparsity, index in ((0.0, "dense"), (0.5, "bitmask"), (0.95, "rice")):
+        CASES[f"v2_cnn_plain_b{bits}_{index}"] = (CNN, bits, {}, sparsity, 2)
+for block in ("same", "separable"):
+    for bits in (8, 4):
+        CASES[f"v2_cnn_{block}_b{bits}"] = ({**CNN, "block": block}, bits, {}, 0.5, 2)
+CASES["v2_cnn_plain_b2_signs"] = (CNN, 2, {}, -1.0, 2)  # no zero code: a dense ternary index
+CASES["v2_cnn_gap_b8"] = ({**CNN, "head": "gap", "in_shape": (1, 16, 16), "kernel_size": 5}, 8, {}, 0.0, 2)
+CASES["v2_cnn_mixed_bits"] = (CNN, 8, {"features.0.weight": 8, "features.3.weight": 3,
+                                       "classifier.2.weight": 2, "classifier.5.weight": 4}, 0.3, 2)
+CASES["v2_conv1d_b8"] = (dict(family="conv1d", in_shape=(2, 1, 32), num_classes=6,
+                              conv_channels=(4, 8), dense_units=(8,), kernel_size=5), 8, {},
+                         0.2, 2)
+CASES["v2_mlp_b4"] = (dict(family="mlp", in_shape=(1, 8, 8), num_classes=10,
+                           dense_units=(24, 12)), 4, {}, 0.6, 2)
+for cell in ("rnn", "gru", "lstm"):
+    CASES[f"v2_rnn_{cell}_b8"] = (dict(family="rnn", in_shape=(1, 6, 5), num_classes=4,
+                                       dense_units=(), cell=cell, rnn_units=(8, 6)), 8, {}, 0.4, 2)
+CASES["v2_rnn_tokens_b4"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="gru",
+                                  rnn_units=(6,), vocab_size=40, embed_dim=5), 4, {}, 0.5, 2)
+for bits in (32, 16, 8, 4):
+    CASES[f"v1_cnn_b{bits}"] = (CNN, bits, {}, 0.5, 1)
+CASES["v1_rnn_tokens_b8"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="lstm",
+                                  rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.3, 1)
+
+
+def spec_of(d: dict) -> ModelSpec:
+    base = ModelSpec(d["family"], tuple(d["in_shape"]), d["num_classes"])
+    return ModelSpec.from_dict({**base.to_dict(), **{k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in d.items()}})
+
+
+def source_model(spec: ModelSpec, sparsity: float, seed: int) -> torch.nn.Module:
+    """Seeded random weights with the smallest ``sparsity`` of every weight set to zero
+    (``sparsity`` < 0: weights of one magnitude, signs at random, so no code rounds to zero)."""
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # biases non-zero, of varied size
+            p.add_(torch.randn_like(p) * 0.05)
+        for _, w, _ in prunable_weights(model):
+            if sparsity < 0:
+                w.copy_(torch.where(w >= 0, 0.1, -0.1))
+            elif sparsity:
+                k = int(sparsity * w.numel())
+                cut = w.abs().flatten().kthvalue(max(k, 1)).values
+                w[w.abs() <= cut] = 0.0
+    return model
+
+
+def example(spec: ModelSpec, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if spec.tokens:
+        return torch.randint(0, spec.vocab_size, (3, *spec.in_shape), generator=g)
+    return torch.randn((3, *spec.in_shape), generator=g)
+
+
+def main() -> None:
+    for i, (name, (d, bits, layer_bits, sparsity, version)) in enumerate(sorted(CASES.items())):
+        path = HERE / f"{name}.dopt"
+        if path.exists():
+            continue
+        spec = spec_of(d)
+        model = source_model(spec, sparsity, seed=100 + i)
+        data = encode(model, bits, META, layer_bits, version=version)
+        dec = decode(data)
+        x = example(spec, seed=200 + i)
+        with torch.no_grad():
+            logits = dec.model(x).numpy()
+        arrays = {f"source/{k}": v.numpy() for k, v in model.state_dict().items()}
+        arrays.update({f"decoded/{k}": v.numpy() for k, v in dec.model.state_dict().items()})
+        for k, (q, scale) in dec.codes.items():
+            arrays[f"codes/{k}"], arrays[f"scales/{k}"] = q, scale
+        arrays["input"], arrays["logits"] = x.numpy(), logits
+        np.savez_compressed(HERE / f"{name}.npz", **arrays)
+        path.write_bytes(data)
+        (HERE / f"{name}.json").write_text(json.dumps(
+            {"bits": bits, "weight_bits": layer_bits, "version": version, "meta": META,
+             "tensors": dec.tensors}, indent=1) + "\n")
+        print(name, len(data), "bytes", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,8 +41,8 @@ from distopt import metrics as M  # noqa: E402
 from distopt.compress import decode, encode  # noqa: E402
 from distopt.config import load_config  # noqa: E402
 from distopt.data import load_splits  # noqa: E402
-from distopt.orchestration.report import BREAKDOWN  # noqa: E402
-from distopt.train_loop import WorkerEnv, fit  # noqa: E402
+from distopt.results.trials import BREAKDOWN  # noqa: E402
+from distopt.training import WorkerEnv, fit  # noqa: E402
 
 BASE = ["model.channels=8", "model.blocks=2", "model.dense_units=32", "train.epochs=8",
         "train.lr=0.003", "train.schedule=cosine", "train.precision=fp32",

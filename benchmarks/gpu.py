@@ -8,7 +8,7 @@ run cut short keeps what it measured.
 1. step: one training step (forward, backward, Adam) of the seed CNN, timed with CUDA events
    over interleaved repeats: fp32 / TF32 / bf16 / fp16 (+ loss scaling) at batches 512, 4,096
    and 16,384, channels-last on and off. Needs torch only (the model is built inline).
-2. fit: `distopt.train_loop.fit` of the seed CNN (2 epochs, batch 4,096, no pruning) with the
+2. fit: `distopt.training.fit` of the seed CNN (2 epochs, batch 4,096, no pruning) with the
    training arrays on the device (indexed by a device-side permutation) vs copied from host
    memory every step. Needs the package's dependencies (numpy, pyarrow, pyyaml, filelock).
 3. artifact: accuracy of the same decoded artifact evaluated on the GPU (fp32, TF32) and on
@@ -150,7 +150,8 @@ def find_mnist(arg: str | None) -> str | None:
 
 def part_fit(mnist: str | None) -> tuple[list[dict[str, Any]], bytes | None, Any]:
     from distopt import metrics as M
-    from distopt import train_loop
+    from distopt.training import run as training_run
+    from distopt.training import WorkerEnv, fit
     from distopt.config import load_config
     from distopt.data import load_splits
 
@@ -159,26 +160,26 @@ def part_fit(mnist: str | None) -> tuple[list[dict[str, Any]], bytes | None, Any
         "train.epochs=2", "train.batch_size=4096", "train.lr=0.008", "train.warmup_steps=20",
         "compress.prune_ratio=0", "compress.quant_bits=8", "train.use_gpu=true"])
     splits = load_splits(cfg.data)
-    env = train_loop.WorkerEnv(device=torch.device("cuda"))
+    env = WorkerEnv(device=torch.device("cuda"))
     rows, artifact = [], None
-    default_max = train_loop.DEVICE_DATA_MAX_BYTES
+    default_max = training_run.DEVICE_DATA_MAX_BYTES
     for label, limit in (("on the device", default_max), ("copied per step", 0)):
-        train_loop.DEVICE_DATA_MAX_BYTES = limit
+        training_run.DEVICE_DATA_MAX_BYTES = limit
         history: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        out = train_loop.fit(cfg, env, lambda m, s, f=None: history.append(m), splits=splits)
+        out = fit(cfg, env, lambda m, s, f=None: history.append(m), splits=splits)
         rows.append({"data": label, "wall_s": time.perf_counter() - t0,
                      "samples_per_s_last_epoch": history[-2][M.SAMPLES_PER_S],
                      "precision": out["metrics"][M.PRECISION],
                      "val_accuracy": out["metrics"][M.VAL_ACCURACY]})
         artifact = out["artifact"]
-    train_loop.DEVICE_DATA_MAX_BYTES = default_max
+    training_run.DEVICE_DATA_MAX_BYTES = default_max
     return rows, artifact, splits
 
 
 def part_artifact(artifact: bytes, splits: Any) -> list[dict[str, Any]]:
     from distopt.compress import decode
-    from distopt.train_loop import InputNorm
+    from distopt.runtime import InputNorm
 
     dec = decode(artifact)
     norm = InputNorm.from_meta(dec.meta["input"])

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
 from distopt import metrics as M  # noqa: E402
-from distopt.orchestration.report import breakdown_cell, load_trials  # noqa: E402
-from distopt.orchestration.reseed import SEEDS, TEST_MEAN, TEST_SD  # noqa: E402
+from distopt.results.report import breakdown_cell  # noqa: E402
+from distopt.results.trials import SEEDS, TEST_MEAN, TEST_SD, load_trials  # noqa: E402
 
 ANCHORS = [  # (label, bytes, test accuracy)
     ("BitNetMCU 3.2 KB", 3_200, 0.9892),

@@ -39,7 +39,7 @@ STEPS = ("throughput", "search_efficiency", "default_search")
 
 def run_default_search() -> Path:
     """The default search as a user runs it: wall time, trials, the front's span."""
-    from distopt.orchestration.report import load_trials
+    from distopt.results.trials import load_trials
 
     out = Path(tempfile.mkdtemp(prefix="distopt-default-")) / "mnist_cnn"
     t0 = time.perf_counter()

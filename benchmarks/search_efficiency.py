@@ -50,7 +50,8 @@ from distopt import metrics as M  # noqa: E402
 from distopt.config import load_config  # noqa: E402
 from distopt.pareto import hypervolume  # noqa: E402
 from distopt.orchestration.progress import read_trial_clock  # noqa: E402
-from distopt.orchestration.report import collect, save_config  # noqa: E402
+from distopt.orchestration.collect import collect  # noqa: E402
+from distopt.results.report import save_config  # noqa: E402
 from distopt.orchestration.run import ensure_ray  # noqa: E402
 from distopt.orchestration.tuning import run_search  # noqa: E402
 

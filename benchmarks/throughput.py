@@ -1,6 +1,6 @@
 """Training throughput: the plain single-process loop versus Ray Train, fp32 versus bf16.
 
-Same model (seed CNN), data, batch size and loop code (:func:`distopt.train_loop.fit`) in
+Same model (seed CNN), data, batch size and loop code (:func:`distopt.training.fit`) in
 every setup; only the launcher differs. Samples/s are steady state: epochs after the first,
 training steps only. Start-up (``fit()`` call to the first line of the loop) and teardown are
 reported apart. Also: augmentation cost per step, peak memory of a 1-worker trial, and the
@@ -33,7 +33,7 @@ from distopt.augment import random_affine  # noqa: E402
 from distopt.config import Config, load_config  # noqa: E402
 from distopt.models import build_model, seed_cnn, seed_rnn  # noqa: E402
 from distopt.orchestration.run import ensure_ray, fit_local, run_trial  # noqa: E402
-from distopt.train_loop import _cpu_bf16_supported  # noqa: E402
+from distopt.training.precision import cpu_bf16_supported  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def steady(history: list[dict[str, Any]]) -> float:
 
 def augmentation_cost(batch: int = 128, reps: int = 30) -> dict[str, float]:
     """Milliseconds of one batched random affine vs one bf16 (or fp32) training step."""
-    precision = "bf16" if _cpu_bf16_supported() else "fp32"
+    precision = "bf16" if cpu_bf16_supported() else "fp32"
     model = build_model(seed_cnn(0.25)).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters())
     x = torch.rand(batch, 1, 28, 28)
@@ -154,7 +154,7 @@ def main() -> None:
     if args.data == "mnist":
         overrides.append(f"data.path={args.mnist_dir}")
     base = load_config(ROOT / "configs" / "mnist_cnn.yaml", overrides)
-    precisions = [p for p in args.precisions.split(",") if p != "bf16" or _cpu_bf16_supported()]
+    precisions = [p for p in args.precisions.split(",") if p != "bf16" or cpu_bf16_supported()]
 
     t0 = time.perf_counter()
     ensure_ray(include_dashboard=False)

@@ -168,9 +168,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         create_location(out, "search")
 
-    from distopt.orchestration.report import collect, save_config, write_report
+    from distopt.orchestration.collect import collect
+    from distopt.results.report import save_config, write_report
     from distopt.orchestration.run import ensure_ray, ensure_teacher
-    from distopt.orchestration.tuning import SearchPaths, check_fits, run_search
+    from distopt.orchestration.tuning import check_fits, run_search
+    from distopt.results.paths import SearchPaths
 
     save_config(cfg, stage)
     if out.remote:
@@ -199,7 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     rows = collect(cfg, out, grid)
     if cfg.search.reseed > 1:
         from distopt.orchestration.reseed import reseed_front
-        from distopt.orchestration.report import write_trials
+        from distopt.results.trials import write_trials
         from distopt.orchestration.tuning import concurrency
 
         try:
@@ -219,7 +221,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from distopt.orchestration.report import TRIALS, write_report
+    from distopt.results.report import write_report
+    from distopt.results.trials import TRIALS
 
     out = Location(args.directory)
     stage = out.local
@@ -242,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from distopt.compress import ArtifactError, decode
     from distopt.data import load_splits
-    from distopt.train_loop import evaluate_artifact
+    from distopt.training import evaluate_artifact
 
     path = Path(args.artifact)
     try:

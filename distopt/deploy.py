@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from distopt.compress import ArtifactError, decode
-from distopt.train_loop import InputNorm
+from distopt.runtime import InputNorm
 
 __all__ = ["DeployedModel", "OnnxModel", "load"]
 

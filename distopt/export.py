@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,37 +34,24 @@ import torch
 from torch import nn
 
 from distopt import metrics as M
-from distopt.compress import ArtifactError, Decoded
-from distopt.models import ModelSpec, Net, RecurrentNet
+from distopt.compress import ArtifactError, Decoded, decode
+from distopt.config import bits_text, load_config
+from distopt.data import load_splits
+from distopt.models import Net, RecurrentNet
+from distopt.runtime import (INPUT_NAME, META_KEY, OUTPUT_NAME, InputNorm, example_feed,
+                             measure_latency_ms, measure_ort_latency_ms, require_onnx, session)
 
 if TYPE_CHECKING:
     import onnx
-    import onnxruntime
 
-__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "META_KEY", "ExportError", "example_feed",
-           "export_results", "measure_ort_latency_ms", "parity", "predict", "require_onnx",
-           "session", "to_onnx"]
+__all__ = ["OPSET", "PARITY_HEADERS", "ExportError", "export_results", "parity", "parity_cells",
+           "predict", "to_onnx"]
 
 OPSET = 17
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-META_KEY = "distopt"  # metadata_props key holding the artifact's meta (input norm, ...) as JSON
-EXTRA_HINT = "pip install 'distopt[onnx]'"
 
 # Row blocks of PyTorch's recurrent weights, in the order ONNX wants them.
 _GATE_ORDER = {"rnn": [0], "gru": [1, 0, 2], "lstm": [0, 3, 1, 2]}
 _CELL_OP = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
-
-
-def require_onnx(runtime: bool = False) -> None:
-    """Raise ImportError naming the extra to install when ``onnx`` (and, with ``runtime``,
-    ``onnxruntime``) is missing."""
-    for module, needed in (("onnx", True), ("onnxruntime", runtime)):
-        try:
-            if needed:
-                __import__(module)
-        except ImportError:
-            raise ImportError(f"the {module} package is not installed: {EXTRA_HINT}") from None
 
 
 class _Graph:
@@ -261,41 +247,6 @@ def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
     return proto.SerializeToString()
 
 
-def session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session with the default (full) graph optimizations; ``threads``
-    caps its intra-op threads (1 for latency measurements)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ImportError(f"ONNX Runtime is needed: {EXTRA_HINT}") from None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: the console stays distopt's
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-
-
-def measure_ort_latency_ms(onnx_bytes: bytes, example: np.ndarray, runs: int = 50) -> float:
-    """Median batch-1 latency on ONNX Runtime, one thread, after 10 warm-up runs: what
-    :func:`distopt.train_loop.measure_latency_ms` measures for PyTorch."""
-    sess = session(onnx_bytes, threads=1)
-    feed = {INPUT_NAME: example}
-    for _ in range(10):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
-
-
-def example_feed(spec: ModelSpec, batch: int = 1) -> np.ndarray:
-    """A zero input batch as the exported graph takes it (float32 values or int64 ids)."""
-    return np.zeros((batch, *spec.in_shape), np.int64 if spec.tokens else np.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # A search's front, exported and checked against PyTorch
 # --------------------------------------------------------------------------------------------
@@ -313,10 +264,6 @@ def parity(decoded: Decoded, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray
     """ONNX Runtime against the decoded PyTorch model on ``(x, y)`` (raw inputs, as stored):
     both accuracies, the fraction of identical predictions, the largest logit difference, and
     batch-1 one-thread latency in both runtimes, measured side by side."""
-    import torch
-
-    from distopt.train_loop import InputNorm, measure_latency_ms
-
     norm = InputNorm.from_meta(decoded.meta["input"])
     model = decoded.model.eval()
     with torch.inference_mode():
@@ -345,10 +292,6 @@ def export_results(output: Path, trial: str | None = None, verify: bool = True
 
     Raises :class:`ExportError` for a directory without a search's manifest or an unknown
     trial, before anything is exported."""
-    from distopt.compress import decode
-    from distopt.config import load_config
-    from distopt.data import load_splits
-
     path = output / M.MANIFEST_FILE
     if not path.exists():
         raise ExportError(f"{output}: no {M.MANIFEST_FILE}; is it a search's output (or run "
@@ -387,8 +330,6 @@ PARITY_HEADERS = ["model", "bits", "sparsity", ".dopt bytes", ".onnx bytes", "Py
 def parity_cells(entry: dict[str, Any], verified: bool = True) -> list[str]:
     """One manifest model entry after :func:`export_results` as table cells (the first five
     of :data:`PARITY_HEADERS` without the runtime check): the CLI's and the benchmark's row."""
-    from distopt.config import bits_text
-
     m, o = entry["metrics"], entry["onnx"]
     cells = [entry["trial_id"], bits_text(entry["config"]["compress"]),
              f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",

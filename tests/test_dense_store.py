@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from distopt.config import load_config
-from distopt.dense_store import DenseStore, DenseWeights
+from distopt.training.dense_store import DenseStore, DenseWeights
 
 
 @contextlib.contextmanager
 def _warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Records of the module's logger, on it directly: the CLI's and the workers' logging
     setup stops "distopt" records propagating to the root logger caplog listens on."""
-    logger = logging.getLogger("distopt.dense_store")
+    logger = logging.getLogger("distopt.training.dense_store")
     logger.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.WARNING, logger="distopt.dense_store"):
+        with caplog.at_level(logging.WARNING, logger="distopt.training.dense_store"):
             yield
     finally:
         logger.removeHandler(caplog.handler)

@@ -12,7 +12,7 @@ from distopt.compress import ArtifactError, encode
 from distopt.config import load_config
 from distopt.data import load_splits
 from distopt.models import build_model, seed_cnn
-from distopt.train_loop import WorkerEnv, evaluate_artifact, fit
+from distopt.training import WorkerEnv, evaluate_artifact, fit
 
 from conftest import TINY
 

@@ -24,7 +24,8 @@ from distopt.data import generate_signals, load_mini, load_splits  # noqa: E402
 from distopt.export import (INPUT_NAME, example_feed, measure_ort_latency_ms, parity,  # noqa: E402
                             session, to_onnx)
 from distopt.models import ModelSpec, build_model, prunable_weights  # noqa: E402
-from distopt.train_loop import InputNorm, WorkerEnv, fit  # noqa: E402
+from distopt.runtime import InputNorm  # noqa: E402
+from distopt.training import WorkerEnv, fit  # noqa: E402
 
 from conftest import TINY  # noqa: E402
 

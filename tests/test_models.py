@@ -41,7 +41,7 @@ def test_spec_round_trips_through_dict():
 
 
 def test_models_data_compression_and_the_loop_import_nothing_of_ray_or_optuna():
-    code = ("import sys, distopt.models, distopt.data, distopt.compress, distopt.train_loop, "
+    code = ("import sys, distopt.models, distopt.data, distopt.compress, distopt.training, "
             "distopt.config, distopt.pareto, distopt.augment\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'optuna')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -48,11 +48,11 @@ def test_experiment_gauges_count_the_trial_that_is_ending(monkeypatch):
     """Tune sets the ending trial's status after its callbacks: the gauges must still count it
     (without that, the last trial was missing from `distopt_trials_finished`)."""
 
-    import distopt.orchestration.telemetry
+    import distopt.orchestration.progress
     from distopt.orchestration.progress import ExperimentGauges
 
     seen = []
-    monkeypatch.setattr(distopt.orchestration.telemetry, "record_experiment",
+    monkeypatch.setattr(distopt.orchestration.progress, "record_experiment",
                         lambda *args: seen.append(args))
     cfg = load_config(CONFIGS / "smoke.yaml")
 

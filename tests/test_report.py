@@ -7,7 +7,9 @@ import pytest
 
 from distopt import metrics as M
 from distopt.config import load_config
-from distopt.orchestration.report import _trial_config_json, hypervolume_curve, verdict
+from distopt.orchestration.collect import _trial_config_json
+from distopt.results.objectives import hypervolume_curve
+from distopt.results.report import verdict
 
 from conftest import CONFIGS
 
@@ -48,8 +50,9 @@ def test_sampled_duplicates_become_rows_naming_the_trial_or_child_they_repeat(tm
     row for each, naming the original (``<id>`` or ``<id>-c<i>``), with no metrics of its own."""
     import optuna
 
-    from distopt.orchestration.report import DUPLICATE, _duplicate_rows
-    from distopt.orchestration.tuning import SearchPaths
+    from distopt.orchestration.collect import _duplicate_rows
+    from distopt.results.paths import SearchPaths
+    from distopt.results.trials import DUPLICATE
     from distopt.storage import Location
 
     cfg = load_config(CONFIGS / "mnist_cnn.yaml")
@@ -79,7 +82,7 @@ def test_sampled_duplicates_become_rows_naming_the_trial_or_child_they_repeat(tm
 def test_a_rebuilt_manifest_keeps_an_onnx_export_only_while_it_matches_its_file(tmp_path):
     import hashlib
 
-    from distopt.orchestration.report import _kept_onnx
+    from distopt.results.report import _kept_onnx
 
     dopt, onnx_file = tmp_path / "m.dopt", tmp_path / "onnx" / "m.onnx"
     onnx_file.parent.mkdir()
@@ -97,7 +100,8 @@ def test_a_rebuilt_manifest_keeps_an_onnx_export_only_while_it_matches_its_file(
 
 
 def test_the_byte_breakdown_cell_reads_the_four_parts_or_dashes_a_v1_file():
-    from distopt.orchestration.report import BREAKDOWN, breakdown_cell
+    from distopt.results.report import breakdown_cell
+    from distopt.results.trials import BREAKDOWN
 
     assert breakdown_cell(dict(zip(BREAKDOWN, (104.0, 373.0, 215.0, 1369.0)))) == \
         "104 / 373 / 215 / 1,369"

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from distopt import metrics as M
-from distopt.orchestration.reseed import (SEEDS, TEST_MEAN, TEST_SD, WITHIN_NOISE, noise_marks,
-                                          unwrap_params)
+from distopt.orchestration.reseed import noise_marks
+from distopt.orchestration.trial_params import unwrap_params
+from distopt.results.trials import SEEDS, TEST_MEAN, TEST_SD, WITHIN_NOISE
 
 from conftest import CONFIGS
 

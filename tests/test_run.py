@@ -8,7 +8,7 @@ from distopt import metrics as M
 from distopt.config import load_config
 from distopt.data import load_splits
 from distopt.orchestration.run import run_trial
-from distopt.train_loop import evaluate_artifact
+from distopt.training import evaluate_artifact
 
 from conftest import TINY
 

@@ -13,7 +13,12 @@ from ray.tune.schedulers import TrialScheduler
 
 from distopt import metrics as M
 from distopt.pareto import promotion_order
-from distopt.orchestration.scheduler import MultiObjectiveASHA, _reference, keeps, rung_epochs, rung_vector
+from distopt.orchestration.scheduler import MultiObjectiveASHA, keeps, rung_epochs, rung_vector
+from distopt.results.objectives import beyond_worst
+
+
+def _reference(pts, dirs):
+    return [beyond_worst(pts[:, j], d) for j, d in enumerate(dirs)]
 
 
 # ---- brute force, written independently of distopt.pareto ----------------------------------

@@ -97,7 +97,7 @@ def test_dense_store_on_s3_writes_whole_entries_and_reads_them_back(s3_env):
     import torch
 
     from distopt.config import load_config
-    from distopt.dense_store import DenseStore, DenseWeights
+    from distopt.training.dense_store import DenseStore, DenseWeights
 
     cfg = load_config(None)
     weights = DenseWeights(spec={"family": "mlp"}, state={"w": torch.ones(3)}, dense_epochs=1,

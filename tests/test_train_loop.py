@@ -9,8 +9,10 @@ import torch
 from distopt import metrics as M
 from distopt.config import load_config
 from distopt.data import load_splits
-from distopt.train_loop import (InputNorm, TrainingDiverged, WorkerEnv, _cpu_bf16_supported,
-                                evaluate_artifact, fit, resolve_precision)
+from distopt.runtime import InputNorm
+from distopt.training import (TrainingDiverged, WorkerEnv, evaluate_artifact, fit,
+                              resolve_precision)
+from distopt.training.precision import cpu_bf16_supported
 from distopt.models import build_model, seed_cnn
 
 from conftest import TINY
@@ -139,13 +141,13 @@ def test_precision_resolution_explains_itself():
     assert resolve_precision("fp32", torch.device("cpu"), model, x) == ("fp32", "set in the config")
     precision, why = resolve_precision("auto", torch.device("cpu"), model, x)
     assert precision in ("fp32", "bf16") and why
-    if not _cpu_bf16_supported():
+    if not cpu_bf16_supported():
         assert precision == "fp32"
 
 
 @pytest.mark.slow
 def test_bf16_training_runs(splits):
-    if not _cpu_bf16_supported():
+    if not cpu_bf16_supported():
         pytest.skip("this CPU has no native bf16")
     cfg = load_config(None, TINY + ["train.precision=bf16"])
     rec = Recorder()
@@ -232,7 +234,7 @@ def test_what_cpu_autocast_does_with_recurrent_cells():
     cell and the LSTM (oneDNN) return bf16; the GRU's matrix products are autocast to bf16
     (casts at every step) but its state and output stay fp32. A PyTorch upgrade that changes
     this fails here first."""
-    if not _cpu_bf16_supported():
+    if not cpu_bf16_supported():
         pytest.skip("this CPU has no native bf16")
     x = torch.randn(4, 7, 8)
     got = {}
@@ -316,7 +318,8 @@ def test_augmentation_pads_with_background_not_mean_grey():
     transform runs on [0, 1] pixels, so its zero padding is the background. (Normalizing first
     padded with 0 in standardized units: mean grey, a bright frame around every shifted digit.)"""
     from distopt.config import AugmentConfig
-    from distopt.train_loop import InputNorm, training_batch
+    from distopt.runtime import InputNorm
+    from distopt.training.inputs import training_batch
 
     norm = InputNorm(1 / 255, 0.13, 0.31)
     blank = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
@@ -330,7 +333,7 @@ def test_augmentation_pads_with_background_not_mean_grey():
 
 
 def test_cuda_precision_follows_compute_capability_and_layer_kind():
-    from distopt.train_loop import cuda_precision
+    from distopt.training.precision import cuda_precision
 
     assert cuda_precision("auto", (9, 0), "H200", recurrent=False)[0] == "bf16"
     assert cuda_precision("auto", (8, 0), "A100", recurrent=False)[0] == "bf16"
@@ -344,12 +347,12 @@ def test_cuda_precision_follows_compute_capability_and_layer_kind():
 
 
 def test_restored_masks_move_to_the_parameters_device_as_float():
-    from distopt.train_loop import _device_masks
+    from distopt.training.compression import device_masks
 
     masks = {"w": torch.tensor([True, False])}
-    moved = _device_masks(masks, torch.device("meta"))
+    moved = device_masks(masks, torch.device("meta"))
     assert moved["w"].device.type == "meta" and moved["w"].dtype == torch.float32
-    assert _device_masks(None, torch.device("cpu")) is None
+    assert device_masks(None, torch.device("cpu")) is None
 
 
 @pytest.mark.slow
@@ -382,7 +385,7 @@ def test_resume_on_cuda_from_a_cpu_checkpoint(splits):
 
 
 def test_learning_rate_warms_up_linearly_then_follows_the_schedule():
-    from distopt.train_loop import lr_factor
+    from distopt.training.optim import lr_factor
 
     assert [lr_factor(s, 100, 4, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
     assert lr_factor(0, 100, 0, "cosine") == 1.0 and lr_factor(100, 100, 0, "cosine") == 0.0
@@ -397,7 +400,8 @@ def test_train_accuracy_is_the_decoded_models_in_eval_mode_on_a_fixed_training_s
     import numpy as np
 
     from distopt.compress import decode
-    from distopt.train_loop import InputNorm, evaluate
+    from distopt.runtime import InputNorm
+    from distopt.training.evaluation import evaluate
 
     cfg = load_config(None, TINY + ["regularization.dropout=0.5", "augment.rotation=60",
                                     "augment.shift=0.3"])
@@ -417,7 +421,7 @@ def test_train_accuracy_is_the_decoded_models_in_eval_mode_on_a_fixed_training_s
 
 
 def test_plateau_says_stop_after_patience_epochs_without_improvement():
-    from distopt.train_loop import Plateau
+    from distopt.training.plateau import Plateau
 
     p = Plateau(2)
     assert [p.update(v) for v in (0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7)] == \
@@ -639,7 +643,7 @@ def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, 
     only in compress.* trains no dense epoch, reports the stored dense epochs again (marked with
     their trial; at a rung, the size of its own compression of them), and exports byte for
     byte the file a run training its own dense model exports. Other dense settings miss."""
-    from distopt.dense_store import DenseStore
+    from distopt.training.dense_store import DenseStore
 
     rungs = ["search.scheduler=mo_asha", "search.grace_epochs=1"]
     first = load_config(None, TINY + rungs + ["compress.quant_bits=8"])

@@ -21,7 +21,7 @@ from distopt.compress import decode
 from distopt.config import load_config
 from distopt.data import load_splits
 from distopt.space import to_optuna
-from distopt.train_loop import evaluate_artifact
+from distopt.training import evaluate_artifact
 
 from _raytools import assert_quiet
 from conftest import CONFIGS, ROOT
@@ -121,7 +121,8 @@ def test_failing_trials_fail_alone_and_busy_cluster_queues(ray_local, tmp_path):
     allocation fails at once, nothing is touched) or diverge fail alone with their reason; the
     others complete. 2-worker trials on 2 CPUs with max_concurrent 3 queue instead of waiting
     forever for placement groups."""
-    from distopt.orchestration.report import collect, save_config, write_report
+    from distopt.orchestration.collect import collect
+    from distopt.results.report import save_config, write_report
     from distopt.orchestration.tuning import run_search
 
     cfg = load_config(SMOKE, [
@@ -491,7 +492,8 @@ def test_restored_searcher_tolerates_a_trial_it_never_created():
     import tempfile
 
     from distopt.storage import Location
-    from distopt.orchestration.tuning import SearchPaths, _searcher
+    from distopt.orchestration.tuning import _searcher
+    from distopt.results.paths import SearchPaths
 
     cfg = load_config(SMOKE)
     out = Location(tempfile.mkdtemp())
@@ -527,7 +529,8 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
     (train.max_failures=1) from its last epoch checkpoint, not from epoch 0, and it completes."""
     import threading
 
-    from distopt.orchestration.report import collect, save_config
+    from distopt.orchestration.collect import collect
+    from distopt.results.report import save_config
     from distopt.orchestration.tuning import run_search
 
     cfg = load_config(SMOKE, ["search.num_trials=1", "train.epochs=8",
@@ -707,7 +710,7 @@ def test_trials_differing_only_in_compression_train_one_dense_model(tmp_path):
     whose sampled values are all compress.*, fine-tune it (dense_from names the first), and
     each ends with the metrics a run training its own dense model gets."""
     from distopt.config import Config
-    from distopt.train_loop import WorkerEnv, fit
+    from distopt.training import WorkerEnv, fit
 
     out = tmp_path / "reuse"
     p = _search("--config", str(SMOKE), "--output", str(out), "search.num_trials=3",

@@ -13,7 +13,8 @@ import yaml
 
 from distopt.cli import main
 from distopt.config import ConfigError, load_config, redact_url, storage_url
-from distopt.orchestration.report import _trial_config_json, save_config
+from distopt.orchestration.collect import _trial_config_json
+from distopt.results.report import save_config
 from distopt.workdir import (MARKER, check_output, create_output, protected_reason,
                              replace_output, untrusted_paths)
 

@@ -4,6 +4,6 @@
 (:mod:`.telemetry`) and the results directory (:mod:`.report`).
 
 Models, data, compression and the training loop (``distopt.models``, ``distopt.data``,
-``distopt.compress``, ``distopt.train_loop``) know nothing of Ray; everything that does lives
+``distopt.compress``, ``distopt.training``) know nothing of Ray; everything that does lives
 here. (Not named ``search``: ``distopt/search.py`` is the entry script ``ray submit`` copies.)
 """

@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.tune import Callback
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.orchestration.telemetry import record_experiment
+from distopt.pareto import hypervolume, non_dominated
+from distopt.results.objectives import hv_reference, objective_matrix
 from distopt.storage import Location
 
 log = logging.getLogger(__name__)
@@ -117,12 +121,6 @@ class ExperimentGauges(Callback):
         self.cfg = cfg
 
     def _update(self, trials: list, ending: Any, failed_now: bool) -> None:
-        import numpy as np
-
-        from distopt.pareto import hypervolume, non_dominated
-        from distopt.orchestration.report import hv_reference, objective_matrix
-        from distopt.orchestration.telemetry import record_experiment
-
         # Tune sets the ending trial's status only after its callbacks ran: count it here.
         def status(t: Any) -> str:
             return ("ERROR" if failed_now else "TERMINATED") if t is ending else t.status

@@ -19,20 +19,17 @@ from typing import Any, Sequence
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.data import load_splits
+from distopt.orchestration.trial_params import RESEED_KEY
+from distopt.orchestration.tuning import trainable, trial_max_failures
+from distopt.results.paths import SearchPaths
+from distopt.results.trials import SEEDS, TEST_MEAN, TEST_SD, WITHIN_NOISE
 from distopt.storage import Location
+from distopt.training import evaluate_artifact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RESEED_KEY", "noise_marks", "reseed_front", "unwrap_params"]
-
-RESEED_KEY = "reseed"  # the Tune parameter of a retraining: {"trial_id", "params"}
-TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE = ("test_accuracy_mean", "test_accuracy_sd", "seeds",
-                                           "within_noise")
-
-
-def unwrap_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config values: a retraining's are inside its ``reseed`` parameter."""
-    return params[RESEED_KEY]["params"] if RESEED_KEY in params else params
+__all__ = ["noise_marks", "reseed_front"]
 
 
 def noise_marks(points: Sequence[tuple[float, float, float]]) -> list[bool]:
@@ -56,11 +53,6 @@ def reseed_front(cfg: Config, output: Location, rows: list[dict[str, Any]],
     standard deviation, run count and within-noise mark to the front's rows (the search's own
     run is the first seed). Retrainings that fail are left out and logged."""
     import ray.tune
-
-    from distopt.data import load_splits
-    from distopt.train_loop import evaluate_artifact
-
-    from distopt.orchestration.tuning import SearchPaths, trainable, trial_max_failures
 
     front = [r for r in rows if r["pareto"]]
     if cfg.search.reseed < 2 or not front:

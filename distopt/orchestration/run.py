@@ -1,4 +1,4 @@
-"""One trial as a Ray Train job (``TorchTrainer`` workers run :func:`distopt.train_loop.fit`), or
+"""One trial as a Ray Train job (``TorchTrainer`` workers run :func:`distopt.training.fit`), or
 inside its own Tune trial actor (:func:`train_in_trial_actor`, one CPU worker).
 
 Also the single-process path (:func:`fit_local`), used by benchmarks to compare the same loop
@@ -19,10 +19,10 @@ import torch
 
 from distopt import metrics as M
 from distopt.config import Config
-from distopt.dense_store import DenseStore
+from distopt.training.dense_store import DenseStore
 from distopt.storage import Location, is_uri
 from distopt.orchestration.telemetry import record_trial
-from distopt.train_loop import WorkerEnv, fit
+from distopt.training import WorkerEnv, fit
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from distopt import metrics as M
 from distopt.pareto import promotion_order
+from distopt.results.objectives import beyond_worst, scaled
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -51,26 +52,14 @@ def rung_epochs(grace: int, factor: int, dense_epochs: int) -> list[int]:
 
 
 def rung_vector(result: dict[str, Any], objectives: Sequence[tuple[str, str]]) -> list[float]:
-    """The objectives as known at a rung (NaN where not reported); sizes on a log10 scale, as
-    the report's hypervolume measures them."""
+    """The objectives as known at a rung (NaN where not reported), in the search's objective
+    space (:func:`distopt.results.objectives.scaled`: sizes on a log10 scale), as the report's
+    hypervolume measures them."""
     out = []
     for name, _ in objectives:
         v = result.get(M.RUNG_KEYS.get(name, name))
-        v = float(v) if isinstance(v, (int, float)) else math.nan
-        if name in (M.SIZE_BYTES, M.EXPECTED_SIZE_BYTES) and v > 0:
-            v = math.log10(v)
-        out.append(v)
+        out.append(scaled(name, float(v) if isinstance(v, (int, float)) else math.nan))
     return out
-
-
-def _reference(points: np.ndarray, directions: Sequence[str]) -> list[float]:
-    """10% beyond the worst value of each objective among the rung's points."""
-    ref = []
-    for j, d in enumerate(directions):
-        col = points[:, j]
-        worst = col.max() if d == "min" else col.min()
-        ref.append(float(worst + (0.1 if d == "min" else -0.1) * (abs(worst) + 1e-9)))
-    return ref
 
 
 def keeps(points: np.ndarray, index: int, directions: Sequence[str], factor: int) -> bool:
@@ -83,7 +72,8 @@ def keeps(points: np.ndarray, index: int, directions: Sequence[str], factor: int
         return True  # nothing to rank by
     pts, dirs = points[:, known], [d for d, k in zip(directions, known) if k]
     feasible = ~np.isnan(pts).any(axis=1)
-    ref = _reference(pts[feasible], dirs) if feasible.any() else [0.0] * len(dirs)
+    ref = [beyond_worst(pts[feasible][:, j], d) for j, d in enumerate(dirs)] \
+        if feasible.any() else [0.0] * len(dirs)
     order = promotion_order(pts, dirs, ref)
     position = int(np.flatnonzero(order == index)[0])
     return position < math.ceil(len(points) / factor)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distopt import metrics as M
 from distopt.config import Config, ConfigError, storage_url
 from distopt.storage import Location
 from distopt.space import to_optuna
-from distopt.orchestration.reseed import unwrap_params
+from distopt.orchestration.trial_params import unwrap_params
+from distopt.results.paths import SearchPaths
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +39,6 @@ __all__ = ["NodeType", "SearchPaths", "check_fits", "cluster_node_types",
 
 BUDGET_TRIALS_GUESS = 32  # trials a time-budgeted search is sized for
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
-
-
-@dataclass(frozen=True)
-class SearchPaths:
-    """Where a search keeps its state: Ray's (Tune experiment, Train runs) at the output
-    location, local or remote; the Optuna SQLite study in the driver's local directory."""
-
-    output: Location
-
-    @property
-    def tune(self) -> str:
-        return self.output.uri("tune")
-
-    @property
-    def train(self) -> str:
-        return self.output.uri("train")
-
-    @property
-    def dense(self) -> str:
-        """The dense models trials store for each other (``search.reuse_dense``)."""
-        return self.output.uri(M.DENSE_DIR)
-
-    @property
-    def study_url(self) -> str:
-        return f"sqlite:///{(self.output.local / 'study.db').resolve()}"
 
 
 def make_sampler(cfg: Config) -> Any:

@@ -1,0 +1,198 @@
+"""The report of a search, derived from ``trials.parquet`` and ``config.yaml`` alone (so
+``distopt report DIR`` rebuilds it without rerunning anything): ``pareto.csv``, ``report.md``,
+``manifest.json`` and the plots."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distopt import metrics as M
+from distopt.compress import decode
+from distopt.config import Config, load_config
+from distopt.results.objectives import hypervolume_curve
+from distopt.results.plots import plot_front, plot_hypervolume
+from distopt.results.trials import (BREAKDOWN, DUPLICATE, SEEDS, STOPPED, TEST_MEAN, TEST_SD,
+                                    WITHIN_NOISE, load_trials)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["breakdown_cell", "save_config", "verdict", "write_report"]
+
+OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
+UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
+
+
+def verdict(train_accuracy: float, val_accuracy: float) -> str:
+    """Over/underfitting from the train-validation gap. Both accuracies are of the decoded
+    artifact in eval mode (no dropout, no augmentation): train accuracy on a fixed subset of the
+    training data as large as the validation set, so the gap compares like with like."""
+    if any(math.isnan(v) for v in (train_accuracy, val_accuracy)):
+        return "unknown"
+    gap = train_accuracy - val_accuracy
+    if gap > OVERFIT_GAP:
+        return f"overfits (gap {gap:+.3f})"
+    if gap < UNDERFIT_GAP:
+        return f"underfits (gap {gap:+.3f}): regularization or augmentation could be weaker"
+    return f"balanced (gap {gap:+.3f})"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("distopt", "torch", "ray", "optuna", "numpy", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _kept_onnx(info: Any, output: Path, artifact: Path) -> dict[str, Any]:
+    """``{"onnx": info}`` if that export is still current (its file exists, made from this
+    artifact's bytes), else nothing."""
+    if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+        return {}
+    current = artifact.is_file() and hashlib.sha256(artifact.read_bytes()).hexdigest() == \
+        info.get("source_sha256")
+    return {"onnx": info} if current and (output / info["file"]).is_file() else {}
+
+
+def breakdown_cell(r: dict[str, Any]) -> str:
+    """Where a model's bytes go, as ``header / index / scales+biases / values``; ``-`` for
+    format-v1 files (one jointly compressed body: no exact split)."""
+    parts = [r.get(k) for k in BREAKDOWN]
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in parts):
+        return "-"
+    return " / ".join(f"{int(v):,}" for v in parts)
+
+
+def write_report(output: Path) -> dict[str, Any]:
+    """pareto.csv, pareto.png, hypervolume.png, report.md, manifest.json from stored results."""
+    cfg = load_config(output / "config.yaml")
+    rows = load_trials(output)
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r[M.SIZE_BYTES])
+    keys = list(cfg.search.space)
+
+    with open(output / "pareto.csv", "w", newline="") as f:
+        cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+                *BREAKDOWN, M.COMPRESSION_RATIO,
+                M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
+                TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, "artifact"] + \
+            [f"param.{k}" for k in keys]
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(front)
+
+    xs, ys = hypervolume_curve(rows, cfg)
+    plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
+    plot_hypervolume(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
+
+    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE)]
+    # Objectives beyond accuracy and bytes (latency, non-zero parameters) get a column too.
+    extra = [n for n, _ in cfg.search.objectives if n not in (M.VAL_ACCURACY, M.SIZE_BYTES)]
+    # search.reseed: the front's test accuracy as mean +- sd over seeds, and the noise mark.
+    reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
+    stopped = sum(r["status"] == STOPPED for r in rows)
+    duplicates = sum(r["status"] == DUPLICATE for r in rows)
+    complete = len(rows) - len(failed) - stopped - duplicates
+    children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
+    reused = sum(bool(r.get(M.DENSE_FROM)) and not r.get(M.PARENT_ID) for r in rows)
+    lines = [f"# {cfg.name}: Pareto front", "",
+             f"{len(rows)} trials, {complete} complete"
+             + (f" ({children} of them children: compressed from another trial's dense model, "
+                "search.children)" if children else "") + ", "
+             + (f"{reused} fine-tuned the stored dense model of an earlier trial of the same "
+                "dense configuration instead of training one (search.reuse_dense), "
+                if reused else "")
+             + (f"{stopped} stopped early ({cfg.search.scheduler}), " if stopped else "")
+             + (f"{duplicates} sampled again after they had finished (answered with the "
+                "earlier result, not trained), " if duplicates else "")
+             + f"{len(failed)} failed; "
+             f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
+             + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
+             "Accuracies are those of the models decoded from their artifacts; test accuracy is "
+             "evaluated once, after the search, on the front only.", "",
+             "| trial | " + " | ".join(keys) + " | val acc | test acc | "
+             + ("test acc over seeds | " if reseeded else "") + "bytes | header / index / "
+             "scales+biases / values | compression | "
+             + "".join(f"{n} | " for n in extra) + "fit |",
+             "|---" * (len(keys) + len(extra) + 7 + reseeded) + "|"]
+    for r in front:
+        vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
+        lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
+                     f"{r[M.TEST_ACCURACY]:.4f} | "
+                     + (f"{_over_seeds(r)} | " if reseeded else "")
+                     + f"{int(r[M.SIZE_BYTES]):,} | {breakdown_cell(r)} | "
+                     f"{r[M.COMPRESSION_RATIO]:.1f}x | "
+                     + "".join(f"{_cell(r.get(n))} | " for n in extra)
+                     + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
+    if reseeded:
+        lines += ["", "Test accuracy over seeds (`search.reseed`): mean +- standard deviation "
+                  "over the search's run and its retrainings with other seeds; *within noise*: "
+                  "its advantage over the next smaller front model is at most the spread of "
+                  "the difference of two single runs, sqrt(sd^2 + sd_smaller^2)."]
+    if failed:
+        lines += ["", "## Failed trials", "", "| trial | error |", "|---|---|"]
+        lines += [f"| {r['trial_id']} | {r['error'].replace('|', '/')} |" for r in failed]
+    lines += ["", f"Final hypervolume: {ys[-1] if ys else 0.0:.4g}.", "",
+              "![front](pareto.png)", "", "![hypervolume](hypervolume.png)", ""]
+    (output / "report.md").write_text("\n".join(lines))
+
+    # `distopt export` added ONNX files to the last manifest: keep each entry whose .onnx is
+    # still there and was made from the very .dopt the front still holds.
+    exported: dict[str, Any] = {}
+    if (output / M.MANIFEST_FILE).is_file():
+        try:
+            old = json.loads((output / M.MANIFEST_FILE).read_text())
+            exported = {e["trial_id"]: e["onnx"] for e in old.get("models", []) if "onnx" in e}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("%s: unreadable; rewritten without its ONNX entries",
+                        output / M.MANIFEST_FILE)
+    manifest = {
+        "experiment": cfg.name, "versions": _versions(),
+        "objectives": [list(o) for o in cfg.search.objectives],
+        "models": [{
+            "file": r["artifact"], "trial_id": r["trial_id"],
+            M.PARENT_ID: r.get(M.PARENT_ID, ""),
+            "config": json.loads(r["config_json"]),
+            "seed": json.loads(r["config_json"])["train"]["seed"],
+            "data_digest": _artifact_digest(output / r["artifact"]),
+            "metrics": {k: r[k] for k in (M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+                                          M.COMPRESSION_RATIO, M.PARAMS, M.NONZERO_PARAMS,
+                                          M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
+                                          TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE)
+                        if k in r},
+            **_kept_onnx(exported.get(r["trial_id"]), output, output / r["artifact"]),
+        } for r in front],
+    }
+    (output / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    return {"trials": len(rows), "failed": len(failed), "front": len(front),
+            "hypervolume": ys[-1] if ys else 0.0}
+
+
+def _over_seeds(r: dict[str, Any]) -> str:
+    if not r.get(SEEDS):
+        return "-"
+    text = f"{r[TEST_MEAN]:.4f} +- {r[TEST_SD]:.4f} ({int(r[SEEDS])} seeds)"
+    return text + (", within noise" if r.get(WITHIN_NOISE) else "")
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _artifact_digest(path: Path) -> str:
+    return str(decode(path.read_bytes(), str(path)).meta.get("data_digest", ""))
+
+
+def save_config(cfg: Config, output: Path) -> None:
+    (output / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))

@@ -1,0 +1,37 @@
+"""The schema of ``trials.parquet``, one row per trial, child and duplicate: the column names and
+statuses written by the search (:mod:`distopt.orchestration.collect`) and by the final stages,
+and read by the report, the CLI and the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distopt import metrics as M
+
+__all__ = ["BREAKDOWN", "DUPLICATE", "DUPLICATE_OF", "FINAL_METRICS", "SEEDS", "STOPPED",
+           "TEST_MEAN", "TEST_SD", "TRIALS", "WITHIN_NOISE", "load_trials", "write_trials"]
+
+TRIALS = "trials.parquet"
+BREAKDOWN = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)  # adds to SIZE_BYTES
+FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
+                 M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
+                 M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s",
+                 *BREAKDOWN)
+STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
+DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained
+DUPLICATE_OF = "duplicate_of"  # the trial whose result a DUPLICATE row got
+# search.reseed: the front's test accuracy over seeds, and whether its lead is within noise.
+TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE = ("test_accuracy_mean", "test_accuracy_sd", "seeds",
+                                           "within_noise")
+
+
+def write_trials(rows: list[dict[str, Any]], output: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(rows), output / TRIALS)
+
+
+def load_trials(output: Path) -> list[dict[str, Any]]:
+    return pq.read_table(output / TRIALS).to_pylist()

@@ -1,0 +1,484 @@
+"""One configuration's training as named phases (:class:`TrainingRun`), which
+:func:`distopt.training.fit.fit` composes: setup, dense training, weight pruning, fine-tuning,
+export, evaluation of the decoded artifact. Which compression phases run is the config's
+:class:`~distopt.config.CompressionPlan`.
+
+Plain PyTorch, in the spirit of nanoGPT's loop. It runs the same as a single process (``rank 0
+of 1``, e.g. inside a Tune trial actor) or as one DDP rank of a Ray Train worker group:
+:mod:`distopt.orchestration.run` supplies the rank, the device and a :class:`Reporter`, and this
+module imports nothing from Ray.
+
+Randomness is derived from ``(seed, epoch, rank)`` at the start of every epoch (shuffling,
+augmentation, dropout), so a run resumed from an epoch checkpoint draws the same numbers as an
+uninterrupted one without carrying generator state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import resource
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from distopt import metrics as M
+from distopt.compress import (Masks, QuantizedWeights, apply_masks, decode, encode,
+                              global_magnitude_masks, gradual_ratio, size_report)
+from distopt.config import Config
+from distopt.data import Splits, shard
+from distopt.models import (ModelSpec, build_model, fold_batch_norm, prunable_weights,
+                            spec_from_config)
+from distopt.runtime import example_feed, measure_latency_ms, measure_ort_latency_ms
+from distopt.export import to_onnx
+from distopt.training.compression import device_masks, expected_size, weight_bits, weight_prune
+from distopt.training.dense_store import DenseWeights
+from distopt.training.distillation import distillation_loss, load_teacher
+from distopt.training.distributed import WorkerEnv, all_sum, broadcast_float, unwrap, wrap
+from distopt.training.evaluation import evaluate
+from distopt.training.inputs import input_norm, training_batch
+from distopt.training.optim import lr_factor, make_optimizer
+from distopt.training.plateau import Plateau
+from distopt.training.precision import DTYPES, configure_cuda, resolve_precision, sync
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Reporter", "TrainingDiverged", "TrainingRun"]
+
+TRAIN_PROBE_MAX = 5_000  # training rows evaluated each epoch for the train accuracy
+DEVICE_DATA_MAX_BYTES = 4 << 30  # training arrays up to this size live on the GPU for a whole fit
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial cannot produce a meaningful model."""
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict[str, Any], state: dict[str, Any] | None,
+                 files: dict[str, bytes] | None = None) -> None:
+        """Report one epoch's metrics; ``state`` (rank 0 only) is the checkpoint to keep and
+        ``files`` extra files for it (the final artifact)."""
+
+
+def nan_artifact_metrics() -> dict[str, float]:
+    return {k: math.nan for k in M.ALWAYS_REPORTED if k not in (M.EPOCH, M.VAL_ACCURACY)}
+
+
+class TrainingRun:
+    """One configuration's training, as named phases that :func:`fit` composes:
+
+    - :meth:`start` (setup): data, model, precision, optimizer; from a checkpoint if given;
+    - :meth:`train_dense`: dense epochs, until ``train.epochs`` or a validation plateau;
+    - :meth:`prune`: fold BatchNorm, then weight-prune (global magnitude or structured);
+    - :meth:`fine_tune`: epochs with the pruning masks held (and quantized weights with QAT);
+    - :meth:`export`: the ``.dopt`` artifact of the final weights;
+    - :meth:`evaluate`: the decoded artifact's metrics, the only ones reported at the end.
+
+    Every epoch reports its metrics with a checkpoint of this object's state (rank 0), which
+    :meth:`start` resumes from: randomness is derived from seed, epoch and rank, so a resumed
+    run draws the same numbers as an uninterrupted one."""
+
+    def __init__(self, cfg: Config, env: WorkerEnv, report: Reporter, splits: Splits) -> None:
+        self.cfg, self.env, self.report, self.splits = cfg, env, report, splits
+        self.plan = cfg.compression_plan
+        self.t_start, self.started_at = time.perf_counter(), time.time()
+        self.norm = input_norm(splits, cfg.data.resize)
+        self.masks: Masks | None = None
+        self.finetuning = False
+        self.next_epoch = 0
+        self.last: dict[str, Any] = {}
+        self.ckpt: dict[str, Any] | None = None
+        # The dense model's spec and weights after dense training, kept when children fork
+        # from them (:meth:`fork`); its last dense epoch's metrics.
+        self.keep_dense = False
+        self.dense_spec: ModelSpec | None = None
+        self.dense_state: dict[str, torch.Tensor] | None = None
+        self.dense_last: dict[str, Any] = {}
+        # Every dense epoch's metrics (a dense store replays them), and the trial whose stored
+        # dense model this run adopted instead of training its own ("": it trained it).
+        self.dense_history: list[dict[str, Any]] = []
+        self.dense_source = ""
+        self.teacher: nn.Module | None = None  # distillation (train.distill_alpha > 0)
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, cfg: Config, env: WorkerEnv, report: Reporter, splits: Splits,
+              state: dict[str, Any] | None = None) -> TrainingRun:
+        run = cls(cfg, env, report, splits)
+        t = cfg.train
+        run.spec = ModelSpec.from_dict(state["spec"]) if state else spec_from_config(cfg)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        net = build_model(run.spec)
+        run.channels_last = t.channels_last and run.spec.family in ("cnn", "conv1d")
+        configure_cuda(env.device, t.tf32)
+        if state:
+            net.load_state_dict(state["model"])
+            run.masks = device_masks(state.get("masks"), env.device)
+            precision, why = state["precision"], "restored from checkpoint"
+        else:
+            precision, why = run._choose_precision(net)
+        if env.rank == 0:
+            log.info("precision %s (%s)", precision, why)
+        run.precision, run.dtype = precision, DTYPES[precision]
+        run.model = wrap(net, env, run.channels_last)
+
+        # Dense epochs: train.epochs, or fewer when validation accuracy plateaus.
+        run.dense_epochs = state.get("dense_epochs", t.epochs) if state else t.epochs
+        run.plateau = Plateau(t.early_stop_patience, **(state.get("plateau") or {})
+                              if state else {})
+        run.next_epoch = state["epoch"] + 1 if state else 0
+        # A checkpoint of the last dense epoch resumes into weight pruning; later ones are
+        # fine-tuning.
+        run.finetuning = run.next_epoch > run.dense_epochs
+        n_train = len(splits.x_train)
+        run.steps = (n_train // env.world_size + t.batch_size - 1) // t.batch_size
+        if t.max_steps_per_epoch:
+            run.steps = min(run.steps, t.max_steps_per_epoch)
+        run._new_optimizer()
+        if state:
+            run.opt.load_state_dict(state["optimizer"])
+            if run.sched is not None and state.get("scheduler"):
+                run.sched.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                run.scaler.load_state_dict(state["scaler"])
+        # The training arrays once on the device (MNIST is 47 MB): each step gathers its batch
+        # there, with a device-side index, instead of copying it from host memory.
+        run.x_all, run.y_all = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
+        if env.device.type == "cuda" and \
+                run.x_all.nbytes + run.y_all.nbytes <= DEVICE_DATA_MAX_BYTES:
+            run.x_all, run.y_all = run.x_all.to(env.device), run.y_all.to(env.device)
+        # Train accuracy for the over/underfitting verdict: a fixed subset of the training data
+        # as large as the validation set (at most 5,000), evaluated like it (eval mode: no
+        # dropout, no augmentation), so the gap compares like with like.
+        probe = np.sort(np.random.default_rng(0).permutation(n_train)[
+            :max(1, min(n_train, len(splits.x_val), TRAIN_PROBE_MAX))])
+        run.x_probe, run.y_probe = splits.x_train[probe], splits.y_train[probe]
+        run.ckpt = state if env.rank == 0 else None
+        run.teacher = load_teacher(cfg, splits, env) if cfg.train.distill_alpha > 0 else None
+        if state and state.get("dense_model"):
+            run.dense_state = state["dense_model"]
+            run.dense_spec = ModelSpec.from_dict(state["dense_spec"])
+        if state:
+            run.dense_history = list(state.get("dense_history") or [])
+            run.dense_source = str(state.get("dense_source") or "")
+        return run
+
+    def _choose_precision(self, net: nn.Module) -> tuple[str, str]:
+        env, t = self.env, self.cfg.train
+        sample = self.norm(torch.from_numpy(self.splits.x_train[: t.batch_size])).to(env.device)
+        probe_net = net.to(env.device)
+        if self.channels_last:
+            probe_net = probe_net.to(memory_format=torch.channels_last)
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        precision, why = resolve_precision(t.precision, env.device, probe_net, sample)
+        if env.distributed:  # every rank must train in the same precision: rank 0 decides
+            choice = [precision]
+            dist.broadcast_object_list(choice, src=0)
+            precision = choice[0]
+        return precision, why
+
+    def _new_optimizer(self) -> None:
+        t = self.cfg.train
+        lr = t.lr * (self.cfg.compress.finetune_lr_scale if self.finetuning else 1.0)
+        self.opt = make_optimizer(self.cfg, self.model, lr)
+        self.sched = None
+        if not self.finetuning and (t.schedule != "constant" or t.warmup_steps):
+            total = self.dense_epochs * self.steps
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda s: lr_factor(s, total, t.warmup_steps, t.schedule))
+        self.scaler = torch.amp.GradScaler(self.env.device.type,
+                                           enabled=self.precision == "fp16")
+
+    # ---- dense training ----------------------------------------------------------------------
+
+    def train_dense(self) -> None:
+        """Dense epochs from the next one, until ``dense_epochs`` (which a validation plateau
+        may lower)."""
+        rung_sizes = self.cfg.search.scheduler == "mo_asha"
+        while not self.finetuning and self.next_epoch < self.dense_epochs:
+            epoch = self.next_epoch
+            metrics = self._epoch(epoch, "train")
+            if rung_sizes and self.env.rank == 0:
+                # Early stopping ranks trials by size at its rungs: what they'd export now.
+                metrics[M.EXPECTED_SIZE_BYTES] = float(expected_size(
+                    unwrap(self.model), self.plan, self.artifact_meta()))
+            self.dense_history.append(metrics)
+            if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
+                # Every rank sees the same all-reduced accuracy: all stop together.
+                log.info("validation accuracy has not improved for %d epochs: dense training "
+                         "ends after epoch %d of %d", self.cfg.train.early_stop_patience, epoch,
+                         self.cfg.train.epochs)
+                self.dense_epochs = epoch + 1
+            self._report_epoch(epoch, metrics)
+        if self.keep_dense and self.dense_state is None:
+            base = unwrap(self.model)
+            self.dense_spec = base.spec
+            self.dense_state = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
+            self.dense_last = dict(self.last)
+
+    def adopt(self, dense: DenseWeights) -> None:
+        """Train once, compress many, across trials: take the dense model another trial of the
+        same dense configuration trained (:class:`~distopt.dense_store.DenseStore`) instead of
+        training one. The run continues from it as that trial did after its last dense epoch
+        (its precision, its dense epoch count), so it exports the file it would have exported
+        with this run's compression settings. Its dense epochs' metrics are reported again,
+        each marked with the source trial, so early stopping ranks this trial at its rungs;
+        the size at a rung is this run's compression of the adopted weights."""
+        torch.manual_seed(self.cfg.train.seed)
+        self.spec = ModelSpec.from_dict(dense.spec)
+        net = build_model(self.spec)
+        net.load_state_dict(dense.state)
+        self.model = wrap(net, self.env, self.channels_last)
+        self.precision, self.dtype = dense.precision, DTYPES[dense.precision]
+        self.dense_epochs = dense.dense_epochs
+        self.dense_source = dense.source
+        self._new_optimizer()
+        rung_size = float(expected_size(net, self.plan, self.artifact_meta())) \
+            if self.cfg.search.scheduler == "mo_asha" else None
+        for metrics in dense.history:
+            metrics = {**metrics, M.DENSE_FROM: dense.source}
+            if rung_size is not None:
+                metrics[M.EXPECTED_SIZE_BYTES] = rung_size
+            self.dense_history.append(metrics)
+            self._report_epoch(int(metrics[M.EPOCH]), metrics)
+        self.next_epoch = self.dense_epochs
+
+    def dense_weights(self) -> DenseWeights | None:
+        """This run's dense model for a dense store, once dense training is over (None if it
+        is not kept, or a resumed run lacks some dense epoch's metrics). Only a run that
+        trained its dense model stores it, so its history holds no replayed epochs."""
+        if self.dense_state is None or self.dense_spec is None or \
+                len(self.dense_history) != self.dense_epochs:
+            return None
+        return DenseWeights(spec=self.dense_spec.to_dict(), state=self.dense_state,
+                            dense_epochs=self.dense_epochs, precision=self.precision,
+                            history=list(self.dense_history))
+
+    # ---- weight pruning ----------------------------------------------------------------------
+
+    def prune(self) -> None:
+        """Dense training is over: fold BatchNorm (it has done its job: fine-tuning and the
+        artifact use the folded convs), then weight-prune."""
+        base = fold_batch_norm(unwrap(self.model).cpu().eval()).train()
+        base = base.cpu().to(memory_format=torch.contiguous_format)
+        base, masks = weight_prune(base, self.plan.prune_kind, self._sparsity(0))
+        self.model = wrap(base, self.env, self.channels_last)
+        self.masks = device_masks(masks, self.env.device)
+        self.finetuning = True
+        self._new_optimizer()
+
+    def _sparsity(self, k: int) -> float:
+        """Sparsity of fine-tune epoch k (the gradual schedule raises it epoch by epoch)."""
+        if not self.plan.gradual:
+            return self.plan.prune_ratio
+        return gradual_ratio(self.plan.prune_ratio, k, max(self.plan.finetune_epochs, 1))
+
+    def compress(self) -> None:
+        """Weight pruning and the fine-tune epochs, if the plan prunes (a run resumed inside
+        fine-tuning is pruned already)."""
+        if self.plan.prunes:
+            if not self.finetuning:
+                self.prune()
+            self.fine_tune()
+
+    def fork(self, cfg: Config) -> TrainingRun:
+        """Train once, compress many: a run of ``cfg``'s compression plan from this run's
+        dense weights, which continues at the first fine-tune epoch as a run of that plan
+        from scratch would (same epoch numbers, so the same seeded batches, augmentation and
+        dropout; a fresh fine-tune optimizer), so its artifact is the one that run would
+        export. It shares this run's data, normalization and precision and reports nothing
+        per epoch (its result is its parent's to report)."""
+        assert self.dense_state is not None and self.dense_spec is not None
+        child = copy.copy(self)
+        child.cfg, child.plan = cfg, cfg.compression_plan
+        child.report = lambda metrics, state, files=None: None
+        torch.manual_seed(cfg.train.seed)
+        net = build_model(self.dense_spec)
+        net.load_state_dict(self.dense_state)
+        child.model = wrap(net, self.env, self.channels_last)
+        child.masks, child.finetuning, child.ckpt = None, False, None
+        child.next_epoch = self.dense_epochs
+        child.last = dict(self.dense_last)
+        child.keep_dense = False
+        child.t_start, child.started_at = time.perf_counter(), time.time()
+        child._new_optimizer()
+        return child
+
+    # ---- fine-tuning -------------------------------------------------------------------------
+
+    def fine_tune(self) -> None:
+        """Epochs with the masks held, up to ``dense_epochs + finetune_epochs``."""
+        while self.next_epoch < self.dense_epochs + self.plan.finetune_epochs:
+            epoch = self.next_epoch
+            if self.plan.gradual and epoch > self.dense_epochs:
+                # Raise sparsity for this epoch; weights pruned before are 0, so stay pruned.
+                base = unwrap(self.model)
+                self.masks = device_masks(global_magnitude_masks(
+                    base, self._sparsity(epoch - self.dense_epochs)), self.env.device)
+                apply_masks(base, self.masks)
+            self._report_epoch(epoch, self._epoch(epoch, "finetune"))
+
+    # ---- one epoch -----------------------------------------------------------------------------
+
+    def _epoch(self, epoch: int, phase: str) -> dict[str, Any]:
+        cfg, env, t = self.cfg, self.env, self.cfg.train
+        model, splits = self.model, self.splits
+        # The model only changes between epochs: find its weights once per epoch, not per step.
+        l1_weights = [w for _, w, _ in prunable_weights(unwrap(model))] \
+            if cfg.regularization.l1 else []
+        # QAT: forward/backward (and validation) with the artifact's quantized weights.
+        quantized: Any = QuantizedWeights(unwrap(model), self.plan.quant_bits,
+                                          weight_bits(unwrap(model), self.plan)) \
+            if phase == "finetune" and self.plan.qat else contextlib.nullcontext()
+        # Per-epoch seeding: resumable without generator state, distinct per rank.
+        torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
+        gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 +
+                                                              env.rank)
+        n_train = len(splits.x_train)
+        idx = torch.from_numpy(shard(n_train, env.rank, env.world_size, t.seed, epoch)
+                               ).to(self.x_all.device)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+        correct = torch.zeros((), dtype=torch.int64, device=env.device)
+        seen = 0
+        sync(env.device)
+        t0 = time.perf_counter()
+        for step in range(self.steps):
+            b = idx[step * t.batch_size:(step + 1) * t.batch_size]
+            xb = training_batch(self.x_all[b].to(env.device, non_blocking=True), self.norm,
+                                cfg.augment, gen)
+            yb = self.y_all[b].to(env.device, non_blocking=True)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            self.opt.zero_grad(set_to_none=True)
+            with quantized:
+                with torch.autocast(env.device.type, dtype=self.dtype,
+                                    enabled=self.precision != "fp32"):
+                    out = model(xb)
+                loss = F.cross_entropy(out.float(), yb)
+                if self.teacher is not None:
+                    loss = self._distilled(loss, out, xb)
+                total = loss + cfg.regularization.l1 * sum(w.abs().sum() for w in l1_weights) \
+                    if l1_weights else loss
+                self.scaler.scale(total).backward()
+            if t.grad_clip:
+                self.scaler.unscale_(self.opt)  # clip the true gradients, not fp16-scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if self.sched is not None:
+                self.sched.step()
+            if self.masks:
+                apply_masks(unwrap(model), self.masks)
+            loss_sum += loss.detach() * len(b)
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += len(b)
+        sync(env.device)
+        elapsed = time.perf_counter() - t0
+        tr_loss, tr_correct, tr_n, tr_time = all_sum(
+            [loss_sum.item(), float(correct.item()), float(seen), elapsed], env)
+        if not math.isfinite(tr_loss):
+            raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
+                                   "or the regularization strengths")
+        with quantized:
+            val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, self.norm, env, 512,
+                                         self.precision, self.channels_last)
+            _, tr_acc = evaluate(model, self.x_probe, self.y_probe, self.norm, env, 512,
+                                 self.precision, self.channels_last)
+        return {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
+                M.TRAIN_ACCURACY: tr_acc, M.TRAIN_ACCURACY_RUNNING: tr_correct / max(tr_n, 1),
+                M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc, M.GAP: tr_acc - val_acc,
+                M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
+                M.PRECISION: self.precision, **nan_artifact_metrics()}
+
+    def _distilled(self, loss: torch.Tensor, out: torch.Tensor, xb: torch.Tensor
+                   ) -> torch.Tensor:
+        """The batch's loss mixed with the teacher's softened predictions."""
+        t = self.cfg.train
+        assert self.teacher is not None
+        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=self.dtype,
+                                             enabled=self.precision != "fp32"):
+            target = self.teacher(xb)
+        return distillation_loss(loss, out, target, t.distill_alpha, t.distill_temperature)
+
+    def _report_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.ckpt = None
+        if self.env.rank == 0:
+            base = unwrap(self.model)
+            self.ckpt = {
+                "epoch": epoch, "spec": base.spec.to_dict(), "precision": self.precision,
+                "dense_epochs": self.dense_epochs, "plateau": self.plateau.to_dict(),
+                "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "masks": {k: v.bool().cpu() for k, v in self.masks.items()}
+                if self.masks else None,
+                # Children fork from the dense weights: a fine-tune checkpoint keeps them.
+                "dense_model": self.dense_state if self.finetuning else None,
+                "dense_spec": self.dense_spec.to_dict() if self.dense_spec else None,
+                "dense_history": self.dense_history, "dense_source": self.dense_source}
+        self.last = metrics
+        self.next_epoch = epoch + 1
+        self.report(metrics, self.ckpt)
+
+    # ---- export and evaluation ---------------------------------------------------------------
+
+    def artifact_meta(self) -> dict[str, Any]:
+        return {"input": self.norm.to_meta(), "config_name": self.cfg.name,
+                "data_digest": self.splits.digest}
+
+    def export(self) -> bytes:
+        """The artifact of the final weights (BatchNorm folded, quantized, encoded)."""
+        base = fold_batch_norm(unwrap(self.model).cpu()
+                               .to(memory_format=torch.contiguous_format).eval())
+        return encode(base, self.plan.quant_bits, self.artifact_meta(),
+                      weight_bits(base, self.plan))
+
+    def ort_latency_ms(self, artifact: bytes) -> float:
+        """Batch-1 latency of the artifact exported to ONNX, on ONNX Runtime (one thread):
+        measured only when it is an objective (the export takes a few milliseconds)."""
+        return measure_ort_latency_ms(to_onnx(decode(artifact)), example_feed(self.spec))
+
+    def evaluate(self, artifact: bytes, evaluate_test: bool) -> dict[str, Any]:
+        """Metrics of the model decoded from ``artifact`` (never of the in-memory model), on
+        the CPU in fp32 as `distopt evaluate` measures them: each rank evaluates whole splits
+        itself (no TF32, no autocast, no cross-rank sums), so every rank holds the same
+        numbers."""
+        splits, norm, env = self.splits, self.norm, self.env
+        decoded = decode(artifact).model
+        cpu = WorkerEnv()
+        final = dict(self.last)
+        final.update(size_report(decoded, artifact))
+        final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val,
+                                                            norm, cpu, 512)
+        final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), self.spec) \
+            if env.rank == 0 else math.nan
+        final[M.LATENCY_MS] = broadcast_float(final[M.LATENCY_MS], env)
+        if any(name == M.ORT_LATENCY_MS for name, _ in self.cfg.search.objectives):
+            final[M.ORT_LATENCY_MS] = broadcast_float(
+                self.ort_latency_ms(artifact) if env.rank == 0 else math.nan, env)
+        _, final[M.TRAIN_ACCURACY] = evaluate(decoded, self.x_probe, self.y_probe, norm, cpu, 512)
+        final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
+        if evaluate_test and len(splits.x_test):
+            _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm,
+                                                 cpu, 512)
+        t = self.cfg.train
+        final[M.PHASE] = "final"
+        final[M.PRECISION] = self.precision
+        final[M.TF32] = bool(t.tf32 and env.device.type == "cuda")
+        final[M.TRAIN_SECONDS] = time.perf_counter() - self.t_start
+        final[M.DENSE_EPOCHS] = self.dense_epochs
+        final[M.EARLY_STOPPED] = self.dense_epochs < t.epochs
+        final[M.DENSE_FROM] = self.dense_source
+        final["started_at"] = self.started_at  # wall clock: callers measure start-up overhead
+        final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return final

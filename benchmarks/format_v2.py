@@ -37,6 +37,9 @@ import torch  # noqa: E402
 
 from distopt import metrics as M  # noqa: E402
 from distopt.compress import artifact as A  # noqa: E402
+from distopt.compress import format_v1 as V1  # noqa: E402
+from distopt.compress import sections as S  # noqa: E402
+from distopt.compress import wrapper as W  # noqa: E402
 from distopt.compress import decode, encode  # noqa: E402
 
 PARTS = ("header", "index", "scales+biases", "values")
@@ -50,15 +53,15 @@ def _best(raw: bytes) -> int:
         return 0
     return min(len(raw), len(zlib.compress(raw, 9)),
                len(lzma.compress(raw, format=lzma.FORMAT_RAW,
-                                 filters=A._lzma_filters(len(raw), False))))
+                                 filters=S.lzma_filters(len(raw), False))))
 
 
 def v1_parts(data: bytes) -> dict[str, int]:
     """A v1 file's parts, each compressed alone: its JSON header, bitmasks, float32 scales and
     biases, and non-zero values."""
-    codec, header = A._read_header(data, "v1")
+    codec, header = V1._read_header(data, "v1")
     hlen = header.pop("hlen")
-    raw = A._inflate(data[A._PREAMBLE.size:-4], codec, 1 << 30, "v1")
+    raw = W.inflate(data[W.PREAMBLE.size:-4], codec, 1 << 30, "v1")
     body = memoryview(raw)[4 + hlen:]
     parts = {p: b"" for p in PARTS}
     parts["header"] = bytes(raw[:4 + hlen])

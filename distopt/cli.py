@@ -98,10 +98,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # Ray is imported once the config is valid.
     from distopt.orchestration.run import ensure_ray, ensure_teacher, run_trial
+    from distopt.training.compression import Compression
 
     log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %s-bit weights",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
-             cfg.compression_plan.finetune_epochs, cfg.compress.prune_ratio,
+             Compression(cfg.compression_plan).finetune_epochs, cfg.compress.prune_ratio,
              cfg.compress.prune_kind, bits_text(cfg.public_dict()["compress"]))
     ensure_ray(verbose=args.verbose)
     _stop_on_signals()

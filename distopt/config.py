@@ -279,6 +279,9 @@ class CompressConfig:
         "weights); null: quant_bits")
     bits_classifier: Literal[32, 16, 8, 4, 3, 2] | None = _opt(
         None, doc="weight bits of the last (classifier) layer; null: quant_bits")
+    clusters: int = _opt(0, _range(0, 4096), "weight clustering (Deep Compression): k shared "
+                         "values per weight tensor (k-means on its non-zero weights, then "
+                         "fine-tuned as shared centroids, stored as a codebook); 0 = off")
 
 
 @dataclass(frozen=True)
@@ -289,10 +292,11 @@ class CompressionPlan:
     prune_ratio: float  # 0: no weight pruning (and so no fine-tune)
     prune_kind: str
     gradual: bool  # sparsity raised over the fine-tune epochs (unstructured only)
-    finetune_epochs: int  # epochs with the masks held; 0 without pruning
+    finetune_epochs: int  # epochs after dense training, run if a compression method fine-tunes
     qat: bool  # fine-tune on the quantized weights
     quant_bits: int  # every weight's bits, unless its layer kind has its own below
     layer_bits: tuple[tuple[str, int], ...] = ()  # (layer kind, bits): mixed bit widths
+    clusters: int = 0  # weight clustering: shared values per weight tensor; 0 = none
 
     @property
     def prunes(self) -> bool:
@@ -405,11 +409,13 @@ class Config:
         """The compression phases of a trial: the one place they are decided."""
         c = self.compress
         prunes = c.prune_ratio > 0
+        fine_tunes = prunes or c.clusters > 0
         return CompressionPlan(
             prune_ratio=c.prune_ratio, prune_kind=c.prune_kind,
             gradual=prunes and c.schedule == "gradual" and c.prune_kind == "unstructured",
-            finetune_epochs=c.finetune_epochs if prunes else 0,
-            qat=c.qat and prunes and c.finetune_epochs > 0, quant_bits=c.quant_bits,
+            finetune_epochs=c.finetune_epochs,
+            qat=c.qat and fine_tunes and c.finetune_epochs > 0, quant_bits=c.quant_bits,
+            clusters=c.clusters,
             layer_bits=tuple((kind, bits) for kind, bits in (
                 ("first_conv", c.bits_first_conv), ("conv", c.bits_conv),
                 ("dense", c.bits_dense), ("classifier", c.bits_classifier))
@@ -468,7 +474,7 @@ class Config:
             **self.train.teacher_overrides, "train.teacher_overrides": {},
             "train.distill_alpha": 0.0, "train.teacher_path": None,
             "compress.prune_ratio": 0.0, "compress.quant_bits": 32, "compress.qat": False,
-            "compress.schedule": "oneshot",
+            "compress.schedule": "oneshot", "compress.clusters": 0,
             "compress.bits_first_conv": None, "compress.bits_conv": None,
             "compress.bits_dense": None, "compress.bits_classifier": None,
             "search.children": 0, "search.scheduler": "fifo", "search.trial_overrides": {},
@@ -826,7 +832,9 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         f"use_gpu {t.use_gpu}; a trial actor trains one CPU worker (several "
                         "workers or GPUs need 'ray_train' or 'auto')")
     c = cfg.compress
-    fine_tunes = ok("compress") and cfg.compression_plan.finetune_epochs > 0
+    # Whether the built-in methods fine-tune (training.compression decides it for a run).
+    fine_tunes = ok("compress") and c.finetune_epochs > 0 and (c.prune_ratio > 0 or
+                                                                c.clusters > 0)
     all_bits = {c.quant_bits, *(b for b in (c.bits_first_conv, c.bits_conv, c.bits_dense,
                                              c.bits_classifier) if b is not None)} \
         if ok("compress") else set()
@@ -834,9 +842,12 @@ def _cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         problems.append(f"compress.qat: got true with quant_bits {c.quant_bits}, prune_ratio "
                         f"{c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; quantization-"
                         "aware fine-tuning needs quant_bits < 32 and a fine-tune phase "
-                        "(prune_ratio > 0, finetune_epochs >= 1)")
+                        "(prune_ratio > 0 or clusters > 0, finetune_epochs >= 1)")
+    if ok("compress") and c.clusters == 1:
+        problems.append("compress.clusters: got 1; weight clustering needs at least 2 shared "
+                        "values per tensor (0 turns it off)")
     if ok("compress") and c.schedule == "gradual" and (c.prune_kind != "unstructured"
-                                                      or not fine_tunes):
+                                                      or not fine_tunes or c.prune_ratio == 0):
         problems.append(f"compress.schedule: got 'gradual' with prune_kind {c.prune_kind!r}, "
                         f"prune_ratio {c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; "
                         "gradual pruning needs unstructured pruning over fine-tune epochs")

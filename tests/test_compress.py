@@ -317,6 +317,10 @@ import tracemalloc  # noqa: E402
 import zlib  # noqa: E402
 
 from distopt.compress import artifact as C  # noqa: E402
+from distopt.compress import codings as CD  # noqa: E402
+from distopt.compress import format_v1 as V1  # noqa: E402
+from distopt.compress import sections as S  # noqa: E402
+from distopt.compress import wrapper as W  # noqa: E402
 
 SMALL = ModelSpec("cnn", (1, 12, 12), 3, (4,), (8,), 3)
 
@@ -328,12 +332,12 @@ def _encode1(*args, **kwargs) -> bytes:
 
 
 def _wrap(body: bytes, codec: int) -> bytes:
-    head = C._PREAMBLE.pack(C.MAGIC, 1, codec, 0, len(body)) + body
+    head = W.PREAMBLE.pack(W.MAGIC, 1, codec, 0, len(body)) + body
     return head + struct.pack("<I", zlib.crc32(head))
 
 
 def _compress(raw: bytes, codec: int = 1) -> bytes:
-    return (lzma.compress(raw, format=lzma.FORMAT_RAW, filters=C._LZMA_FILTERS) if codec == 1
+    return (lzma.compress(raw, format=lzma.FORMAT_RAW, filters=V1._LZMA_FILTERS) if codec == 1
             else zlib.compress(raw, 9))
 
 
@@ -345,8 +349,8 @@ def _craft(header: dict | bytes, payload: bytes = b"", codec: int = 1) -> bytes:
 def _raw_of(data: bytes) -> bytes:
     """The decompressed body of a real artifact (header length, header, payload)."""
     codec = data[6]
-    body = data[C._PREAMBLE.size:-4]
-    return (lzma.decompress(body, format=lzma.FORMAT_RAW, filters=C._LZMA_FILTERS)
+    body = data[W.PREAMBLE.size:-4]
+    return (lzma.decompress(body, format=lzma.FORMAT_RAW, filters=V1._LZMA_FILTERS)
             if codec == 1 else zlib.decompress(body))
 
 
@@ -578,21 +582,21 @@ def test_mixed_bit_widths_are_stored_per_tensor_as_the_qat_quantizer_rounds_them
 
 def _v2_parts(data: bytes) -> tuple[dict, list[bytes], int]:
     """A v2 file's header JSON, its four sections decompressed, and the values layout flag."""
-    secs = C._sections(data, "test")
-    raws = [C._unpack_section(s, s[1], "s", "test", C._BYTE_LAYOUT) for s in secs]
-    return json.loads(raws[0]), raws, secs[3][0] & C._BYTE_LAYOUT
+    secs = S.sections(data, "test")
+    raws = [S.unpack_section(s, s[1], "s", "test", S.BYTE_LAYOUT) for s in secs]
+    return json.loads(raws[0]), raws, secs[3][0] & S.BYTE_LAYOUT
 
 
 def _v2_build(header: dict | bytes, raws: list[bytes], flag: int = 0, codec: int = 0) -> bytes:
     """A v2 file from parts (sections stored with ``codec``), wrapper and CRC valid."""
     h = header if isinstance(header, bytes) else json.dumps(header).encode()
     parts = [h, *raws[1:]]
-    stored = [s if codec == C._RAW else lzma.compress(s, format=lzma.FORMAT_RAW,
-                                                      filters=C._lzma_filters(len(s), False))
+    stored = [s if codec == S.RAW else lzma.compress(s, format=lzma.FORMAT_RAW,
+                                                      filters=S.lzma_filters(len(s), False))
               for s in parts]
-    body = b"".join(C._section(codec | (flag if i == 3 else 0), len(r), st_)
+    body = b"".join(S.section(codec | (flag if i == 3 else 0), len(r), st_)
                     for i, (r, st_) in enumerate(zip(parts, stored)))
-    return C._wrap(2, 0, body)
+    return W.wrap(2, 0, body)
 
 
 @pytest.mark.parametrize("bits", [32, 16, 8, 4, 3, 2])
@@ -641,7 +645,7 @@ def test_v2_byte_breakdown_adds_up_and_v2_is_smaller_than_v1_for_the_same_weight
     apply_masks(m, global_magnitude_masks(m, 0.8))
     v1, v2 = encode(m, 4, version=1), encode(m, 4)
     parts = C.byte_breakdown(v2)
-    assert set(parts) == set(C.SECTIONS) and sum(parts.values()) == len(v2)
+    assert set(parts) == set(S.SECTIONS) and sum(parts.values()) == len(v2)
     assert C.byte_breakdown(v1) == {}
     assert len(v2) < len(v1)
     d1, d2 = decode(v1), decode(v2)
@@ -704,19 +708,19 @@ def test_v2_broken_sections_raise_artifact_error():
     sparse = _model(0, SMALL)
     apply_masks(sparse, global_magnitude_masks(sparse, 0.97))
     header, raws, flag = _v2_parts(encode(sparse, 4))
-    assert any(e[2] == C.INDEX_RICE for e in header["t"] if len(e) == 6)
+    assert any(e[2] == CD.INDEX_RICE for e in header["t"] if len(e) == 6)
     with pytest.raises(ArtifactError, match="values section holds"):
         decode(_v2_build(header, raws[:3] + [raws[3] + b"\x00"], flag))
     with pytest.raises(ArtifactError, match="index section holds"):
         decode(_v2_build(header, [raws[0], raws[1][:-1], *raws[2:]], flag))
-    good = _v2_build(header, raws, flag, codec=C._LZMA)
+    good = _v2_build(header, raws, flag, codec=S.LZMA)
     decode(good)
     with pytest.raises(ArtifactError, match="follow the last section"):
-        decode(C._wrap(2, 0, good[C._PREAMBLE.size:-4] + b"\x00"))
+        decode(W.wrap(2, 0, good[W.PREAMBLE.size:-4] + b"\x00"))
     with pytest.raises(ArtifactError, match="unknown codec 9"):
         decode(_v2_build(header, raws, flag, codec=9))
     # A bitmask that marks another count than its entry says.
-    bm = next(i for i, e in enumerate(header["t"]) if len(e) == 6 and e[2] == C.INDEX_RICE)
+    bm = next(i for i, e in enumerate(header["t"]) if len(e) == 6 and e[2] == CD.INDEX_RICE)
     header["t"][bm][3] += 1
     with pytest.raises(ArtifactError):
         decode(_v2_build(header, raws, flag))
@@ -728,12 +732,12 @@ def test_v2_section_bombs_are_refused_before_they_allocate():
                                filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
     bomb = b"".join(comp.compress(bytes(1 << 20)) for _ in range(64)) + comp.flush()
     h = json.dumps(header).encode()
-    body = C._section(0, len(h), h) + C._section(0, len(raws[1]), raws[1]) + \
-        C._section(0, len(raws[2]), raws[2]) + C._section(C._LZMA, len(raws[3]), bomb)
+    body = S.section(0, len(h), h) + S.section(0, len(raws[1]), raws[1]) + \
+        S.section(0, len(raws[2]), raws[2]) + S.section(S.LZMA, len(raws[3]), bomb)
     tracemalloc.start()
     try:
         with pytest.raises(ArtifactError, match="decompresses to"):
-            decode(C._wrap(2, 0, body))
+            decode(W.wrap(2, 0, body))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -751,7 +755,7 @@ def _huge_spec_v2_file() -> bytes:
     entries, index_len, scales_len = [], 0, 0
     for name, t in model.state_dict().items():
         if name in weights:
-            entries.append([8, 16, C.INDEX_BITMASK, 0, 0, 0])
+            entries.append([8, 16, CD.INDEX_BITMASK, 0, 0, 0])
             index_len += (t.numel() + 7) // 8
             scales_len += 2 * t.shape[0]
         else:
@@ -765,9 +769,9 @@ def _huge_spec_v2_file() -> bytes:
     index = b"".join(comp.compress(chunk) for _ in range(index_len >> 20))
     index += comp.compress(bytes(index_len & ((1 << 20) - 1))) + comp.flush()
     scales = zlib.compress(bytes(scales_len), 9)
-    body = C._section(0, len(header), header) + C._section(C._LZMA, index_len, index) + \
-        C._section(C._ZLIB, scales_len, scales) + C._section(0, 0, b"")
-    return C._wrap(2, 0, body)
+    body = S.section(0, len(header), header) + S.section(S.LZMA, index_len, index) + \
+        S.section(S.ZLIB, scales_len, scales) + S.section(0, 0, b"")
+    return W.wrap(2, 0, body)
 
 
 def test_v2_parameter_cap_refuses_a_consistent_all_zero_giant_before_it_allocates():
@@ -806,7 +810,7 @@ def test_fuzzed_v2_artifacts_decode_or_raise_artifact_error_within_bounded_memor
             i = data.draw(st.integers(0, len(header["t"]) - 1))
             j = data.draw(st.integers(0, len(header["t"][i]) - 1))
             header["t"][i][j] = value
-        crafted = _v2_build(header, raws, flag, data.draw(st.sampled_from([0, C._LZMA])))
+        crafted = _v2_build(header, raws, flag, data.draw(st.sampled_from([0, S.LZMA])))
     else:
         k = data.draw(st.integers(1, 3))
         raw = bytearray(raws[k])

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from distopt.compress import decode, encode
+from distopt.compress.coding import Codebook
 from distopt.models import ModelSpec, build_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -31,8 +32,8 @@ def _load(name: str) -> tuple[bytes, dict, dict[str, np.ndarray]]:
         json.loads((GOLDEN / f"{name}.json").read_text()), arrays
 
 
-def test_the_golden_set_covers_every_family_block_bit_width_and_index_coding():
-    assert len(CASES) >= 36
+def test_the_golden_set_covers_every_family_block_bit_width_index_and_coding():
+    assert len(CASES) >= 40
     seen: set[tuple[str, object]] = set()
     for name in CASES:
         data, info, _ = _load(name)
@@ -40,16 +41,21 @@ def test_the_golden_set_covers_every_family_block_bit_width_and_index_coding():
         seen |= {("family", spec.family), ("block", spec.block), ("cell", spec.cell),
                  ("version", info["version"]), ("tokens", spec.tokens), ("head", spec.head)}
         seen |= {("index", t.get("index"), t["bits"]) for t in info["tensors"] if "index" in t}
+        seen |= {("coding", t.get("coding"), t.get("index")) for t in info["tensors"]}
     for family in ("cnn", "conv1d", "mlp", "rnn"):
         assert ("family", family) in seen
     for block in ("plain", "same", "separable"):
         assert ("block", block) in seen
     for cell in ("rnn", "gru", "lstm"):
         assert ("cell", cell) in seen
-    assert {("version", 1), ("version", 2), ("tokens", True), ("head", "gap")} <= seen
+    assert {("version", 1), ("version", 2), ("version", 3), ("tokens", True),
+            ("head", "gap")} <= seen
     for bits in (32, 16, 8, 4, 3, 2):
         for index in ("dense", "bitmask", "rice"):
             assert ("index", index, bits) in seen, (index, bits)
+    for index in ("dense", "bitmask", "rice"):
+        assert ("coding", "codebook", index) in seen, index
+    assert ("coding", "int", "rice") in seen and ("coding", "float", None) in seen
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -65,7 +71,7 @@ def test_golden_file_decodes_to_its_stored_parameters_codes_and_logits(name):
     for key, (q, scale) in dec.codes.items():
         np.testing.assert_array_equal(q, arrays[f"codes/{key}"], err_msg=key)
         np.testing.assert_array_equal(scale, arrays[f"scales/{key}"], err_msg=key)
-    assert dec.meta == info["meta"] or info["version"] == 2  # v2 shortens floats (below)
+    assert dec.meta == info["meta"] or info["version"] >= 2  # v2 and v3 shorten floats
     assert dec.tensors == info["tensors"]
     with torch.no_grad():
         logits = dec.model(torch.from_numpy(arrays["input"])).numpy()
@@ -80,5 +86,6 @@ def test_encoding_the_golden_source_weights_again_gives_the_same_bytes(name):
     model.load_state_dict({k[len("source/"):]: torch.from_numpy(v)
                            for k, v in arrays.items() if k.startswith("source/")})
     again = encode(model, info["bits"], info["meta"], info["weight_bits"],
-                   version=info["version"])
+                   version=info["version"],
+                   codings={n: Codebook(k) for n, k in info.get("codebooks", {}).items()})
     assert again == data

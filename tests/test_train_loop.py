@@ -347,7 +347,7 @@ def test_cuda_precision_follows_compute_capability_and_layer_kind():
 
 
 def test_restored_masks_move_to_the_parameters_device_as_float():
-    from distopt.training.compression import device_masks
+    from distopt.compress.pruning import device_masks
 
     masks = {"w": torch.tensor([True, False])}
     moved = device_masks(masks, torch.device("meta"))

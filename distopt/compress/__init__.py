@@ -1,5 +1,7 @@
-"""Compression: weight pruning (:mod:`.pruning`), weight quantization (:mod:`.quantization`) and
-the ``.dopt`` artifact whose length is the model size (:mod:`.artifact`).
+"""Compression: methods registered as plug-ins (:mod:`.method`): weight pruning
+(:mod:`.pruning`), weight clustering (:mod:`.clustering`), weight quantization
+(:mod:`.quantization`); and the ``.dopt`` artifact whose length is the model size
+(:mod:`.artifact`), with its per-tensor codings (:mod:`.codings`).
 
 The artifact is what a user deploys and what every reported compressed accuracy is measured on:
 ``decode(encode(model))`` is evaluated, never the in-memory model. Nothing here imports Ray.
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 from distopt.compress.artifact import (MAX_PARAMS, ArtifactError, Decoded, decode, encode,
                                        size_report)
+from distopt.compress.clustering import WeightClustering
+from distopt.compress.method import METHODS, CompressionMethod, register
 from distopt.compress.pruning import (Masks, apply_masks, global_magnitude_masks, gradual_ratio,
                                       structured_prune)
 from distopt.compress.quantization import (QuantizedWeights, quantize_per_channel,
@@ -16,7 +20,9 @@ from distopt.compress.quantization import (QuantizedWeights, quantize_per_channe
 
 __all__ = [
     "ArtifactError",
+    "CompressionMethod",
     "Decoded",
+    "METHODS",
     "Masks",
     "MAX_PARAMS",
     "QuantizedWeights",
@@ -28,5 +34,7 @@ __all__ = [
     "quantize_per_channel",
     "quantize_tensor",
     "size_report",
+    "register",
     "structured_prune",
+    "WeightClustering",
 ]

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from distopt.compress.method import CompressionMethod, register
+from distopt.config import CompressionPlan
 from distopt.models import (GATES, Model, RecurrentNet, build_model, fold_batch_norm,
                             prunable_weights)
 
-__all__ = ["Masks", "apply_masks", "global_magnitude_masks", "gradual_ratio", "structured_prune"]
+__all__ = ["Masks", "WeightPruning", "apply_masks", "device_masks", "global_magnitude_masks",
+           "gradual_ratio", "structured_prune"]
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask of the same shape
 
@@ -152,3 +155,71 @@ def gradual_ratio(final: float, k: int, total: int) -> float:
     (2017): fast at first, when many small weights can go, and slower towards ``final``,
     reached in the last epoch."""
     return final * (1 - (1 - (k + 1) / total) ** 3)
+
+
+def device_masks(masks: Masks | None, device: torch.device) -> Masks | None:
+    """Pruning masks as float multipliers on the parameters' device, made once: restored
+    checkpoints hold them on the CPU, and a bool mask would be converted again every step."""
+    if not masks:
+        return masks
+    return {k: v.to(device=device, dtype=torch.float32) for k, v in masks.items()}
+
+
+@register
+class WeightPruning(CompressionMethod):
+    """``compress.prune_ratio`` > 0: global magnitude masks held while fine-tuning (raised epoch
+    by epoch with the gradual schedule), or structured pruning that shrinks the layers."""
+
+    name = "pruning"
+    order = 10
+    checkpoint_keys = ("masks",)
+
+    def __init__(self, ratio: float, kind: str, gradual: bool, epochs: int) -> None:
+        self.ratio, self.kind, self.gradual, self.epochs = ratio, kind, gradual, epochs
+        self.masks: Masks | None = None  # float multipliers on the weights' device
+
+    @classmethod
+    def from_plan(cls, plan: CompressionPlan) -> WeightPruning | None:
+        return cls(plan.prune_ratio, plan.prune_kind, plan.gradual, plan.finetune_epochs) \
+            if plan.prunes else None
+
+    @property
+    def fine_tunes(self) -> bool:
+        return True
+
+    def sparsity(self, k: int) -> float:
+        """Sparsity of fine-tune epoch k (the gradual schedule raises it epoch by epoch)."""
+        return gradual_ratio(self.ratio, k, max(self.epochs, 1)) if self.gradual else self.ratio
+
+    def _prune(self, model: Model, ratio: float) -> tuple[Model, Masks]:
+        """Structured pruning (a smaller model, no masks) or global magnitude masks applied in
+        place (the masks, to hold while fine-tuning)."""
+        if self.kind == "structured":
+            return structured_prune(model, ratio), {}
+        masks = global_magnitude_masks(model, ratio)
+        apply_masks(model, masks)
+        return model, masks
+
+    def preview(self, model: Model) -> Model:
+        return self._prune(model, self.ratio)[0]
+
+    def begin(self, model: Model, device: torch.device) -> Model:
+        model, masks = self._prune(model, self.sparsity(0))
+        self.masks = device_masks(masks, device)
+        return model
+
+    def begin_epoch(self, model: Model, k: int, device: torch.device) -> None:
+        if self.gradual:  # weights pruned before are 0, so they stay pruned
+            self.masks = device_masks(global_magnitude_masks(model, self.sparsity(k)), device)
+            apply_masks(model, self.masks)
+
+    def after_step(self, model: Model) -> None:
+        if self.masks:
+            apply_masks(model, self.masks)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"masks": {k: v.bool().cpu() for k, v in self.masks.items()}
+                if self.masks else None}
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        self.masks = device_masks(state.get("masks"), device)

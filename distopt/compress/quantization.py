@@ -4,16 +4,19 @@ stores) and in torch (the same rounding, for quantization-aware fine-tuning)."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, ContextManager, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from distopt.models import prunable_weights
+from distopt.compress.coding import Coding, IntCodes
+from distopt.compress.method import CompressionMethod, register
+from distopt.config import CompressionPlan
+from distopt.models import Model, layer_kinds, prunable_weights
 
-__all__ = ["WEIGHT_BITS", "QuantizedWeights", "float_bits", "quantize_codes", "quantize_per_channel",
-           "quantize_tensor", "stored_float"]
+__all__ = ["WEIGHT_BITS", "QuantizedWeights", "WeightQuantization", "float_bits",
+           "quantize_codes", "quantize_per_channel", "quantize_tensor", "stored_float"]
 
 
 WEIGHT_BITS = (32, 16, 8, 4, 3, 2)  # 2 bits = ternary codes {-1, 0, 1}
@@ -123,3 +126,32 @@ class QuantizedWeights:
             for p, kept in zip(params, self.saved):
                 p.copy_(kept)
         self.saved = []
+
+
+@register
+class WeightQuantization(CompressionMethod):
+    """``compress.quant_bits`` and the per-layer-kind ``bits_*``: every weight no earlier method
+    coded is stored as integer codes at its layer kind's bits (32: float32); with
+    ``compress.qat`` the fine-tune trains through that rounding (:class:`QuantizedWeights`).
+    Last in plan order, so it codes whatever the other methods leave."""
+
+    name = "quantization"
+    order = 90
+
+    def __init__(self, plan: CompressionPlan) -> None:
+        self.plan = plan
+
+    @classmethod
+    def from_plan(cls, plan: CompressionPlan) -> WeightQuantization:
+        return cls(plan)
+
+    def claim_codings(self, model: Model, codings: dict[str, Coding]) -> None:
+        for name, kind in layer_kinds(model).items():
+            codings.setdefault(name, IntCodes(self.plan.bits_of(kind)))
+
+    def forward_view(self, model: Model, codings: dict[str, Coding]) -> ContextManager[Any]:
+        if not self.plan.qat:
+            return super().forward_view(model, codings)
+        # Weights another method codes stay as they are (32 bits: not rounded here).
+        bits = {n: c.bits if isinstance(c, IntCodes) else 32 for n, c in codings.items()}
+        return QuantizedWeights(model, self.plan.quant_bits, bits)

@@ -1,57 +1,110 @@
-"""The compression steps a run applies to its weights, under the config's
-:class:`~distopt.config.CompressionPlan`: weight pruning (structured, or global magnitude masks
-held while fine-tuning), every weight's bit width, and the artifact size a dense model would
-give now (what early stopping ranks trials by at its rungs)."""
+"""A run's compression methods (:mod:`distopt.compress.method`), called in plan order: the one
+place training meets them. The run calls these hooks and names no method, so a registered
+method (pruning, quantization, clustering, a user's own) needs no edit here or in the run."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
-from torch import nn
 
-from distopt.compress import Masks, apply_masks, encode, global_magnitude_masks, structured_prune
+from distopt.compress import encode
+from distopt.compress.coding import Coding
+from distopt.compress.method import methods_for
 from distopt.config import CompressionPlan
-from distopt.models import Model, fold_batch_norm, layer_kinds
+from distopt.models import Model, fold_batch_norm
 
-__all__ = ["device_masks", "expected_size", "weight_bits", "weight_prune"]
-
-
-def device_masks(masks: Masks | None, device: torch.device) -> Masks | None:
-    """Pruning masks as float multipliers on the parameters' device, made once: restored
-    checkpoints hold them on the CPU, and a bool mask would be converted again every step."""
-    if not masks:
-        return masks
-    return {k: v.to(device=device, dtype=torch.float32) for k, v in masks.items()}
+__all__ = ["Compression"]
 
 
+class Compression:
+    """The compression of one run: fresh method instances for ``plan`` (their state, such as
+    pruning masks, belongs to this run) and the artifact they code."""
 
-def expected_size(model: Model, plan: CompressionPlan, meta: dict[str, Any] | None = None
-                  ) -> int:
-    """Bytes of the artifact this dense model would give with the trial's compression applied
-    now (pruned, quantized and encoded as at the end, without the fine-tune). Fine-tuning
-    changes weights, not which are zero or the bit width, so the final file differs from this
-    only by how well the fine-tuned values compress (tested)."""
-    base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
-                           .to(memory_format=torch.contiguous_format))
-    if plan.prunes:
-        base, _ = weight_prune(base, plan.prune_kind, plan.prune_ratio)
-    return len(encode(base, plan.quant_bits, meta, weight_bits(base, plan)))
+    def __init__(self, plan: CompressionPlan) -> None:
+        self.plan = plan
+        self.methods = methods_for(plan)
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether any method needs the fine-tune epochs after dense training."""
+        return any(m.fine_tunes for m in self.methods)
+
+    @property
+    def finetune_epochs(self) -> int:
+        return self.plan.finetune_epochs if self.fine_tunes else 0
+
+    def codings(self, model: Model) -> dict[str, Coding]:
+        """Every weight's coding: each method claims its weights, in plan order."""
+        codings: dict[str, Coding] = {}
+        for m in self.methods:
+            m.claim_codings(model, codings)
+        return codings
+
+    def encode(self, model: Model, meta: dict[str, Any] | None) -> bytes:
+        """The artifact of ``model`` (BatchNorm folded) under this run's codings."""
+        return encode(model, self.plan.quant_bits, meta, codings=self.codings(model))
+
+    def expected_size(self, model: Model, meta: dict[str, Any] | None = None) -> int:
+        """Bytes of the artifact this dense model would give with the run's compression
+        applied now (every method's :meth:`preview`, then encoded as at the end, without the
+        fine-tune). Fine-tuning changes weights, not which are zero or how they are coded, so
+        the final file differs from this only by how well the fine-tuned values compress
+        (tested)."""
+        base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
+                               .to(memory_format=torch.contiguous_format))
+        for m in self.methods:
+            base = m.preview(base)
+        return len(self.encode(base, meta))
+
+    def begin(self, model: Model, device: torch.device) -> Model:
+        for m in self.methods:
+            model = m.begin(model, device)
+        return model
+
+    def begin_epoch(self, model: Model, k: int, device: torch.device) -> None:
+        for m in self.methods:
+            m.begin_epoch(model, k, device)
+
+    def after_step(self, model: Model) -> None:
+        for m in self.methods:
+            m.after_step(model)
+
+    def forward_view(self, model: Model) -> ContextManager[Any]:
+        """Every method's view of the weights (made once an epoch; entered around every step
+        and evaluation), entered in plan order and left in reverse."""
+        codings = self.codings(model)
+        views = [v for v in (m.forward_view(model, codings) for m in self.methods)
+                 if not isinstance(v, contextlib.nullcontext)]
+        return views[0] if len(views) == 1 else _Views(views)
+
+    def checkpoint(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in self.methods:
+            out.update(m.checkpoint())
+        return out
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        for m in self.methods:
+            m.restore(state, device)
 
 
-def weight_bits(model: nn.Module, plan: CompressionPlan) -> dict[str, int]:
-    """Every weight's bits under the plan (its layer kind's, else ``quant_bits``)."""
-    return {name: plan.bits_of(kind) for name, kind in layer_kinds(model).items()}
+class _Views:
+    """Several re-enterable views as one re-enterable context."""
 
+    def __init__(self, views: list[ContextManager[Any]]) -> None:
+        self.views = views
+        self.stack: contextlib.ExitStack | None = None
 
-def weight_prune(model: Model, kind: str, ratio: float) -> tuple[Model, Masks]:
-    """Structured pruning (a smaller model, no masks) or global magnitude masks applied in
-    place (the masks, to hold while fine-tuning): the one pruning step of the loop and of
-    :func:`expected_size`."""
-    if kind == "structured":
-        return structured_prune(model, ratio), {}
-    masks = global_magnitude_masks(model, ratio)
-    apply_masks(model, masks)
-    return model, masks
+    def __enter__(self) -> _Views:
+        self.stack = contextlib.ExitStack()
+        for view in self.views:
+            self.stack.enter_context(view)
+        return self
 
+    def __exit__(self, *exc: Any) -> None:
+        assert self.stack is not None
+        self.stack.__exit__(*exc)
+        self.stack = None

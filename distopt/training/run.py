@@ -30,15 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from distopt import metrics as M
-from distopt.compress import (Masks, QuantizedWeights, apply_masks, decode, encode,
-                              global_magnitude_masks, gradual_ratio, size_report)
+from distopt.compress import decode, size_report
 from distopt.config import Config
 from distopt.data import Splits, shard
-from distopt.models import (ModelSpec, build_model, fold_batch_norm, prunable_weights,
-                            spec_from_config)
+from distopt.models import ModelSpec, build_model, fold_batch_norm, prunable_weights, spec_from_config
 from distopt.runtime import example_feed, measure_latency_ms, measure_ort_latency_ms
 from distopt.export import to_onnx
-from distopt.training.compression import device_masks, expected_size, weight_bits, weight_prune
+from distopt.training.compression import Compression
 from distopt.training.dense_store import DenseWeights
 from distopt.training.distillation import distillation_loss, load_teacher
 from distopt.training.distributed import WorkerEnv, all_sum, broadcast_float, unwrap, wrap
@@ -76,8 +74,8 @@ class TrainingRun:
 
     - :meth:`start` (setup): data, model, precision, optimizer; from a checkpoint if given;
     - :meth:`train_dense`: dense epochs, until ``train.epochs`` or a validation plateau;
-    - :meth:`prune`: fold BatchNorm, then weight-prune (global magnitude or structured);
-    - :meth:`fine_tune`: epochs with the pruning masks held (and quantized weights with QAT);
+    - :meth:`begin_compression`: fold BatchNorm, then every compression method begins (pruning);
+    - :meth:`fine_tune`: epochs through the methods' hooks (masks held, QAT views);
     - :meth:`export`: the ``.dopt`` artifact of the final weights;
     - :meth:`evaluate`: the decoded artifact's metrics, the only ones reported at the end.
 
@@ -87,10 +85,9 @@ class TrainingRun:
 
     def __init__(self, cfg: Config, env: WorkerEnv, report: Reporter, splits: Splits) -> None:
         self.cfg, self.env, self.report, self.splits = cfg, env, report, splits
-        self.plan = cfg.compression_plan
+        self.compression = Compression(cfg.compression_plan)
         self.t_start, self.started_at = time.perf_counter(), time.time()
         self.norm = input_norm(splits, cfg.data.resize)
-        self.masks: Masks | None = None
         self.finetuning = False
         self.next_epoch = 0
         self.last: dict[str, Any] = {}
@@ -121,7 +118,7 @@ class TrainingRun:
         configure_cuda(env.device, t.tf32)
         if state:
             net.load_state_dict(state["model"])
-            run.masks = device_masks(state.get("masks"), env.device)
+            run.compression.restore(state, env.device)
             precision, why = state["precision"], "restored from checkpoint"
         else:
             precision, why = run._choose_precision(net)
@@ -208,8 +205,8 @@ class TrainingRun:
             metrics = self._epoch(epoch, "train")
             if rung_sizes and self.env.rank == 0:
                 # Early stopping ranks trials by size at its rungs: what they'd export now.
-                metrics[M.EXPECTED_SIZE_BYTES] = float(expected_size(
-                    unwrap(self.model), self.plan, self.artifact_meta()))
+                metrics[M.EXPECTED_SIZE_BYTES] = float(self.compression.expected_size(
+                    unwrap(self.model), self.artifact_meta()))
             self.dense_history.append(metrics)
             if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
                 # Every rank sees the same all-reduced accuracy: all stop together.
@@ -241,7 +238,7 @@ class TrainingRun:
         self.dense_epochs = dense.dense_epochs
         self.dense_source = dense.source
         self._new_optimizer()
-        rung_size = float(expected_size(net, self.plan, self.artifact_meta())) \
+        rung_size = float(self.compression.expected_size(net, self.artifact_meta())) \
             if self.cfg.search.scheduler == "mo_asha" else None
         for metrics in dense.history:
             metrics = {**metrics, M.DENSE_FROM: dense.source}
@@ -264,29 +261,23 @@ class TrainingRun:
 
     # ---- weight pruning ----------------------------------------------------------------------
 
-    def prune(self) -> None:
+    def begin_compression(self) -> None:
         """Dense training is over: fold BatchNorm (it has done its job: fine-tuning and the
-        artifact use the folded convs), then weight-prune."""
+        artifact use the folded convs), then let every compression method begin (pruning
+        prunes here)."""
         base = fold_batch_norm(unwrap(self.model).cpu().eval()).train()
         base = base.cpu().to(memory_format=torch.contiguous_format)
-        base, masks = weight_prune(base, self.plan.prune_kind, self._sparsity(0))
+        base = self.compression.begin(base, self.env.device)
         self.model = wrap(base, self.env, self.channels_last)
-        self.masks = device_masks(masks, self.env.device)
         self.finetuning = True
         self._new_optimizer()
 
-    def _sparsity(self, k: int) -> float:
-        """Sparsity of fine-tune epoch k (the gradual schedule raises it epoch by epoch)."""
-        if not self.plan.gradual:
-            return self.plan.prune_ratio
-        return gradual_ratio(self.plan.prune_ratio, k, max(self.plan.finetune_epochs, 1))
-
     def compress(self) -> None:
-        """Weight pruning and the fine-tune epochs, if the plan prunes (a run resumed inside
-        fine-tuning is pruned already)."""
-        if self.plan.prunes:
+        """The compression methods' start and the fine-tune epochs, if any method fine-tunes
+        (a run resumed inside fine-tuning has begun already)."""
+        if self.compression.fine_tunes:
             if not self.finetuning:
-                self.prune()
+                self.begin_compression()
             self.fine_tune()
 
     def fork(self, cfg: Config) -> TrainingRun:
@@ -298,13 +289,13 @@ class TrainingRun:
         per epoch (its result is its parent's to report)."""
         assert self.dense_state is not None and self.dense_spec is not None
         child = copy.copy(self)
-        child.cfg, child.plan = cfg, cfg.compression_plan
+        child.cfg, child.compression = cfg, Compression(cfg.compression_plan)
         child.report = lambda metrics, state, files=None: None
         torch.manual_seed(cfg.train.seed)
         net = build_model(self.dense_spec)
         net.load_state_dict(self.dense_state)
         child.model = wrap(net, self.env, self.channels_last)
-        child.masks, child.finetuning, child.ckpt = None, False, None
+        child.finetuning, child.ckpt = False, None
         child.next_epoch = self.dense_epochs
         child.last = dict(self.dense_last)
         child.keep_dense = False
@@ -315,15 +306,13 @@ class TrainingRun:
     # ---- fine-tuning -------------------------------------------------------------------------
 
     def fine_tune(self) -> None:
-        """Epochs with the masks held, up to ``dense_epochs + finetune_epochs``."""
-        while self.next_epoch < self.dense_epochs + self.plan.finetune_epochs:
+        """Fine-tune epochs up to ``dense_epochs + finetune_epochs``, each begun by every
+        compression method (gradual pruning raises sparsity here)."""
+        while self.next_epoch < self.dense_epochs + self.compression.finetune_epochs:
             epoch = self.next_epoch
-            if self.plan.gradual and epoch > self.dense_epochs:
-                # Raise sparsity for this epoch; weights pruned before are 0, so stay pruned.
-                base = unwrap(self.model)
-                self.masks = device_masks(global_magnitude_masks(
-                    base, self._sparsity(epoch - self.dense_epochs)), self.env.device)
-                apply_masks(base, self.masks)
+            if epoch > self.dense_epochs:
+                self.compression.begin_epoch(unwrap(self.model), epoch - self.dense_epochs,
+                                             self.env.device)
             self._report_epoch(epoch, self._epoch(epoch, "finetune"))
 
     # ---- one epoch -----------------------------------------------------------------------------
@@ -334,10 +323,11 @@ class TrainingRun:
         # The model only changes between epochs: find its weights once per epoch, not per step.
         l1_weights = [w for _, w, _ in prunable_weights(unwrap(model))] \
             if cfg.regularization.l1 else []
-        # QAT: forward/backward (and validation) with the artifact's quantized weights.
-        quantized: Any = QuantizedWeights(unwrap(model), self.plan.quant_bits,
-                                          weight_bits(unwrap(model), self.plan)) \
-            if phase == "finetune" and self.plan.qat else contextlib.nullcontext()
+        # Fine-tuning: forward/backward (and validation) through the methods' view of the
+        # weights (QAT: the artifact's quantized weights).
+        finetune = phase == "finetune"
+        quantized: Any = self.compression.forward_view(unwrap(model)) if finetune else \
+            contextlib.nullcontext()
         # Per-epoch seeding: resumable without generator state, distinct per rank.
         torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
         gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 +
@@ -376,8 +366,8 @@ class TrainingRun:
             self.scaler.update()
             if self.sched is not None:
                 self.sched.step()
-            if self.masks:
-                apply_masks(unwrap(model), self.masks)
+            if finetune:
+                self.compression.after_step(unwrap(model))
             loss_sum += loss.detach() * len(b)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(b)
@@ -420,8 +410,7 @@ class TrainingRun:
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched else None,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "masks": {k: v.bool().cpu() for k, v in self.masks.items()}
-                if self.masks else None,
+                **self.compression.checkpoint(),
                 # Children fork from the dense weights: a fine-tune checkpoint keeps them.
                 "dense_model": self.dense_state if self.finetuning else None,
                 "dense_spec": self.dense_spec.to_dict() if self.dense_spec else None,
@@ -440,8 +429,7 @@ class TrainingRun:
         """The artifact of the final weights (BatchNorm folded, quantized, encoded)."""
         base = fold_batch_norm(unwrap(self.model).cpu()
                                .to(memory_format=torch.contiguous_format).eval())
-        return encode(base, self.plan.quant_bits, self.artifact_meta(),
-                      weight_bits(base, self.plan))
+        return self.compression.encode(base, self.artifact_meta())
 
     def ort_latency_ms(self, artifact: bytes) -> float:
         """Batch-1 latency of the artifact exported to ONNX, on ONNX Runtime (one thread):

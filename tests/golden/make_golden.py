@@ -7,8 +7,9 @@ the bytes. A file written by an old distopt must decode to the same model foreve
 committed, these files are never rewritten. A new format version or coding adds new cases
 (new names) and leaves the old ones alone.
 
-The files were written by distopt at commit 8b6d3ae (format v2 the default, v1 for
-comparisons), torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
+The v1 and v2 files were written by distopt at commit 8b6d3ae (format v2 the default, v1 for
+comparisons), the v3 files (coding ids: codebooks beside integer codes) by the commit that
+introduced format v3; torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
 
     python tests/golden/make_golden.py   # refuses to overwrite an existing case
 """
@@ -24,6 +25,8 @@ import torch
 
 from distopt.compress import encode
 from distopt.compress.artifact import decode
+from distopt.compress.clustering import kmeans_1d, share_values
+from distopt.compress.coding import Codebook
 from distopt.models import ModelSpec, build_model, prunable_weights
 
 HERE = Path(__file__).resolve().parent
@@ -56,6 +59,21 @@ CASES["v2_rnn_tokens_b4"] = (dict(family="rnn", in_shape=(7,), num_classes=3, ce
                                   rnn_units=(6,), vocab_size=40, embed_dim=5), 4, {}, 0.5, 2)
 for bits in (32, 16, 8, 4):
     CASES[f"v1_cnn_b{bits}"] = (CNN, bits, {}, 0.5, 1)
+# Format v3 (coding ids): codebooks (weight clustering), alone and beside integer codes.
+CODEBOOKS: dict[str, dict[str, int]] = {
+    "v3_cnn_codebook_dense": {n: 17 for n in ("features.0.weight", "features.3.weight",
+                                              "classifier.2.weight", "classifier.5.weight")},
+    "v3_cnn_codebook_sparse": {n: 5 for n in ("features.0.weight", "features.3.weight",
+                                              "classifier.2.weight", "classifier.5.weight")},
+    "v3_cnn_codebook_beside_int4": {"features.3.weight": 9, "classifier.2.weight": 9},
+    "v3_rnn_tokens_codebook": {"embedding.weight": 7, "recurrent.0.weight_ih_l0": 7},
+}
+CASES["v3_cnn_codebook_dense"] = (CNN, 8, {}, 0.0, 3)
+CASES["v3_cnn_codebook_sparse"] = (CNN, 32, {}, 0.9, 3)
+CASES["v3_cnn_codebook_beside_int4"] = (CNN, 4, {"classifier.5.weight": 8}, 0.5, 3)
+CASES["v3_rnn_tokens_codebook"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="gru",
+                                        rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.2,
+                                   3)
 CASES["v1_rnn_tokens_b8"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="lstm",
                                   rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.3, 1)
 
@@ -84,6 +102,19 @@ def source_model(spec: ModelSpec, sparsity: float, seed: int) -> torch.nn.Module
     return model
 
 
+def cluster(model: torch.nn.Module, books: dict[str, int]) -> None:
+    """Give each named weight at most ``size - 1`` shared non-zero values (k-means), as weight
+    clustering leaves it; zeros stay zero."""
+    params = dict(model.named_parameters())
+    for name, size in books.items():
+        w = params[name]
+        flat = w.detach().reshape(-1)
+        assign = torch.full((flat.numel(),), -1, dtype=torch.int64)
+        nz = flat != 0
+        assign[nz] = kmeans_1d(flat[nz], size - 1)[1]
+        share_values(w.data, assign, size - 1)
+
+
 def example(spec: ModelSpec, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if spec.tokens:
@@ -98,7 +129,10 @@ def main() -> None:
             continue
         spec = spec_of(d)
         model = source_model(spec, sparsity, seed=100 + i)
-        data = encode(model, bits, META, layer_bits, version=version)
+        books = CODEBOOKS.get(name, {})
+        cluster(model, books)
+        data = encode(model, bits, META, layer_bits, version=version,
+                      codings={n: Codebook(size) for n, size in books.items()})
         dec = decode(data)
         x = example(spec, seed=200 + i)
         with torch.no_grad():
@@ -111,7 +145,8 @@ def main() -> None:
         np.savez_compressed(HERE / f"{name}.npz", **arrays)
         path.write_bytes(data)
         (HERE / f"{name}.json").write_text(json.dumps(
-            {"bits": bits, "weight_bits": layer_bits, "version": version, "meta": META,
+            {"bits": bits, "weight_bits": layer_bits, "codebooks": books, "version": version,
+             "meta": META,
              "tensors": dec.tensors}, indent=1) + "\n")
         print(name, len(data), "bytes", file=sys.stderr)
 

@@ -1,0 +1,394 @@
+"""Per-tensor codings of format versions 2 and 3: how one tensor's numbers become bytes in the
+index, scales-and-biases and values sections, and back. A registry by coding id, in the manner
+of gguf's type traits: format 3 writes the id first in every tensor's header entry; format 2
+has no ids (its weights are integer codes, id 0, and its other tensors floats, id 2), so a
+version-2 file reads through the same codings.
+
+Every coding is four functions of its header fields (the entry without the id): ``encode``,
+``problem`` (why fields cannot be valid, before anything is read), ``sizes`` (the bytes it takes
+in each section, so each section is decompressed to exactly what its tensors need) and
+``decode``.
+
+Sparse weights share one index coding, chosen per tensor by whichever is smallest: none
+(``dense``: zeros are stored as values), a bitmask, or Golomb-Rice coded gaps between stored
+positions (low bits and unary quotients as two streams).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from distopt.compress import codecs as K
+from distopt.compress.coding import Codebook, Coding, IntCodes
+from distopt.compress.quantization import WEIGHT_BITS, quantize_codes
+from distopt.compress.wrapper import Reader
+
+__all__ = ["CODINGS", "Coded", "CodebookCoding", "FloatCoding", "INDEX_BITMASK", "INDEX_DENSE",
+           "INDEX_NAMES", "INDEX_RICE", "IntCoding", "SectionReaders", "TensorCoding",
+           "coding_class", "register_coding"]
+
+INDEX_DENSE, INDEX_BITMASK, INDEX_RICE = 0, 1, 2
+INDEX_NAMES = {INDEX_DENSE: "dense", INDEX_BITMASK: "bitmask", INDEX_RICE: "rice"}
+MAX_CODEBOOK = 1 << 16  # shared values of one tensor
+
+
+@dataclass
+class Coded:
+    """One tensor, coded: its header fields and its bytes in three sections."""
+
+    fields: list[int]
+    index: bytes = b""
+    scales: bytes = b""
+    values: list[tuple[np.ndarray, int]] | bytes = b""  # (symbols, width) or raw bytes
+
+
+@dataclass
+class SectionReaders:
+    """Bounds-checked readers of the decompressed index, scales-and-biases and values
+    sections; ``byte_layout``: the values section holds sub-byte symbols one per byte."""
+
+    index: Reader
+    scales: Reader
+    values: Reader
+    byte_layout: bool
+
+
+class TensorCoding:
+    """The protocol; one subclass per coding id, registered with :func:`register_coding`."""
+
+    id: ClassVar[int]
+    name: ClassVar[str]
+    for_weights: ClassVar[bool]  # weights (quantizable) or the other tensors (biases)
+
+    @classmethod
+    def encode(cls, a: np.ndarray, axis: int, coding: Any) -> Coded:
+        raise NotImplementedError
+
+    @classmethod
+    def problem(cls, fields: list[int], name: str, n: int, rows: int | None) -> str | None:
+        raise NotImplementedError
+
+    @classmethod
+    def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
+              ) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    @classmethod
+    def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
+               readers: SectionReaders) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                                                 dict[str, Any]]:
+        """(float32 values of ``shape``, integer codes and scales or None, the tensor's entry
+        for :attr:`~distopt.compress.decoded.Decoded.tensors`); raises
+        :class:`~distopt.compress.codecs.CodingError` for bytes that do not fit the fields."""
+        raise NotImplementedError
+
+
+CODINGS: dict[int, type[TensorCoding]] = {}
+
+
+def register_coding(cls: type[TensorCoding]) -> type[TensorCoding]:
+    if cls.id in CODINGS:
+        raise ValueError(f"coding id {cls.id} is taken by {CODINGS[cls.id].name!r}")
+    CODINGS[cls.id] = cls
+    return cls
+
+
+# --------------------------------------------------------------------------- the index coding
+
+
+def _estimate(index: bytes, values: np.ndarray | bytes, extra: int = 0) -> int:
+    """A cheap stand-in for a coding's compressed bytes, to choose the index per tensor."""
+    vb = values if isinstance(values, bytes) else values.astype(np.uint8 if values.size == 0 or
+                                                                values.max() < 256 else "<u2"
+                                                                ).tobytes()
+    return len(zlib.compress(index, 9)) + len(zlib.compress(vb, 9)) + extra
+
+
+def _index_options(nz: np.ndarray) -> list[tuple[int, bytes, np.ndarray | None, int, int]]:
+    """Every index coding of the stored positions ``nz``: (index id, bytes, kept positions or
+    None for dense, Rice parameter, unary length)."""
+    options: list[tuple[int, bytes, np.ndarray | None, int, int]] = [(INDEX_DENSE, b"", None, 0, 0)]
+    if int(nz.sum()) < nz.size:
+        options.append((INDEX_BITMASK, np.packbits(nz).tobytes(), nz, 0, 0))
+        gaps = K.gaps_of(nz)
+        k = K.best_rice_k(gaps)
+        low, unary = K.rice_encode(gaps, k)
+        options.append((INDEX_RICE, low + unary, nz, k, len(unary)))
+    return options
+
+
+def _index_problem(name: str, index: int, n: int, nnz: int, k: int, ulen: int) -> str | None:
+    if index not in INDEX_NAMES:
+        return f"tensor {name!r}: unknown index coding {index}"
+    if not 0 <= nnz <= n or (index == INDEX_DENSE and nnz != n):
+        return f"tensor {name!r}: {nnz} stored values of {n}"
+    if index == INDEX_RICE:
+        if not (0 <= k <= K.MAX_RICE_K and 0 <= ulen <= (n + 7) // 8):
+            return f"tensor {name!r}: Rice parameter {k} or unary length {ulen} out of range"
+    elif k or ulen:
+        return f"tensor {name!r}: Rice fields set without Rice coding"
+    return None
+
+
+def _index_bytes(index: int, n: int, nnz: int, k: int, ulen: int) -> int:
+    return {INDEX_DENSE: 0, INDEX_BITMASK: (n + 7) // 8,
+            INDEX_RICE: K.packed_len(nnz, k) + ulen}[index]
+
+
+def _read_index(reader: Reader, index: int, n: int, nnz: int, k: int, ulen: int, what: str
+                ) -> np.ndarray | None:
+    """The stored positions (a bool mask), or None for a dense tensor."""
+    if index == INDEX_DENSE:
+        return None
+    if index == INDEX_BITMASK:
+        mask = np.unpackbits(np.frombuffer(reader.take((n + 7) // 8, what), np.uint8))
+        keep = mask[:n].astype(bool)
+        if int(keep.sum()) != nnz:
+            raise K.CodingError(f"its bitmask marks {int(keep.sum())} values, not {nnz}")
+        return keep
+    low = reader.take(K.packed_len(nnz, k), what)
+    pos = K.positions_of(K.rice_decode(low, reader.take(ulen, what), nnz, k))
+    if nnz and pos[-1] >= n:
+        raise K.CodingError(f"a position {int(pos[-1])} is beyond its {n} values")
+    keep = np.zeros(n, bool)
+    keep[pos] = True
+    return keep
+
+
+def _symbols_bytes(nnz: int, width: int, byte_layout: bool) -> int:
+    return nnz if byte_layout and width < 8 else K.packed_len(nnz, width)
+
+
+def _read_symbols(reader: Reader, nnz: int, width: int, byte_layout: bool, what: str
+                  ) -> np.ndarray:
+    if byte_layout and width < 8:
+        return np.frombuffer(reader.take(nnz, what), np.uint8).astype(np.int64)
+    return K.unpack_uint(reader.take(K.packed_len(nnz, width), what), nnz, width)
+
+
+def _smallest(options: list[tuple[int, list[int], bytes, Any]]) -> tuple[list[int], bytes, Any]:
+    _, fields, index, keep = min(options, key=lambda o: o[0])
+    return fields, index, keep
+
+
+def _entry(name: str, shape: tuple[int, ...], bits: int, keep: np.ndarray | None, index: int
+           ) -> dict[str, Any]:
+    return {"name": name, "shape": list(shape), "bits": bits, "sparse": keep is not None,
+            "index": INDEX_NAMES[index]}
+
+
+# ------------------------------------------------------------------------------- the codings
+
+
+@register_coding
+class IntCoding(TensorCoding):
+    """Fields ``[bits, scale_bits, index, stored, rice_k, unary_len]``. Quantized codes are
+    ``[-qmax, qmax]`` integers times a per-row scale at 16, 8, 4, 3 or 2 bits (2 = ternary,
+    non-zeros one sign bit), stored as unsigned symbols of the fewest bits; scales float16
+    where exact, else float32; at 32 bits the float32 values themselves."""
+
+    id, name, for_weights = 0, "int", True
+
+    @classmethod
+    def encode(cls, a: np.ndarray, axis: int, coding: IntCodes) -> Coded:
+        """Quantize (as training did) and pick the smallest index coding for one weight."""
+        bits, flat = coding.bits, a.ravel()
+        if bits == 32:
+            sbits, scales, kept_of = 0, b"", flat
+            nz = flat != 0
+        else:
+            q, scale = quantize_codes(torch.from_numpy(a), bits, axis)
+            q, scale = q.numpy().ravel(), scale.numpy()
+            exact16 = bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
+            sbits = 16 if exact16 else 32
+            scales = scale.astype("<f2" if exact16 else "<f4").tobytes()
+            kept_of, nz = q, q != 0
+
+        def values(keep: np.ndarray | None) -> np.ndarray | bytes:
+            v = kept_of if keep is None else kept_of[keep]
+            if bits == 32:
+                return v.astype("<f4").tobytes()
+            return K.to_symbols(v, bits, keep is not None)
+
+        options = [(_estimate(index, values(keep)),
+                    [bits, sbits, idx, flat.size if keep is None else int(nz.sum()), k, ulen],
+                    index, keep) for idx, index, keep, k, ulen in _index_options(nz)]
+        fields, index, keep = _smallest(options)
+        v = values(keep)
+        stored: list[tuple[np.ndarray, int]] | bytes = v if isinstance(v, bytes) else \
+            [(v, K.symbol_width(bits, keep is not None))]
+        return Coded(fields, index, scales, stored)
+
+    @classmethod
+    def problem(cls, fields: list[int], name: str, n: int, rows: int | None) -> str | None:
+        if len(fields) != 6:
+            return f"tensor {name!r}: entry {fields!r} needs 6 integers"
+        bits, sbits, index, nnz, k, ulen = fields
+        if bits not in WEIGHT_BITS:
+            return f"tensor {name!r}: bits {bits} is not one of {WEIGHT_BITS}"
+        if sbits not in ((0,) if bits == 32 else (16, 32)):
+            return f"tensor {name!r}: scale bits {sbits} is not valid at {bits} bits"
+        return _index_problem(name, index, n, nnz, k, ulen)
+
+    @classmethod
+    def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
+              ) -> tuple[int, int, int]:
+        bits, sbits, index, nnz, k, ulen = fields
+        if bits == 32:
+            return _index_bytes(index, n, nnz, k, ulen), 0, 4 * nnz
+        width = K.symbol_width(bits, index != INDEX_DENSE)
+        return (_index_bytes(index, n, nnz, k, ulen), (rows or 0) * sbits // 8,
+                _symbols_bytes(nnz, width, byte_layout))
+
+    @classmethod
+    def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
+               readers: SectionReaders) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                                                 dict[str, Any]]:
+        bits, sbits, index, nnz, k, ulen = fields
+        n, what = math.prod(shape), f"tensor {name!r}"
+        keep = _read_index(readers.index, index, n, nnz, k, ulen, what)
+        entry = _entry(name, shape, bits, keep, index)
+        if bits == 32:
+            kept = np.frombuffer(readers.values.take(4 * nnz, what), "<f4")
+            flat = np.zeros(n, np.float32)
+            flat[slice(None) if keep is None else keep] = kept
+            return flat.reshape(shape), None, entry
+        rows = shape[axis]
+        scale = np.frombuffer(readers.scales.take(rows * sbits // 8, what),
+                              "<f2" if sbits == 16 else "<f4").astype(np.float32)
+        width = K.symbol_width(bits, keep is not None)
+        sym = _read_symbols(readers.values, nnz, width, readers.byte_layout, what)
+        q = np.zeros(n, np.float32)
+        q[slice(None) if keep is None else keep] = K.from_symbols(sym, bits, keep is not None)
+        q = q.reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # crafted scales
+            if axis == 1:
+                values = q * scale[None, :]
+            else:
+                values = (q.reshape(rows, -1) * scale[:, None]).reshape(shape)
+        entry["scale_bits"] = sbits
+        if axis == 1:
+            entry["axis"] = 1
+        return values.astype(np.float32), (q.astype(np.int32), scale.copy()), entry
+
+
+@register_coding
+class CodebookCoding(TensorCoding):
+    """Fields ``[size, value_bits, index, stored, rice_k, unary_len]``: weight sharing (Deep
+    Compression's clustering). The tensor's distinct stored values, ``size`` of them, are kept
+    once (float16 where exact, else float32) in the scales section, and every stored weight is
+    the index of its value at ``ceil(log2(size))`` bits (at least 1) in the values section."""
+
+    id, name, for_weights = 1, "codebook", True
+
+    @staticmethod
+    def width(size: int) -> int:
+        return max(1, (size - 1).bit_length())
+
+    @classmethod
+    def encode(cls, a: np.ndarray, axis: int, coding: Codebook) -> Coded:
+        flat = a.ravel().astype(np.float32)
+        nz = flat != 0
+        options = []
+        for idx, index, keep, k, ulen in _index_options(nz):
+            stored = flat if keep is None else flat[keep]
+            table, sym = np.unique(stored, return_inverse=True)
+            if len(table) > coding.size:
+                raise ValueError(f"a codebook of {coding.size} values cannot hold a tensor of "
+                                 f"{len(table)} distinct values (cluster it first)")
+            exact16 = bool(np.array_equal(table.astype(np.float16).astype(np.float32), table))
+            table_bytes = table.astype("<f2" if exact16 else "<f4").tobytes()
+            fields = [len(table), 16 if exact16 else 32, idx, int(stored.size), k, ulen]
+            options.append((_estimate(index, sym, len(table_bytes)), fields, index,
+                            (keep, table_bytes, sym.astype(np.int64))))
+        fields, index, (keep, table_bytes, sym) = _smallest(options)
+        return Coded(fields, index, table_bytes, [(sym, cls.width(fields[0]))])
+
+    @classmethod
+    def problem(cls, fields: list[int], name: str, n: int, rows: int | None) -> str | None:
+        if len(fields) != 6:
+            return f"tensor {name!r}: entry {fields!r} needs 6 integers"
+        size, vbits, index, nnz, k, ulen = fields
+        if not (0 <= size <= min(MAX_CODEBOOK, max(nnz, 0))) or (nnz > 0 and size < 1):
+            return f"tensor {name!r}: a codebook of {size} values for {nnz} stored weights"
+        if vbits not in (16, 32):
+            return f"tensor {name!r}: codebook value bits {vbits} is not 16 or 32"
+        return _index_problem(name, index, n, nnz, k, ulen)
+
+    @classmethod
+    def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
+              ) -> tuple[int, int, int]:
+        size, vbits, index, nnz, k, ulen = fields
+        return (_index_bytes(index, n, nnz, k, ulen), size * vbits // 8,
+                _symbols_bytes(nnz, cls.width(size), byte_layout))
+
+    @classmethod
+    def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
+               readers: SectionReaders) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                                                 dict[str, Any]]:
+        size, vbits, index, nnz, k, ulen = fields
+        n, what = math.prod(shape), f"tensor {name!r}"
+        keep = _read_index(readers.index, index, n, nnz, k, ulen, what)
+        table = np.frombuffer(readers.scales.take(size * vbits // 8, what),
+                              "<f2" if vbits == 16 else "<f4").astype(np.float32)
+        sym = _read_symbols(readers.values, nnz, cls.width(size), readers.byte_layout, what)
+        if nnz and int(sym.max()) >= size:
+            raise K.CodingError(f"a codebook index {int(sym.max())} is beyond its {size} values")
+        flat = np.zeros(n, np.float32)
+        flat[slice(None) if keep is None else keep] = table[sym]
+        entry = _entry(name, shape, cls.width(size), keep, index)
+        entry.update(coding=cls.name, codebook_size=size, scale_bits=vbits)
+        return flat.reshape(shape), None, entry
+
+
+@register_coding
+class FloatCoding(TensorCoding):
+    """Fields ``[bits]``: a float tensor (biases) as float16 or float32."""
+
+    id, name, for_weights = 2, "float", False
+
+    @classmethod
+    def encode(cls, a: np.ndarray, axis: int, coding: int) -> Coded:
+        """``coding``: 16 (beside quantized weights; float32 where float16 would overflow) or
+        32."""
+        half = a.astype(np.float16)
+        use16 = coding == 16 and bool(np.isfinite(half).all())
+        return Coded([16 if use16 else 32],
+                     scales=half.astype("<f2").tobytes() if use16 else a.astype("<f4").tobytes())
+
+    @classmethod
+    def problem(cls, fields: list[int], name: str, n: int, rows: int | None) -> str | None:
+        return None if fields in ([16], [32]) else \
+            f"tensor {name!r}: entry {fields!r}, expected [16] or [32] (float bits)"
+
+    @classmethod
+    def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
+              ) -> tuple[int, int, int]:
+        return 0, n * fields[0] // 8, 0
+
+    @classmethod
+    def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
+               readers: SectionReaders) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                                                 dict[str, Any]]:
+        n, what = math.prod(shape), f"tensor {name!r}"
+        a = np.frombuffer(readers.scales.take(n * fields[0] // 8, what),
+                          "<f2" if fields[0] == 16 else "<f4").astype(np.float32)
+        return a.reshape(shape), None, {"name": name, "shape": list(shape),
+                                        "bits": 32, "sparse": False, "float_bits": fields[0]}
+
+
+_BY_KIND: dict[type, type[TensorCoding]] = {IntCodes: IntCoding, Codebook: CodebookCoding}
+
+
+def coding_class(coding: Coding) -> type[TensorCoding]:
+    """The file coding of a method's per-tensor coding (:mod:`distopt.compress.coding`)."""
+    try:
+        return _BY_KIND[type(coding)]
+    except KeyError:
+        raise ValueError(f"no file coding for {coding!r}") from None

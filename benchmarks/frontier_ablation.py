@@ -10,7 +10,10 @@ Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dens
 - ``+mixed bits``: the first conv and the classifier at 8 bits, the rest at 4;
 - ``16x16 input``: ``data.resize`` 16 (bilinear, in training, evaluation and the file);
 - ``same blocks`` / ``separable blocks``: ``model.block`` same / separable;
-- ``3-bit`` / ``ternary``: ``compress.quant_bits`` 3 / 2.
+- ``3-bit`` / ``ternary``: ``compress.quant_bits`` 3 / 2;
+- ``clusters 15`` / ``clusters 7``: weight clustering (``compress.clusters``: each weight
+  tensor's non-zero weights share 15 or 7 fine-tuned values, a codebook: 4- or 3-bit indexes)
+  instead of 4-bit integer codes.
 
 Bytes are format v2's (the default), split into header / index / scales+biases / values; the
 ``v1 bytes`` column is the same decoded weights written in format v1, checked to decode to the
@@ -60,6 +63,8 @@ SETUPS: dict[str, list[str]] = {
     "separable blocks": ["model.block=separable"],
     "3-bit": ["compress.quant_bits=3"],
     "ternary": ["compress.quant_bits=2"],
+    "clusters 15": ["compress.clusters=15"],
+    "clusters 7": ["compress.clusters=7"],
 }
 HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)", "bytes mean",
            "header / index / scales+biases / values", "v1 bytes mean", "v2 saves"]
@@ -67,7 +72,10 @@ HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)",
 
 def v1_bytes(artifact: bytes, bits: int) -> int | None:
     """The same decoded weights in format v1, after checking that they decode identically;
-    None where v1 cannot hold them (3-bit and ternary weights are new in v2)."""
+    None where v1 cannot hold them (3-bit and ternary weights are new in v2, codebooks in
+    v3)."""
+    if artifact[4] == 3:
+        return None
     d = decode(artifact)
     widths = {e["name"]: e["bits"] for e in d.tensors if e["name"] in d.codes}
     if {bits, *widths.values()} & {3, 2}:
@@ -123,7 +131,7 @@ def main() -> None:
                      f"{statistics.stdev(acc):.4f}" if len(acc) > 1 else "-",
                      f"{100 * (mean - base):+.2f}", f"{size:,.0f}",
                      " / ".join(f"{statistics.mean(r[k] for r in rs):,.0f}" for k in BREAKDOWN),
-                     "- (v2 only)" if v1 is None else f"{v1:,.0f}",
+                     "- (v2/v3 only)" if v1 is None else f"{v1:,.0f}",
                      "-" if v1 is None else f"{1 - size / v1:.0%}"])
     print(table(HEADERS, rows))
     path = write("frontier_ablation", {

@@ -254,7 +254,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ConfigError([f"artifact {path}: {e.strerror}"], "command line") from None
     try:
-        decode(data, str(path))  # a bad file is refused before the data is loaded
+        # A bad file is refused before the data is loaded; a user's model family is rebuilt
+        # only with --trust-code (decoding imports its code).
+        decode(data, str(path), trust_code=args.trust_code)
         splits = load_splits(cfg.data)
         result = evaluate_artifact(data, splits, "test", str(path))
     except ArtifactError as e:
@@ -352,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test accuracy of an artifact file, as JSON")
     e.add_argument("artifact", help="a .dopt file")
+    e.add_argument("--trust-code", action="store_true",
+                   help="allow a file of your own model family (model.family "
+                   "'package.module:Factory') to import and run that factory")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 

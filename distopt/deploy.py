@@ -66,9 +66,13 @@ class OnnxModel:
         return self
 
 
-def load(path: str | Path, threads: int | None = None) -> DeployedModel | OnnxModel:
+def load(path: str | Path, threads: int | None = None, trust_code: bool = False
+         ) -> DeployedModel | OnnxModel:
     """The model in a ``.dopt`` or ``.onnx`` file, ready to call on raw inputs (eval mode,
     CPU, float32 logits). ``threads`` caps ONNX Runtime's intra-op threads (``.onnx`` only).
+    ``trust_code``: a ``.dopt`` file of your own model family (``model.family:
+    "package.module:Factory"``) is rebuilt by importing and calling that factory, which is
+    refused unless you trust the file's source.
 
     Raises :class:`~distopt.compress.ArtifactError` for a file that is not a valid artifact
     (or one without its input normalization), and ImportError naming the ``distopt[onnx]``
@@ -82,7 +86,7 @@ def load(path: str | Path, threads: int | None = None) -> DeployedModel | OnnxMo
             raise
         except Exception as e:  # onnxruntime's own errors: Fail, InvalidGraph, ...
             raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({e})") from None
-    decoded = decode(data, str(path))
+    decoded = decode(data, str(path), trust_code)
     norm = decoded.meta.get("input") if isinstance(decoded.meta, dict) else None
     if not isinstance(norm, dict):
         raise ArtifactError(f"{path}: the artifact records no input normalization, so raw "

@@ -214,7 +214,14 @@ def _recurrent(g: _Graph, x: str, model: RecurrentNet) -> str:
 def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
     """The ONNX model (serialized ``ModelProto``) of a decoded artifact: raw inputs in
     (``float32`` values as the dataset stores them, or ``int64`` token ids), logits out,
-    batch size dynamic. The artifact's meta is kept as JSON in the model's metadata."""
+    batch size dynamic. The artifact's meta is kept as JSON in the model's metadata.
+
+    Raises :class:`ExportError` for a model of the user's own family: the graph is built per
+    built-in family."""
+    if decoded.model.spec.family == "external":
+        raise ExportError(f"{source}: ONNX export covers the built-in families; "
+                          f"{decoded.model.spec.factory} (your own model) has none yet; its "
+                          ".dopt file and distopt.load work")
     require_onnx()
     import onnx
     from onnx import TensorProto, helper

@@ -16,6 +16,7 @@ from torch import nn
 
 from distopt.config import Config
 from distopt.shapes import BLOCKS, conv_out_side
+from distopt.user_models import is_factory_path, load_factory
 
 __all__ = ["ModelSpec", "Net", "RecurrentNet", "build_model", "spec_from_config", "seed_cnn",
            "seed_rnn", "Model", "count_params", "fold_batch_norm", "layer_kinds",
@@ -27,7 +28,7 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # row blocks of a recurrent weight matr
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: Literal["cnn", "conv1d", "mlp", "rnn"]
+    family: Literal["cnn", "conv1d", "mlp", "rnn", "external"]
     in_shape: tuple[int, ...]  # images: (C, H, W); 1-D signals: (C, 1, L); tokens: (max_len,)
     num_classes: int
     conv_channels: tuple[int, ...] = ()  # cnn, conv1d: one conv 'valid' + max-pool 2 per entry
@@ -41,9 +42,27 @@ class ModelSpec:
     batch_norm: bool = False  # cnn: BatchNorm after each conv (folded away before export)
     head: Literal["flatten", "gap"] = "flatten"  # cnn: flatten or global-average-pool features
     block: Literal["plain", "same", "separable"] = "plain"  # cnn, conv1d: conv block kind
+    # external: the user's factory ("package.module:Name") and its options (the config's model
+    # section as sorted (key, value) pairs); see distopt.user_models.
+    factory: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.factory:  # built-in families: the dict (and every file) as before
+            del d["factory"], d["options"]
+        return d
+
+    @classmethod
+    def external(cls, factory: str, in_shape: tuple[int, ...], num_classes: int,
+                 options: dict[str, Any] | None = None) -> ModelSpec:
+        """The spec of a model built by ``factory(options, in_shape, num_classes)``
+        (:mod:`distopt.user_models`): ``distopt.build_model`` builds it, ``distopt.encode``
+        stores it, and decoding rebuilds it where the factory's path is trusted."""
+        if not is_factory_path(factory):
+            raise ValueError(f"factory: got {factory!r}; expected 'package.module:Name'")
+        return cls("external", tuple(in_shape), num_classes, factory=factory,
+                   options=tuple(sorted((options or {}).items())))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
@@ -56,7 +75,8 @@ class ModelSpec:
                    rnn_units=tuple(int(u) for u in d.get("rnn_units", ())),
                    vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)),
                    batch_norm=bool(d.get("batch_norm", False)), head=d.get("head", "flatten"),
-                   block=d.get("block", "plain"))
+                   block=d.get("block", "plain"), factory=str(d.get("factory", "")),
+                   options=tuple((str(k), v) for k, v in d.get("options", ())))
 
     @property
     def tokens(self) -> bool:
@@ -82,6 +102,15 @@ class ModelSpec:
 def spec_from_config(cfg: Config) -> ModelSpec:
     m, d = cfg.model, cfg.data
     in_shape = tuple(int(v) for v in d.model_shape)  # data.resize applied
+    if is_factory_path(m.family):
+        options = {k: v for k, v in dataclasses.asdict(m).items() if k not in ("family", "preset")}
+        options["dropout"] = cfg.regularization.dropout
+        tokens = d.kind == "tokens"
+        spec = ModelSpec.external(m.family, (d.max_len,) if tokens else in_shape, d.num_classes,
+                                  options)
+        # Token ids in: the spec says so (example inputs, latency, exports take integers).
+        return dataclasses.replace(spec, vocab_size=d.vocab_size, embed_dim=1) if tokens \
+            else spec
     if m.family == "rnn":
         tokens = d.kind == "tokens"
         return ModelSpec("rnn", (d.max_len,) if tokens else in_shape, d.num_classes, (),
@@ -223,7 +252,20 @@ Model = Net | RecurrentNet
 
 
 def build_model(spec: ModelSpec) -> Model:
+    if spec.family == "external":
+        return _build_external(spec)
     return RecurrentNet(spec) if spec.family == "rnn" else Net(spec)
+
+
+def _build_external(spec: ModelSpec) -> Model:
+    """The user's model (:mod:`distopt.user_models`), with ``spec`` attached as the built-in
+    families carry theirs (the artifact stores it; decoding rebuilds from it)."""
+    model = load_factory(spec.factory)(dict(spec.options), tuple(spec.in_shape), spec.num_classes)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{spec.factory} returned a {type(model).__name__}, not a "
+                        "torch.nn.Module")
+    model.spec = spec
+    return model  # type: ignore[return-value]
 
 
 @torch.no_grad()

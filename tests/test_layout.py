@@ -2,7 +2,8 @@
 included: they hide a circle, they do not remove it), and small modules.
 
 A circle closed by an import inside a function works until someone moves that import; the
-rule is to move the shared piece below both modules instead."""
+rule is to move the shared piece below both modules instead. Imports under ``if
+TYPE_CHECKING:`` are annotations only (never run), so they are not edges."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "distopt"
 MAX_LINES = 400
 # Modules still over MAX_LINES, each with the size it may not grow past, until it is split
-# (the house issue's next stages): config.py and data.py are the next to split.
-TOO_LONG_FOR_NOW = {"distopt.config": 1047, "distopt.data": 708, "distopt.training.run": 472,
+# (the house issue's next stages): data.py is the next to split.
+TOO_LONG_FOR_NOW = {"distopt.data": 708, "distopt.training.run": 472,
                     "distopt.orchestration.tuning": 406}
 
 
@@ -32,7 +33,13 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and
+                       ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

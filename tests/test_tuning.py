@@ -20,7 +20,8 @@ from distopt import metrics as M
 from distopt.compress import decode
 from distopt.config import load_config
 from distopt.data import load_splits
-from distopt.space import to_optuna
+from distopt.config import Config
+from distopt.config.space import to_optuna
 from distopt.training import evaluate_artifact
 
 from _raytools import assert_quiet
@@ -37,7 +38,7 @@ def test_space_to_optuna_distributions():
                              "model.channels: {low: 8, high: 32, step: 8}, "
                              "compress.quant_bits: {choices: [4, 8]}, "
                              "compress.prune_ratio: {low: 0.0, high: 0.9}}"])
-    d = to_optuna(cfg.search.space)
+    d = to_optuna(Config, cfg.search.space)
     assert d["train.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     assert d["model.channels"] == optuna.distributions.IntDistribution(8, 32, step=8)
     assert d["compress.quant_bits"] == optuna.distributions.CategoricalDistribution([4, 8])

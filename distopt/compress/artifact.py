@@ -31,7 +31,7 @@ from distopt.compress.format_v2 import decode_v2, encode_v2, version_for
 from distopt.compress.quantization import WEIGHT_BITS
 from distopt.compress.sections import SECTIONS, sections
 from distopt.compress.wrapper import MAX_PARAMS, PREAMBLE, VERSIONS, ArtifactError, check_wrapper
-from distopt.models import Model, prunable_weights
+from distopt.models import Model, ModelSpec, prunable_weights
 
 __all__ = ["ArtifactError", "Decoded", "MAX_PARAMS", "VERSION", "byte_breakdown", "decode",
            "encode", "size_report"]
@@ -67,6 +67,12 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None,
     if n_params > MAX_PARAMS:
         raise ValueError(f"the model has {n_params:,} parameters; the artifact holds at most "
                          f"{MAX_PARAMS:,} (distopt.compress.MAX_PARAMS)")
+    if not isinstance(getattr(model, "spec", None), ModelSpec):
+        raise ValueError(
+            f"a {type(model).__name__} has no .spec (a distopt.ModelSpec), so no decoder could "
+            "rebuild it from the file: build it with distopt.build_model(spec), where spec is a "
+            "built-in family's or ModelSpec.external('package.module:Factory', in_shape, "
+            "num_classes, options) for your own model")
     if getattr(model.spec, "batch_norm", False):
         raise ValueError("fold BatchNorm into the convs first (distopt.models.fold_batch_norm): "
                          "the artifact stores only what its decoder rebuilds")
@@ -78,8 +84,12 @@ def encode(model: Model, bits: int, meta: dict[str, Any] | None = None,
     return encode_v2(model, bits, meta or {}, per_tensor, axes, version)
 
 
-def decode(data: bytes, source: str = "artifact") -> Decoded:
+def decode(data: bytes, source: str = "artifact", trust_code: bool = False) -> Decoded:
     """Rebuild the model from artifact bytes.
+
+    A file of a user's own model family (``model.family: "package.module:Factory"``) is
+    rebuilt by importing and calling that factory: refused unless the path is trusted in this
+    process (a config naming it was loaded here) or ``trust_code`` is True.
 
     Checks magic, version, length and CRC; then validates the header's spec and tensor list
     against each other before anything is built, decompresses no more than those tensors can
@@ -87,8 +97,8 @@ def decode(data: bytes, source: str = "artifact") -> Decoded:
     naming it, whatever the file holds."""
     version, _ = check_wrapper(data, source)
     if version == 1:
-        return decode_v1(data, source)
-    return decode_v2(data, source, version)
+        return decode_v1(data, source, trust_code)
+    return decode_v2(data, source, version, trust_code)
 
 
 def byte_breakdown(data: bytes) -> dict[str, int]:

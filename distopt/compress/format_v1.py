@@ -18,7 +18,7 @@ import torch
 
 from distopt.compress.decoded import Decoded
 from distopt.compress.quantization import quantize_per_channel
-from distopt.compress.spec_check import expected_state, spec_problem
+from distopt.compress.spec_check import check_trust, expected_state, spec_problem
 from distopt.compress.wrapper import (MAX_HEADER_BYTES, MAX_PARAMS, PREAMBLE, ArtifactError,
                                       Reader, check_wrapper, inflate, wrap)
 from distopt.models import Model, ModelSpec, build_model
@@ -122,7 +122,8 @@ def _payload_bound(tensors: list[dict[str, Any]]) -> int:
     return total
 
 
-def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
+def _read_header(data: bytes, source: str, trust_code: bool = False
+                 ) -> tuple[int, dict[str, Any]]:
     """Version 1: the wrapper's codec and the validated header (spec and tensor list agree
     with each other)."""
     _, codec = check_wrapper(data, source)
@@ -145,6 +146,7 @@ def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
         raise ArtifactError(f"{source}: header lacks its spec, tensors or meta")
     problem = spec_problem(header.get("spec"))
     if problem is None:
+        check_trust(header["spec"], source, trust_code)
         shapes, weights = expected_state(ModelSpec.from_dict(header["spec"]))
         n_params = sum(math.prod(s) for s in shapes.values())
         if n_params > MAX_PARAMS:
@@ -162,8 +164,8 @@ def _read_header(data: bytes, source: str) -> tuple[int, dict[str, Any]]:
     return codec, header
 
 
-def decode_v1(data: bytes, source: str) -> Decoded:
-    codec, header = _read_header(data, source)
+def decode_v1(data: bytes, source: str, trust_code: bool = False) -> Decoded:
+    codec, header = _read_header(data, source, trust_code)
     hlen = header.pop("hlen")
     limit = 4 + hlen + _payload_bound(header["tensors"])
     raw = inflate(data[PREAMBLE.size:-4], codec, limit, source)

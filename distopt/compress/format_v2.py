@@ -32,7 +32,7 @@ from distopt.compress.decoded import Decoded
 from distopt.compress.quantization import float_bits
 from distopt.compress.sections import (BYTE_LAYOUT, pack_section, section, sections,
                                        unpack_section)
-from distopt.compress.spec_check import expected_state, spec_problem
+from distopt.compress.spec_check import check_trust, expected_state, spec_problem
 from distopt.compress.wrapper import MAX_HEADER_BYTES, MAX_PARAMS, ArtifactError, Reader, wrap
 from distopt.models import Model, ModelSpec, build_model
 
@@ -122,7 +122,7 @@ def _split_entry(e: Any, name: str, is_weight: bool, version: int
     return coding, e[1:], None
 
 
-def decode_v2(data: bytes, source: str, version: int) -> Decoded:
+def decode_v2(data: bytes, source: str, version: int, trust_code: bool = False) -> Decoded:
     """Read a version-2 or -3 file: header checked against the spec's model before anything
     is built, each section decompressed to exactly what its tensors need."""
     secs = sections(data, source)
@@ -142,6 +142,7 @@ def decode_v2(data: bytes, source: str, version: int) -> Decoded:
     spec_d = {**_SPEC_DEFAULTS, **header["spec"]}
     problem = spec_problem(spec_d)
     if problem is None:
+        check_trust(spec_d, source, trust_code)
         shapes, weights = expected_state(ModelSpec.from_dict(spec_d))
         n_params = sum(math.prod(s) for s in shapes.values())
         if n_params > MAX_PARAMS:

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from distopt.compress.wrapper import MAX_DIM, MAX_LAYERS
+from distopt.compress.wrapper import MAX_DIM, MAX_LAYERS, ArtifactError
 from distopt.models import BLOCKS, GATES, ModelSpec, build_model, conv_out_side, prunable_weights
+from distopt.user_models import is_factory_path, trust, trusted
 
-__all__ = ["expected_state", "spec_problem"]
+__all__ = ["check_trust", "expected_state", "spec_problem"]
 
 
 def spec_problem(d: Any) -> str | None:
@@ -19,6 +20,8 @@ def spec_problem(d: Any) -> str | None:
     is built, so that a crafted spec never allocates memory."""
     if not isinstance(d, dict):
         return "spec is not an object"
+    if d.get("family") == "external":
+        return _external_problem(d)
     for key, allowed, default in (("family", ("cnn", "conv1d", "mlp", "rnn"), None),
                                   ("cell", tuple(GATES), "rnn"),
                                   ("head", ("flatten", "gap"), "flatten"),
@@ -67,10 +70,52 @@ def spec_problem(d: Any) -> str | None:
     return None
 
 
+def _external_problem(d: dict[str, Any]) -> str | None:
+    """A user's model (:mod:`distopt.user_models`): its factory path, input shape, classes and
+    options; what it builds is checked on the meta device like any spec's."""
+    if not is_factory_path(d.get("factory")):
+        return f"spec.factory {d.get('factory')!r} is not 'package.module:Name'"
+    shape = d.get("in_shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or \
+            not all(type(x) is int and 1 <= x <= MAX_DIM for x in shape):
+        return f"spec.in_shape must be a list of 1 to 3 integers in [1, {MAX_DIM}]"
+    if not (type(d.get("num_classes")) is int and 1 <= d["num_classes"] <= MAX_DIM):
+        return f"spec.num_classes must be an integer in [1, {MAX_DIM}]"
+    options = d.get("options", [])
+    if not isinstance(options, list) or len(options) > MAX_LAYERS or not all(
+            isinstance(o, list) and len(o) == 2 and isinstance(o[0], str) and
+            (o[1] is None or isinstance(o[1], (bool, int, float, str))) for o in options):
+        return "spec.options must be a list of [name, scalar] pairs"
+    for key in ("vocab_size", "embed_dim"):
+        if not (type(d.get(key, 0)) is int and 0 <= d.get(key, 0) <= 1 << 24):
+            return f"spec.{key} must be an integer in [0, {1 << 24}]"
+    return None
+
+
+def check_trust(d: dict[str, Any], source: str, trust_code: bool) -> None:
+    """Refuse to build a user's model whose factory nobody trusted in this process (decoding
+    would import and run its code); with ``trust_code``, trust it."""
+    if d.get("family") != "external":
+        return
+    path = str(d.get("factory"))
+    if trust_code:
+        trust(path)
+    elif not trusted(path):
+        raise ArtifactError(f"{source}: the model is built by user code {path!r}; decoding it "
+                            "imports and runs that code: pass trust_code=True (CLI: "
+                            "--trust-code) if you trust the file's source")
+
+
 def expected_state(spec: ModelSpec) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Parameter names and shapes of the spec's model, and its quantizable weights with their
     axes, from the model built on the meta device (no memory)."""
     with torch.device("meta"):
-        model = build_model(spec)
+        try:
+            model = build_model(spec)
+        except Exception as e:  # a user's factory: whatever it raises, the file is refused
+            if spec.family != "external":
+                raise
+            raise ArtifactError(f"{spec.factory} cannot build the file's model: "
+                                f"{type(e).__name__}: {e}") from None
     return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
             {n: axis for n, _, axis in prunable_weights(model)})

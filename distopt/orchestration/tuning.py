@@ -26,7 +26,7 @@ from typing import Any
 
 from distopt.config import Config, ConfigError, storage_url
 from distopt.storage import Location
-from distopt.space import to_optuna
+from distopt.config.space import to_optuna
 from distopt.orchestration.trial_params import unwrap_params
 from distopt.results.paths import SearchPaths
 
@@ -262,7 +262,7 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url(cfg) or paths.study_url)
     return OptunaSearch(
-        space=to_optuna(cfg.search.space),
+        space=to_optuna(Config, cfg.search.space),
         metric=[name for name, _ in cfg.search.objectives],
         mode=[direction for _, direction in cfg.search.objectives],
         sampler=make_sampler(cfg), storage=storage, study_name=cfg.name,

@@ -1,0 +1,202 @@
+"""The rules that span keys (data and model agree, compression settings fit together, the
+search's objectives exist, ...), each stated with every key and value it involves."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from distopt import metrics
+from distopt.config.secrets import ENV_REF, REDACTED, redact_url
+from distopt.config.sections import SIGNALS_CLASSES, SIGNALS_SHAPE
+from distopt.shapes import conv_out_side
+from distopt.user_models import is_factory_path, load_factory, trust
+
+if TYPE_CHECKING:
+    from distopt.config.core import Config
+
+__all__ = ["cross_checks", "trial_epochs"]
+
+
+def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
+    """Rules between fields. Each runs only if the fields it reads passed their own rules, so
+    that one bad value yields one problem, while every other problem is still reported."""
+    bad = {p.split(":", 1)[0].split("[", 1)[0] for p in problems}
+
+    def ok(*keys: str) -> bool:
+        return not any(k == b or k.startswith(b + ".") or b.startswith(k + ".") for k in keys
+                       for b in bad)
+
+    d, m = cfg.data, cfg.model
+    if ok("data.name", "data.path") and d.name == "parquet" and not d.path:
+        problems.append("data.path: got None; data.name 'parquet' needs the training file(s)")
+    if ok("data.name", "data.path", "data.mirrors") and d.name == "mnist" and d.path is None \
+            and not d.mirrors:
+        problems.append("data.mirrors: got []; data.name 'mnist' without data.path needs at "
+                        "least one mirror URL")
+    for p in (d.path, d.test_path) if check_paths and ok("data.path", "data.test_path") else ():
+        if p and not any(ch in p for ch in "*?[") and "://" not in p and \
+                not Path(p).expanduser().exists():
+            problems.append(f"data: path {p!r} does not exist")
+    if ok("data.name", "data.kind") and d.name == "tokens-mini" and d.kind != "tokens":
+        problems.append(f"data.kind: got {d.kind!r}; data.name 'tokens-mini' is 'tokens'")
+    if ok("data.name", "data.kind") and d.name in ("mnist", "mnist-mini", "signals-mini") and \
+            d.kind != "image":
+        problems.append(f"data.kind: got {d.kind!r}; data.name {d.name!r} is 'image'")
+    external = ok("model.family") and is_factory_path(m.family)
+    if external:
+        _check_external_family(cfg, problems, ok, import_it=check_paths)
+    if ok("data.kind", "model.family") and d.kind == "tokens" and m.family != "rnn" and \
+            not external:
+        problems.append(f"model.family: got {m.family!r}; token sequences need 'rnn'")
+    a = cfg.augment
+    image_aug = {k: v for k, v in (("rotation", a.rotation), ("shift", a.shift),
+                                   ("shear", a.shear), ("zoom", a.zoom)) if v}
+    token_aug = {k: v for k, v in (("token_dropout", a.token_dropout), ("crop", a.crop)) if v}
+    if ok("data.kind", "augment") and d.kind == "tokens" and image_aug:
+        problems.append(f"augment: got {image_aug}; image augmentation needs data.kind 'image'")
+    if ok("data.kind", "augment") and d.kind == "image" and token_aug:
+        problems.append(f"augment: got {token_aug}; token augmentation needs data.kind 'tokens'")
+    if ok("data.name", "data.shape", "data.num_classes") and \
+            d.name in ("mnist", "mnist-mini") and (tuple(d.shape) != (1, 28, 28)
+                                              or d.num_classes != 10):
+        problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
+                        f"{d.name} is (1, 28, 28) with 10 classes")
+    if ok("data.name", "data.shape", "data.num_classes") and d.name == "signals-mini" and \
+            (tuple(d.shape) != SIGNALS_SHAPE or d.num_classes != SIGNALS_CLASSES):
+        problems.append(f"data.shape/num_classes: got {list(d.shape)}/{d.num_classes}; "
+                        f"signals-mini is {SIGNALS_SHAPE} with {SIGNALS_CLASSES} classes")
+    if ok("data.resize", "data.kind", "model.family") and d.resize and \
+            (d.kind != "image" or m.family == "conv1d"):
+        problems.append(f"data.resize: got {d.resize} with data.kind {d.kind!r}, model.family "
+                        f"{m.family!r}; resizing is for 2-D images")
+    if ok("model.family", "data.shape") and m.family == "conv1d" and d.shape[1] != 1:
+        problems.append(f"data.shape: got {list(d.shape)} with model.family 'conv1d'; 1-D "
+                        "signals are [channels, 1, length]")
+    if ok("model.family", "model.blocks", "model.kernel_size", "data.shape", "data.resize") and \
+            m.family in ("cnn", "conv1d"):
+        side = d.shape[2] if m.family == "conv1d" else min(d.model_shape[1:])
+        side = conv_out_side(side, side, m.blocks, (m.kernel_size,) * 2, (2, 2), m.block)[0]
+        if side < 1:
+            hint = "; for 1-D signals use model.family 'conv1d' with data.shape [C, 1, L]" \
+                if m.family == "cnn" and 1 in d.shape[1:] else ""
+            problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
+                            f"the {d.model_shape[1]}x{d.model_shape[2]} input shrinks to "
+                            f"nothing{hint}")
+    if ok("model.block", "model.kernel_size") and m.block != "plain" and m.kernel_size % 2 == 0:
+        problems.append(f"model.kernel_size: got {m.kernel_size} with model.block {m.block!r}; "
+                        "'same' padding needs an odd kernel size")
+    if ok("model.block", "compress.prune_kind") and m.block == "separable" and \
+            cfg.compress.prune_kind == "structured":
+        problems.append("compress.prune_kind: got 'structured' with model.block 'separable'; "
+                        "structured pruning removes whole channels of full convs only (use "
+                        "unstructured)")
+    if ok("model.family", "augment") and m.family == "conv1d" and \
+            {k for k in image_aug if k != "shift"}:
+        problems.append(f"augment: got {image_aug} with model.family 'conv1d'; 1-D signals "
+                        "take only augment.shift (along L)")
+    t = cfg.train
+    if ok("train.executor", "train.num_workers", "train.use_gpu") and \
+            t.executor == "trial_actor" and (t.num_workers > 1 or t.use_gpu):
+        problems.append(f"train.executor: got 'trial_actor' with num_workers {t.num_workers}, "
+                        f"use_gpu {t.use_gpu}; a trial actor trains one CPU worker (several "
+                        "workers or GPUs need 'ray_train' or 'auto')")
+    c = cfg.compress
+    # Whether the built-in methods fine-tune (training.compression decides it for a run).
+    fine_tunes = ok("compress") and c.finetune_epochs > 0 and (c.prune_ratio > 0 or
+                                                                c.clusters > 0)
+    all_bits = {c.quant_bits, *(b for b in (c.bits_first_conv, c.bits_conv, c.bits_dense,
+                                             c.bits_classifier) if b is not None)} \
+        if ok("compress") else set()
+    if ok("compress") and c.qat and (all_bits == {32} or not fine_tunes):
+        problems.append(f"compress.qat: got true with quant_bits {c.quant_bits}, prune_ratio "
+                        f"{c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; quantization-"
+                        "aware fine-tuning needs quant_bits < 32 and a fine-tune phase "
+                        "(prune_ratio > 0 or clusters > 0, finetune_epochs >= 1)")
+    if ok("compress") and c.clusters == 1:
+        problems.append("compress.clusters: got 1; weight clustering needs at least 2 shared "
+                        "values per tensor (0 turns it off)")
+    if ok("compress") and c.schedule == "gradual" and (c.prune_kind != "unstructured"
+                                                      or not fine_tunes or c.prune_ratio == 0):
+        problems.append(f"compress.schedule: got 'gradual' with prune_kind {c.prune_kind!r}, "
+                        f"prune_ratio {c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; "
+                        "gradual pruning needs unstructured pruning over fine-tune epochs")
+    if ok("search.scheduler", "search.grace_epochs", "train.epochs") and \
+            cfg.search.scheduler == "mo_asha":
+        epochs = trial_epochs(cfg)
+        if epochs is not None and epochs <= cfg.search.grace_epochs:
+            problems.append(f"search.grace_epochs: got {cfg.search.grace_epochs} with "
+                            f"{epochs} dense epochs per trial; mo_asha needs a rung before the "
+                            "last dense epoch (grace_epochs < train.epochs)")
+    if ok("search.children", "search.space") and cfg.search.children and \
+            not any(k.startswith("compress.") for k in cfg.search.space):
+        problems.append(f"search.children: got {cfg.search.children} with no compress.* key in "
+                        "search.space; children differ from their trial only in compress.* "
+                        "values drawn from the space")
+    if ok("search.num_trials", "search.time_budget_s") and cfg.search.num_trials is None \
+            and cfg.search.time_budget_s is None:
+        problems.append("search.num_trials: got None with time_budget_s None; a search needs "
+                        "a trial count, a time budget, or both")
+    st = cfg.search.storage
+    if check_paths and ok("search.storage") and st:
+        missing = [n for n in ENV_REF.findall(st) if n not in os.environ]
+        if missing:
+            problems.append(f"search.storage: got {redact_url(st)!r}; environment variable(s) "
+                            f"{', '.join(missing)} are not set")
+        if f":{REDACTED}@" in st or f"={REDACTED}" in st:
+            problems.append(f"search.storage: got {st!r}; its password was redacted when the "
+                            "results were written: pass the real URL (search.storage=...), "
+                            "ideally with the password as ${ENV_VAR}")
+    if not ok("search.objectives"):
+        return
+    names = [o[0] for o in cfg.search.objectives]
+    for i, (name, direction) in enumerate(cfg.search.objectives):
+        obj = metrics.OBJECTIVES.get(name)
+        if obj is None:
+            problems.append(f"search.objectives[{i}]: got metric {name!r}; must be one of "
+                            f"{', '.join(metrics.OBJECTIVES)}")
+        elif direction != obj.direction:
+            problems.append(f"search.objectives[{i}]: got direction {direction!r} for {name}; "
+                            f"{name} is better when {obj.direction}imized")
+    if len(set(names)) != len(names):
+        problems.append(f"search.objectives: got {names}; each metric at most once")
+    if check_paths and metrics.ORT_LATENCY_MS in names:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(f"search.objectives: {metrics.ORT_LATENCY_MS} needs "
+                            f"{' and '.join(missing)}, not installed here: "
+                            "pip install 'distopt[onnx]'")
+    if not names:
+        problems.append("search.objectives: got []; needs at least one objective")
+
+
+def _check_external_family(cfg: Config, problems: list[str], ok: Callable[..., bool],
+                           import_it: bool) -> None:
+    """A family of the user's own (``model.family: package.module:Factory``): the user named
+    it, so it is trusted in this process (:mod:`distopt.user_models`); on the machine where the
+    config was typed, it must import; what only the built-in architectures support is refused."""
+    path = cfg.model.family
+    trust(path)
+    if import_it:
+        try:
+            load_factory(path)
+        except Exception as e:  # ImportError, AttributeError, TypeError, or its module's own
+            problems.append(f"model.family: got {path!r}; it cannot be loaded: "
+                            f"{type(e).__name__}: {e}")
+    if ok("compress.prune_kind") and cfg.compress.prune_kind == "structured":
+        problems.append(f"compress.prune_kind: got 'structured' with model.family {path!r}; "
+                        "structured pruning rewrites the built-in architectures only (use "
+                        "'unstructured')")
+    if ok("search.objectives") and any(n == metrics.ORT_LATENCY_MS
+                                       for n, _ in cfg.search.objectives):
+        problems.append(f"search.objectives: {metrics.ORT_LATENCY_MS} needs the ONNX export, "
+                        f"which the built-in families have; model.family {path!r} has none yet")
+
+
+def trial_epochs(cfg: Config) -> int | None:
+    """Dense epochs of a search trial (``search.trial_overrides`` applied), or None if the
+    overrides set it to something that is not an integer (reported by its own rule)."""
+    value = cfg.search.trial_overrides.get("train.epochs", cfg.train.epochs)
+    return value if isinstance(value, int) else None

@@ -1,0 +1,229 @@
+"""The one typed, frozen configuration object, built from YAML plus dotted ``key=value`` overrides.
+
+Every component receives a :class:`Config` (or the plain dict of one, across Ray processes).
+Validation runs before Ray starts and reports every problem at once: each names the dotted key,
+the value received and the rule broken, the way Optuna's errors do.
+
+Each field declares its rule next to its default, so the rule text shown in an error is also
+the rule documented in the README's config reference (``distopt config --reference``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import random
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from distopt.config.checks import cross_checks
+from distopt.config.parse import (absolute_data_paths, build_section, describe, field_info_in,
+                                  get_dotted, parse_overrides, plain, set_dotted)
+from distopt.config.rules import SLUG, ConfigError, Rule, option
+from distopt.config.secrets import redact_url
+from distopt.config.sections import (PRESETS, AugmentConfig, CompressConfig, CompressionPlan,
+                                     DataConfig, ModelConfig, RegularizationConfig, SearchConfig,
+                                     TrainConfig)
+from distopt.config.space import check_space, draw
+
+__all__ = ["Config", "field_info", "load_config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a trial or a search. Frozen: derive variants with
+    :meth:`with_overrides`."""
+
+    name: str = option("distopt", Rule(lambda v: SLUG.fullmatch(v) is not None,
+                                     "must be 1-100 letters, digits, '_', '-' or '.', starting "
+                                     "with a letter or digit"),
+                     "experiment name (results/<name> by default)")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serializable nested dict (tuples become lists)."""
+        return plain(dataclasses.asdict(self))
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with credentials redacted: what results files and logs may hold."""
+        d = self.to_dict()
+        if d["search"]["storage"]:
+            d["search"]["storage"] = redact_url(d["search"]["storage"])
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> Config:
+        """Build and validate; raises :class:`ConfigError` listing every problem."""
+        return _build(raw, source)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A new validated config with dotted keys replaced (used by the search per trial)."""
+        raw = self.to_dict()
+        problems: list[str] = []
+        for key, value in overrides.items():
+            set_dotted(raw, key, value, problems)
+        if problems:
+            raise ConfigError(problems)
+        return _build(raw, "config")
+
+    @property
+    def dense_key(self) -> str:
+        """Which configurations train the same dense model: all of them but the compression
+        settings (``compress.*``: weight pruning, fine-tuning, bit widths, which act after
+        the last dense epoch), the search's settings and the name. Same key, same data, seed
+        and hyperparameters, so the same dense weights: the one place this is decided."""
+        raw = {k: v for k, v in self.to_dict().items() if k not in ("name", "compress", "search")}
+        text = json.dumps(raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def compression_plan(self) -> CompressionPlan:
+        """The compression phases of a trial: the one place they are decided."""
+        c = self.compress
+        prunes = c.prune_ratio > 0
+        fine_tunes = prunes or c.clusters > 0
+        return CompressionPlan(
+            prune_ratio=c.prune_ratio, prune_kind=c.prune_kind,
+            gradual=prunes and c.schedule == "gradual" and c.prune_kind == "unstructured",
+            finetune_epochs=c.finetune_epochs,
+            qat=c.qat and fine_tunes and c.finetune_epochs > 0, quant_bits=c.quant_bits,
+            clusters=c.clusters,
+            layer_bits=tuple((kind, bits) for kind, bits in (
+                ("first_conv", c.bits_first_conv), ("conv", c.bits_conv),
+                ("dense", c.bits_dense), ("classifier", c.bits_classifier))
+                if bits is not None))
+
+    @property
+    def in_trial_actor(self) -> bool:
+        """Whether a search trial of this config trains inside its own Tune trial actor rather
+        than as a Ray Train job: the one place ``train.executor: auto`` is decided."""
+        t = self.train
+        if t.executor == "auto":
+            return t.num_workers == 1 and not t.use_gpu
+        return t.executor == "trial_actor"
+
+    def child_configs(self) -> list[tuple[dict[str, Any], Config]]:
+        """The compression settings a search trial of this config forks from its dense model
+        (``search.children``): that many value sets of the space's ``compress.*`` keys, drawn
+        uniformly from their ranges and choices, none equal to this config's own or to each
+        other, each with its validated config (draws that make the config invalid, such as
+        QAT at 32 bits, are skipped). Seeded by ``search.seed`` and this config, so every rank
+        and every restart of a trial draws the same; the one place children are decided."""
+        keys = [k for k in self.search.space if k.startswith("compress.")]
+        if not self.search.children or not keys:
+            return []
+        raw = self.to_dict()
+        own = {k: get_dotted(raw, k) for k in keys}
+        digest = zlib.crc32(json.dumps(raw, sort_keys=True, default=str).encode())
+        rng = random.Random(self.search.seed * 1_000_003 + digest)
+        seen, out = {repr(sorted(own.items()))}, []
+        for _ in range(20 * self.search.children):
+            if len(out) == self.search.children:
+                break
+            values = {k: draw(self.search.space[k], field_info(k)[0], rng) for k in keys}
+            if repr(sorted(values.items())) in seen:
+                continue
+            seen.add(repr(sorted(values.items())))
+            try:
+                out.append((values, self.with_overrides(values)))
+            except ConfigError:
+                continue
+        return out
+
+    @property
+    def distills(self) -> bool:
+        """Whether a run of this config, or a trial of its search, learns from a teacher: the
+        one place that decides whether a teacher is trained."""
+        if self.trial_config().train.distill_alpha > 0:
+            return True
+        spec = self.search.space.get("train.distill_alpha", {})
+        return any(v > 0 for v in spec.get("choices", [])) or spec.get("high", 0) > 0
+
+    def teacher_config(self) -> Config:
+        """The teacher: this config with ``train.teacher_overrides``, trained densely (no
+        weight pruning, float32 weights, no distillation, no children, no early stopping)."""
+        return self.with_overrides({
+            **self.train.teacher_overrides, "train.teacher_overrides": {},
+            "train.distill_alpha": 0.0, "train.teacher_path": None,
+            "compress.prune_ratio": 0.0, "compress.quant_bits": 32, "compress.qat": False,
+            "compress.schedule": "oneshot", "compress.clusters": 0,
+            "compress.bits_first_conv": None, "compress.bits_conv": None,
+            "compress.bits_dense": None, "compress.bits_classifier": None,
+            "search.children": 0, "search.scheduler": "fifo", "search.trial_overrides": {},
+            "search.space": {},
+            "name": f"{self.name}-teacher"[:100]})
+
+    def trial_config(self) -> Config:
+        """The config every search trial starts from: this one with ``search.trial_overrides``."""
+        if not self.search.trial_overrides:
+            return self
+        # The result has no trial_overrides left, so applying them is not repeated.
+        return self.with_overrides({**self.search.trial_overrides, "search.trial_overrides": {}})
+
+
+def field_info(dotted: str) -> tuple[Any, Rule | None] | None:
+    """Type and rule of a dotted leaf key of :class:`Config`, or None if no such key exists."""
+    return field_info_in(Config, dotted)
+
+
+def _build(raw: Mapping[str, Any], source: str, check_paths: bool = False) -> Config:
+    """Validate everything; ``check_paths`` also checks that local data paths exist (on the
+    machine where the user typed them, not in workers that may run elsewhere)."""
+    problems: list[str] = []
+    raw = copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else raw
+    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping):
+        preset = raw["model"].get("preset")
+        if preset in PRESETS:
+            raw["model"] = {**PRESETS[preset], **raw["model"]}
+    cfg = build_section(Config, raw, "", problems)
+    cross_checks(cfg, problems, check_paths)
+    check_space(Config, cfg.search.space, problems)
+    for key in cfg.search.trial_overrides:
+        if field_info(key) is None or key.startswith("search."):
+            problems.append(f"search.trial_overrides.{key}: not a config key a trial can set")
+    if not problems and cfg.search.trial_overrides:
+        try:
+            cfg.trial_config()
+        except ConfigError as e:
+            problems += [f"search.trial_overrides: {p}" for p in e.problems]
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()
+                ) -> Config:
+    """Load a YAML file (or defaults if ``path`` is None), apply overrides, validate all."""
+    raw: Any = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError([f"config file {path} does not exist"], source) from None
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], source) from None
+        if not isinstance(raw, dict):
+            raise ConfigError([f"top level: got {describe(raw)}; must be a mapping"], source)
+    ov = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    problems: list[str] = []
+    for key, value in ov.items():
+        set_dotted(raw, key, value, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = absolute_data_paths(raw["data"])
+    return _build(raw, source, check_paths=True)

@@ -1,0 +1,291 @@
+"""The schema as data: one frozen dataclass per config section, each field with its default,
+its rule and its meaning (the README's config reference is generated from them), the model
+presets, and the compression plan derived once from the ``compress`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from distopt import metrics
+from distopt.config.rules import Rule, in_range, option
+from distopt.user_models import is_factory_path
+
+__all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "CompressConfig", "CompressionPlan",
+           "DataConfig", "ModelConfig", "PRESETS", "RegularizationConfig", "SIGNALS_CLASSES",
+           "SIGNALS_SHAPE", "SearchConfig", "TrainConfig", "bits_text"]
+
+BUILT_IN_FAMILIES = ("cnn", "conv1d", "mlp", "rnn")
+# The generated 1-D signal set (data.name signals-mini): channels, 1, length; classes.
+SIGNALS_SHAPE: tuple[int, int, int] = (3, 1, 128)
+SIGNALS_CLASSES = 6
+
+MNIST_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["mnist-mini", "mnist", "parquet", "tokens-mini", "signals-mini"] = option(
+        "mnist-mini", doc="mnist-mini: embedded 12k/2k subset (offline); mnist: full 70k; "
+        "parquet: your own files; tokens-mini: generated token sequences (offline); "
+        "signals-mini: generated 3-channel 1-D signals, shape (3, 1, 128), 6 classes (offline)")
+    kind: Literal["image", "tokens"] = option("image", doc="image: (C, H, W) arrays (1-D "
+                                            "signals: (C, 1, L)); tokens: integer id sequences "
+                                            "(rnn family only)")
+    path: str | None = option(None, doc="mnist: directory with the four IDX files (raw or .gz); "
+                            "parquet: training file, directory or glob")
+    test_path: str | None = option(None, doc="parquet: test file, directory or glob")
+    mirrors: tuple[str, ...] = option(MNIST_MIRRORS, doc="mnist: base URLs tried in order when "
+                                    "`path` is unset")
+    cache_dir: str = option("~/.cache/distopt", doc="where downloads are kept")
+    val_fraction: float = option(0.1, in_range(0, 1, lo_open=True, hi_open=True),
+                               "fraction of the training set held out for validation")
+    split_seed: int = option(0, in_range(0), "seed of the train/validation split")
+    feature_column: str = option("image", doc="parquet: fixed-size list of numbers, or encoded "
+                               "raw uint8 bytes")
+    label_column: str = option("label", doc="parquet: integer class labels")
+    shape: tuple[int, ...] = option((1, 28, 28), Rule(lambda v: len(v) == 3 and min(v) >= 1,
+                                  "must be 3 positive integers (channels, height, width)"),
+                                  "input shape (C, H, W)")
+    num_classes: int = option(10, in_range(2), "number of classes")
+    max_len: int = option(64, in_range(1), "tokens: sequences are padded at the front or cut "
+                        "to their last max_len ids")
+    vocab_size: int = option(5000, in_range(2), "tokens: ids must lie in [0, vocab_size); 0 is "
+                           "padding")
+    resize: int | None = option(None, Rule(lambda v: v is None or 2 <= v <= 1024,
+                                         "must be null or in [2, 1024]"),
+                              "images: the input resolution the model sees, side x side "
+                              "(bilinear, half-pixel centers, no antialiasing), in training, "
+                              "evaluation and the exported model (the artifact records it); "
+                              "null: as stored")
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The (C, H, W) the model takes: ``shape``, or its channels at ``resize``."""
+        return (self.shape[0], self.resize, self.resize) if self.resize else tuple(self.shape)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = option(
+        "cnn", Rule(lambda v: v in BUILT_IN_FAMILIES or is_factory_path(v),
+                    f"must be one of {', '.join(BUILT_IN_FAMILIES)} or 'package.module:Factory' "
+                    "(your own model)"),
+        "cnn: conv blocks + dense head; conv1d: the same along L for 1-D signals "
+        "(data.shape [C, 1, L]); mlp: dense; rnn: recurrent layers + head; or "
+        "'package.module:Factory': your own model, built by Factory(model section as a dict, "
+        "in_shape, num_classes) (distopt.user_models)")
+    preset: Literal["seed_cnn", "lenet_300_100", "seed_rnn"] | None = option(
+        None, doc="named architecture; keys given beside it override it")
+    channels: int = option(32, in_range(1), "cnn: channels of the first conv block; each next "
+                         "block doubles them")
+    blocks: int = option(2, in_range(1, 6), "cnn: conv blocks (conv 3x3 valid + max-pool 2); "
+                       "mlp: hidden layers; rnn: stacked recurrent layers")
+    dense_units: int = option(128, in_range(1), "width of each hidden dense layer")
+    dense_layers: int = option(1, in_range(0, 4), "cnn, rnn: hidden dense layers before the "
+                             "classifier")
+    kernel_size: int = option(3, in_range(1, 7), "cnn: conv kernel size")
+    batch_norm: bool = option(False, doc="cnn: BatchNorm after each conv while training densely; "
+                            "folded into the convs when weight pruning starts (or at export)")
+    head: Literal["flatten", "gap"] = option("flatten", doc="cnn: flatten the last feature map, "
+                                           "or global-average-pool it (one value per channel)")
+    block: Literal["plain", "same", "separable"] = option(
+        "plain", doc="cnn, conv1d: conv blocks; plain: 'valid' convs (the seed's); same: "
+        "zero-padded convs (only pooling shrinks the map); separable: depthwise-separable "
+        "blocks (k x k depthwise + 1 x 1 pointwise, 'same') after a full first conv")
+    cell: Literal["rnn", "gru", "lstm"] = option("rnn", doc="rnn: recurrent cell (rnn = Elman "
+                                               "tanh, Keras' SimpleRNN)")
+    hidden_size: int = option(128, in_range(1), "rnn: hidden units of each recurrent layer")
+    embed_dim: int = option(128, in_range(1), "rnn on tokens: embedding dimension")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(5, in_range(1), "dense training epochs (before weight pruning)")
+    batch_size: int = option(128, in_range(1), "per-worker batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = option("adam", doc="adam/sgd: L2 is coupled "
+                                                      "weight decay; adamw: decoupled")
+    lr: float = option(1e-3, in_range(0, lo_open=True), "learning rate")
+    momentum: float = option(0.9, in_range(0, 1, hi_open=True), "sgd momentum")
+    schedule: Literal["constant", "cosine"] = option("constant", doc="learning-rate schedule "
+                                                   "over the dense epochs")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", doc="auto: bf16 on GPUs that have it, else fp16 + loss scaling; on CPU bf16 "
+        "where measured faster than fp32")
+    channels_last: bool = option(True, doc="cnn: channels-last memory format")
+    num_workers: int = option(1, in_range(1), "Ray Train workers (DDP ranks)")
+    use_gpu: bool = option(False, doc="a GPU (or a share of one) per worker")
+    gpus_per_worker: float = option(1.0, in_range(0, 1, lo_open=True), "with use_gpu: GPU share "
+                                  "each worker holds; 0.25 lets four small trials share a GPU")
+    tf32: bool = option(False, doc="CUDA: float32 matmuls/convolutions as TF32 (faster on "
+                      "Ampere+, ~1e-3 relative error); recorded in the metrics")
+    warmup_steps: int = option(0, in_range(0), "linear learning-rate warm-up over the first steps "
+                             "of dense training (large batches)")
+    cpus_per_worker: float = option(2.0, in_range(0, lo_open=True), "CPUs each worker holds")
+    seed: int = option(0, in_range(0), "seed of weights, shuffling, dropout and augmentation")
+    max_failures: int = option(1, in_range(0), "restarts of a failed trial (or worker group) from "
+                             "its last epoch checkpoint")
+    executor: Literal["auto", "trial_actor", "ray_train"] = option(
+        "auto", doc="where a search trial trains. trial_actor: in its own Tune trial actor, "
+        "holding the worker's resources (no worker group to start: ~0.1 s instead of ~12 s "
+        "per trial); ray_train: a Ray Train TorchTrainer job (DDP). auto: trial_actor for one "
+        "CPU worker, ray_train for several workers or GPUs")
+    early_stop_patience: int = option(0, in_range(0), "end dense training when validation "
+                                     "accuracy has not improved for this many epochs; 0 = off")
+    grad_clip: float = option(0.0, in_range(0), "max global gradient norm; 0 = off (helps rnn "
+                            "cells)")
+    max_steps_per_epoch: int | None = option(None, Rule(lambda v: v is None or v >= 1,
+                                           "must be null or >= 1"), "cap on steps per epoch")
+    distill_alpha: float = option(0.0, in_range(0, 1), "knowledge distillation: loss = (1 - alpha)"
+                                " x cross-entropy + alpha x T^2 x KL(teacher || student) at "
+                                "temperature T; 0 = off")
+    distill_temperature: float = option(4.0, in_range(0, lo_open=True), "distillation "
+                                      "temperature T")
+    teacher_overrides: dict[str, Any] = option({}, doc="what the teacher changes from this config "
+                                             "(dotted keys, e.g. model.preset: seed_cnn); it "
+                                             "trains densely in float32, once per search")
+    teacher_path: str | None = option(None, doc="the teacher's .dopt file (path or URI); a search "
+                                    "or `distopt train` sets it to the teacher it trained")
+
+
+@dataclass(frozen=True)
+class RegularizationConfig:
+    l1: float = option(0.0, in_range(0), "L1 penalty on weights (not biases); 0 = off")
+    l2: float = option(0.0, in_range(0), "L2 weight decay; 0 = off")
+    dropout: float = option(0.0, in_range(0, 1, hi_open=True), "dropout before dense layers")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation: float = option(0.0, in_range(0, 180), "max rotation, degrees (uniform +-)")
+    shift: float = option(0.0, in_range(0, 1, hi_open=True), "max shift, fraction of width/height")
+    shear: float = option(0.0, in_range(0, 89), "max shear angle, degrees (uniform +-; Keras units)")
+    zoom: float = option(0.0, in_range(0, 1, hi_open=True), "zoom in [1-z, 1+z], x and y drawn "
+                       "independently")
+    token_dropout: float = option(0.0, in_range(0, 1, hi_open=True), "tokens: probability that "
+                                "each id is replaced by padding (0)")
+    crop: float = option(0.0, in_range(0, 1, hi_open=True), "tokens: up to this fraction of a "
+                       "sequence is cut from its start or end (then re-padded)")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    prune_ratio: float = option(0.0, in_range(0, 1, hi_open=True),
+                              "fraction of weights (unstructured) or channels (structured) removed")
+    prune_kind: Literal["unstructured", "structured"] = option(
+        "unstructured", doc="unstructured: global magnitude; structured: L1-norm channels, "
+        "layers physically shrink")
+    finetune_epochs: int = option(1, in_range(0), "epochs of training with the pruning masks held")
+    finetune_lr_scale: float = option(0.5, in_range(0, lo_open=True), "fine-tune lr = lr x this")
+    schedule: Literal["oneshot", "gradual"] = option(
+        "oneshot", doc="unstructured: oneshot prunes to prune_ratio at once; gradual raises "
+        "sparsity over the fine-tune epochs (cubic, Zhu & Gupta 2017)")
+    qat: bool = option(False, doc="fine-tune with weights quantized to quant_bits in every "
+                     "forward (straight-through), so the artifact's rounding is trained for")
+    quant_bits: Literal[32, 16, 8, 4, 3, 2] = option(
+        8, doc="weight bits in the artifact: 32 = float32; 16/8/4/3 = symmetric "
+        "per-output-channel integers; 2 = ternary {-1, 0, 1} x a per-channel scale")
+    bits_first_conv: Literal[32, 16, 8, 4, 3, 2] | None = option(
+        None, doc="mixed bit widths: weight bits of the first conv layer; null: quant_bits")
+    bits_conv: Literal[32, 16, 8, 4, 3, 2] | None = option(
+        None, doc="weight bits of the other conv layers; null: quant_bits")
+    bits_dense: Literal[32, 16, 8, 4, 3, 2] | None = option(
+        None, doc="weight bits of hidden dense layers (and rnn: recurrent and embedding "
+        "weights); null: quant_bits")
+    bits_classifier: Literal[32, 16, 8, 4, 3, 2] | None = option(
+        None, doc="weight bits of the last (classifier) layer; null: quant_bits")
+    clusters: int = option(0, in_range(0, 4096), "weight clustering (Deep Compression): k shared "
+                         "values per weight tensor (k-means on its non-zero weights, then "
+                         "fine-tuned as shared centroids, stored as a codebook); 0 = off")
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """What a trial does after dense training, derived once from ``compress.*``
+    (:attr:`Config.compression_plan`): every other part reads this, never the raw keys."""
+
+    prune_ratio: float  # 0: no weight pruning (and so no fine-tune)
+    prune_kind: str
+    gradual: bool  # sparsity raised over the fine-tune epochs (unstructured only)
+    finetune_epochs: int  # epochs after dense training, run if a compression method fine-tunes
+    qat: bool  # fine-tune on the quantized weights
+    quant_bits: int  # every weight's bits, unless its layer kind has its own below
+    layer_bits: tuple[tuple[str, int], ...] = ()  # (layer kind, bits): mixed bit widths
+    clusters: int = 0  # weight clustering: shared values per weight tensor; 0 = none
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_ratio > 0
+
+    def bits_of(self, kind: str) -> int:
+        """Weight bits of a layer kind (``first_conv``, ``conv``, ``dense``, ``classifier``:
+        :func:`distopt.models.layer_kinds`)."""
+        return dict(self.layer_bits).get(kind, self.quant_bits)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: dict[str, Any] = option({}, doc="dotted key -> {low, high, log, step} or {choices}")
+    objectives: tuple[tuple[str, str], ...] = option(
+        metrics.DEFAULT_OBJECTIVES, doc="(metric, max|min) pairs")
+    sampler: Literal["nsga2", "tpe", "random"] = option("nsga2", doc="Optuna sampler")
+    seed: int = option(0, in_range(0), "sampler seed")
+    num_trials: int | None = option(16, Rule(lambda v: v is None or v >= 1,
+                                  "must be null or >= 1"), "trials in the search; null: as "
+                                  "many as time_budget_s allows")
+    time_budget_s: float | None = option(None, Rule(lambda v: v is None or v > 0,
+                                       "must be null or > 0"), "wall-clock budget in seconds: "
+                                       "no trial starts after it (running ones finish); with "
+                                       "num_trials, whichever ends first")
+    max_concurrent: int | None = option(None, Rule(lambda v: v is None or v >= 1,
+                                      "must be null or >= 1"),
+                                      "null: derived from cluster and per-trial resources")
+    scheduler: Literal["fifo", "mo_asha"] = option(
+        "fifo", doc="fifo: every trial runs to the end; mo_asha: multi-objective asynchronous "
+        "successive halving over dense epochs (trials outside the top 1/reduction_factor of "
+        "a rung by non-dominated sorting stop there)")
+    grace_epochs: int = option(1, in_range(1), "mo_asha: dense epochs of the first rung")
+    reduction_factor: int = option(3, in_range(2), "mo_asha: rungs at grace_epochs x factor^k "
+                                 "(below train.epochs); 1/factor of a rung's trials go on")
+    storage: str | None = option(None, doc="Optuna RDB URL; null: SQLite in the experiment dir. "
+                               "Write a password as ${ENV_VAR}: it is read from the environment "
+                               "when the study opens; a literal one is redacted in results")
+    trial_overrides: dict[str, Any] = option({}, doc="dotted key -> value every trial uses "
+                                            "instead of the sections above (e.g. fewer epochs)")
+    reseed: int = option(0, in_range(0, 20), "noise-aware front: seeds per front configuration in "
+                       "all (the search's own run is the first; reseed - 1 retrainings each "
+                       "after the search), reported as mean and sd of decoded test accuracy, "
+                       "points within seed noise of their smaller neighbour marked; 0 or 1: off")
+    children: int = option(0, in_range(0, 64), "train once, compress many: each trial that "
+                         "finishes dense training also compresses its dense model with this "
+                         "many other values of the space's compress.* keys (drawn at random), "
+                         "each a trial of its own in the results and the study")
+    reuse_dense: bool = option(True, doc="train once, compress many across trials: a trial whose "
+                             "settings differ from an earlier trial's only in compress.* "
+                             "fine-tunes that trial's dense model (kept in <output>/dense) "
+                             "instead of training its own")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Keras' classic mnist_cnn: Conv32-Conv64 (3x3 valid, each + max-pool 2), Dense128: 225,034.
+    "seed_cnn": {"family": "cnn", "channels": 32, "blocks": 2, "dense_units": 128,
+                 "dense_layers": 1, "kernel_size": 3},
+    # Deep Compression's LeNet-300-100 shape needs unequal widths; closest in the family.
+    "lenet_300_100": {"family": "mlp", "blocks": 2, "dense_units": 300},
+    # The seed's Keras RNN: Embedding(5000, 128) -> SimpleRNN(128, return_sequences=True) ->
+    # SimpleRNN(128) -> Dense(10). On images (sequential MNIST) there is no embedding.
+    "seed_rnn": {"family": "rnn", "cell": "rnn", "blocks": 2, "hidden_size": 128,
+                 "embed_dim": 128, "dense_layers": 0},
+}
+
+
+def bits_text(compress: Mapping[str, Any]) -> str:
+    """A ``compress`` section's weight bits for tables: ``"4"``, or with mixed widths
+    ``"4 (first_conv 8, classifier 8)"``."""
+    mixed = [f"{k.removeprefix('bits_')} {compress[k]}" for k in
+             ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier")
+             if compress.get(k) is not None]
+    return f"{compress['quant_bits']}" + (f" ({', '.join(mixed)})" if mixed else "")

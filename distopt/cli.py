@@ -15,12 +15,11 @@ from typing import Sequence
 import yaml
 
 from distopt import metrics as M
-from distopt.config import (Config, ConfigError, absolute_data_paths, bits_text, load_config,
-                            reference_markdown)
+from distopt.api import SearchInterrupted, check_data, search
+from distopt.config import ConfigError, bits_text, load_config, reference_markdown
 from distopt.data import DataError
 from distopt.storage import Location, is_uri
-from distopt.workdir import (MARKER, check_location, check_output, create_location,
-                             create_output, replace_location, replace_output)
+from distopt.workdir import MARKER, check_output, create_output, replace_output
 
 log = logging.getLogger("distopt")
 
@@ -54,30 +53,6 @@ def _setup_logging(verbose: bool) -> None:
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
-
-
-def _comparable(d: dict) -> dict:
-    """A config dict as ``--resume`` compares it: local paths spelled one way, so a stored
-    config and the same file loaded again compare equal."""
-    return {**d, "data": absolute_data_paths(d["data"])}
-
-
-def _stored_public(out: Path) -> dict:
-    """The config an experiment was started with, as written (credentials redacted)."""
-    raw = yaml.safe_load((out / "config.yaml").read_text())
-    return _comparable(Config.from_dict(raw, str(out / "config.yaml")).public_dict())
-
-
-def check_data(cfg: Config) -> None:
-    """A user's data checked on the driver before Ray starts: every problem at once, exit 2;
-    classes missing from training are a warning."""
-    from distopt.data import check_parquet_data
-
-    problems, warnings = check_parquet_data(cfg.data)
-    for w in warnings:
-        log.warning("warning: %s", w)
-    if problems:
-        raise ConfigError(problems, "data")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -152,72 +127,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg = load_config(stored, args.overrides)  # resume what was started
     else:
         cfg = load_config(args.config, args.overrides)
-    out = out or Location(str(Path("results") / cfg.name))
-    stage = out.local
-    problems = check_location(out, args.resume, args.overwrite)
-    if not cfg.search.space:
-        problems.append("search.space: got {}; name at least one config key to search")
-    if args.resume and (stage / "config.yaml").exists() and \
-            _stored_public(stage) != _comparable(cfg.public_dict()):
-        problems.append(f"--resume: the config differs from the one {out} was started with; "
-                        "resume without --config (or with the same one)")
-    if problems:
-        raise ConfigError(problems, "command line")
-    check_data(cfg)
-    if args.overwrite:
-        replace_location(out, "search")
-    else:
-        create_location(out, "search")
-
-    from distopt.orchestration.collect import collect
-    from distopt.results.report import save_config, write_report
-    from distopt.orchestration.run import ensure_ray, ensure_teacher
-    from distopt.orchestration.tuning import check_fits, run_search
-    from distopt.results.paths import SearchPaths
-
-    save_config(cfg, stage)
-    if out.remote:
-        out.write_bytes("config.yaml", (stage / "config.yaml").read_bytes())
-    ensure_ray(verbose=args.verbose)
-    problems = check_fits(cfg)
-    if problems:  # would wait forever for a placement group: say so now instead
-        raise ConfigError(problems, "per-trial resources")
     _stop_on_signals()
     try:
-        # Trials (and their rows in trials.parquet) name the teacher, if they distill.
-        cfg = ensure_teacher(cfg, out, SearchPaths(out).train)
-        grid = run_search(cfg, out, resume=args.resume)
-    except KeyboardInterrupt as e:
-        from distopt.orchestration.tuning import finished_trials
-
-        if out.remote:
-            from distopt.orchestration.progress import upload_study
-
-            upload_study(out)
+        result = search(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                        verbose=args.verbose)
+    except SearchInterrupted as e:
         log.info("\nsearch interrupted (%s): %d trial(s) had finished and are kept in %s; "
                  "the interrupted ones continue from their last epoch checkpoint. Resume "
-                 "with:\n  %s", str(e) or "SIGINT", finished_trials(cfg, out), out,
-                 _resume_command(args, out))
+                 "with:\n  %s", str(e), e.finished, e.output, _resume_command(args, e.output))
         return EXIT_INTERRUPTED
-    rows = collect(cfg, out, grid)
-    if cfg.search.reseed > 1:
-        from distopt.orchestration.reseed import reseed_front
-        from distopt.results.trials import write_trials
-        from distopt.orchestration.tuning import concurrency
-
-        try:
-            rows = reseed_front(cfg, out, rows, concurrency(cfg)[0])
-            write_trials(rows, stage)
-        except KeyboardInterrupt:
-            log.info("\nreseeding interrupted: the front is reported without its seed noise "
-                     "(the search's results are complete)")
-    summary = write_report(stage)
-    if out.remote:
-        n = out.upload(stage)
-        log.info("uploaded %d result files to %s", n, out)
-    log.info("\n%s", (stage / "report.md").read_text().split("\n![")[0].strip())
-    log.info("\n%d trials (%d failed), %d on the front; results in %s", summary["trials"],
-             summary["failed"], summary["front"], out)
+    log.info("\n%s", result.report.read_text().split("\n![")[0].strip())
+    log.info("\n%d trials (%d failed), %d on the front; results in %s",
+             result.summary["trials"], result.summary["failed"], result.summary["front"],
+             result.output)
     return 0
 
 

@@ -137,7 +137,8 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
 
     from distopt.orchestration.collect import collect
     from distopt.orchestration.run import ensure_ray, ensure_teacher
-    from distopt.orchestration.tuning import check_fits, run_search
+    from distopt.orchestration.capacity import check_fits
+    from distopt.orchestration.tuning import run_search
     from distopt.results.paths import SearchPaths
     from distopt.results.report import save_config, write_report
 
@@ -165,7 +166,7 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
     rows = collect(cfg, out, grid)
     if cfg.search.reseed > 1:
         from distopt.orchestration.reseed import reseed_front
-        from distopt.orchestration.tuning import concurrency
+        from distopt.orchestration.capacity import concurrency
         from distopt.results.trials import write_trials
 
         try:

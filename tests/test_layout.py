@@ -14,8 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distopt"
 MAX_LINES = 400
 # Modules still over MAX_LINES, each with the size it may not grow past, until it is split
 # (the house issue's next stages): data.py is the next to split.
-TOO_LONG_FOR_NOW = {"distopt.data": 708, "distopt.training.run": 472,
-                    "distopt.orchestration.tuning": 406}
+TOO_LONG_FOR_NOW = {"distopt.data": 708, "distopt.training.run": 472}
 
 
 def _modules() -> dict[str, Path]:

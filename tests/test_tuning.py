@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -226,7 +227,7 @@ def test_killed_search_resumes_without_losing_completed_trials_or_children(tmp_p
 @pytest.mark.slow
 @pytest.mark.integration
 def test_impossible_trial_shape_is_rejected_up_front(ray_local):
-    from distopt.orchestration.tuning import check_fits, default_max_concurrent
+    from distopt.orchestration.capacity import check_fits, default_max_concurrent
 
     ok = load_config(SMOKE)
     assert check_fits(ok) == []
@@ -316,7 +317,7 @@ def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path):
 
 
 def _types(*specs: tuple[str, float, float, int]) -> list:
-    from distopt.orchestration.tuning import NodeType
+    from distopt.orchestration.capacity import NodeType
 
     return [NodeType(*spec) for spec in specs]
 
@@ -327,7 +328,7 @@ def test_shipped_cloud_cluster_fits_gpu_trials_and_scales_to_its_workers():
     the live nodes (the head alone) it would be refused and run one at a time."""
     import yaml
 
-    from distopt.orchestration.tuning import check_fits, default_max_concurrent, node_types_from_cluster_config
+    from distopt.orchestration.capacity import check_fits, default_max_concurrent, node_types_from_cluster_config
 
     types = node_types_from_cluster_config(yaml.safe_load((CONFIGS.parent / "cluster.yaml")
                                                           .read_text()))
@@ -346,7 +347,7 @@ def test_shipped_cloud_cluster_fits_gpu_trials_and_scales_to_its_workers():
 def test_resources_of_different_nodes_never_add_up_to_a_worker():
     """4 CPUs on one node and a GPU on another do not make a 2-CPU + 1-GPU worker (the old
     check summed them over the cluster, passed, and the trial waited forever)."""
-    from distopt.orchestration.tuning import check_fits, default_max_concurrent
+    from distopt.orchestration.capacity import check_fits, default_max_concurrent
 
     cfg = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=2"])
     split = _types(("cpu", 4, 0, 1), ("gpu", 1, 1, 1))
@@ -465,7 +466,7 @@ def test_bootstrap_config_counts_only_when_it_states_every_node_types_resources(
     driver must then judge the nodes alive, not "0 CPUs" (the `ray up` test caught that)."""
     import shutil
 
-    from distopt.orchestration.tuning import _bootstrap_node_types
+    from distopt.orchestration.capacity import _bootstrap_node_types
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _bootstrap_node_types() is None  # no file: not a `ray up` head
@@ -478,7 +479,7 @@ def test_bootstrap_config_counts_only_when_it_states_every_node_types_resources(
 
 def test_fractional_gpu_shares_are_counted_without_float_floor_errors():
     """1.0 // 0.1 is 9.0 in floating point: ten 0.1-GPU workers must still fit one GPU."""
-    from distopt.orchestration.tuning import workers_per_node
+    from distopt.orchestration.capacity import workers_per_node
 
     cfg = load_config(SMOKE, ["train.use_gpu=true", "train.cpus_per_worker=0.5",
                               "train.gpus_per_worker=0.1"])
@@ -732,3 +733,23 @@ def test_trials_differing_only_in_compression_train_one_dense_model(tmp_path):
         solo = fit(Config.from_dict(json.loads(r["config_json"])), WorkerEnv(),
                    lambda *a, **k: None, splits=splits)["metrics"]
         assert (r[M.VAL_ACCURACY], r[M.SIZE_BYTES]) == (solo[M.VAL_ACCURACY], solo[M.SIZE_BYTES])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_resuming_a_search_stopped_before_tune_saved_anything_starts_it(ray_local, tmp_path,
+                                                                       caplog):
+    """An interrupt while Ray started leaves an output directory with the config but no Tune
+    experiment: --resume then starts the search (it once failed with FileNotFoundError)."""
+    from distopt.orchestration.tuning import run_search
+    from distopt.results.report import save_config
+
+    cfg = load_config(SMOKE, ["search.num_trials=1",
+                              "search.space={compress.quant_bits: {choices: [8]}}"])
+    out = tmp_path / "early"
+    out.mkdir()
+    save_config(cfg, out)
+    with caplog.at_level(logging.INFO, logger="distopt.orchestration.tuning"):
+        grid = run_search(cfg, out, resume=True)
+    assert "no Tune experiment saved yet" in caplog.text
+    assert len(grid) == 1 and grid[0].error is None

@@ -32,7 +32,7 @@ from distopt.workdir import check_location, create_location, replace_location
 
 log = logging.getLogger("distopt")
 
-__all__ = ["SearchInterrupted", "SearchResult", "check_data", "search"]
+__all__ = ["SearchInterrupted", "SearchResult", "check_data", "open_location", "search"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,21 @@ def _differences(stored: Any, given: Any, prefix: str = "") -> list[str]:
                                        f"{given!r})"]
 
 
+def open_location(spec: str) -> Location:
+    """The experiment location ``spec``, or a :class:`~distopt.config.ConfigError` saying why
+    it cannot be used (a URI whose filesystem cannot be set up)."""
+    try:
+        return Location(spec)
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"output {spec}: {e}"], "search") from None
+
+
+def unreachable(out: Location, e: OSError) -> str:
+    return (f"output {out}: cannot be reached ({str(e).splitlines()[0][:300]}); check the "
+            "network, the endpoint (AWS_ENDPOINT_URL) and the credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an instance role)")
+
+
 def search(config: Config | str | Path | None, output: str | Path | Location | None = None,
            *, overrides: Sequence[str] | Mapping[str, Any] = (), resume: bool = False,
            overwrite: bool = False, verbose: bool = False) -> SearchResult:
@@ -116,9 +131,12 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
     else:
         cfg = load_config(config, overrides)
     out = output if isinstance(output, Location) else \
-        Location(str(output if output is not None else Path("results") / cfg.name))
+        open_location(str(output if output is not None else Path("results") / cfg.name))
     stage = out.local
-    problems = check_location(out, resume, overwrite)
+    try:
+        problems = check_location(out, resume, overwrite)
+    except OSError as e:  # a remote location that cannot be reached (network, credentials)
+        raise ConfigError([unreachable(out, e)], "search") from None
     if not cfg.search.space:
         problems.append("search.space: got {}; name at least one config key to search")
     if resume and (stage / "config.yaml").exists():
@@ -130,25 +148,27 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
     if problems:
         raise ConfigError(problems, "search")
     check_data(cfg)
-    if overwrite:
-        replace_location(out, "search")
-    else:
-        create_location(out, "search")
 
+    from distopt.orchestration.capacity import check_fits
     from distopt.orchestration.collect import collect
     from distopt.orchestration.run import ensure_ray, ensure_teacher
-    from distopt.orchestration.capacity import check_fits
     from distopt.orchestration.tuning import run_search
     from distopt.results.paths import SearchPaths
     from distopt.results.report import save_config, write_report
 
-    save_config(cfg, stage)
-    if out.remote:
-        out.write_bytes("config.yaml", (stage / "config.yaml").read_bytes())
+    # Pre-flight before anything is written: a cluster that is not there, or one where a trial
+    # never fits, leaves no output directory behind (the corrected rerun needs no --overwrite).
     ensure_ray(verbose=verbose)
     problems = check_fits(cfg)
     if problems:  # would wait forever for a placement group: say so now instead
         raise ConfigError(problems, "per-trial resources")
+    if overwrite:
+        replace_location(out, "search")
+    else:
+        create_location(out, "search")
+    save_config(cfg, stage)
+    if out.remote:
+        out.write_bytes("config.yaml", (stage / "config.yaml").read_bytes())
     # Tune's own SIGINT handler would end the running trials as errors: an interrupt stops
     # the search cleanly instead, and it resumes.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -14,8 +13,9 @@ from typing import Sequence
 
 import yaml
 
+from distopt import __version__, jsonio
 from distopt import metrics as M
-from distopt.api import SearchInterrupted, check_data, search
+from distopt.api import SearchInterrupted, check_data, open_location, search, unreachable
 from distopt.config import ConfigError, bits_text, load_config, reference_markdown
 from distopt.data import DataError
 from distopt.storage import Location, is_uri
@@ -47,8 +47,20 @@ def _resume_command(args: argparse.Namespace, out: object) -> str:
                        "--output", str(out), "--resume", *args.overrides])
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """The command's console: distopt's messages as plain lines on the current stdout."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout  # whatever stdout is now (a capture, a pipe), never a stale one
+        super().emit(record)
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    """One console handler, however often ``main`` runs in a process (a test, a notebook):
+    a second call replaces it instead of adding another."""
+    for old in [h for h in log.handlers if isinstance(h, _ConsoleHandler)]:
+        log.removeHandler(old)
+    handler = _ConsoleHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -65,21 +77,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems, "command line")
     check_data(cfg)
+
+    # Ray is imported once the config is valid, and joined (or started) before the output is
+    # made: a cluster that is not there leaves nothing behind.
+    from distopt.orchestration.run import ensure_ray, ensure_teacher, run_trial
+    from distopt.training.compression import Compression
+
+    ensure_ray(verbose=args.verbose)
     if args.overwrite:
         replace_output(out, "train")
     else:
         create_output(out, "train")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
-
-    # Ray is imported once the config is valid.
-    from distopt.orchestration.run import ensure_ray, ensure_teacher, run_trial
-    from distopt.training.compression import Compression
-
     log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %s-bit weights",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
              Compression(cfg.compression_plan).finetune_epochs, cfg.compress.prune_ratio,
              cfg.compress.prune_kind, bits_text(cfg.public_dict()["compress"]))
-    ensure_ray(verbose=args.verbose)
     _stop_on_signals()
     try:
         cfg = ensure_teacher(cfg, Location(str(out)), out / "ray")
@@ -91,8 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     (out / M.ARTIFACT_FILE).write_bytes(result.artifact)
     m = dict(result.metrics)
-    (out / "metrics.json").write_text(json.dumps(m, indent=2, default=float) + "\n")
-    (out / "history.json").write_text(json.dumps(result.history, indent=2, default=float) + "\n")
+    (out / "metrics.json").write_text(jsonio.dumps(m))
+    (out / "history.json").write_text(jsonio.dumps(result.history))
     log.info(
         "\n%-12s %s\n%-12s %.4f (decoded artifact)\n%-12s %.4f\n%-12s %s bytes (%.1fx smaller "
         "than dense fp32 %s)\n%-12s %s of %s non-zero\n%-12s %.3f ms\n%-12s %s\n%-12s %s",
@@ -119,9 +132,12 @@ def _download_driver_files(out: Location, resume: bool) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    out = Location(args.output) if args.output else None
+    out = open_location(args.output) if args.output else None
     if out is not None:
-        _download_driver_files(out, args.resume)
+        try:
+            _download_driver_files(out, args.resume)
+        except OSError as e:
+            raise ConfigError([unreachable(out, e)], "command line") from None
     stored = out.local / "config.yaml" if out is not None else None
     if args.resume and args.config is None and stored is not None and stored.exists():
         cfg = load_config(stored, args.overrides)  # resume what was started
@@ -147,11 +163,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     from distopt.results.report import write_report
     from distopt.results.trials import TRIALS
 
-    out = Location(args.directory)
+    out = open_location(args.directory)
     stage = out.local
-    if out.remote:
-        stage.mkdir(parents=True, exist_ok=True)
-        out.download([TRIALS, "config.yaml", "models"], stage)
+    try:
+        if out.remote:
+            stage.mkdir(parents=True, exist_ok=True)
+            out.download([TRIALS, "config.yaml", "models", MARKER], stage)
+    except OSError as e:
+        raise ConfigError([unreachable(out, e)], "command line") from None
+    if (stage / "config.yaml").exists() and (stage / MARKER).exists() and \
+            not (stage / TRIALS).exists():
+        raise ConfigError([f"{out} is a search that has not finished ({TRIALS} is written when "
+                           "it ends): resume it with `distopt search --output "
+                           f"{out} --resume`, and its report is written then"], "command line")
     if not (stage / TRIALS).exists() or not (stage / "config.yaml").exists():
         raise ConfigError([f"{out}: no {TRIALS} and config.yaml; is it a search's output?"],
                           "command line")
@@ -186,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     result["samples"] = len(splits.y_test)
     result["data"] = cfg.data.name
-    print(json.dumps(result, indent=2))
+    print(jsonio.dumps(result), end="")
     return 0
 
 
@@ -241,7 +265,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(reference_markdown())
         return 0
     cfg = load_config(args.config, args.overrides)
+    if args.check_data:
+        check_data(cfg)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print("# config valid" + (": data checked too" if args.check_data else " (the data was "
+          "not read; --check-data reads a Parquet data set and checks it too)"),
+          file=sys.stderr)
     return 0
 
 
@@ -249,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distopt", description="Search the accuracy/size Pareto "
                                 "front of neural networks on Ray.")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"distopt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -294,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print the validated config, or the reference table")
     common(c)
     c.add_argument("--reference", action="store_true", help="print every key and its rule")
+    c.add_argument("--check-data", action="store_true",
+                   help="also read the data (Parquet) and check it as a search would")
     c.set_defaults(func=cmd_config)
     return p
 

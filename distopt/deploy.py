@@ -40,7 +40,50 @@ class DeployedModel(nn.Module):
 
     def forward(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(x)
+        check_input(x, self.norm, tuple(self.model.spec.in_shape))
         return self.model(self.norm(x))
+
+    @property
+    def contract(self) -> str:
+        return input_contract(self.norm, tuple(self.model.spec.in_shape))
+
+
+def input_contract(norm: InputNorm, in_shape: tuple[int, ...]) -> str:
+    """What a deployed model takes, in words: the raw inputs its data stored."""
+    if norm.tokens:
+        return f"token ids, integers, of shape (N, {in_shape[0]})"
+    shape = f"(N, {in_shape[0]}, H, W) (resized to {list(norm.size)} inside)" if norm.size \
+        else "(N, " + ", ".join(map(str, in_shape)) + ")"
+    if norm.scale != 1:
+        return (f"raw values as the data stores them, shape {shape}: integers in [0, "
+                f"{1 / norm.scale:.6g}] (e.g. uint8 pixels; the model scales them by "
+                f"{norm.scale:.6g} itself)")
+    return f"raw values as the data stores them, shape {shape}"
+
+
+def check_input(x: torch.Tensor, norm: InputNorm, in_shape: tuple[int, ...]) -> None:
+    """Refuse inputs that break the model's input contract (:func:`input_contract`) instead
+    of returning confident nonsense: floats in [0, 1] given to a model of uint8 pixels once
+    gave 10% accuracy without a word."""
+    def refuse(what: str) -> None:
+        raise ValueError(f"this model takes {input_contract(norm, in_shape)}; got {what}")
+
+    resized = bool(norm.size) and not norm.tokens  # any height and width: resized inside
+    if x.dim() != len(in_shape) + 1 or x.shape[1] != in_shape[0] or \
+            (not resized and tuple(x.shape[1:]) != in_shape):
+        refuse(f"shape {tuple(x.shape)}")
+    if norm.tokens:
+        if x.is_floating_point() and bool((x != x.round()).any()):
+            refuse(f"{x.dtype} values that are not integers")
+        return
+    if norm.scale != 1 and x.numel():
+        top = 1 / norm.scale
+        lo, hi = float(x.min()), float(x.max())
+        fractional = x.is_floating_point() and bool((x != x.round()).any())
+        if fractional or lo < 0 or hi > top * (1 + 1e-6):
+            refuse(f"{x.dtype} values in [{lo:.4g}, {hi:.4g}]" +
+                   (" with fractions (normalized already? pass the raw values, e.g. "
+                    f"x * {top:.6g})" if fractional else ""))
 
 
 class OnnxModel:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distopt import jsonio
 from distopt import metrics as M
 from distopt.compress import ArtifactError, Decoded, decode
 from distopt.config import bits_text, load_config
@@ -326,7 +327,7 @@ def export_results(output: Path, trial: str | None = None, verify: bool = True
         if splits is not None:
             info.update(parity(decoded, onnx_bytes, splits.x_test, splits.y_test))
         entry["onnx"] = info
-    path.write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    path.write_text(jsonio.dumps(manifest))
     return entries
 
 

@@ -26,7 +26,8 @@ __all__ = ["EXTRA_HINT", "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "InputNorm", "
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 META_KEY = "distopt"  # metadata_props key holding the artifact's meta (input norm, ...) as JSON
-EXTRA_HINT = "pip install 'distopt[onnx]'"
+# On the package index "distopt" is an unrelated project: name the packages themselves.
+EXTRA_HINT = "pip install onnx onnxruntime (the onnx extra: pip install -e '.[onnx]' in a checkout)"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pytest
 
 from distopt import metrics as M
 from distopt.compress import decode
+from distopt.config import load_config
 
 from _raytools import assert_quiet
 from conftest import CONFIGS, ROOT, TINY
@@ -199,3 +200,94 @@ def test_a_distilling_search_trains_its_teacher_once_and_every_trial_learns_from
     assert len(rows) == 3 and all(r["status"] == "COMPLETE" for r in rows)
     for r in rows:  # every trial was pointed at the one stored teacher
         assert json.loads(r["config_json"])["train"]["teacher_path"] == str(teacher)
+
+
+# ---- what a user gets wrong: a clear message, exit 2, no traceback, nothing left behind ----
+
+
+def _no_traceback(p: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_config_naming_a_directory_is_a_clear_error(tmp_path):
+    p = distopt("config", "--config", str(tmp_path))
+    assert p.returncode == 2 and "is a directory; name a YAML file" in p.stderr
+    _no_traceback(p)
+
+
+def test_version_and_did_you_mean():
+    p = distopt("--version")
+    assert p.returncode == 0 and p.stdout.startswith("distopt ")
+    p = distopt("config", "trian.epochs=3")
+    assert p.returncode == 2 and "did you mean 'train'?" in p.stderr
+    _no_traceback(p)
+
+
+def test_config_says_it_did_not_read_the_data_unless_asked(tmp_path):
+    p = distopt("config", "--config", str(CONFIGS / "smoke.yaml"))
+    assert p.returncode == 0 and "the data was not read; --check-data" in p.stderr
+    bad = tmp_path / "bad.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq_
+
+    pq_.write_table(pa.table({"image": [b"x"], "label": ["seven"]}), bad)
+    p = distopt("config", "--check-data", "data.name=parquet", f"data.path={bad}")
+    assert p.returncode == 2 and "data has" in p.stderr
+    _no_traceback(p)
+
+
+def test_a_dead_ray_address_is_refused_at_once_and_leaves_no_output(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dead"
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    p = subprocess.run([sys.executable, "-m", "distopt", "search", "--config",
+                        str(CONFIGS / "smoke.yaml"), "--output", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there" in p.stderr
+    assert not out.exists()
+    _no_traceback(p)
+
+
+@pytest.mark.slow
+def test_an_unreachable_s3_output_is_a_clear_error(tmp_path):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-m", "distopt", "search", "--config",
+                        str(CONFIGS / "smoke.yaml"), "--output", "s3://bucket/exp"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert p.returncode == 2 and "output s3://bucket/exp: cannot be reached" in p.stderr
+    _no_traceback(p)
+
+
+def test_main_twice_in_one_process_keeps_one_console_handler(capsys):
+    import logging
+
+    from distopt.cli import main
+
+    logger = logging.getLogger("distopt")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    try:
+        for _ in range(2):
+            assert main(["config", "--config", str(CONFIGS / "smoke.yaml")]) == 0
+        assert len(logger.handlers) == 1
+    finally:  # this process's other tests read distopt's records through the root logger
+        logger.handlers[:] = saved[0]
+        logger.propagate, logger.level = saved[1], saved[2]
+
+
+def test_report_on_a_search_that_has_not_finished_says_how_to_finish_it(tmp_path):
+    from distopt.results.report import save_config
+    from distopt.workdir import create_output
+
+    out = tmp_path / "running"
+    create_output(out, "search")
+    save_config(load_config(CONFIGS / "smoke.yaml"), out)
+    p = distopt("report", str(out))
+    assert p.returncode == 2 and "has not finished" in p.stderr and "--resume" in p.stderr
+    _no_traceback(p)

@@ -362,3 +362,27 @@ def test_dense_key_ignores_compression_and_search_settings_only():
                       ["augment.rotation=5"], ["regularization.dropout=0.1"],
                       ["data.val_fraction=0.2"]):
         assert load_config(None, overrides).dense_key != base.dense_key, overrides
+
+
+def test_one_search_space_entry_can_be_overridden_on_the_command_line():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["search.space.model.channels={choices: [4, 16]}"])
+    assert cfg.search.space["model.channels"] == {"choices": [4, 16]}
+    assert "compress.prune_ratio" in cfg.search.space  # the other entries stay
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("train.seed", "select lucky seeds"), ("data.val_fraction", "another validation set"),
+    ("data.name", "not comparable"), ("name", "names the experiment"),
+])
+def test_keys_that_are_not_model_choices_cannot_be_searched(key, reason):
+    space = "{%s: {choices: [%s]}}" % (key, "0.1, 0.2" if key == "data.val_fraction" else
+                                       "0, 1" if key == "train.seed" else "a, b")
+    with pytest.raises(ConfigError, match=reason):
+        load_config(CONFIGS / "smoke.yaml", [f"search.space={space}"])
+
+
+def test_several_gpu_ranks_of_one_trial_must_not_share_a_gpu():
+    with pytest.raises(ConfigError, match="NCCL refuses duplicate devices"):
+        load_config(None, ["train.use_gpu=true", "train.num_workers=2",
+                           "train.gpus_per_worker=0.5"])
+    load_config(None, ["train.use_gpu=true", "train.num_workers=1", "train.gpus_per_worker=0.5"])

@@ -42,3 +42,20 @@ def test_load_refuses_a_file_without_input_normalization(tmp_path):
     (tmp_path / "x.dopt").write_bytes(b"not an artifact")
     with pytest.raises(ArtifactError):
         distopt.load(tmp_path / "x.dopt")
+
+
+def test_inputs_that_break_the_models_input_contract_are_refused_with_the_contract(tmp_path):
+    """Floats in [0, 1] given to a model of uint8 pixels once gave 10% accuracy silently."""
+    path = tmp_path / "m.dopt"
+    meta = {"input": {"scale": 1 / 255, "mean": 0.13, "std": 0.3, "tokens": False}}
+    path.write_bytes(encode(build_model(seed_cnn()).eval(), 8, meta))
+    model = distopt.load(path)
+    assert "integers in [0, 255]" in model.contract
+    assert model(np.zeros((2, 1, 28, 28), np.uint8)).shape == (2, 10)
+    assert model(np.full((1, 1, 28, 28), 255.0)).shape == (1, 10)  # raw values as floats: fine
+    for bad, what in ((np.random.default_rng(0).random((2, 1, 28, 28)), "with fractions"),
+                      (np.zeros((2, 28, 28), np.uint8), "got shape (2, 28, 28)"),
+                      (np.full((1, 1, 28, 28), 300), "values in [300, 300]")):
+        with pytest.raises(ValueError, match=r"takes raw values .* integers in \[0, 255\]") as e:
+            model(bad)
+        assert what in str(e.value)

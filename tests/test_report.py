@@ -107,3 +107,28 @@ def test_the_byte_breakdown_cell_reads_the_four_parts_or_dashes_a_v1_file():
         "104 / 373 / 215 / 1,369"
     assert breakdown_cell({k: math.nan for k in BREAKDOWN}) == "-"  # v1: no exact split
     assert breakdown_cell({}) == "-"
+
+
+def test_a_model_no_better_than_chance_is_flagged():
+    from distopt.results.objectives import at_chance
+
+    assert at_chance(0.105, 10, 6000) and at_chance(0.09, 10, 6000)
+    assert not at_chance(0.115, 10, 6000)
+    assert at_chance(0.115, 10, 100)  # 100 samples: 11.5% is within guessing's spread
+    assert not at_chance(0.6, 2, 6000) and at_chance(0.51, 2, 1000)
+
+
+def test_report_rebuilds_when_a_front_models_file_is_gone(tmp_path, caplog):
+    """`distopt report` after a front model's .dopt was deleted: rebuilt, with a warning."""
+    import logging
+
+    from distopt.results.report import _artifact_digest
+
+    logger = logging.getLogger("distopt.results.report")
+    logger.addHandler(caplog.handler)  # on it directly: the CLI's setup stops propagation
+    try:
+        with caplog.at_level(logging.WARNING, logger="distopt.results.report"):
+            assert _artifact_digest(tmp_path / "models" / "gone.dopt") == ""
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "gone.dopt is missing" in caplog.text

@@ -103,6 +103,12 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         problems.append(f"train.executor: got 'trial_actor' with num_workers {t.num_workers}, "
                         f"use_gpu {t.use_gpu}; a trial actor trains one CPU worker (several "
                         "workers or GPUs need 'ray_train' or 'auto')")
+    if ok("train.use_gpu", "train.num_workers", "train.gpus_per_worker") and t.use_gpu and \
+            t.num_workers > 1 and t.gpus_per_worker < 1:
+        problems.append(f"train.gpus_per_worker: got {t.gpus_per_worker:g} with use_gpu and "
+                        f"num_workers {t.num_workers}; Ray would pack several ranks of one "
+                        "trial on one GPU and NCCL refuses duplicate devices at the first "
+                        "collective: give each worker a whole GPU (1), or use one worker")
     c = cfg.compress
     # Whether the built-in methods fine-tune (training.compression decides it for a run).
     fine_tunes = ok("compress") and c.finetune_epochs > 0 and (c.prune_ratio > 0 or
@@ -167,7 +173,7 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         if missing:
             problems.append(f"search.objectives: {metrics.ORT_LATENCY_MS} needs "
                             f"{' and '.join(missing)}, not installed here: "
-                            "pip install 'distopt[onnx]'")
+                            "pip install onnx onnxruntime")
     if not names:
         problems.append("search.objectives: got []; needs at least one objective")
 

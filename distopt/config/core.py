@@ -214,6 +214,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError([f"config file {path} does not exist"], source) from None
+        except IsADirectoryError:
+            raise ConfigError([f"config file {path} is a directory; name a YAML file (e.g. "
+                               "configs/mnist_cnn.yaml)"], source) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([f"config file {path} cannot be read: "
+                               f"{getattr(e, 'strerror', None) or e}"], source) from None
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], source) from None
         if not isinstance(raw, dict):

@@ -5,6 +5,7 @@ spelled one way. Generic over the dataclass tree it is given; knows no section b
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -102,8 +103,10 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for k in raw:
         if k not in names:
-            problems.append(f"{prefix}.{k}: unknown key (known: {', '.join(sorted(names))})"
-                            .lstrip("."))
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(f"{prefix}.{k}: unknown key ({hint}known: "
+                            f"{', '.join(sorted(names))})".lstrip("."))
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}".lstrip(".")
@@ -151,8 +154,18 @@ def get_dotted(raw: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+# Mappings whose own keys are dotted config keys: an override through one of them names a
+# single entry (search.space.model.channels={choices: [4, 8]} sets the entry "model.channels").
+DOTTED_MAPPINGS = ("search.space", "search.trial_overrides", "train.teacher_overrides")
+
+
 def set_dotted(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:
-    parts = key.split(".")
+    for mapping in DOTTED_MAPPINGS:
+        if key.startswith(mapping + ".") and len(key) > len(mapping) + 1:
+            parts = [*mapping.split("."), key[len(mapping) + 1:]]
+            break
+    else:
+        parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})

@@ -23,7 +23,20 @@ from distopt.config.parse import coerce, describe, field_info_in
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
-__all__ = ["SPACE_KEYS", "check_space", "check_value", "draw", "to_optuna"]
+__all__ = ["SPACE_KEYS", "UNSEARCHABLE", "check_space", "check_value", "draw", "to_optuna"]
+
+# Keys that are config keys but not choices of a model: searching them would compare trials
+# that are not comparable, or select on noise.
+_DATA = "trials on different data are not comparable (search one data set per search)"
+UNSEARCHABLE = {
+    "name": "it names the experiment, not a choice of the model",
+    "train.seed": "the search would select lucky seeds, not better models (search.reseed "
+                  "measures the front's seed noise instead)",
+    "data.val_fraction": "each value is another validation set, so the accuracies the search "
+                         "compares would not be comparable",
+    "data.name": _DATA, "data.path": _DATA, "data.test_path": _DATA,
+    "data.num_classes": _DATA, "data.shape": _DATA, "data.kind": _DATA,
+}
 
 
 def check_value(root: type, dotted: str, value: Any, what: str, problems: list[str]
@@ -48,6 +61,9 @@ def check_space(root: type, space: Mapping[str, Any], problems: list[str]) -> No
         info = field_info_in(root, key)
         if info is None or key.startswith("search."):
             problems.append(f"{where}: not a config key that can be searched")
+            continue
+        if key in UNSEARCHABLE:
+            problems.append(f"{where}: {key} cannot be searched: {UNSEARCHABLE[key]}")
             continue
         if not isinstance(spec, Mapping):
             problems.append(f"{where}: got {describe(spec)}; must be a mapping with "

@@ -18,9 +18,10 @@ from distopt.orchestration._optuna_search import DUPLICATE_OF as ATTR
 from distopt.orchestration._optuna_search import TUNE_TRIAL_ID
 from distopt.orchestration.progress import read_trial_clock
 from distopt.pareto import non_dominated
-from distopt.results.objectives import objective_matrix
+from distopt.results.objectives import at_chance, objective_matrix
 from distopt.results.paths import SearchPaths
-from distopt.results.trials import DUPLICATE, DUPLICATE_OF, FINAL_METRICS, STOPPED, write_trials
+from distopt.results.trials import (AT_CHANCE, DUPLICATE, DUPLICATE_OF, FINAL_METRICS, STOPPED,
+                                    write_trials)
 from distopt.storage import Location
 from distopt.training import evaluate_artifact
 
@@ -79,15 +80,18 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     rows.sort(key=lambda r: r["trial_number"])  # stable: children stay after their parent
     rows += _duplicate_rows(cfg, location, rows)
 
+    splits = load_splits(cfg.data)
+    for r in rows:  # no better than guessing: never on the front, whatever its size
+        r[AT_CHANCE] = r["status"] == "COMPLETE" and at_chance(
+            r[M.VAL_ACCURACY], cfg.data.num_classes, len(splits.y_val))
     pts = objective_matrix(rows, cfg)
-    done = np.array([r["status"] == "COMPLETE" for r in rows], bool)
+    done = np.array([r["status"] == "COMPLETE" and not r[AT_CHANCE] for r in rows], bool)
     front = np.zeros(len(rows), bool)
     if done.any():
         front[np.flatnonzero(done)] = non_dominated(pts[done], [d for _, d in cfg.search.objectives])
     output = location.local
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(cfg.data) if front.any() else None
     for row, on_front in zip(rows, front):
         row["pareto"] = bool(on_front)
         row[M.TEST_ACCURACY] = math.nan
@@ -99,7 +103,6 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         dst = models / f"{row['trial_id']}.dopt"
         dst.write_bytes(location.read_bytes(src))
         row["artifact"] = str(dst.relative_to(output))
-        assert splits is not None
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
     write_trials(rows, output)
     return rows

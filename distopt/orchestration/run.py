@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from distopt import metrics as M
-from distopt.config import Config
+from distopt.config import Config, ConfigError
 from distopt.training.dense_store import DenseStore
 from distopt.storage import Location, is_uri
 from distopt.orchestration.telemetry import record_trial
@@ -90,7 +91,30 @@ def ensure_ray(verbose: bool = False, **init_kwargs: Any) -> None:
     # Keep Ray's own chatter (worker start-up, deprecation notices) off the user's console.
     init_kwargs.setdefault("logging_level", logging.INFO if verbose else logging.WARNING)
     init_kwargs.setdefault("configure_logging", True)
-    ray.init(**init_kwargs)
+    address = str(init_kwargs.get("address") or os.environ.get("RAY_ADDRESS") or "")
+    check_reachable(address)
+    try:
+        ray.init(**init_kwargs)
+    except ConnectionError as e:  # address "auto" with no cluster on this machine, ...
+        raise ConfigError([f"RAY_ADDRESS={address or 'auto'}: {str(e).splitlines()[0]}; start "
+                           "the cluster (ray start --head, ray up) or unset RAY_ADDRESS to "
+                           "run on this machine"], "environment") from None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address (``host:port`` or ``ray://host:port``) must answer a TCP connection:
+    Ray itself retries a dead GCS address for minutes, printing "Failed to connect to GCS"."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():  # "auto", "local", "": Ray finds (or starts) the instance itself
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError([f"RAY_ADDRESS={address}: no Ray cluster answers there "
+                           f"({e.strerror or type(e).__name__}); start it (ray start --head, "
+                           "ray up) or unset RAY_ADDRESS to run on this machine"],
+                          "environment") from None
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:

@@ -13,8 +13,8 @@ from distopt import metrics as M
 from distopt.config import Config
 from distopt.pareto import hypervolume
 
-__all__ = ["LOG_SCALED", "beyond_worst", "hv_reference", "hypervolume_curve", "objective_matrix",
-           "scaled"]
+__all__ = ["LOG_SCALED", "at_chance", "beyond_worst", "hv_reference", "hypervolume_curve",
+           "objective_matrix", "scaled"]
 
 LOG_SCALED = (M.SIZE_BYTES, M.EXPECTED_SIZE_BYTES)  # byte counts: compared on a log10 scale
 
@@ -65,3 +65,11 @@ def hypervolume_curve(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list
         xs.append(ordered[n - 1]["trial_number"])
         ys.append(hypervolume(sel, dirs, ref) if len(sel) else 0.0)
     return xs, ys
+
+
+def at_chance(val_accuracy: float, num_classes: int, n_val: int) -> bool:
+    """Whether a validation accuracy is no better than guessing: within three binomial
+    standard deviations of ``1 / num_classes`` on ``n_val`` samples (10.5% on 10 classes and
+    6,000 samples is; 11.5% is not). Such a model is never on the front."""
+    p = 1.0 / num_classes
+    return not val_accuracy > p + 3 * math.sqrt(p * (1 - p) / max(n_val, 1))

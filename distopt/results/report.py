@@ -16,13 +16,14 @@ from typing import Any
 
 import yaml
 
+from distopt import jsonio
 from distopt import metrics as M
 from distopt.compress import decode
 from distopt.config import Config, load_config
 from distopt.results.objectives import hypervolume_curve
 from distopt.results.plots import plot_front, plot_hypervolume
-from distopt.results.trials import (BREAKDOWN, DUPLICATE, SEEDS, STOPPED, TEST_MEAN, TEST_SD,
-                                    WITHIN_NOISE, load_trials)
+from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, SEEDS, STOPPED, TEST_MEAN,
+                                    TEST_SD, WITHIN_NOISE, load_trials)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def write_report(output: Path) -> dict[str, Any]:
     complete = len(rows) - len(failed) - stopped - duplicates
     children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
     reused = sum(bool(r.get(M.DENSE_FROM)) and not r.get(M.PARENT_ID) for r in rows)
+    chance = sum(bool(r.get(AT_CHANCE)) for r in rows)
     lines = [f"# {cfg.name}: Pareto front", "",
              f"{len(rows)} trials, {complete} complete"
              + (f" ({children} of them children: compressed from another trial's dense model, "
@@ -116,6 +118,7 @@ def write_report(output: Path) -> dict[str, Any]:
              + (f"{stopped} stopped early ({cfg.search.scheduler}), " if stopped else "")
              + (f"{duplicates} sampled again after they had finished (answered with the "
                 "earlier result, not trained), " if duplicates else "")
+             + (f"{chance} no better than chance (kept off the front), " if chance else "")
              + f"{len(failed)} failed; "
              f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
              + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
@@ -174,7 +177,7 @@ def write_report(output: Path) -> dict[str, Any]:
             **_kept_onnx(exported.get(r["trial_id"]), output, output / r["artifact"]),
         } for r in front],
     }
-    (output / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    (output / M.MANIFEST_FILE).write_text(jsonio.dumps(manifest))
     return {"trials": len(rows), "failed": len(failed), "front": len(front),
             "hypervolume": ys[-1] if ys else 0.0}
 
@@ -191,7 +194,15 @@ def _cell(v: Any) -> str:
 
 
 def _artifact_digest(path: Path) -> str:
-    return str(decode(path.read_bytes(), str(path)).meta.get("data_digest", ""))
+    """The data digest a front model's file records; "" (and a warning) for a file that is
+    gone: the rest of the report is rebuilt from trials.parquet alone."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        log.warning("warning: %s is missing: the report is rebuilt without it (its manifest "
+                    "entry has no data digest); rerun the search to get the model back", path)
+        return ""
+    return str(decode(data, str(path)).meta.get("data_digest", ""))
 
 
 def save_config(cfg: Config, output: Path) -> None:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from distopt import metrics as M
 
-__all__ = ["BREAKDOWN", "DUPLICATE", "DUPLICATE_OF", "FINAL_METRICS", "SEEDS", "STOPPED",
+__all__ = ["AT_CHANCE", "BREAKDOWN", "DUPLICATE", "DUPLICATE_OF", "FINAL_METRICS", "SEEDS", "STOPPED",
            "TEST_MEAN", "TEST_SD", "TRIALS", "WITHIN_NOISE", "load_trials", "write_trials"]
 
 TRIALS = "trials.parquet"
@@ -24,6 +24,7 @@ FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYT
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
 DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained
 DUPLICATE_OF = "duplicate_of"  # the trial whose result a DUPLICATE row got
+AT_CHANCE = "at_chance"  # a complete model no better than guessing (never on the front)
 # search.reseed: the front's test accuracy over seeds, and whether its lead is within noise.
 TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE = ("test_accuracy_mean", "test_accuracy_sd", "seeds",
                                            "within_noise")

@@ -142,9 +142,14 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
     if resume and (stage / "config.yaml").exists():
         changed = _differences(stored_public(stage), comparable(cfg.public_dict()))
         if changed:
+            budget = all(c.startswith(("search.num_trials ", "search.time_budget_s "))
+                         for c in changed)
             problems.append(f"resume: the config differs from the one {out} was started with "
                             f"in {'; '.join(changed)}; a search resumes with the config it "
-                            "started with (leave those keys as they were)")
+                            "started with (leave those keys as they were)" + (
+                                ": Ray Tune restores an experiment with its own trial count "
+                                "and budget, so a search cannot be extended; start another "
+                                "search for more trials" if budget else ""))
     if problems:
         raise ConfigError(problems, "search")
     check_data(cfg)

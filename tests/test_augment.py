@@ -118,3 +118,26 @@ def test_one_dimensional_signals_shift_along_their_length_only():
                                rtol=0)
     centers = (out[:, 0, 0] * torch.arange(64)).sum(1) / out[:, 0, 0].sum(1)
     assert centers.std() > 1.0  # samples moved by different amounts along L
+
+
+def test_shear_is_in_degrees_as_keras_reads_it():
+    """A vertical line sheared by up to 30 degrees leans by up to sin(30) = 0.5 pixels per
+    row: neither 0 (shear ignored) nor up to 1 (30 read as radians)."""
+    import math
+
+    import torch
+
+    from distopt.augment import random_affine
+    from distopt.config import AugmentConfig
+
+    x = torch.zeros(256, 1, 64, 64)
+    x[:, :, :, 32] = 1.0
+    out = random_affine(x, AugmentConfig(shear=30), torch.Generator().manual_seed(0))
+    cols = torch.arange(64, dtype=torch.float32)
+    rows = torch.arange(12, 52)
+    mass = out[:, 0, rows, :]  # (B, rows, W)
+    centre = (mass * cols).sum(-1) / mass.sum(-1).clamp(min=1e-6)  # x of the line per row
+    y = rows.float() - rows.float().mean()
+    slope = ((centre - centre.mean(1, keepdim=True)) * y).sum(1) / (y * y).sum()
+    steepest = float(slope.abs().max())
+    assert 0.45 < steepest <= math.sin(math.radians(30)) + 0.02, steepest

@@ -819,3 +819,30 @@ def test_fuzzed_v2_artifacts_decode_or_raise_artifact_error_within_bounded_memor
         raws[k] = bytes(raw)
         crafted = _v2_build(header, raws, flag)
     _assert_decodes_or_refuses_in_bounded_memory(crafted)
+
+
+def test_the_index_chosen_per_tensor_keeps_the_file_near_the_best_single_index_coding():
+    """Each weight's index (none, bitmask, Rice gaps) is chosen by a cheap per-tensor estimate:
+    measured over sparsities and bit widths, the file stays within 4% of the smallest file any
+    one index coding for every tensor gives (2.7% at worst when this test was written; a
+    fixed density rule instead gives files up to 10% larger)."""
+    from distopt.compress import codings as CD
+
+    spec = ModelSpec("mlp", (1, 16, 16), 10, (), (64, 32), 3)
+    choose = CD._index_options
+    worst = 0.0
+    for sparsity in (0.03, 0.2, 0.5, 0.9, 0.97):
+        for bits in (8, 4, 2):
+            model = _model(0, spec)
+            apply_masks(model, global_magnitude_masks(model, sparsity))
+            chosen = len(encode(model, bits))
+            forced = []
+            for which in (CD.INDEX_DENSE, CD.INDEX_BITMASK, CD.INDEX_RICE):
+                CD._index_options = lambda nz, w=which: [
+                    o for o in choose(nz) if o[0] == w] or choose(nz)[:1]
+                try:
+                    forced.append(len(encode(model, bits)))
+                finally:
+                    CD._index_options = choose
+            worst = max(worst, chosen / min(forced))
+    assert worst <= 1.04, worst

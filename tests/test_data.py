@@ -554,3 +554,22 @@ def test_generated_signals_are_deterministic_balanced_and_need_the_waveform():
                                        "data.num_classes=6", "model.family=conv1d"]).data)
     assert s.x_train.shape[1:] == (3, 1, 128) and s.scale == 1.0 and not s.tokens
     assert len(s.x_train) + len(s.x_val) == 6000 and len(s.x_test) == 2000
+
+
+def test_columns_that_would_not_fit_in_memory_are_refused_from_the_metadata(tmp_path,
+                                                                           monkeypatch):
+    """The "fits in memory" check reads the file's metadata only: here the machine claims
+    4 KB, so a file of 100 rows of 784 bytes is refused before a byte of it is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import distopt.data as D
+
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"image": [bytes(784)] * 100, "label": [1] * 100}), path)
+    monkeypatch.setattr(D, "_memory_bytes", lambda: 4096)
+    read = []
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, *a, **k: read.append(1))
+    with pytest.raises(D.DataError, match="more than half of this machine's memory"):
+        D._read_table(path, ["image", "label"])
+    assert not read

@@ -680,3 +680,17 @@ def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, 
     out = fit(other, WorkerEnv(), Recorder(), splits=splits,
               dense_store=DenseStore(str(tmp_path), "t4"))
     assert out["metrics"][M.DENSE_FROM] == "" and len(list(tmp_path.glob("*.pt"))) == 2
+
+
+@pytest.mark.parametrize("bf16_ms, expected", [(5.0, "bf16"), (9.5, "fp32")])
+def test_cpu_precision_is_bf16_only_where_a_measured_step_is_faster(monkeypatch, bf16_ms,
+                                                                    expected):
+    """auto on a CPU with bf16: bf16 when its step is under 90% of fp32's (10 ms here)."""
+    from distopt.training import precision as P
+
+    monkeypatch.setattr(P, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr(P, "_time_steps", lambda model, x, dtype, n=6:
+                        (bf16_ms if dtype is torch.bfloat16 else 10.0) / 1e3)
+    choice, why = P.resolve_precision("auto", torch.device("cpu"), torch.nn.Linear(2, 2),
+                                      torch.zeros(1, 2))
+    assert choice == expected, why

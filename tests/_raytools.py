@@ -96,3 +96,33 @@ def assert_quiet(stderr: str) -> None:
     deprecation warnings."""
     noisy = [line for line in stderr.splitlines() if any(n in line for n in NOISE)]
     assert noisy == [], stderr[-3000:]
+
+
+def _parent(pid: int) -> int:
+    """The parent pid of ``pid`` (0 if it is gone), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, then ppid
+
+
+def own_processes(marker: bytes) -> list[int]:
+    """Pids of this process's descendants (the Ray instance a test started in-process: its
+    raylet and workers) whose command line holds ``marker``; never anyone else's."""
+    me = os.getpid()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker not in (proc / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        pid = ancestor = int(proc.name)
+        for _ in range(64):  # up the tree to this process, or to init
+            ancestor = _parent(ancestor)
+            if ancestor in (0, 1) or ancestor == me:
+                break
+        if ancestor == me and pid != me:
+            found.append(pid)
+    return found

@@ -10,6 +10,7 @@ from distopt.data import load_splits
 from distopt.orchestration.run import run_trial
 from distopt.training import evaluate_artifact
 
+from _raytools import own_processes
 from conftest import TINY
 
 
@@ -56,8 +57,6 @@ def test_killed_worker_restarts_from_the_last_epoch_checkpoint(ray_local, tmp_pa
     import threading
     import time
 
-    from pathlib import Path
-
     cfg = load_config(None, ["train.epochs=6", "train.cpus_per_worker=2", "train.max_failures=1",
                              "train.precision=fp32", "augment.rotation=20", "augment.zoom=0.1",
                              "compress.prune_ratio=0"])
@@ -76,13 +75,7 @@ def test_killed_worker_restarts_from_the_last_epoch_checkpoint(ray_local, tmp_pa
             seen |= {p.name for p in run_dir.glob("checkpoint_*")}
         time.sleep(0.05)
     time.sleep(0.5)
-    workers = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"RayTrainWorker" in (proc / "cmdline").read_bytes():
-                workers.append(int(proc.name))
-        except OSError:
-            pass
+    workers = own_processes(b"RayTrainWorker")  # of this test's Ray instance only
     assert workers, "no Ray Train worker process found"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)

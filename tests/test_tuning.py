@@ -25,7 +25,7 @@ from distopt.config import Config
 from distopt.config.space import to_optuna
 from distopt.training import evaluate_artifact
 
-from _raytools import assert_quiet
+from _raytools import assert_quiet, own_processes
 from conftest import CONFIGS, ROOT
 
 SMOKE = CONFIGS / "smoke.yaml"
@@ -556,13 +556,7 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
 
     while time.time() < deadline and newest_checkpoint() < 2:
         time.sleep(0.05)
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"ImplicitFunc" in (proc / "cmdline").read_bytes():  # a Tune function trial
-                pids.append(int(proc.name))
-        except OSError:
-            pass
+    pids = own_processes(b"ImplicitFunc")  # this test's Tune function trial, no one else's
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)
     thread.join(timeout=600)

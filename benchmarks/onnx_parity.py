@@ -21,7 +21,7 @@ from _common import table, write  # noqa: E402
 
 from distopt import metrics as M  # noqa: E402
 from distopt.config import bits_text  # noqa: E402
-from distopt.export import export_results  # noqa: E402
+from distopt.exporters import EXPORTERS, export_front  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("mnist_cnn", "signals_conv1d")
@@ -69,7 +69,7 @@ def main() -> None:
     dirs = args.experiments or [_search(name) for name in CONFIGS]
     all_rows = []
     for d in dirs:
-        all_rows += rows(d.name, export_results(d))
+        all_rows += rows(d.name, export_front(d, EXPORTERS["onnx"]))
     payload = {"command": "python benchmarks/onnx_parity.py " + " ".join(
         str(d) for d in args.experiments), "rows": all_rows,
         "worst_agreement": min(r["agreement"] for r in all_rows),

@@ -18,6 +18,7 @@ from distopt import metrics as M
 from distopt.api import SearchInterrupted, check_data, open_location, search, unreachable
 from distopt.config import ConfigError, bits_text, load_config, reference_markdown
 from distopt.data import DataError
+from distopt.exporters import EXPORTERS
 from distopt.storage import Location, is_uri
 from distopt.workdir import MARKER, check_output, create_output, replace_output
 
@@ -215,49 +216,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """ONNX files of a search's front (checked against PyTorch on the test set), or of one
-    ``.dopt`` file (written beside it)."""
-    from distopt.export import ExportError, export_results, require_onnx, to_onnx
+    """A search's front in a deployable format (checked on its runtime against PyTorch on the
+    test set), or one ``.dopt`` file (written beside it)."""
+    from distopt.compress import ArtifactError, decode
+    from distopt.export import ExportError
+    from distopt.exporters import EXPORTERS, export_front, headers, table
 
+    exporter = EXPORTERS[args.format]
     try:
-        require_onnx(runtime=args.verify)
+        exporter.require(args.verify)
     except ImportError as e:
-        raise ConfigError([f"--format onnx: {e}"], "command line") from None
+        raise ConfigError([f"--format {args.format}: {e}"], "command line") from None
     target = Path(args.target)
     if target.is_file():
-        from distopt.compress import ArtifactError, decode
-
         try:
-            onnx_bytes = to_onnx(decode(target.read_bytes(), str(target)), str(target))
-        except ArtifactError as e:
+            data = exporter.export(decode(target.read_bytes(), str(target)), str(target))
+        except (ArtifactError, ExportError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        out = target.with_suffix(".onnx")
-        out.write_bytes(onnx_bytes)
-        log.info("%s: %s bytes (.dopt %s bytes)", out, f"{len(onnx_bytes):,}",
+        out = target.with_suffix(exporter.suffix)
+        out.write_bytes(data)
+        log.info("%s: %s bytes (.dopt %s bytes)", out, f"{len(data):,}",
                  f"{target.stat().st_size:,}")
         return 0
     if is_uri(args.target):
         raise ConfigError([f"directory: got {args.target!r}; distopt export reads a local "
                            "directory (copy the results down first)"], "command line")
     try:
-        entries = export_results(target, args.trial, args.verify)
+        entries = export_front(target, exporter, args.trial, args.verify)
     except ExportError as e:
         raise ConfigError([str(e)], "command line") from None
-    log.info("%s", _export_table(entries, args.verify))
-    log.info("\n%d ONNX file(s) in %s; their bytes%s are in %s", len(entries),
-             target / M.ONNX_DIR, " and the runtime check" if args.verify else "",
+    head = headers(exporter, args.verify)
+    rows = table(entries, exporter, args.verify)
+    log.info("%s", "\n".join(["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+                             + ["| " + " | ".join(r) + " |" for r in rows]))
+    log.info("\n%d %s file(s) in %s; their bytes%s are in %s", len(entries), args.format,
+             target / exporter.name, " and the runtime check" if args.verify else "",
              target / M.MANIFEST_FILE)
     return 0
-
-
-def _export_table(entries: list[dict], verified: bool) -> str:
-    from distopt.export import PARITY_HEADERS, parity_cells
-
-    head = PARITY_HEADERS if verified else PARITY_HEADERS[:5]
-    rows = [parity_cells(e, verified) for e in entries]
-    return "\n".join(["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -316,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("target", metavar="RESULTS_DIR", help="a search's experiment directory, or "
                    "a .dopt file")
     x.add_argument("--trial", help="export only this trial of the front")
-    x.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
+    x.add_argument("--format", choices=sorted(EXPORTERS), default="onnx",
+                   help="output format (a registered exporter: distopt.exporters)")
     x.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the ONNX Runtime check against PyTorch on the test set")
     x.set_defaults(func=cmd_export)

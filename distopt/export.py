@@ -18,26 +18,22 @@ normalization (``x * scale - mean) / std``) is the graph's first nodes. Weights:
 
 Recurrent layers become ONNX ``RNN``/``GRU``/``LSTM`` nodes, time-major, with PyTorch's gate
 blocks reordered to ONNX's (LSTM ``ifgo`` -> ``iofc``; GRU ``rzn`` -> ``zrh`` with
-``linear_before_reset=1``). Nothing here imports Ray; ``onnx`` is the optional extra
-``distopt[onnx]``.
+``linear_before_reset=1``). Nothing here imports Ray; ``onnx`` and ``onnxruntime`` are the
+optional ``onnx`` extra. The registered exporter that uses this is
+:class:`distopt.exporters.OnnxExporter`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from distopt import jsonio
 from distopt import metrics as M
-from distopt.compress import ArtifactError, Decoded, decode
-from distopt.config import bits_text, load_config
-from distopt.data import load_splits
+from distopt.compress import ArtifactError, Decoded
 from distopt.models import Net, RecurrentNet
 from distopt.runtime import (INPUT_NAME, META_KEY, OUTPUT_NAME, InputNorm, example_feed,
                              measure_latency_ms, measure_ort_latency_ms, require_onnx, session)
@@ -45,8 +41,7 @@ from distopt.runtime import (INPUT_NAME, META_KEY, OUTPUT_NAME, InputNorm, examp
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["OPSET", "PARITY_HEADERS", "ExportError", "export_results", "parity", "parity_cells",
-           "predict", "to_onnx"]
+__all__ = ["OPSET", "ExportError", "parity", "predict", "to_onnx"]
 
 OPSET = 17
 
@@ -289,63 +284,6 @@ def parity(decoded: Decoded, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray
         M.LATENCY_MS: measure_latency_ms(model, spec),
         M.ORT_LATENCY_MS: measure_ort_latency_ms(onnx_bytes, example_feed(spec)),
     }
-
-
-def export_results(output: Path, trial: str | None = None, verify: bool = True
-                   ) -> list[dict[str, Any]]:
-    """Export the front of the search in ``output`` (or one ``trial`` of it) as
-    ``onnx/<trial_id>.onnx``; with ``verify``, check each against PyTorch on the whole test
-    set (:func:`parity`). Records every file's bytes (and the check) under ``"onnx"`` in the
-    manifest's model entries, and returns those entries.
-
-    Raises :class:`ExportError` for a directory without a search's manifest or an unknown
-    trial, before anything is exported."""
-    path = output / M.MANIFEST_FILE
-    if not path.exists():
-        raise ExportError(f"{output}: no {M.MANIFEST_FILE}; is it a search's output (or run "
-                          "`distopt report` on it first)?")
-    manifest = json.loads(path.read_text())
-    entries = manifest.get("models", [])
-    if trial is not None:
-        entries = [e for e in entries if e["trial_id"] == trial]
-        if not entries:
-            ids = ", ".join(e["trial_id"] for e in manifest.get("models", [])) or "none"
-            raise ExportError(f"--trial: got {trial!r}; the front of {output} holds {ids}")
-    splits = load_splits(load_config(output / "config.yaml").data) if verify and entries \
-        else None
-    (output / M.ONNX_DIR).mkdir(exist_ok=True)
-    for entry in entries:
-        source = output / entry["file"]
-        decoded = decode(source.read_bytes(), str(source))
-        onnx_bytes = to_onnx(decoded, str(source))
-        target = output / M.ONNX_DIR / f"{entry['trial_id']}.onnx"
-        target.write_bytes(onnx_bytes)
-        # The .dopt it came from, so that a rebuilt report keeps this entry while it holds.
-        info: dict[str, Any] = {"file": str(target.relative_to(output)), "opset": OPSET,
-                                M.ONNX_BYTES: len(onnx_bytes),
-                                "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
-        if splits is not None:
-            info.update(parity(decoded, onnx_bytes, splits.x_test, splits.y_test))
-        entry["onnx"] = info
-    path.write_text(jsonio.dumps(manifest))
-    return entries
-
-
-PARITY_HEADERS = ["model", "bits", "sparsity", ".dopt bytes", ".onnx bytes", "PyTorch acc",
-                  "ORT acc", "agreement", "PyTorch ms", "ORT ms"]
-
-
-def parity_cells(entry: dict[str, Any], verified: bool = True) -> list[str]:
-    """One manifest model entry after :func:`export_results` as table cells (the first five
-    of :data:`PARITY_HEADERS` without the runtime check): the CLI's and the benchmark's row."""
-    m, o = entry["metrics"], entry["onnx"]
-    cells = [entry["trial_id"], bits_text(entry["config"]["compress"]),
-             f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",
-             f"{o[M.ONNX_BYTES]:,}"]
-    if verified:
-        cells += [f"{o['test_accuracy_pytorch']:.4f}", f"{o['test_accuracy_onnxruntime']:.4f}",
-                  f"{o['agreement']:.2%}", f"{o[M.LATENCY_MS]:.3f}", f"{o[M.ORT_LATENCY_MS]:.3f}"]
-    return cells
 
 
 class ExportError(ValueError):

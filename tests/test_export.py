@@ -237,3 +237,15 @@ def test_a_resizing_model_resizes_in_the_graph_as_in_training(side):
     got = session(to_onnx(decoded)).run(None, {INPUT_NAME: x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
+
+
+def test_exporters_are_registered_by_name_and_the_cli_offers_each():
+    from distopt.cli import build_parser
+    from distopt.exporters import EXPORTERS, OnnxExporter, register_exporter
+
+    assert isinstance(EXPORTERS["onnx"], OnnxExporter)
+    with pytest.raises(ValueError, match="registered already"):
+        register_exporter(OnnxExporter())
+    export = next(a for a in build_parser()._subparsers._group_actions[0].choices["export"]
+                  ._actions if a.dest == "format")
+    assert list(export.choices) == sorted(EXPORTERS)

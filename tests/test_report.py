@@ -82,21 +82,21 @@ def test_sampled_duplicates_become_rows_naming_the_trial_or_child_they_repeat(tm
 def test_a_rebuilt_manifest_keeps_an_onnx_export_only_while_it_matches_its_file(tmp_path):
     import hashlib
 
-    from distopt.results.report import _kept_onnx
+    from distopt.results.report import _kept_exports
 
     dopt, onnx_file = tmp_path / "m.dopt", tmp_path / "onnx" / "m.onnx"
     onnx_file.parent.mkdir()
     dopt.write_bytes(b"model bytes")
     onnx_file.write_bytes(b"graph")
     info = {"file": "onnx/m.onnx", "source_sha256": hashlib.sha256(b"model bytes").hexdigest()}
-    assert _kept_onnx(info, tmp_path, dopt) == {"onnx": info}
+    assert _kept_exports({"onnx": info}, tmp_path, dopt) == {"onnx": info}
     dopt.write_bytes(b"another model")  # re-trained: the export no longer describes it
-    assert _kept_onnx(info, tmp_path, dopt) == {}
+    assert _kept_exports({"onnx": info}, tmp_path, dopt) == {}
     dopt.write_bytes(b"model bytes")
     onnx_file.unlink()
-    assert _kept_onnx(info, tmp_path, dopt) == {}
-    assert _kept_onnx({"file": "onnx/m.onnx"}, tmp_path, dopt) == {}  # older export: no hash
-    assert _kept_onnx(None, tmp_path, dopt) == {}
+    assert _kept_exports({"onnx": info}, tmp_path, dopt) == {}
+    assert _kept_exports({"onnx": {"file": "onnx/m.onnx"}}, tmp_path, dopt) == {}  # no hash
+    assert _kept_exports({"onnx": None}, tmp_path, dopt) == {}
 
 
 def test_the_byte_breakdown_cell_reads_the_four_parts_or_dashes_a_v1_file():

@@ -20,6 +20,7 @@ from distopt import jsonio
 from distopt import metrics as M
 from distopt.compress import decode
 from distopt.config import Config, load_config
+from distopt.exporters import EXPORTERS
 from distopt.results.objectives import hypervolume_curve
 from distopt.results.plots import plot_front, plot_hypervolume
 from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, SEEDS, STOPPED, TEST_MEAN,
@@ -57,14 +58,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _kept_onnx(info: Any, output: Path, artifact: Path) -> dict[str, Any]:
-    """``{"onnx": info}`` if that export is still current (its file exists, made from this
-    artifact's bytes), else nothing."""
-    if not isinstance(info, dict) or not isinstance(info.get("file"), str):
-        return {}
-    current = artifact.is_file() and hashlib.sha256(artifact.read_bytes()).hexdigest() == \
-        info.get("source_sha256")
-    return {"onnx": info} if current and (output / info["file"]).is_file() else {}
+def _kept_exports(exports: dict[str, Any], output: Path, artifact: Path) -> dict[str, Any]:
+    """The exports (``{format: info}``, :mod:`distopt.exporters`) that are still current: the
+    file exists and was made from this artifact's bytes."""
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest() if artifact.is_file() else None
+    return {name: info for name, info in exports.items()
+            if isinstance(info, dict) and isinstance(info.get("file"), str) and digest and
+            info.get("source_sha256") == digest and (output / info["file"]).is_file()}
 
 
 def breakdown_cell(r: dict[str, Any]) -> str:
@@ -150,15 +150,16 @@ def write_report(output: Path) -> dict[str, Any]:
               "![front](pareto.png)", "", "![hypervolume](hypervolume.png)", ""]
     (output / "report.md").write_text("\n".join(lines))
 
-    # `distopt export` added ONNX files to the last manifest: keep each entry whose .onnx is
-    # still there and was made from the very .dopt the front still holds.
-    exported: dict[str, Any] = {}
+    # `distopt export` added exported files to the last manifest: keep each entry whose file
+    # is still there and was made from the very .dopt the front still holds.
+    exported: dict[str, dict[str, Any]] = {}
     if (output / M.MANIFEST_FILE).is_file():
         try:
             old = json.loads((output / M.MANIFEST_FILE).read_text())
-            exported = {e["trial_id"]: e["onnx"] for e in old.get("models", []) if "onnx" in e}
+            exported = {e["trial_id"]: {k: e[k] for k in EXPORTERS if k in e}
+                        for e in old.get("models", [])}
         except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("%s: unreadable; rewritten without its ONNX entries",
+            log.warning("%s: unreadable; rewritten without its export entries",
                         output / M.MANIFEST_FILE)
     manifest = {
         "experiment": cfg.name, "versions": _versions(),
@@ -174,7 +175,7 @@ def write_report(output: Path) -> dict[str, Any]:
                                           M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                                           TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE)
                         if k in r},
-            **_kept_onnx(exported.get(r["trial_id"]), output, output / r["artifact"]),
+            **_kept_exports(exported.get(r["trial_id"], {}), output, output / r["artifact"]),
         } for r in front],
     }
     (output / M.MANIFEST_FILE).write_text(jsonio.dumps(manifest))

@@ -228,9 +228,9 @@ def test_sequence_rules_name_the_conflicting_keys():
         load_config(None, ["model.cell=transformer"])
 
 
-def test_readme_reference_table_is_current():
-    readme = (CONFIGS.parent / "README.md").read_text()
-    assert reference_markdown() in readme, "regenerate with `distopt config --reference`"
+def test_the_docs_reference_table_is_current():
+    page = (CONFIGS.parent / "docs" / "config.md").read_text()
+    assert reference_markdown() in page, "regenerate with `distopt config --reference`"
 
 
 def test_type_errors_do_not_hide_cross_field_problems():

@@ -5,7 +5,7 @@ Validation runs before Ray starts and reports every problem at once: each names 
 the value received and the rule broken, the way Optuna's errors do.
 
 Each field declares its rule next to its default, so the rule text shown in an error is also
-the rule documented in the README's config reference (``distopt config --reference``).
+the rule documented in the config reference in docs/config.md (``distopt config --reference``).
 """
 
 from __future__ import annotations

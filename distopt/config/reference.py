@@ -1,4 +1,4 @@
-"""The README's config reference, generated from the schema (key, default, rule, meaning)."""
+"""The config reference (docs/config.md), generated from the schema (key, default, rule, meaning)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["reference_markdown"]
 
 
 def reference_markdown() -> str:
-    """The config reference table (key, default, rule, meaning) for the README."""
+    """The config reference table (key, default, rule, meaning) for docs/config.md."""
     rows = ["| key | default | rule | meaning |", "|---|---|---|---|"]
 
     def walk(cls: type, prefix: str) -> None:

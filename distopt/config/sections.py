@@ -1,5 +1,5 @@
 """The schema as data: one frozen dataclass per config section, each field with its default,
-its rule and its meaning (the README's config reference is generated from them), the model
+its rule and its meaning (docs/config.md's reference is generated from them), the model
 presets, and the compression plan derived once from the ``compress`` section."""
 
 from __future__ import annotations

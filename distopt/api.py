@@ -156,7 +156,8 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
 
     from distopt.orchestration.capacity import check_fits
     from distopt.orchestration.collect import collect
-    from distopt.orchestration.run import ensure_ray, ensure_teacher
+    from distopt.orchestration.run import ensure_ray
+    from distopt.orchestration.teacher import ensure_teacher
     from distopt.orchestration.tuning import run_search
     from distopt.results.paths import SearchPaths
     from distopt.results.report import save_config, write_report

@@ -81,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # Ray is imported once the config is valid, and joined (or started) before the output is
     # made: a cluster that is not there leaves nothing behind.
-    from distopt.orchestration.run import ensure_ray, ensure_teacher, run_trial
+    from distopt.orchestration.run import ensure_ray, run_trial
+    from distopt.orchestration.teacher import ensure_teacher
     from distopt.training.compression import Compression
 
     ensure_ray(verbose=args.verbose)

@@ -388,7 +388,7 @@ def test_transport_errors_move_on_to_the_next_mirror(http_dir, truncating_url, t
     root, url = http_dir
     files = _fake_mnist(root)
     # Directly on the module's logger: the CLI's setup stops "distopt" records propagating.
-    logger = logging.getLogger("distopt.data")
+    logger = logging.getLogger("distopt.data.mnist")
     logger.addHandler(caplog.handler)
     try:
         d = fetch_mnist(tmp_path / "cache", [truncating_url, "no-scheme.example/mnist", url],
@@ -563,13 +563,14 @@ def test_columns_that_would_not_fit_in_memory_are_refused_from_the_metadata(tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import distopt.data as D
+    import distopt.data.parquet as D
+    from distopt.data import DataError
 
     path = tmp_path / "big.parquet"
     pq.write_table(pa.table({"image": [bytes(784)] * 100, "label": [1] * 100}), path)
     monkeypatch.setattr(D, "_memory_bytes", lambda: 4096)
     read = []
     monkeypatch.setattr(pq.ParquetFile, "read", lambda self, *a, **k: read.append(1))
-    with pytest.raises(D.DataError, match="more than half of this machine's memory"):
-        D._read_table(path, ["image", "label"])
+    with pytest.raises(DataError, match="more than half of this machine's memory"):
+        D.read_table(path, ["image", "label"])
     assert not read

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distopt.config import load_config
-from distopt.training.dense_store import DenseStore, DenseWeights
+from distopt.training.dense_store import DenseStore, DenseWeights, dense_key
 
 
 @contextlib.contextmanager
@@ -36,7 +36,7 @@ def _weights() -> DenseWeights:
 def test_an_entry_comes_back_as_stored_under_its_dense_configuration(tmp_path):
     cfg = load_config(None, ["compress.quant_bits=8"])
     DenseStore(str(tmp_path), "trial_a").save(cfg, _weights())
-    assert [p.name for p in tmp_path.iterdir()] == [cfg.dense_key + ".pt"]  # no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == [dense_key(cfg) + ".pt"]  # no temporary left
     other_compression = load_config(None, ["compress.quant_bits=4", "compress.prune_ratio=0.9"])
     got = DenseStore(str(tmp_path), "trial_b").load(other_compression)
     assert got is not None and got.source == "" and got.precision == "bf16"
@@ -47,7 +47,7 @@ def test_an_entry_comes_back_as_stored_under_its_dense_configuration(tmp_path):
 
 def test_a_damaged_entry_is_none_with_a_warning_not_a_failed_trial(tmp_path, caplog):
     cfg = load_config(None)
-    (tmp_path / f"{cfg.dense_key}.pt").write_bytes(b"not a torch file")
+    (tmp_path / f"{dense_key(cfg)}.pt").write_bytes(b"not a torch file")
     with _warnings(caplog):
         assert DenseStore(str(tmp_path), "t").load(cfg) is None
     assert "unreadable" in caplog.text and "training it again" in caplog.text

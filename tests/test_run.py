@@ -113,8 +113,9 @@ def test_finalizer_exit_reports_are_dropped_once_however_many_trials_an_actor_ru
 def test_a_stored_teacher_is_reused_and_a_missing_one_trained_once(tmp_path, monkeypatch):
     """The caching rule of ensure_teacher. run_trial is replaced by a recorder here (the real
     teacher job runs in tests/test_tuning.py's distillation search)."""
-    import distopt.orchestration.run as run_mod
-    from distopt.orchestration.run import TrialResult, ensure_teacher
+    import distopt.orchestration.teacher as teacher_mod
+    from distopt.orchestration.run import TrialResult
+    from distopt.orchestration.teacher import ensure_teacher
     from distopt.storage import Location
 
     calls = []
@@ -124,7 +125,7 @@ def test_a_stored_teacher_is_reused_and_a_missing_one_trained_once(tmp_path, mon
         calls.append((cfg, name))
         return TrialResult({M.VAL_ACCURACY: 0.9, M.TRAIN_SECONDS: 1.0}, b"teacher-bytes", [])
 
-    monkeypatch.setattr(run_mod, "run_trial", fake_run_trial)
+    monkeypatch.setattr(teacher_mod, "run_trial", fake_run_trial)
     out = Location(str(tmp_path))
     plain = load_config(None)
     assert ensure_teacher(plain, out, tmp_path / "ray") is plain and not calls

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distopt.storage import Location
+from distopt.training.dense_store import dense_key
 from distopt.workdir import MARKER, check_location, create_location, replace_location
 
 from conftest import CONFIGS, ROOT
@@ -105,7 +106,7 @@ def test_dense_store_on_s3_writes_whole_entries_and_reads_them_back(s3_env):
     store = DenseStore(f"s3://{BUCKET}/dense-unit", "t1")
     assert store.load(cfg) is None
     store.save(cfg, weights)
-    assert _keys("dense-unit/") == [f"dense-unit/{cfg.dense_key}.pt"]  # moved, no temporary
+    assert _keys("dense-unit/") == [f"dense-unit/{dense_key(cfg)}.pt"]  # moved, no temporary
     got = DenseStore(f"s3://{BUCKET}/dense-unit", "t2").load(cfg)
     assert got is not None and torch.equal(got.state["w"], weights.state["w"])
     assert got.history == weights.history

@@ -14,6 +14,8 @@ from distopt.training import (TrainingDiverged, WorkerEnv, evaluate_artifact, fi
                               resolve_precision)
 from distopt.training.precision import cpu_bf16_supported
 from distopt.models import build_model, seed_cnn
+from distopt.orchestration.children import child_configs
+from distopt.training.dense_store import dense_key
 
 from conftest import TINY
 
@@ -525,7 +527,7 @@ def test_children_are_the_runs_they_replace_with_the_dense_model_trained_once(sp
     """Train once, compress many: each child's file is byte for byte the file a separate run
     of its settings exports, while its dense epochs ran once."""
     cfg = load_config(None, TINY + CHILD_SPACE)
-    children = cfg.child_configs()
+    children = child_configs(cfg)
     assert len(children) == 3
     rec = Recorder()
     out = fit(cfg, WorkerEnv(), rec, splits=splits, children=children)
@@ -547,7 +549,7 @@ def test_children_are_the_runs_they_replace_with_the_dense_model_trained_once(sp
 @pytest.mark.slow
 def test_children_of_a_run_resumed_inside_fine_tuning_fork_from_the_dense_weights(splits):
     cfg = load_config(None, TINY + CHILD_SPACE + ["compress.finetune_epochs=2"])
-    children = cfg.child_configs()
+    children = child_configs(cfg)
     full = Recorder()
     fit(cfg, WorkerEnv(), full, splits=splits, children=children)
     crashed = Recorder(crash_after=2)  # the first fine-tune epoch: the weights are pruned
@@ -652,7 +654,7 @@ def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, 
 
     second = load_config(None, TINY + rungs + ["compress.quant_bits=4",
                                                 "compress.prune_ratio=0.8"])
-    assert second.dense_key == first.dense_key
+    assert dense_key(second) == dense_key(first)
     rec = Recorder()
     out = fit(second, WorkerEnv(), rec, splits=splits, dense_store=DenseStore(str(tmp_path), "t2"))
     solo_rec = Recorder()
@@ -676,7 +678,7 @@ def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, 
     assert resumed["artifact"] == solo["artifact"] and resumed["metrics"][M.DENSE_FROM] == "t1"
 
     other = load_config(None, TINY + rungs + ["compress.quant_bits=4", "train.seed=1"])
-    assert other.dense_key != first.dense_key
+    assert dense_key(other) != dense_key(first)
     out = fit(other, WorkerEnv(), Recorder(), splits=splits,
               dense_store=DenseStore(str(tmp_path), "t4"))
     assert out["metrics"][M.DENSE_FROM] == "" and len(list(tmp_path.glob("*.pt"))) == 2

@@ -24,6 +24,7 @@ from distopt.data import load_splits
 from distopt.config import Config
 from distopt.config.space import to_optuna
 from distopt.training import evaluate_artifact
+from distopt.orchestration.run import trains_in_actor
 
 from _raytools import assert_quiet, own_processes
 from conftest import CONFIGS, ROOT
@@ -539,7 +540,7 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
                               "search.space={compress.quant_bits: {choices: [8]}}",
                               "train.max_steps_per_epoch=25", "train.max_failures=1",
                               "compress.prune_ratio=0"])
-    assert cfg.trial_config().in_trial_actor
+    assert trains_in_actor(cfg.trial_config())
     out = tmp_path / "kill"
     out.mkdir()
     save_config(cfg, out)

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
-import random
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,15 +20,17 @@ import yaml
 
 from distopt.config.checks import cross_checks
 from distopt.config.parse import (absolute_data_paths, build_section, describe, field_info_in,
-                                  get_dotted, parse_overrides, plain, set_dotted)
+                                  parse_overrides, plain, set_dotted)
 from distopt.config.rules import SLUG, ConfigError, Rule, option
 from distopt.config.secrets import redact_url
 from distopt.config.sections import (PRESETS, AugmentConfig, CompressConfig, CompressionPlan,
                                      DataConfig, ModelConfig, RegularizationConfig, SearchConfig,
                                      TrainConfig)
-from distopt.config.space import check_space, draw
+from distopt.config.space import check_space
 
 __all__ = ["Config", "field_info", "load_config"]
+
+
 
 
 @dataclass(frozen=True)
@@ -79,16 +77,6 @@ class Config:
         return _build(raw, "config")
 
     @property
-    def dense_key(self) -> str:
-        """Which configurations train the same dense model: all of them but the compression
-        settings (``compress.*``: weight pruning, fine-tuning, bit widths, which act after
-        the last dense epoch), the search's settings and the name. Same key, same data, seed
-        and hyperparameters, so the same dense weights: the one place this is decided."""
-        raw = {k: v for k, v in self.to_dict().items() if k not in ("name", "compress", "search")}
-        text = json.dumps(raw, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-    @property
     def compression_plan(self) -> CompressionPlan:
         """The compression phases of a trial: the one place they are decided."""
         c = self.compress
@@ -104,66 +92,6 @@ class Config:
                 ("first_conv", c.bits_first_conv), ("conv", c.bits_conv),
                 ("dense", c.bits_dense), ("classifier", c.bits_classifier))
                 if bits is not None))
-
-    @property
-    def in_trial_actor(self) -> bool:
-        """Whether a search trial of this config trains inside its own Tune trial actor rather
-        than as a Ray Train job: the one place ``train.executor: auto`` is decided."""
-        t = self.train
-        if t.executor == "auto":
-            return t.num_workers == 1 and not t.use_gpu
-        return t.executor == "trial_actor"
-
-    def child_configs(self) -> list[tuple[dict[str, Any], Config]]:
-        """The compression settings a search trial of this config forks from its dense model
-        (``search.children``): that many value sets of the space's ``compress.*`` keys, drawn
-        uniformly from their ranges and choices, none equal to this config's own or to each
-        other, each with its validated config (draws that make the config invalid, such as
-        QAT at 32 bits, are skipped). Seeded by ``search.seed`` and this config, so every rank
-        and every restart of a trial draws the same; the one place children are decided."""
-        keys = [k for k in self.search.space if k.startswith("compress.")]
-        if not self.search.children or not keys:
-            return []
-        raw = self.to_dict()
-        own = {k: get_dotted(raw, k) for k in keys}
-        digest = zlib.crc32(json.dumps(raw, sort_keys=True, default=str).encode())
-        rng = random.Random(self.search.seed * 1_000_003 + digest)
-        seen, out = {repr(sorted(own.items()))}, []
-        for _ in range(20 * self.search.children):
-            if len(out) == self.search.children:
-                break
-            values = {k: draw(self.search.space[k], field_info(k)[0], rng) for k in keys}
-            if repr(sorted(values.items())) in seen:
-                continue
-            seen.add(repr(sorted(values.items())))
-            try:
-                out.append((values, self.with_overrides(values)))
-            except ConfigError:
-                continue
-        return out
-
-    @property
-    def distills(self) -> bool:
-        """Whether a run of this config, or a trial of its search, learns from a teacher: the
-        one place that decides whether a teacher is trained."""
-        if self.trial_config().train.distill_alpha > 0:
-            return True
-        spec = self.search.space.get("train.distill_alpha", {})
-        return any(v > 0 for v in spec.get("choices", [])) or spec.get("high", 0) > 0
-
-    def teacher_config(self) -> Config:
-        """The teacher: this config with ``train.teacher_overrides``, trained densely (no
-        weight pruning, float32 weights, no distillation, no children, no early stopping)."""
-        return self.with_overrides({
-            **self.train.teacher_overrides, "train.teacher_overrides": {},
-            "train.distill_alpha": 0.0, "train.teacher_path": None,
-            "compress.prune_ratio": 0.0, "compress.quant_bits": 32, "compress.qat": False,
-            "compress.schedule": "oneshot", "compress.clusters": 0,
-            "compress.bits_first_conv": None, "compress.bits_conv": None,
-            "compress.bits_dense": None, "compress.bits_classifier": None,
-            "search.children": 0, "search.scheduler": "fifo", "search.trial_overrides": {},
-            "search.space": {},
-            "name": f"{self.name}-teacher"[:100]})
 
     def trial_config(self) -> Config:
         """The config every search trial starts from: this one with ``search.trial_overrides``."""

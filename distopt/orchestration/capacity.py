@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distopt.config import Config
+from distopt.orchestration.run import worker_resources  # the shape Ray Train is asked for
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,6 @@ def cluster_node_types() -> tuple[list[NodeType], str]:
 def workers_per_node(node: NodeType, cfg: Config) -> int:
     """Ray Train workers of this config one node of this type holds (each worker's CPUs and
     GPU share on one node: resources of different nodes never add up to a worker)."""
-    from distopt.orchestration.run import worker_resources  # the shape make_trainer asks Ray Train for
 
     have = {"CPU": node.cpus, "GPU": node.gpus}
     # Divide, then floor with a tolerance: 1.0 // 0.1 is 9.0 in floating point, not 10.

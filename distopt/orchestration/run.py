@@ -21,7 +21,8 @@ import torch
 from distopt import metrics as M
 from distopt.config import Config, ConfigError
 from distopt.training.dense_store import DenseStore
-from distopt.storage import Location, is_uri
+from distopt.storage import is_uri
+from distopt.orchestration.children import child_configs
 from distopt.orchestration.telemetry import record_trial
 from distopt.training import WorkerEnv, fit
 
@@ -117,6 +118,15 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           "environment") from None
 
 
+def trains_in_actor(cfg: Config) -> bool:
+    """Whether a search trial of this config trains inside its own Tune trial actor rather
+    than as a Ray Train job: the one place ``train.executor: auto`` is decided."""
+    t = cfg.train
+    if t.executor == "auto":
+        return t.num_workers == 1 and not t.use_gpu
+    return t.executor == "trial_actor"
+
+
 def worker_resources(cfg: Config) -> dict[str, float]:
     """What one Ray Train worker of this config holds: its CPUs, and its GPU share if any."""
     t = cfg.train
@@ -206,7 +216,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             record_trial(cfg.name, run_name, metrics)
         _report_with_state(ray.train.report, ray.train.Checkpoint, metrics, st, files)
 
-    children = cfg.child_configs() if loop_config.get("children") else []
+    children = child_configs(cfg) if loop_config.get("children") else []
     store = DenseStore(loop_config["dense_store"], run_name) \
         if loop_config.get("dense_store") else None
     out = fit(cfg, env, report, state, evaluate_test=loop_config.get("evaluate_test", False),
@@ -257,7 +267,7 @@ def train_in_trial_actor(cfg: Config, dense_store: str | None = None) -> None:
         record_trial(cfg.name, trial_id, metrics)
         _report_with_state(ray.tune.report, ray.tune.Checkpoint, metrics, st, files)
 
-    fit(cfg, WorkerEnv(), report, state, evaluate_test=False, children=cfg.child_configs(),
+    fit(cfg, WorkerEnv(), report, state, evaluate_test=False, children=child_configs(cfg),
         dense_store=DenseStore(dense_store, trial_id) if dense_store else None)
 
 
@@ -307,29 +317,6 @@ def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
     out = result.return_value
     assert out is not None, "rank 0 returned nothing"
     return TrialResult(out["metrics"], out["artifact"], out["history"])
-
-
-def ensure_teacher(cfg: Config, output: Location, train_storage: str | Path) -> Config:
-    """``cfg`` with ``train.teacher_path`` set, when it distills (:attr:`Config.distills`):
-    the teacher stored at ``output`` (``teacher.dopt``) if there is one (a resumed search or
-    training reuses it), else trained now, once, as a Ray Train job of
-    :meth:`Config.teacher_config` (resumable under the name ``teacher``) and stored there.
-    A config that names its own teacher, or does not distill, comes back unchanged."""
-    if not cfg.distills or cfg.train.teacher_path:
-        return cfg
-    if output.is_file(M.TEACHER_FILE):
-        log.info("teacher: reusing %s", output.uri(M.TEACHER_FILE))
-    else:
-        teacher = cfg.teacher_config()
-        log.info("teacher: training %s (%s, %d epochs) once, for every trial to learn from",
-                 teacher.name, teacher.model.preset or teacher.model.family, teacher.train.epochs)
-        # Quiet like the search's trials: the driver logs the teacher's result below.
-        result = run_trial(teacher, train_storage, name="teacher", evaluate_test=False,
-                           log_epochs=False)
-        output.write_bytes(M.TEACHER_FILE, result.artifact)
-        log.info("teacher: validation accuracy %.4f, %.0f s in its training loop",
-                 result.metrics[M.VAL_ACCURACY], result.metrics[M.TRAIN_SECONDS])
-    return cfg.with_overrides({"train.teacher_path": output.uri(M.TEACHER_FILE)})
 
 
 def fit_local(cfg: Config, evaluate_test: bool = True) -> TrialResult:

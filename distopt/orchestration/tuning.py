@@ -27,6 +27,7 @@ from distopt.config import Config, ConfigError, storage_url
 from distopt.storage import Location
 from distopt.config.space import to_optuna
 from distopt.orchestration.capacity import concurrency
+from distopt.orchestration.run import make_trainer, train_in_trial_actor, trains_in_actor
 from distopt.orchestration.trial_params import unwrap_params
 from distopt.results.paths import SearchPaths
 
@@ -65,22 +66,18 @@ def _trial_cfg(params: dict[str, Any], base: dict[str, Any]) -> Config:
 def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: str,
                   dense_store: str | None = None) -> None:
     """One Tune trial: apply the sampled values, then train in this trial actor (one CPU
-    worker) or as a Ray Train job (several workers, GPUs): :attr:`Config.in_trial_actor`.
+    worker) or as a Ray Train job (several workers, GPUs): :func:`~distopt.orchestration.run.trains_in_actor`.
     ``dense_store``: where trials keep dense models for each other (``search.reuse_dense``).
 
     A config the sampled values make invalid raises here, and fails this trial alone. (The
     function's name is what the dashboard shows for every trial actor.)"""
     cfg = _trial_cfg(unwrap_params(params), base)
-    if cfg.in_trial_actor:
-        from distopt.orchestration.run import train_in_trial_actor
-
+    if trains_in_actor(cfg):
         train_in_trial_actor(cfg, dense_store)
         return
 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from distopt.orchestration.run import make_trainer
 
     # Ray Train V2 runs are listed in the dashboard only if the process that starts them has
     # this set; a trial actor does not inherit the driver's environment.
@@ -105,7 +102,7 @@ def trial_resources(params: dict[str, Any], base: dict[str, Any]) -> Any:
         cfg = _trial_cfg(unwrap_params(params), base)
     except ConfigError:  # the trial fails on its own, with this error, as soon as it starts
         cfg = Config.from_dict(base).trial_config()
-    if cfg.in_trial_actor:
+    if trains_in_actor(cfg):
         return PlacementGroupFactory([{"CPU": cfg.train.cpus_per_worker}])
     return PlacementGroupFactory([{"CPU": 0, "memory": TRIAL_MEMORY_BYTES}])
 
@@ -151,7 +148,7 @@ def trial_max_failures(cfg: Config) -> int:
     """Tune's restarts of a failed trial: ``train.max_failures`` for trials that train in their
     own actor; none for Ray Train jobs, which restart their worker group themselves."""
     trial = cfg.trial_config()
-    return trial.train.max_failures if trial.in_trial_actor else 0
+    return trial.train.max_failures if trains_in_actor(trial) else 0
 
 
 def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> Any:
@@ -166,7 +163,7 @@ def run_search(cfg: Config, output: Location | Path, resume: bool = False) -> An
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     paths = SearchPaths(output)
     output.local.mkdir(parents=True, exist_ok=True)
-    from distopt.orchestration.run import ensure_teacher
+    from distopt.orchestration.teacher import ensure_teacher
 
     cfg = ensure_teacher(cfg, output, paths.train)  # once per search, before any trial
     run_config = ray.tune.RunConfig(

@@ -8,7 +8,7 @@ model right after its last dense epoch (before BatchNorm folding and weight prun
 a run needs to continue from it exactly as the trial that trained it would have: the precision
 it trained in, the dense epochs it ran (a validation plateau may have ended it early) and every
 dense epoch's metrics, which the adopting trial reports again so that early stopping ranks it at
-its rungs like any other trial. :attr:`distopt.config.Config.dense_key` decides which
+its rungs like any other trial. :func:`dense_key` decides which
 configurations share an entry.
 
 Entries live under ``<output>/dense/`` (local or any pyarrow filesystem, like the rest of the
@@ -18,7 +18,9 @@ never reads a partial one. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DenseStore", "DenseWeights"]
+__all__ = ["DenseStore", "DenseWeights", "dense_key"]
+
+
+def dense_key(cfg: Config) -> str:
+    """Which configurations train the same dense model: all of them but the compression
+    settings (``compress.*``: weight pruning, fine-tuning, bit widths, which act after
+    the last dense epoch), the search's settings and the name. Same key, same data, seed
+    and hyperparameters, so the same dense weights: the one place this is decided."""
+    raw = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "compress", "search")}
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -73,7 +85,7 @@ class DenseStore:
         self.location = Location(uri)
 
     def _name(self, cfg: Config) -> str:
-        return cfg.dense_key + self.SUFFIX
+        return dense_key(cfg) + self.SUFFIX
 
     def load(self, cfg: Config) -> DenseWeights | None:
         """The entry of ``cfg``'s dense configuration, or None if no trial has stored one (an

@@ -15,6 +15,7 @@ from distopt.config import Config
 from distopt.data import Splits, load_splits
 from distopt.training.dense_store import DenseStore, DenseWeights
 from distopt.training.distributed import WorkerEnv, broadcast_object
+from distopt.training.final import final_metrics
 from distopt.training.run import Reporter, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
     """Train, weight-prune, fine-tune, export and evaluate one configuration: the phases of
     :class:`TrainingRun`, in order, each resuming where ``state`` (a checkpoint) left off.
 
-    ``children`` (``(values, config)`` pairs: :meth:`Config.child_configs`) are compressed
+    ``children`` (``(values, config)`` pairs: :func:`distopt.orchestration.children.child_configs`) are compressed
     from the same dense weights after the run's own artifact (:meth:`TrainingRun.fork`): the
     dense model is trained once. Reports after every epoch (with a checkpoint ``state`` on
     rank 0) and once more at the end with the decoded artifact's metrics (phase ``final``),
@@ -57,7 +58,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             dense_store.save(cfg, weights)
     run.compress()
     artifact = run.export()
-    final = run.evaluate(artifact, evaluate_test)
+    final = final_metrics(run, artifact, evaluate_test)
     files = {M.ARTIFACT_FILE: artifact}
     records: list[dict[str, Any]] = []
     if children and run.dense_state is None:
@@ -67,7 +68,7 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
             child = run.fork(child_cfg)
             child.compress()
             child_artifact = child.export()
-            metrics = child.evaluate(child_artifact, evaluate_test)
+            metrics = final_metrics(child, child_artifact, evaluate_test)
             files[child_file(i)] = child_artifact
             records.append({"params": values, "file": child_file(i), "metrics": {
                 k: v for k, v in metrics.items()

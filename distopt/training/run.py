@@ -15,36 +15,30 @@ uninterrupted one without carrying generator state.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import math
-import resource
 import time
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from distopt import metrics as M
-from distopt.compress import decode, size_report
 from distopt.config import Config
-from distopt.data import Splits, shard
-from distopt.models import ModelSpec, build_model, fold_batch_norm, prunable_weights, spec_from_config
-from distopt.runtime import example_feed, measure_latency_ms, measure_ort_latency_ms
-from distopt.export import to_onnx
+from distopt.data import Splits
+from distopt.models import ModelSpec, build_model, fold_batch_norm, spec_from_config
+from distopt.training.checkpoint import Checkpoint
 from distopt.training.compression import Compression
 from distopt.training.dense_store import DenseWeights
-from distopt.training.distillation import distillation_loss, load_teacher
-from distopt.training.distributed import WorkerEnv, all_sum, broadcast_float, unwrap, wrap
-from distopt.training.evaluation import evaluate
-from distopt.training.inputs import input_norm, training_batch
+from distopt.training.distillation import load_teacher
+from distopt.training.distributed import WorkerEnv, unwrap, wrap
+from distopt.training.epoch import TrainingDiverged, train_epoch
+from distopt.training.inputs import input_norm
 from distopt.training.optim import lr_factor, make_optimizer
 from distopt.training.plateau import Plateau
-from distopt.training.precision import DTYPES, configure_cuda, resolve_precision, sync
+from distopt.training.precision import DTYPES, configure_cuda, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +48,11 @@ TRAIN_PROBE_MAX = 5_000  # training rows evaluated each epoch for the train accu
 DEVICE_DATA_MAX_BYTES = 4 << 30  # training arrays up to this size live on the GPU for a whole fit
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the trial cannot produce a meaningful model."""
-
-
 class Reporter(Protocol):
     def __call__(self, metrics: dict[str, Any], state: dict[str, Any] | None,
                  files: dict[str, bytes] | None = None) -> None:
         """Report one epoch's metrics; ``state`` (rank 0 only) is the checkpoint to keep and
         ``files`` extra files for it (the final artifact)."""
-
-
-def nan_artifact_metrics() -> dict[str, float]:
-    return {k: math.nan for k in M.ALWAYS_REPORTED if k not in (M.EPOCH, M.VAL_ACCURACY)}
 
 
 class TrainingRun:
@@ -76,20 +62,46 @@ class TrainingRun:
     - :meth:`train_dense`: dense epochs, until ``train.epochs`` or a validation plateau;
     - :meth:`begin_compression`: fold BatchNorm, then every compression method begins (pruning);
     - :meth:`fine_tune`: epochs through the methods' hooks (masks held, QAT views);
-    - :meth:`export`: the ``.dopt`` artifact of the final weights;
-    - :meth:`evaluate`: the decoded artifact's metrics, the only ones reported at the end.
+    - :meth:`export`: the ``.dopt`` artifact of the final weights, whose decoded model's
+      metrics (:func:`distopt.training.final.final_metrics`) are the only ones reported at the
+      end.
+
+    One epoch is :func:`distopt.training.epoch.train_epoch`; the checkpoint's schema is
+    :class:`distopt.training.checkpoint.Checkpoint`.
 
     Every epoch reports its metrics with a checkpoint of this object's state (rank 0), which
     :meth:`start` resumes from: randomness is derived from seed, epoch and rank, so a resumed
     run draws the same numbers as an uninterrupted one."""
 
     def __init__(self, cfg: Config, env: WorkerEnv, report: Reporter, splits: Splits) -> None:
+        """Every attribute of a run, declared here; :meth:`start` fills in the model, precision,
+        optimizer and data from the config or a checkpoint."""
+        t = cfg.train
         self.cfg, self.env, self.report, self.splits = cfg, env, report, splits
         self.compression = Compression(cfg.compression_plan)
         self.t_start, self.started_at = time.perf_counter(), time.time()
         self.norm = input_norm(splits, cfg.data.resize)
-        self.finetuning = False
+        # The model and how it trains.
+        self.spec: ModelSpec = spec_from_config(cfg)
+        self.channels_last = False  # set with the spec's family in start
+        self.model: nn.Module = nn.Identity()
+        self.precision, self.dtype = "fp32", DTYPES["fp32"]
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=False)
+        self.teacher: nn.Module | None = None  # distillation (train.distill_alpha > 0)
+        # Where the run is: dense epochs (train.epochs, or fewer on a validation plateau),
+        # the next epoch, whether fine-tuning has begun, optimizer steps per epoch.
+        self.dense_epochs = t.epochs
+        self.plateau = Plateau(t.early_stop_patience)
         self.next_epoch = 0
+        self.finetuning = False
+        self.steps = 0
+        # The data: training arrays (on the device where they fit), the fixed training subset
+        # evaluated each epoch for the train accuracy.
+        self.x_all = self.y_all = torch.empty(0)
+        self.x_probe = self.y_probe = np.empty(0)
+        # What the run reports: the last epoch's metrics and checkpoint (rank 0).
         self.last: dict[str, Any] = {}
         self.ckpt: dict[str, Any] | None = None
         # The dense model's spec and weights after dense training, kept when children fork
@@ -102,7 +114,6 @@ class TrainingRun:
         # dense model this run adopted instead of training its own ("": it trained it).
         self.dense_history: list[dict[str, Any]] = []
         self.dense_source = ""
-        self.teacher: nn.Module | None = None  # distillation (train.distill_alpha > 0)
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -111,41 +122,41 @@ class TrainingRun:
               state: dict[str, Any] | None = None) -> TrainingRun:
         run = cls(cfg, env, report, splits)
         t = cfg.train
-        run.spec = ModelSpec.from_dict(state["spec"]) if state else spec_from_config(cfg)
+        ck = Checkpoint.from_dict(state) if state else None
+        if ck is not None:
+            run.spec = ModelSpec.from_dict(ck.spec)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         net = build_model(run.spec)
         run.channels_last = t.channels_last and run.spec.family in ("cnn", "conv1d")
         configure_cuda(env.device, t.tf32)
-        if state:
-            net.load_state_dict(state["model"])
-            run.compression.restore(state, env.device)
-            precision, why = state["precision"], "restored from checkpoint"
+        if ck is not None:
+            net.load_state_dict(ck.model)
+            run.compression.restore(ck.methods, env.device)
+            precision, why = ck.precision, "restored from checkpoint"
         else:
             precision, why = run._choose_precision(net)
         if env.rank == 0:
             log.info("precision %s (%s)", precision, why)
         run.precision, run.dtype = precision, DTYPES[precision]
         run.model = wrap(net, env, run.channels_last)
-
-        # Dense epochs: train.epochs, or fewer when validation accuracy plateaus.
-        run.dense_epochs = state.get("dense_epochs", t.epochs) if state else t.epochs
-        run.plateau = Plateau(t.early_stop_patience, **(state.get("plateau") or {})
-                              if state else {})
-        run.next_epoch = state["epoch"] + 1 if state else 0
-        # A checkpoint of the last dense epoch resumes into weight pruning; later ones are
-        # fine-tuning.
-        run.finetuning = run.next_epoch > run.dense_epochs
+        if ck is not None:
+            run.dense_epochs = ck.dense_epochs if ck.dense_epochs is not None else t.epochs
+            run.plateau = Plateau(t.early_stop_patience, **ck.plateau)
+            run.next_epoch = ck.epoch + 1
+            # A checkpoint of the last dense epoch resumes into the compression methods'
+            # start; later ones are fine-tuning.
+            run.finetuning = run.next_epoch > run.dense_epochs
         n_train = len(splits.x_train)
         run.steps = (n_train // env.world_size + t.batch_size - 1) // t.batch_size
         if t.max_steps_per_epoch:
             run.steps = min(run.steps, t.max_steps_per_epoch)
         run._new_optimizer()
-        if state:
-            run.opt.load_state_dict(state["optimizer"])
-            if run.sched is not None and state.get("scheduler"):
-                run.sched.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                run.scaler.load_state_dict(state["scaler"])
+        if ck is not None:
+            run.opt.load_state_dict(ck.optimizer)
+            if run.sched is not None and ck.scheduler:
+                run.sched.load_state_dict(ck.scheduler)
+            if ck.scaler:
+                run.scaler.load_state_dict(ck.scaler)
         # The training arrays once on the device (MNIST is 47 MB): each step gathers its batch
         # there, with a device-side index, instead of copying it from host memory.
         run.x_all, run.y_all = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
@@ -160,12 +171,12 @@ class TrainingRun:
         run.x_probe, run.y_probe = splits.x_train[probe], splits.y_train[probe]
         run.ckpt = state if env.rank == 0 else None
         run.teacher = load_teacher(cfg, splits, env) if cfg.train.distill_alpha > 0 else None
-        if state and state.get("dense_model"):
-            run.dense_state = state["dense_model"]
-            run.dense_spec = ModelSpec.from_dict(state["dense_spec"])
-        if state:
-            run.dense_history = list(state.get("dense_history") or [])
-            run.dense_source = str(state.get("dense_source") or "")
+        if ck is not None:
+            if ck.dense_model and ck.dense_spec:
+                run.dense_state = ck.dense_model
+                run.dense_spec = ModelSpec.from_dict(ck.dense_spec)
+            run.dense_history = list(ck.dense_history)
+            run.dense_source = ck.dense_source
         return run
 
     def _choose_precision(self, net: nn.Module) -> tuple[str, str]:
@@ -202,7 +213,7 @@ class TrainingRun:
         rung_sizes = self.cfg.search.scheduler == "mo_asha"
         while not self.finetuning and self.next_epoch < self.dense_epochs:
             epoch = self.next_epoch
-            metrics = self._epoch(epoch, "train")
+            metrics = train_epoch(self, epoch, "train")
             if rung_sizes and self.env.rank == 0:
                 # Early stopping ranks trials by size at its rungs: what they'd export now.
                 metrics[M.EXPECTED_SIZE_BYTES] = float(self.compression.expected_size(
@@ -313,108 +324,26 @@ class TrainingRun:
             if epoch > self.dense_epochs:
                 self.compression.begin_epoch(unwrap(self.model), epoch - self.dense_epochs,
                                              self.env.device)
-            self._report_epoch(epoch, self._epoch(epoch, "finetune"))
+            self._report_epoch(epoch, train_epoch(self, epoch, "finetune"))
 
     # ---- one epoch -----------------------------------------------------------------------------
-
-    def _epoch(self, epoch: int, phase: str) -> dict[str, Any]:
-        cfg, env, t = self.cfg, self.env, self.cfg.train
-        model, splits = self.model, self.splits
-        # The model only changes between epochs: find its weights once per epoch, not per step.
-        l1_weights = [w for _, w, _ in prunable_weights(unwrap(model))] \
-            if cfg.regularization.l1 else []
-        # Fine-tuning: forward/backward (and validation) through the methods' view of the
-        # weights (QAT: the artifact's quantized weights).
-        finetune = phase == "finetune"
-        quantized: Any = self.compression.forward_view(unwrap(model)) if finetune else \
-            contextlib.nullcontext()
-        # Per-epoch seeding: resumable without generator state, distinct per rank.
-        torch.manual_seed(t.seed * 100_003 + epoch * 1_009 + env.rank)
-        gen = torch.Generator(device=env.device).manual_seed(t.seed * 7_919 + epoch * 31 +
-                                                              env.rank)
-        n_train = len(splits.x_train)
-        idx = torch.from_numpy(shard(n_train, env.rank, env.world_size, t.seed, epoch)
-                               ).to(self.x_all.device)
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
-        correct = torch.zeros((), dtype=torch.int64, device=env.device)
-        seen = 0
-        sync(env.device)
-        t0 = time.perf_counter()
-        for step in range(self.steps):
-            b = idx[step * t.batch_size:(step + 1) * t.batch_size]
-            xb = training_batch(self.x_all[b].to(env.device, non_blocking=True), self.norm,
-                                cfg.augment, gen)
-            yb = self.y_all[b].to(env.device, non_blocking=True)
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            self.opt.zero_grad(set_to_none=True)
-            with quantized:
-                with torch.autocast(env.device.type, dtype=self.dtype,
-                                    enabled=self.precision != "fp32"):
-                    out = model(xb)
-                loss = F.cross_entropy(out.float(), yb)
-                if self.teacher is not None:
-                    loss = self._distilled(loss, out, xb)
-                total = loss + cfg.regularization.l1 * sum(w.abs().sum() for w in l1_weights) \
-                    if l1_weights else loss
-                self.scaler.scale(total).backward()
-            if t.grad_clip:
-                self.scaler.unscale_(self.opt)  # clip the true gradients, not fp16-scaled ones
-                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            if self.sched is not None:
-                self.sched.step()
-            if finetune:
-                self.compression.after_step(unwrap(model))
-            loss_sum += loss.detach() * len(b)
-            correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(b)
-        sync(env.device)
-        elapsed = time.perf_counter() - t0
-        tr_loss, tr_correct, tr_n, tr_time = all_sum(
-            [loss_sum.item(), float(correct.item()), float(seen), elapsed], env)
-        if not math.isfinite(tr_loss):
-            raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
-                                   "or the regularization strengths")
-        with quantized:
-            val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, self.norm, env, 512,
-                                         self.precision, self.channels_last)
-            _, tr_acc = evaluate(model, self.x_probe, self.y_probe, self.norm, env, 512,
-                                 self.precision, self.channels_last)
-        return {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
-                M.TRAIN_ACCURACY: tr_acc, M.TRAIN_ACCURACY_RUNNING: tr_correct / max(tr_n, 1),
-                M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc, M.GAP: tr_acc - val_acc,
-                M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
-                M.PRECISION: self.precision, **nan_artifact_metrics()}
-
-    def _distilled(self, loss: torch.Tensor, out: torch.Tensor, xb: torch.Tensor
-                   ) -> torch.Tensor:
-        """The batch's loss mixed with the teacher's softened predictions."""
-        t = self.cfg.train
-        assert self.teacher is not None
-        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=self.dtype,
-                                             enabled=self.precision != "fp32"):
-            target = self.teacher(xb)
-        return distillation_loss(loss, out, target, t.distill_alpha, t.distill_temperature)
 
     def _report_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.ckpt = None
         if self.env.rank == 0:
             base = unwrap(self.model)
-            self.ckpt = {
-                "epoch": epoch, "spec": base.spec.to_dict(), "precision": self.precision,
-                "dense_epochs": self.dense_epochs, "plateau": self.plateau.to_dict(),
-                "model": {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
-                "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict() if self.sched else None,
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                **self.compression.checkpoint(),
+            self.ckpt = Checkpoint(
+                epoch=epoch, spec=base.spec.to_dict(), precision=self.precision,
+                dense_epochs=self.dense_epochs, plateau=self.plateau.to_dict(),
+                model={k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()},
+                optimizer=self.opt.state_dict(),
+                scheduler=self.sched.state_dict() if self.sched else None,
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 # Children fork from the dense weights: a fine-tune checkpoint keeps them.
-                "dense_model": self.dense_state if self.finetuning else None,
-                "dense_spec": self.dense_spec.to_dict() if self.dense_spec else None,
-                "dense_history": self.dense_history, "dense_source": self.dense_source}
+                dense_model=self.dense_state if self.finetuning else None,
+                dense_spec=self.dense_spec.to_dict() if self.dense_spec else None,
+                dense_history=self.dense_history, dense_source=self.dense_source,
+                methods=self.compression.checkpoint()).to_dict()
         self.last = metrics
         self.next_epoch = epoch + 1
         self.report(metrics, self.ckpt)
@@ -430,43 +359,3 @@ class TrainingRun:
         base = fold_batch_norm(unwrap(self.model).cpu()
                                .to(memory_format=torch.contiguous_format).eval())
         return self.compression.encode(base, self.artifact_meta())
-
-    def ort_latency_ms(self, artifact: bytes) -> float:
-        """Batch-1 latency of the artifact exported to ONNX, on ONNX Runtime (one thread):
-        measured only when it is an objective (the export takes a few milliseconds)."""
-        return measure_ort_latency_ms(to_onnx(decode(artifact)), example_feed(self.spec))
-
-    def evaluate(self, artifact: bytes, evaluate_test: bool) -> dict[str, Any]:
-        """Metrics of the model decoded from ``artifact`` (never of the in-memory model), on
-        the CPU in fp32 as `distopt evaluate` measures them: each rank evaluates whole splits
-        itself (no TF32, no autocast, no cross-rank sums), so every rank holds the same
-        numbers."""
-        splits, norm, env = self.splits, self.norm, self.env
-        decoded = decode(artifact).model
-        cpu = WorkerEnv()
-        final = dict(self.last)
-        final.update(size_report(decoded, artifact))
-        final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val,
-                                                            norm, cpu, 512)
-        final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), self.spec) \
-            if env.rank == 0 else math.nan
-        final[M.LATENCY_MS] = broadcast_float(final[M.LATENCY_MS], env)
-        if any(name == M.ORT_LATENCY_MS for name, _ in self.cfg.search.objectives):
-            final[M.ORT_LATENCY_MS] = broadcast_float(
-                self.ort_latency_ms(artifact) if env.rank == 0 else math.nan, env)
-        _, final[M.TRAIN_ACCURACY] = evaluate(decoded, self.x_probe, self.y_probe, norm, cpu, 512)
-        final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
-        if evaluate_test and len(splits.x_test):
-            _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm,
-                                                 cpu, 512)
-        t = self.cfg.train
-        final[M.PHASE] = "final"
-        final[M.PRECISION] = self.precision
-        final[M.TF32] = bool(t.tf32 and env.device.type == "cuda")
-        final[M.TRAIN_SECONDS] = time.perf_counter() - self.t_start
-        final[M.DENSE_EPOCHS] = self.dense_epochs
-        final[M.EARLY_STOPPED] = self.dense_epochs < t.epochs
-        final[M.DENSE_FROM] = self.dense_source
-        final["started_at"] = self.started_at  # wall clock: callers measure start-up overhead
-        final["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return final

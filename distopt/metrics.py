@@ -19,6 +19,7 @@ TRAIN_ACCURACY = "train_accuracy"  # eval mode on a fixed training subset (no dr
 TRAIN_ACCURACY_RUNNING = "train_accuracy_running"  # on the epoch's augmented, dropout batches
 VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"
+VAL_SAMPLES = "val_samples"  # validation rows val_accuracy is over (the chance-level check)
 GAP = "train_val_gap"  # train_accuracy - val_accuracy: > 0 means overfitting
 SAMPLES_PER_S = "samples_per_s"
 

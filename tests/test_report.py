@@ -116,6 +116,11 @@ def test_a_model_no_better_than_chance_is_flagged():
     assert not at_chance(0.115, 10, 6000)
     assert at_chance(0.115, 10, 100)  # 100 samples: 11.5% is within guessing's spread
     assert not at_chance(0.6, 2, 6000) and at_chance(0.51, 2, 1000)
+    from distopt import metrics as M
+    from distopt.results.objectives import at_chance_row
+
+    assert at_chance_row({M.VAL_ACCURACY: 0.105, M.VAL_SAMPLES: 6000}, 10)
+    assert not at_chance_row({M.VAL_ACCURACY: 0.105}, 10)  # older rows: never judged
 
 
 def test_report_rebuilds_when_a_front_models_file_is_gone(tmp_path, caplog):

@@ -744,7 +744,12 @@ def test_resuming_a_search_stopped_before_tune_saved_anything_starts_it(ray_loca
     out = tmp_path / "early"
     out.mkdir()
     save_config(cfg, out)
-    with caplog.at_level(logging.INFO, logger="distopt.orchestration.tuning"):
-        grid = run_search(cfg, out, resume=True)
+    logger = logging.getLogger("distopt.orchestration.tuning")
+    logger.addHandler(caplog.handler)  # on it directly: the CLI's setup stops propagation
+    try:
+        with caplog.at_level(logging.INFO, logger="distopt.orchestration.tuning"):
+            grid = run_search(cfg, out, resume=True)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "no Tune experiment saved yet" in caplog.text
     assert len(grid) == 1 and grid[0].error is None

@@ -106,8 +106,8 @@ def test_the_example_model_is_searched_end_to_end(tmp_path):
     out = tmp_path / "tiny"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     p = subprocess.run([sys.executable, "distopt/search.py", "--config", str(EXAMPLE),
-                        "--output", str(out), "search.num_trials=3", "train.epochs=1",
-                        "train.max_steps_per_epoch=8"],
+                        "--output", str(out), "search.num_trials=3", "train.epochs=2",
+                        "train.max_steps_per_epoch=25", "train.lr=0.01"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = pq.read_table(out / "trials.parquet").to_pylist()

@@ -18,7 +18,7 @@ from distopt.orchestration._optuna_search import DUPLICATE_OF as ATTR
 from distopt.orchestration._optuna_search import TUNE_TRIAL_ID
 from distopt.orchestration.progress import read_trial_clock
 from distopt.pareto import non_dominated
-from distopt.results.objectives import at_chance, objective_matrix
+from distopt.results.objectives import at_chance_row, objective_matrix
 from distopt.results.paths import SearchPaths
 from distopt.results.trials import (AT_CHANCE, DUPLICATE, DUPLICATE_OF, FINAL_METRICS, STOPPED,
                                     write_trials)
@@ -80,10 +80,8 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     rows.sort(key=lambda r: r["trial_number"])  # stable: children stay after their parent
     rows += _duplicate_rows(cfg, location, rows)
 
-    splits = load_splits(cfg.data)
     for r in rows:  # no better than guessing: never on the front, whatever its size
-        r[AT_CHANCE] = r["status"] == "COMPLETE" and at_chance(
-            r[M.VAL_ACCURACY], cfg.data.num_classes, len(splits.y_val))
+        r[AT_CHANCE] = r["status"] == "COMPLETE" and at_chance_row(r, cfg.data.num_classes)
     pts = objective_matrix(rows, cfg)
     done = np.array([r["status"] == "COMPLETE" and not r[AT_CHANCE] for r in rows], bool)
     front = np.zeros(len(rows), bool)
@@ -92,6 +90,7 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     output = location.local
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(cfg.data) if front.any() else None
     for row, on_front in zip(rows, front):
         row["pareto"] = bool(on_front)
         row[M.TEST_ACCURACY] = math.nan
@@ -103,6 +102,7 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         dst = models / f"{row['trial_id']}.dopt"
         dst.write_bytes(location.read_bytes(src))
         row["artifact"] = str(dst.relative_to(output))
+        assert splits is not None
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
     write_trials(rows, output)
     return rows

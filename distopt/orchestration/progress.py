@@ -18,7 +18,7 @@ from distopt import metrics as M
 from distopt.config import Config
 from distopt.orchestration.telemetry import record_experiment
 from distopt.pareto import hypervolume, non_dominated
-from distopt.results.objectives import hv_reference, objective_matrix
+from distopt.results.objectives import at_chance_row, hv_reference, objective_matrix
 from distopt.storage import Location
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ class ExperimentGauges(Callback):
         done = [t for t in trials if status(t) == "TERMINATED" and t.last_result
                 and t.last_result.get(M.PHASE) == "final"]
         failed = sum(status(t) == "ERROR" for t in trials)
-        rows = [t.last_result for t in done]
+        # The report's rule: a model no better than guessing is never on the front.
+        rows = [t.last_result for t in done
+                if not at_chance_row(t.last_result, self.cfg.data.num_classes)]
         pts = objective_matrix(rows, self.cfg)
         pts = pts[np.isfinite(pts).all(1)] if len(pts) else pts
         dirs = [d for _, d in self.cfg.search.objectives]

@@ -13,7 +13,7 @@ from distopt import metrics as M
 from distopt.config import Config
 from distopt.pareto import hypervolume
 
-__all__ = ["LOG_SCALED", "at_chance", "beyond_worst", "hv_reference", "hypervolume_curve",
+__all__ = ["LOG_SCALED", "at_chance", "at_chance_row", "beyond_worst", "hv_reference", "hypervolume_curve",
            "objective_matrix", "scaled"]
 
 LOG_SCALED = (M.SIZE_BYTES, M.EXPECTED_SIZE_BYTES)  # byte counts: compared on a log10 scale
@@ -73,3 +73,16 @@ def at_chance(val_accuracy: float, num_classes: int, n_val: int) -> bool:
     6,000 samples is; 11.5% is not). Such a model is never on the front."""
     p = 1.0 / num_classes
     return not val_accuracy > p + 3 * math.sqrt(p * (1 - p) / max(n_val, 1))
+
+
+def at_chance_row(row: dict[str, Any], num_classes: int) -> bool:
+    """:func:`at_chance` of a result row (a trial's final metrics or a ``trials.parquet`` row),
+    which records how many validation rows its accuracy is over; a row from before that was
+    recorded is never judged at chance. The one rule the report's front and the live gauges
+    both apply."""
+    n = row.get(M.VAL_SAMPLES)
+    acc = row.get(M.VAL_ACCURACY)
+    if not isinstance(n, (int, float)) or not isinstance(acc, (int, float)) or \
+            not (n > 0 and math.isfinite(acc)):
+        return False
+    return at_chance(float(acc), num_classes, int(n))

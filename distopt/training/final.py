@@ -47,6 +47,7 @@ def final_metrics(run: TrainingRun, artifact: bytes, evaluate_test: bool) -> dic
             _ort_latency_ms(run, artifact) if env.rank == 0 else math.nan, env)
     _, final[M.TRAIN_ACCURACY] = evaluate(decoded, run.x_probe, run.y_probe, norm, cpu, 512)
     final[M.GAP] = final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]
+    final[M.VAL_SAMPLES] = len(splits.y_val)
     if evaluate_test and len(splits.x_test):
         _, final[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm,
                                              cpu, 512)

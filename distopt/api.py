@@ -112,6 +112,16 @@ def unreachable(out: Location, e: OSError) -> str:
             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an instance role)")
 
 
+def _interrupted(cfg: Config, out: Location, e: KeyboardInterrupt) -> SearchInterrupted:
+    """The search stopped on ``e``: the study uploaded (a remote output), and what resumes."""
+    from distopt.orchestration.progress import upload_study
+    from distopt.orchestration.tuning import finished_trials
+
+    if out.remote:
+        upload_study(out)
+    return SearchInterrupted(out, finished_trials(cfg, out), str(e) or "SIGINT")
+
+
 def search(config: Config | str | Path | None, output: str | Path | Location | None = None,
            *, overrides: Sequence[str] | Mapping[str, Any] = (), resume: bool = False,
            overwrite: bool = False, verbose: bool = False) -> SearchResult:
@@ -183,13 +193,13 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
         cfg = ensure_teacher(cfg, out, SearchPaths(out).train)
         grid = run_search(cfg, out, resume=resume)
     except KeyboardInterrupt as e:
-        from distopt.orchestration.progress import upload_study
-        from distopt.orchestration.tuning import finished_trials
-
-        if out.remote:
-            upload_study(out)
-        raise SearchInterrupted(out, finished_trials(cfg, out), str(e) or "SIGINT") from None
-    rows = collect(cfg, out, grid)
+        raise _interrupted(cfg, out, e) from None
+    try:
+        # Every trial has finished: an interrupt now stops before the results are collected,
+        # and --resume (Tune restores the finished experiment) collects them.
+        rows = collect(cfg, out, grid)
+    except KeyboardInterrupt as e:
+        raise _interrupted(cfg, out, e) from None
     if cfg.search.reseed > 1:
         from distopt.orchestration.reseed import reseed_front
         from distopt.orchestration.capacity import concurrency

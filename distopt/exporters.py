@@ -25,8 +25,8 @@ from distopt.data import load_splits
 from distopt.export import OPSET, ExportError, parity, to_onnx
 from distopt.runtime import require_onnx
 
-__all__ = ["EXPORTERS", "Exporter", "OnnxExporter", "export_front", "register_exporter",
-           "table"]
+__all__ = ["EXPORTERS", "Exporter", "OnnxExporter", "export_front", "headers",
+           "register_exporter", "table"]
 
 
 class Exporter:

@@ -107,7 +107,7 @@ class WeightClustering(CompressionMethod):
 
     def after_step(self, model: Model) -> None:
         for name, w, _ in prunable_weights(model):
-            share_values(w.data, self.assign[name].to(w.device), self.k)
+            share_values(w.data, self.assign[name], self.k)  # on w's device since begin
 
     def claim_codings(self, model: Model, codings: dict[str, Coding]) -> None:
         for name, _, _ in prunable_weights(model):

@@ -110,9 +110,7 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         "trial on one GPU and NCCL refuses duplicate devices at the first "
                         "collective: give each worker a whole GPU (1), or use one worker")
     c = cfg.compress
-    # Whether the built-in methods fine-tune (training.compression decides it for a run).
-    fine_tunes = ok("compress") and c.finetune_epochs > 0 and (c.prune_ratio > 0 or
-                                                                c.clusters > 0)
+    fine_tunes = ok("compress") and cfg.compression_plan.fine_tunes
     all_bits = {c.quant_bits, *(b for b in (c.bits_first_conv, c.bits_conv, c.bits_dense,
                                              c.bits_classifier) if b is not None)} \
         if ok("compress") else set()

@@ -80,18 +80,17 @@ class Config:
     def compression_plan(self) -> CompressionPlan:
         """The compression phases of a trial: the one place they are decided."""
         c = self.compress
-        prunes = c.prune_ratio > 0
-        fine_tunes = prunes or c.clusters > 0
-        return CompressionPlan(
+        plan = CompressionPlan(
             prune_ratio=c.prune_ratio, prune_kind=c.prune_kind,
-            gradual=prunes and c.schedule == "gradual" and c.prune_kind == "unstructured",
-            finetune_epochs=c.finetune_epochs,
-            qat=c.qat and fine_tunes and c.finetune_epochs > 0, quant_bits=c.quant_bits,
+            gradual=c.prune_ratio > 0 and c.schedule == "gradual" and
+            c.prune_kind == "unstructured",
+            finetune_epochs=c.finetune_epochs, qat=False, quant_bits=c.quant_bits,
             clusters=c.clusters,
             layer_bits=tuple((kind, bits) for kind, bits in (
                 ("first_conv", c.bits_first_conv), ("conv", c.bits_conv),
                 ("dense", c.bits_dense), ("classifier", c.bits_classifier))
                 if bits is not None))
+        return dataclasses.replace(plan, qat=c.qat and plan.fine_tunes)  # QAT needs a fine-tune
 
     def trial_config(self) -> Config:
         """The config every search trial starts from: this one with ``search.trial_overrides``."""

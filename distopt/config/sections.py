@@ -220,6 +220,13 @@ class CompressionPlan:
     def prunes(self) -> bool:
         return self.prune_ratio > 0
 
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the built-in methods have fine-tune epochs to run: pruning or clustering,
+        with ``finetune_epochs`` >= 1 (a registered method may bring its own:
+        ``distopt.training.compression.Compression``)."""
+        return (self.prunes or self.clusters > 0) and self.finetune_epochs > 0
+
     def bits_of(self, kind: str) -> int:
         """Weight bits of a layer kind (``first_conv``, ``conv``, ``dense``, ``classifier``:
         :func:`distopt.models.layer_kinds`)."""

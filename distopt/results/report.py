@@ -61,6 +61,8 @@ def _versions() -> dict[str, str]:
 def _kept_exports(exports: dict[str, Any], output: Path, artifact: Path) -> dict[str, Any]:
     """The exports (``{format: info}``, :mod:`distopt.exporters`) that are still current: the
     file exists and was made from this artifact's bytes."""
+    if not exports:
+        return {}
     digest = hashlib.sha256(artifact.read_bytes()).hexdigest() if artifact.is_file() else None
     return {name: info for name, info in exports.items()
             if isinstance(info, dict) and isinstance(info.get("file"), str) and digest and

@@ -10,8 +10,8 @@ Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dens
 - ``+mixed bits``: the first conv and the classifier at 8 bits, the rest at 4;
 - ``16x16 input``: ``data.resize`` 16 (bilinear, in training, evaluation and the file);
 - ``same blocks`` / ``separable blocks``: ``model.block`` same / separable;
-- ``3-bit`` / ``ternary``: ``compress.quant_bits`` 3 / 2;
-- ``clusters 15`` / ``clusters 7``: weight clustering (``compress.clusters``: each weight
+- ``3-bit`` / ``ternary``: ``compress.quantize.bits`` 3 / 2;
+- ``clusters 15`` / ``clusters 7``: weight clustering (``compress.cluster.k``: each weight
   tensor's non-zero weights share 15 or 7 fine-tuned values, a codebook: 4- or 3-bit indexes)
   instead of 4-bit integer codes.
 
@@ -49,22 +49,22 @@ from distopt.training import WorkerEnv, fit  # noqa: E402
 
 BASE = ["model.channels=8", "model.blocks=2", "model.dense_units=32", "train.epochs=8",
         "train.lr=0.003", "train.schedule=cosine", "train.precision=fp32",
-        "augment.rotation=10", "augment.shift=0.1", "compress.prune_ratio=0.8",
-        "compress.finetune_epochs=2", "compress.quant_bits=4"]
+        "augment.rotation=10", "augment.shift=0.1", "compress.prune.ratio=0.8",
+        "compress.finetune_epochs=2", "compress.quantize.bits=4"]
 TEACHER = ["model.preset=seed_cnn", "train.epochs=6", "train.lr=0.002", "train.schedule=cosine",
            "train.precision=fp32", "augment.rotation=10", "augment.shift=0.1",
-           "compress.prune_ratio=0", "compress.quant_bits=32"]
+           "compress.prune.ratio=0", "compress.quantize.bits=32"]
 SETUPS: dict[str, list[str]] = {
     "base": [],
     "+distill": ["train.distill_alpha=0.5", "train.distill_temperature=4.0"],
-    "+mixed bits": ["compress.bits_first_conv=8", "compress.bits_classifier=8"],
+    "+mixed bits": ["compress.quantize.bits_first_conv=8", "compress.quantize.bits_classifier=8"],
     "16x16 input": ["data.resize=16"],
     "same blocks": ["model.block=same"],
     "separable blocks": ["model.block=separable"],
-    "3-bit": ["compress.quant_bits=3"],
-    "ternary": ["compress.quant_bits=2"],
-    "clusters 15": ["compress.clusters=15"],
-    "clusters 7": ["compress.clusters=7"],
+    "3-bit": ["compress.quantize.bits=3"],
+    "ternary": ["compress.quantize.bits=2"],
+    "clusters 15": ["compress.cluster.k=15"],
+    "clusters 7": ["compress.cluster.k=7"],
 }
 HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)", "bytes mean",
            "header / index / scales+biases / values", "v1 bytes mean", "v2 saves"]
@@ -112,7 +112,7 @@ def main() -> None:
                 m = out["metrics"]
                 runs.append({"setup": setup, "seed": seed, "test_accuracy": m[M.TEST_ACCURACY],
                              "val_accuracy": m[M.VAL_ACCURACY], "bytes": m[M.SIZE_BYTES],
-                             "v1_bytes": v1_bytes(out["artifact"], cfg.compress.quant_bits),
+                             "v1_bytes": v1_bytes(out["artifact"], cfg.compress.quantize.bits),
                              **{k: m[k] for k in BREAKDOWN}})
                 v1 = runs[-1]["v1_bytes"]
                 print(f"{setup:>16} seed {seed}: test {m[M.TEST_ACCURACY]:.4f}, "

@@ -158,7 +158,7 @@ def part_fit(mnist: str | None) -> tuple[list[dict[str, Any]], bytes | None, Any
     data = ["data.name=mnist", f"data.path={mnist}"] if mnist else []
     cfg = load_config(ROOT / "configs" / "mnist_cnn.yaml", data + [
         "train.epochs=2", "train.batch_size=4096", "train.lr=0.008", "train.warmup_steps=20",
-        "compress.prune_ratio=0", "compress.quant_bits=8", "train.use_gpu=true"])
+        "compress.prune.ratio=0", "compress.quantize.bits=8", "train.use_gpu=true"])
     splits = load_splits(cfg.data)
     env = WorkerEnv(device=torch.device("cuda"))
     rows, artifact = [], None

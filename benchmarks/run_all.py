@@ -220,7 +220,7 @@ def render(page: Path = PAGE) -> Path:
                   "apart); *v1 bytes* are the same decoded weights written in format v1 "
                   "(checked to decode to identical parameters; v1 holds no 3-bit or ternary "
                   "weights, nor codebooks). *clusters k*: weight clustering "
-                  "(`compress.clusters`) instead of 4-bit integer codes: each weight tensor's "
+                  "(`compress.cluster.k`) instead of 4-bit integer codes: each weight tensor's "
                   "non-zero weights share k fine-tuned values, stored as a codebook (format "
                   "v3; bytes are then v3's).", ""]
         lines += [table(frontier_ablation.HEADERS, fa["table"]), ""]

@@ -148,7 +148,7 @@ def main() -> None:
         print(f"\nwrote {write('throughput_rnn', {'rnn_step': rnn}, out_dir)}")
         return
 
-    overrides = [f"train.epochs={args.epochs}", "compress.prune_ratio=0", "compress.quant_bits=32",
+    overrides = [f"train.epochs={args.epochs}", "compress.prune.ratio=0", "compress.quantize.bits=32",
                  "augment.rotation=0", "augment.shift=0", "augment.shear=0", "augment.zoom=0",
                  f"data.name={args.data}"]
     if args.data == "mnist":

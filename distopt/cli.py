@@ -93,8 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
     log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %s-bit weights",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
-             Compression(cfg.compression_plan).finetune_epochs, cfg.compress.prune_ratio,
-             cfg.compress.prune_kind, bits_text(cfg.public_dict()["compress"]))
+             Compression(cfg.compress).finetune_epochs, cfg.compress.prune.ratio,
+             cfg.compress.prune.kind, bits_text(cfg.public_dict()["compress"]))
     _stop_on_signals()
     try:
         cfg = ensure_teacher(cfg, Location(str(out)), out / "ray")
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="YAML config (default: built-in defaults)")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.epochs=3 compress.prune_ratio=0.9")
+                        help="dotted overrides, e.g. train.epochs=3 compress.prune.ratio=0.9")
 
     t = sub.add_parser("train", help="train, prune, quantize and export one configuration")
     common(t)

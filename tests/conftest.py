@@ -40,4 +40,4 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 # A few optimizer steps per epoch: real training on real data, in seconds.
 TINY = ["train.epochs=2", "train.max_steps_per_epoch=5", "train.batch_size=64",
-        "compress.prune_ratio=0.5", "compress.finetune_epochs=1", "train.precision=fp32"]
+        "compress.prune.ratio=0.5", "compress.finetune_epochs=1", "train.precision=fp32"]

@@ -86,7 +86,7 @@ def test_default_config_on_embedded_data_reaches_97(tmp_path):
 @pytest.mark.integration
 def test_full_mnist_seed_cnn_reaches_99(tmp_path, mnist_dir):
     m = _train_metrics(tmp_path, "data.name=mnist", f"data.path={mnist_dir}",
-                       "compress.prune_ratio=0", "compress.quant_bits=32")
+                       "compress.prune.ratio=0", "compress.quantize.bits=32")
     assert m["params"] == 225_034
     assert m["test_accuracy"] >= 0.990, m
 
@@ -95,7 +95,7 @@ def test_full_mnist_seed_cnn_reaches_99(tmp_path, mnist_dir):
 @pytest.mark.integration
 def test_full_mnist_pruned_90_8bit_is_small_and_accurate(tmp_path, mnist_dir):
     m = _train_metrics(tmp_path, "data.name=mnist", f"data.path={mnist_dir}",
-                       "compress.prune_ratio=0.9", "compress.quant_bits=8",
+                       "compress.prune.ratio=0.9", "compress.quantize.bits=8",
                        "compress.finetune_epochs=1")
     assert m["test_accuracy"] >= 0.988, m
     assert m["size_bytes"] <= 40_000, m
@@ -109,8 +109,8 @@ def test_full_mnist_pruned_90_8bit_is_small_and_accurate(tmp_path, mnist_dir):
 @pytest.mark.parametrize("cell,target", [("rnn", 0.970), ("gru", 0.980)])
 def test_full_mnist_rows_rnn_and_gru_reach_their_targets(tmp_path, mnist_dir, cell, target):
     m = _train(tmp_path, "mnist_rnn.yaml", "data.name=mnist", f"data.path={mnist_dir}",
-               f"model.cell={cell}", "train.epochs=5", "compress.prune_ratio=0",
-               "compress.quant_bits=32")
+               f"model.cell={cell}", "train.epochs=5", "compress.prune.ratio=0",
+               "compress.quantize.bits=32")
     assert m["test_accuracy"] >= target, m
 
 
@@ -189,7 +189,7 @@ def test_a_distilling_search_trains_its_teacher_once_and_every_trial_learns_from
     p = distopt("search", "--config", str(CONFIGS / "smoke.yaml"), "--output", str(out),
                 "search.num_trials=3",
                 "search.space={train.distill_alpha: {choices: [0.0, 0.5]}, "
-                "compress.quant_bits: {choices: [4, 8]}}", "train.distill_temperature=2.0")
+                "compress.quantize.bits: {choices: [4, 8]}}", "train.distill_temperature=2.0")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("teacher: training") == 1
     assert_quiet(p.stderr)

@@ -23,6 +23,7 @@ from distopt.config import load_config
 from distopt.data import load_splits
 from distopt.models import ModelSpec, build_model, prunable_weights
 from distopt.training import WorkerEnv, fit
+from distopt.training.compression import Compression
 
 from conftest import TINY
 
@@ -52,7 +53,7 @@ class HalveWeights(CompressionMethod):
     calls: list[str] = []
 
     @classmethod
-    def from_plan(cls, plan: Any) -> HalveWeights:
+    def from_config(cls, compress: Any) -> HalveWeights:
         return cls()
 
     def __init__(self) -> None:
@@ -87,7 +88,7 @@ def test_a_registered_method_runs_in_a_training_run_that_never_names_it(splits, 
     register(HalveWeights)
     HalveWeights.calls = []
     states: list[dict] = []
-    cfg = load_config(None, TINY + ["compress.prune_ratio=0", "compress.finetune_epochs=2"])
+    cfg = load_config(None, TINY + ["compress.prune.ratio=0", "compress.finetune_epochs=2"])
     out = fit(cfg, WorkerEnv(), lambda m, s, f=None: states.append(s), splits=splits)
     # Nothing else fine-tunes here: the method alone brought the fine-tune epochs.
     assert HalveWeights.calls == ["begin", "epoch 1"]
@@ -198,9 +199,9 @@ def test_v3_codebook_index_beyond_its_values_is_refused():
 
 @pytest.mark.slow
 def test_clustering_fine_tunes_shared_values_resumes_and_its_rung_size_is_the_file(splits):
-    cfg = load_config(None, TINY + ["compress.prune_ratio=0.5", "compress.clusters=6",
-                                    "compress.finetune_epochs=2", "compress.quant_bits=4",
-                                    "compress.qat=true", "search.scheduler=mo_asha"])
+    cfg = load_config(None, TINY + ["compress.prune.ratio=0.5", "compress.cluster.k=6",
+                                    "compress.finetune_epochs=2", "compress.quantize.bits=4",
+                                    "compress.quantize.qat=true", "search.scheduler=mo_asha"])
     reports: list[dict] = []
     states: list[dict] = []
     out = fit(cfg, WorkerEnv(), lambda m, s, f=None: (reports.append(m),
@@ -220,3 +221,22 @@ def test_clustering_fine_tunes_shared_values_resumes_and_its_rung_size_is_the_fi
                 splits=splits)
     assert again["artifact"] == out["artifact"]
     assert np.isfinite(out["metrics"][M.VAL_ACCURACY])
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["compress.prune.ratio=0.5"], ["compress.cluster.k=8"],
+    ["compress.prune.ratio=0.5", "compress.finetune_epochs=0"],
+    ["compress.cluster.k=4", "compress.prune.ratio=0.3", "compress.quantize.qat=true",
+     "compress.quantize.bits=4"],
+    ["compress.quantize.bits=2"]])
+def test_the_run_and_the_config_checks_agree_on_whether_the_built_in_methods_fine_tune(
+        overrides):
+    """The config checks read ``CompressConfig.fine_tunes`` (e.g. QAT needs a fine-tune); a
+    run asks its methods. For the built-in methods the two must agree."""
+    cfg = load_config(None, overrides)
+    run = Compression(cfg.compress)
+    assert (run.finetune_epochs > 0) == cfg.compress.fine_tunes
+    names = [m.name for m in run.methods]
+    assert names[-1] == "quantization"
+    assert ("pruning" in names) == (cfg.compress.prune.ratio > 0)
+    assert ("clustering" in names) == (cfg.compress.cluster.k > 0)

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from distopt import metrics as M
-from distopt.config import Config, ConfigError, load_config, parse_overrides, reference_markdown
+from distopt.config import (Config, ConfigError, bits_text, field_info, load_config,
+                            parse_overrides, reference_markdown)
 from distopt.orchestration.children import child_configs
 from distopt.orchestration.teacher import distills, teacher_config
 from distopt.training.dense_store import dense_key
@@ -31,17 +32,17 @@ def test_seed_config_is_the_seed_practice():
     assert (cfg.augment.rotation, cfg.augment.shift, cfg.augment.shear, cfg.augment.zoom) == \
         (20, 0.1, 0.1, 0.1)
     assert cfg.train.optimizer == "adam"
-    assert cfg.compress.prune_ratio == 0.5 and cfg.compress.finetune_epochs >= 1
+    assert cfg.compress.prune.ratio == 0.5 and cfg.compress.finetune_epochs >= 1
     assert cfg.data.name == "mnist-mini"  # runs offline by default
 
 
 def test_overrides_are_parsed_as_yaml_and_applied():
-    ov = parse_overrides(["train.epochs=3", "compress.prune_ratio=0.9", "train.use_gpu=true",
+    ov = parse_overrides(["train.epochs=3", "compress.prune.ratio=0.9", "train.use_gpu=true",
                           "data.path=null", "data.mirrors=[http://a/, http://b/]"])
-    assert ov == {"train.epochs": 3, "compress.prune_ratio": 0.9, "train.use_gpu": True,
+    assert ov == {"train.epochs": 3, "compress.prune.ratio": 0.9, "train.use_gpu": True,
                   "data.path": None, "data.mirrors": ["http://a/", "http://b/"]}
-    cfg = load_config(CONFIGS / "mnist_cnn.yaml", ["train.epochs=3", "compress.prune_ratio=0.9"])
-    assert cfg.train.epochs == 3 and cfg.compress.prune_ratio == 0.9
+    cfg = load_config(CONFIGS / "mnist_cnn.yaml", ["train.epochs=3", "compress.prune.ratio=0.9"])
+    assert cfg.train.epochs == 3 and cfg.compress.prune.ratio == 0.9
 
 
 def test_config_is_frozen_and_with_overrides_validates():
@@ -56,7 +57,7 @@ def test_config_is_frozen_and_with_overrides_validates():
 def test_every_problem_is_reported_at_once_with_key_value_and_rule():
     with pytest.raises(ConfigError) as e:
         load_config(None, [
-            "train.lr=-0.1", "compress.prune_ratio=1.0", "compress.quant_bits=5",
+            "train.lr=-0.1", "compress.prune.ratio=1.0", "compress.quantize.bits=5",
             "model.blocks=many", "traain.epochs=3", "data.name=cifar", "train.use_gpu=maybe",
             "regularization.dropout=1.5", "augment.rotation=-5", "search.sampler=grid",
             "search.objectives=[[accuracy, max]]",
@@ -64,8 +65,8 @@ def test_every_problem_is_reported_at_once_with_key_value_and_rule():
     text = str(e.value)
     expected = [
         "train.lr: got -0.1 (float); must be > 0",
-        "compress.prune_ratio: got 1.0 (float); must be >= 0 and < 1",
-        "compress.quant_bits: got 5 (int); must be one of 32, 16, 8, 4, 3, 2",
+        "compress.prune.ratio: got 1.0 (float); must be >= 0 and < 1",
+        "compress.quantize.bits: got 5 (int); must be one of 32, 16, 8, 4, 3, 2",
         "model.blocks: got 'many' (str); must be an integer",
         "traain: unknown key",
         "data.name: got 'cifar' (str); must be one of 'mnist-mini', 'mnist', 'parquet'",
@@ -100,7 +101,7 @@ def test_search_space_rules():
         "train.lr": {"low": 0.0, "high": 0.1, "log": True},
         "model.channels": {"low": 64, "high": 8},
         "model.nope": {"choices": [1, 2]},
-        "compress.quant_bits": {"choices": [8, 5]},
+        "compress.quantize.bits": {"choices": [8, 5]},
         "model.dense_units": {"low": 16, "high": 256, "step": 2.5},
         "train.optimizer": {"low": 1, "high": 2},
         "regularization.l1": {"low": 0, "high": 1, "bins": 3},
@@ -111,7 +112,7 @@ def test_search_space_rules():
     assert "search.space.train.lr: a log range needs low > 0, but got low=0.0" in text
     assert "search.space.model.channels: low <= high must hold, but got (low=64, high=8)" in text
     assert "search.space.model.nope: not a config key that can be searched" in text
-    assert "search.space.compress.quant_bits.choices[1]: got 5 (int)" in text
+    assert "search.space.compress.quantize.bits.choices[1]: got 5 (int)" in text
     assert "model.dense_units is an integer, so step must be an integer" in text
     assert "train.optimizer is not numeric" in text
     assert "unknown entries ['bins']" in text
@@ -121,8 +122,8 @@ def test_valid_search_space_passes():
     cfg = Config.from_dict({"search": {"space": {
         "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
         "model.channels": {"low": 8, "high": 32, "step": 8},
-        "compress.quant_bits": {"choices": [4, 8]}}}})
-    assert set(cfg.search.space) == {"train.lr", "model.channels", "compress.quant_bits"}
+        "compress.quantize.bits": {"choices": [4, 8]}}}})
+    assert set(cfg.search.space) == {"train.lr", "model.channels", "compress.quantize.bits"}
 
 
 def test_presets_fill_and_explicit_keys_override():
@@ -152,31 +153,33 @@ def test_objectives_must_use_each_metrics_own_direction():
 
 def test_reference_lists_every_key():
     import dataclasses
+    import typing
 
     ref = reference_markdown()
 
     def leaves(cls: type, prefix: str = ""):
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(f.type) or f.name in {s.name for s in dataclasses.fields(
-                    Config) if s.name != "name"}:
-                yield from leaves(getattr(Config(), f.name).__class__, f"{f.name}.")
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from leaves(hints[f.name], f"{prefix}{f.name}.")
             else:
                 yield prefix + f.name
 
     keys = list(leaves(Config))
     assert len(keys) > 60 and "train.early_stop_patience" in keys
+    assert "compress.prune.ratio" in keys and "compress.cluster.k" in keys
     missing = [k for k in keys if f"`{k}`" not in ref]
     assert missing == []
 
 
 def test_bad_config_exits_2_before_ray_starts(tmp_path):
     code = ("import sys; from distopt.cli import main; "
-            "rc = main(['train', '--output', sys.argv[1], 'train.lr=0', 'compress.quant_bits=7']);"
+            "rc = main(['train', '--output', sys.argv[1], 'train.lr=0', 'compress.quantize.bits=7']);"
             "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY'); sys.exit(rc)")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2, p.stderr
-    assert "train.lr: got 0" in p.stderr and "compress.quant_bits: got 7" in p.stderr
+    assert "train.lr: got 0" in p.stderr and "compress.quantize.bits: got 7" in p.stderr
     assert "NO_RAY" in p.stdout
     assert not (tmp_path / "out").exists()
 
@@ -252,15 +255,68 @@ def test_type_errors_do_not_hide_cross_field_problems():
 
 def test_compression_options_that_would_do_nothing_are_rejected():
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["compress.qat=true", "compress.quant_bits=32",
-                           "compress.schedule=gradual", "compress.prune_kind=structured"])
+        load_config(None, ["compress.quantize.qat=true", "compress.quantize.bits=32",
+                           "compress.prune.schedule=gradual", "compress.prune.kind=structured"])
     text = str(e.value)
-    assert "compress.qat: got true with quant_bits 32" in text
-    assert "compress.schedule: got 'gradual' with prune_kind 'structured'" in text
+    assert "compress.quantize.qat: got true with bits 32" in text
+    assert "compress.prune.schedule: got 'gradual' with kind 'structured'" in text
     with pytest.raises(ConfigError, match="a fine-tune phase"):
-        load_config(None, ["compress.qat=true", "compress.prune_ratio=0"])
-    load_config(None, ["compress.qat=true", "compress.schedule=gradual", "compress.quant_bits=4",
-                       "compress.prune_ratio=0.5"])
+        load_config(None, ["compress.quantize.qat=true", "compress.prune.ratio=0"])
+    load_config(None, ["compress.quantize.qat=true", "compress.prune.schedule=gradual", "compress.quantize.bits=4",
+                       "compress.prune.ratio=0.5"])
+
+
+OLD_FLAT = {"prune_ratio": 0.7, "prune_kind": "unstructured", "schedule": "gradual",
+            "quant_bits": 4, "qat": True, "bits_first_conv": 8, "bits_conv": 4,
+            "bits_dense": 2, "bits_classifier": 8, "clusters": 0}
+
+
+def test_old_flat_compress_keys_load_as_each_methods_section(tmp_path):
+    """Configs written before each compression method had its section (compress.prune_ratio,
+    ...) load to the same config as the new layout: in YAML, as overrides, as search-space,
+    trial-override and teacher-override keys."""
+    new = {"finetune_epochs": 2, "prune": {"ratio": 0.7, "kind": "unstructured",
+                                           "schedule": "gradual"},
+           "quantize": {"bits": 4, "qat": True, "bits_first_conv": 8, "bits_conv": 4,
+                        "bits_dense": 2, "bits_classifier": 8}, "cluster": {"k": 0}}
+    old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_file.write_text(yaml.safe_dump({"compress": {"finetune_epochs": 2, **OLD_FLAT}, "search": {
+        "space": {"compress.prune_ratio": {"low": 0.1, "high": 0.9}, "model.channels": {
+            "choices": [4, 8]}, "compress.clusters": {"choices": [0, 8]}},
+        "trial_overrides": {"compress.quant_bits": 8}}}))
+    new_file.write_text(yaml.safe_dump({"compress": new, "search": {
+        "space": {"compress.prune.ratio": {"low": 0.1, "high": 0.9}, "model.channels": {
+            "choices": [4, 8]}, "compress.cluster.k": {"choices": [0, 8]}},
+        "trial_overrides": {"compress.quantize.bits": 8}}}))
+    old, fresh = load_config(old_file), load_config(new_file)
+    assert old == fresh and list(old.search.space) == list(fresh.search.space)
+    assert old.to_dict()["compress"] == {**new, "finetune_lr_scale": 0.5}  # the new layout
+    assert load_config(None, [f"compress.{k}={json.dumps(v)}" for k, v in OLD_FLAT.items()] +
+                       ["compress.finetune_epochs=2"]).compress == fresh.compress
+    assert fresh.with_overrides({"compress.quant_bits": 2}).compress.quantize.bits == 2
+    teacher = load_config(None, ["train.teacher_overrides={compress.quant_bits: 16}"])
+    assert teacher.train.teacher_overrides == {"compress.quantize.bits": 16}
+    assert field_info("compress.clusters") == field_info("compress.cluster.k") is not None
+
+
+def test_an_old_key_beside_its_new_name_is_refused_naming_both():
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict({"compress": {"prune_ratio": 0.5, "prune": {"ratio": 0.6}},
+                          "search": {"space": {"compress.quant_bits": {"choices": [4, 8]},
+                                               "compress.quantize.bits": {"choices": [2]}}}})
+    text = str(e.value)
+    assert "compress.prune_ratio: the old name of compress.prune.ratio, which is also given" \
+        in text
+    assert "search.space.compress.quant_bits: the old name of compress.quantize.bits" in text
+    with pytest.raises(ConfigError, match=r"compress.prune.ratio: got 1.5"):
+        load_config(None, ["compress.prune_ratio=1.5"])  # errors name the key as it is now
+
+
+def test_bits_text_reads_either_layout():
+    assert bits_text({"quant_bits": 4, "bits_first_conv": 8}) == "4 (first_conv 8)"
+    assert bits_text(load_config(None, ["compress.quantize.bits=3",
+                                        "compress.quantize.bits_classifier=8"]
+                                 ).public_dict()["compress"]) == "3 (classifier 8)"
 
 
 def test_one_dimensional_signals_need_conv1d_with_shape_c_1_l():
@@ -286,24 +342,24 @@ def test_one_dimensional_signals_need_conv1d_with_shape_c_1_l():
 
 
 def test_children_are_distinct_seeded_draws_of_the_compress_keys_only():
-    space = ("search.space={compress.prune_ratio: {low: 0.0, high: 0.9, step: 0.1}, "
-             "compress.quant_bits: {choices: [4, 8, 32]}, compress.qat: {choices: [true, false]}, "
+    space = ("search.space={compress.prune.ratio: {low: 0.0, high: 0.9, step: 0.1}, "
+             "compress.quantize.bits: {choices: [4, 8, 32]}, compress.quantize.qat: {choices: [true, false]}, "
              "model.channels: {choices: [4, 8]}}")
     cfg = load_config(None, [space, "search.children=6", "compress.finetune_epochs=1"])
     children = child_configs(cfg)
     assert children == child_configs(cfg)  # the same on every rank and restart
     assert len(children) == 6
-    seen = {(cfg.compress.prune_ratio, cfg.compress.quant_bits, cfg.compress.qat)}
+    seen = {(cfg.compress.prune.ratio, cfg.compress.quantize.bits, cfg.compress.quantize.qat)}
     for values, child in children:
-        assert set(values) == {"compress.prune_ratio", "compress.quant_bits", "compress.qat"}
-        key = (child.compress.prune_ratio, child.compress.quant_bits, child.compress.qat)
+        assert set(values) == {"compress.prune.ratio", "compress.quantize.bits", "compress.quantize.qat"}
+        key = (child.compress.prune.ratio, child.compress.quantize.bits, child.compress.quantize.qat)
         assert key not in seen
         seen.add(key)
-        assert child.compress.quant_bits in (4, 8, 32)
-        assert round(child.compress.prune_ratio * 10, 6) == round(child.compress.prune_ratio * 10)
+        assert child.compress.quantize.bits in (4, 8, 32)
+        assert round(child.compress.prune.ratio * 10, 6) == round(child.compress.prune.ratio * 10)
         # Draws QAT cannot run (32 bits, or no fine-tune without pruning) were skipped.
-        assert not child.compress.qat or (child.compress.quant_bits < 32 and
-                                          child.compress.prune_ratio > 0)
+        assert not child.compress.quantize.qat or (child.compress.quantize.bits < 32 and
+                                          child.compress.prune.ratio > 0)
         assert child.model == cfg.model and child.train == cfg.train
     other = child_configs(load_config(None, [space, "search.children=6", "search.seed=1"]))
     assert [v for v, _ in other] != [v for v, _ in children]
@@ -312,18 +368,18 @@ def test_children_are_distinct_seeded_draws_of_the_compress_keys_only():
                            "search.children=2"])
 
 
-def test_mixed_bit_widths_fall_back_to_quant_bits_and_qat_needs_one_below_32():
-    plan = load_config(None, ["compress.quant_bits=4", "compress.bits_first_conv=8",
-                              "compress.bits_classifier=8"]).compression_plan
-    assert [plan.bits_of(k) for k in ("first_conv", "conv", "dense", "classifier")] == \
+def test_mixed_bit_widths_fall_back_to_quantize_bits_and_qat_needs_one_below_32():
+    q = load_config(None, ["compress.quantize.bits=4", "compress.quantize.bits_first_conv=8",
+                           "compress.quantize.bits_classifier=8"]).compress.quantize
+    assert [q.bits_of(k) for k in ("first_conv", "conv", "dense", "classifier")] == \
         [8, 4, 4, 8]
-    qat = ["compress.qat=true", "compress.prune_ratio=0.5", "compress.finetune_epochs=1",
-           "compress.quant_bits=32"]
-    assert load_config(None, qat + ["compress.bits_dense=4"]).compression_plan.qat
-    with pytest.raises(ConfigError, match="compress.qat: got true with quant_bits 32"):
+    qat = ["compress.quantize.qat=true", "compress.prune.ratio=0.5", "compress.finetune_epochs=1",
+           "compress.quantize.bits=32"]
+    assert load_config(None, qat + ["compress.quantize.bits_dense=4"]).compress.quantize.qat
+    with pytest.raises(ConfigError, match="compress.quantize.qat: got true with bits 32"):
         load_config(None, qat)
-    with pytest.raises(ConfigError, match="compress.bits_conv"):
-        load_config(None, ["compress.bits_conv=5"])
+    with pytest.raises(ConfigError, match="compress.quantize.bits_conv"):
+        load_config(None, ["compress.quantize.bits_conv=5"])
 
 
 def test_a_teacher_is_needed_when_any_trial_distills_and_trains_densely_in_float():
@@ -333,15 +389,15 @@ def test_a_teacher_is_needed_when_any_trial_distills_and_trains_densely_in_float
     assert distills(load_config(None, ["search.space={train.distill_alpha: {low: 0.0, high: 0.7}}"]))
     assert not distills(load_config(None, ["search.space={train.distill_alpha: {choices: [0.0]}}"]))
     assert distills(load_config(None, ["search.trial_overrides={train.distill_alpha: 0.5}"]))
-    cfg = load_config(None, ["train.distill_alpha=0.5", "compress.prune_ratio=0.9",
-                             "compress.quant_bits=4", "compress.bits_classifier=8",
-                             "search.children=2", "search.space={compress.quant_bits: "
+    cfg = load_config(None, ["train.distill_alpha=0.5", "compress.prune.ratio=0.9",
+                             "compress.quantize.bits=4", "compress.quantize.bits_classifier=8",
+                             "search.children=2", "search.space={compress.quantize.bits: "
                              "{choices: [4, 8]}}",
                              "train.teacher_overrides={model.channels: 64, train.epochs: 3}"])
     teacher = teacher_config(cfg)
     assert teacher.model.channels == 64 and teacher.train.epochs == 3
-    assert teacher.compression_plan.quant_bits == 32 and not teacher.compression_plan.prunes
-    assert teacher.compression_plan.layer_bits == () and teacher.train.distill_alpha == 0
+    assert teacher.compress.quantize.bits == 32 and teacher.compress.prune.ratio == 0
+    assert teacher.compress.quantize.layer_bits == {} and teacher.train.distill_alpha == 0
     assert teacher.search.children == 0 and not distills(teacher) and not teacher.search.space
 
 
@@ -357,7 +413,7 @@ def test_resize_sets_the_model_input_and_is_for_images_only():
 
 def test_dense_key_ignores_compression_and_search_settings_only():
     base = load_config(None)
-    same = [["compress.prune_ratio=0.9", "compress.quant_bits=4", "compress.finetune_epochs=3"],
+    same = [["compress.prune.ratio=0.9", "compress.quantize.bits=4", "compress.finetune_epochs=3"],
             ["search.sampler=random", "search.reseed=3", "name=other"]]
     for overrides in same:
         assert dense_key(load_config(None, overrides)) == dense_key(base), overrides
@@ -370,7 +426,7 @@ def test_dense_key_ignores_compression_and_search_settings_only():
 def test_one_search_space_entry_can_be_overridden_on_the_command_line():
     cfg = load_config(CONFIGS / "smoke.yaml", ["search.space.model.channels={choices: [4, 16]}"])
     assert cfg.search.space["model.channels"] == {"choices": [4, 16]}
-    assert "compress.prune_ratio" in cfg.search.space  # the other entries stay
+    assert "compress.prune.ratio" in cfg.search.space  # the other entries stay
 
 
 @pytest.mark.parametrize("key, reason", [
@@ -392,9 +448,9 @@ def test_several_gpu_ranks_of_one_trial_must_not_share_a_gpu():
 
 
 def test_the_default_configs_children_are_the_draws_they_were_before_new_keys_existed():
-    """Pinned: the default search's children, as drawn before compress.clusters existed (a key
+    """Pinned: the default search's children, as drawn before compress.cluster.k existed (a key
     added to the schema changes no earlier search's children while it holds its default)."""
     values = [v for v, _ in child_configs(load_config(CONFIGS / "mnist_cnn.yaml"))]
-    assert values == [{"compress.prune_ratio": 0.12879870914908287, "compress.quant_bits": 8},
-                      {"compress.prune_ratio": 0.29834313863560896, "compress.quant_bits": 8},
-                      {"compress.prune_ratio": 0.21796756562632283, "compress.quant_bits": 16}]
+    assert values == [{"compress.prune.ratio": 0.12879870914908287, "compress.quantize.bits": 8},
+                      {"compress.prune.ratio": 0.29834313863560896, "compress.quantize.bits": 8},
+                      {"compress.prune.ratio": 0.21796756562632283, "compress.quantize.bits": 16}]

@@ -34,10 +34,10 @@ def _weights() -> DenseWeights:
 
 
 def test_an_entry_comes_back_as_stored_under_its_dense_configuration(tmp_path):
-    cfg = load_config(None, ["compress.quant_bits=8"])
+    cfg = load_config(None, ["compress.quantize.bits=8"])
     DenseStore(str(tmp_path), "trial_a").save(cfg, _weights())
     assert [p.name for p in tmp_path.iterdir()] == [dense_key(cfg) + ".pt"]  # no temporary left
-    other_compression = load_config(None, ["compress.quant_bits=4", "compress.prune_ratio=0.9"])
+    other_compression = load_config(None, ["compress.quantize.bits=4", "compress.prune.ratio=0.9"])
     got = DenseStore(str(tmp_path), "trial_b").load(other_compression)
     assert got is not None and got.source == "" and got.precision == "bf16"
     assert got.dense_epochs == 2 and got.history == _weights().history

@@ -19,7 +19,7 @@ from conftest import TINY
 
 @pytest.mark.slow
 def test_load_gives_logits_for_raw_inputs_matching_the_decoded_file(tmp_path):
-    cfg = load_config(None, TINY + ["compress.quant_bits=4"])
+    cfg = load_config(None, TINY + ["compress.quantize.bits=4"])
     splits = load_splits(cfg.data)
     out = fit(cfg, WorkerEnv(), lambda *a, **k: None, splits=splits)
     path = tmp_path / "m.dopt"

@@ -149,7 +149,7 @@ def test_onnx_keeps_the_artifact_meta_and_takes_a_dynamic_batch():
 @pytest.mark.slow
 def test_trained_model_on_onnx_runtime_matches_pytorch_on_the_embedded_test_set(tmp_path):
     """The issue's parity rule on a real model (pruned, 4-bit) over the whole test set."""
-    cfg = load_config(None, TINY + ["compress.quant_bits=4", "model.channels=8"])
+    cfg = load_config(None, TINY + ["compress.quantize.bits=4", "model.channels=8"])
     splits = load_splits(cfg.data)
     out = fit(cfg, WorkerEnv(), lambda *a, **k: None, splits=splits)
     decoded = decode(out["artifact"])

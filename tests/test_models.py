@@ -190,6 +190,6 @@ def test_block_kinds_are_configurable_and_checked(tmp_path):
         load_config(CONFIGS / "smoke.yaml", ["model.block=same", "model.kernel_size=4"])
     with pytest.raises(ConfigError, match="structured pruning removes whole channels"):
         load_config(CONFIGS / "smoke.yaml", ["model.block=separable",
-                                             "compress.prune_kind=structured"])
+                                             "compress.prune.kind=structured"])
     with pytest.raises(ConfigError, match="shrinks to nothing"):
         load_config(CONFIGS / "smoke.yaml", ["model.blocks=3", "data.resize=16"])

@@ -59,7 +59,7 @@ def test_killed_worker_restarts_from_the_last_epoch_checkpoint(ray_local, tmp_pa
 
     cfg = load_config(None, ["train.epochs=6", "train.cpus_per_worker=2", "train.max_failures=1",
                              "train.precision=fp32", "augment.rotation=20", "augment.zoom=0.1",
-                             "compress.prune_ratio=0"])
+                             "compress.prune.ratio=0"])
     box: dict = {}
     thread = threading.Thread(
         target=lambda: box.setdefault("result", run_trial(cfg, tmp_path, name="kill",
@@ -134,6 +134,6 @@ def test_a_stored_teacher_is_reused_and_a_missing_one_trained_once(tmp_path, mon
     assert taught.train.teacher_path == str(tmp_path / M.TEACHER_FILE)
     assert (tmp_path / M.TEACHER_FILE).read_bytes() == b"teacher-bytes"
     assert len(calls) == 1 and calls[0][1] == "teacher"
-    assert calls[0][0].compression_plan.quant_bits == 32 and calls[0][0].train.distill_alpha == 0
+    assert calls[0][0].compress.quantize.bits == 32 and calls[0][0].train.distill_alpha == 0
     again = ensure_teacher(cfg, out, tmp_path / "ray")  # a resumed search: stored, not retrained
     assert again.train.teacher_path == taught.train.teacher_path and len(calls) == 1

@@ -44,7 +44,7 @@ class Recorder:
 
 @pytest.mark.slow
 def test_fit_reports_every_epoch_then_the_decoded_artifact(splits):
-    cfg = load_config(None, TINY + ["compress.quant_bits=4"])
+    cfg = load_config(None, TINY + ["compress.quantize.bits=4"])
     rec = Recorder()
     out = fit(cfg, WorkerEnv(), rec, evaluate_test=True, splits=splits)
     phases = [r[M.PHASE] for r in rec.reports]
@@ -64,7 +64,7 @@ def test_fit_reports_every_epoch_then_the_decoded_artifact(splits):
 
 @pytest.mark.slow
 def test_no_finetune_without_pruning(splits):
-    cfg = load_config(None, TINY + ["compress.prune_ratio=0"])
+    cfg = load_config(None, TINY + ["compress.prune.ratio=0"])
     rec = Recorder()
     fit(cfg, WorkerEnv(), rec, splits=splits)
     assert [r[M.PHASE] for r in rec.reports] == ["train", "train", "final"]
@@ -73,7 +73,7 @@ def test_no_finetune_without_pruning(splits):
 @pytest.mark.parametrize("kind", ["unstructured", "structured"])
 @pytest.mark.slow
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(splits, kind):
-    cfg = load_config(None, TINY + ["train.epochs=3", f"compress.prune_kind={kind}"])
+    cfg = load_config(None, TINY + ["train.epochs=3", f"compress.prune.kind={kind}"])
     full = Recorder()
     fit(cfg, WorkerEnv(), full, splits=splits)
     crashed = Recorder(crash_after=1)
@@ -92,7 +92,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(splits, kind):
 
 @pytest.mark.slow
 def test_resume_inside_finetuning_keeps_the_masks(splits):
-    cfg = load_config(None, TINY + ["compress.finetune_epochs=2", "compress.prune_ratio=0.8"])
+    cfg = load_config(None, TINY + ["compress.finetune_epochs=2", "compress.prune.ratio=0.8"])
     crashed = Recorder(crash_after=2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, WorkerEnv(), crashed, splits=splits)
@@ -127,8 +127,8 @@ def test_diverging_training_fails_with_the_reason(splits):
 def test_l1_shrinks_weights(splits):
     norms = {}
     for l1 in (0.0, 1e-3):
-        cfg = load_config(None, TINY + ["compress.prune_ratio=0", f"regularization.l1={l1}",
-                                        "compress.quant_bits=32"])
+        cfg = load_config(None, TINY + ["compress.prune.ratio=0", f"regularization.l1={l1}",
+                                        "compress.quantize.bits=32"])
         out = fit(cfg, WorkerEnv(), Recorder(), splits=splits)
         from distopt.compress import decode
 
@@ -160,7 +160,7 @@ def test_bf16_training_runs(splits):
 @pytest.mark.slow
 def test_mlp_family_with_structured_pruning_trains(splits):
     cfg = load_config(None, TINY + ["model.family=mlp", "model.blocks=2", "model.dense_units=64",
-                                    "compress.prune_kind=structured", "compress.prune_ratio=0.5"])
+                                    "compress.prune.kind=structured", "compress.prune.ratio=0.5"])
     rec = Recorder()
     out = fit(cfg, WorkerEnv(), rec, splits=splits)
     from distopt.compress import decode
@@ -186,7 +186,7 @@ def token_splits():
 @pytest.mark.slow
 def test_rnn_on_tokens_resumes_exactly_and_reports_its_artifact(token_splits, cell, kind):
     cfg = load_config(None, TINY + RNN_TINY + ["train.epochs=3", f"model.cell={cell}",
-                                               f"compress.prune_kind={kind}"])
+                                               f"compress.prune.kind={kind}"])
     full = Recorder()
     out = fit(cfg, WorkerEnv(), full, splits=token_splits)
     crashed = Recorder(crash_after=1)
@@ -215,7 +215,7 @@ def test_rnn_learns_the_generated_token_task(token_splits):
     """Real learning, not only plumbing: a small GRU reads the sequences well above chance."""
     cfg = load_config(None, RNN_TINY + ["model.cell=gru", "model.hidden_size=32",
                                         "model.embed_dim=32", "train.epochs=3", "train.lr=0.005",
-                                        "compress.prune_ratio=0", "train.precision=fp32"])
+                                        "compress.prune.ratio=0", "train.precision=fp32"])
     rec = Recorder()
     fit(cfg, WorkerEnv(), rec, splits=token_splits)
     assert rec.reports[-1][M.VAL_ACCURACY] > 0.5  # chance is 0.1
@@ -224,7 +224,7 @@ def test_rnn_learns_the_generated_token_task(token_splits):
 @pytest.mark.slow
 def test_sequential_mnist_rnn_trains_with_structured_pruning(splits):
     cfg = load_config(None, TINY + ["model.preset=seed_rnn", "model.hidden_size=32",
-                                    "compress.prune_kind=structured"])
+                                    "compress.prune.kind=structured"])
     out = fit(cfg, WorkerEnv(), Recorder(), splits=splits)
     from distopt.compress import decode
 
@@ -253,8 +253,8 @@ def test_what_cpu_autocast_does_with_recurrent_cells():
 def test_batch_norm_is_folded_before_fine_tuning_and_export(splits, kind, ratio):
     cfg = load_config(None, TINY + ["model.channels=8", "model.blocks=3", "model.head=gap",
                                     "model.batch_norm=true", "model.dense_layers=0",
-                                    f"compress.prune_kind={kind}",
-                                    f"compress.prune_ratio={ratio}"])
+                                    f"compress.prune.kind={kind}",
+                                    f"compress.prune.ratio={ratio}"])
     rec = Recorder()
     out = fit(cfg, WorkerEnv(), rec, splits=splits)
     from distopt.compress import decode
@@ -273,7 +273,7 @@ def test_batch_norm_is_folded_before_fine_tuning_and_export(splits, kind, ratio)
 
 @pytest.mark.slow
 def test_qat_fine_tuning_validates_what_the_file_holds(splits):
-    cfg = load_config(None, TINY + ["compress.quant_bits=4", "compress.qat=true",
+    cfg = load_config(None, TINY + ["compress.quantize.bits=4", "compress.quantize.qat=true",
                                     "compress.finetune_epochs=2"])
     rec = Recorder()
     fit(cfg, WorkerEnv(), rec, splits=splits)
@@ -285,7 +285,7 @@ def test_qat_fine_tuning_validates_what_the_file_holds(splits):
 
 @pytest.mark.slow
 def test_gradual_pruning_raises_sparsity_each_fine_tune_epoch(splits):
-    cfg = load_config(None, TINY + ["compress.schedule=gradual", "compress.prune_ratio=0.9",
+    cfg = load_config(None, TINY + ["compress.prune.schedule=gradual", "compress.prune.ratio=0.9",
                                     "compress.finetune_epochs=3"])
     rec = Recorder()
     fit(cfg, WorkerEnv(), rec, splits=splits)
@@ -465,14 +465,14 @@ def test_expected_size_at_a_rung_is_what_the_weights_then_would_export(splits):
     pruning and a fine-tune only the values' compressibility changes (within 3% here)."""
     base = TINY + ["search.scheduler=mo_asha", "train.epochs=2"]
     rec = Recorder()
-    fit(load_config(None, base + ["compress.prune_ratio=0"]), WorkerEnv(), rec, splits=splits)
+    fit(load_config(None, base + ["compress.prune.ratio=0"]), WorkerEnv(), rec, splits=splits)
     dense = [r for r in rec.reports if r[M.PHASE] == "train"]
     assert len(dense) == 2 and all(r[M.EXPECTED_SIZE_BYTES] > 0 for r in dense)
     assert dense[-1][M.EXPECTED_SIZE_BYTES] == rec.reports[-1][M.SIZE_BYTES]
     for bits, kind in ((4, "unstructured"), (8, "structured")):
         rec = Recorder()
-        fit(load_config(None, base + [f"compress.quant_bits={bits}",
-                                      f"compress.prune_kind={kind}"]), WorkerEnv(), rec,
+        fit(load_config(None, base + [f"compress.quantize.bits={bits}",
+                                      f"compress.prune.kind={kind}"]), WorkerEnv(), rec,
             splits=splits)
         expected = [r for r in rec.reports if r[M.PHASE] == "train"][-1][M.EXPECTED_SIZE_BYTES]
         final = rec.reports[-1][M.SIZE_BYTES]
@@ -487,8 +487,8 @@ def test_expected_size_at_a_rung_is_what_the_weights_then_would_export(splits):
 def test_pruning_without_fine_tune_epochs_still_prunes_the_artifact(splits):
     """compress.finetune_epochs=0 is one-shot pruning: the file holds the pruned weights (it
     once exported the dense model, because pruning ran only at the first fine-tune epoch)."""
-    cfg = load_config(None, TINY + ["compress.prune_ratio=0.8", "compress.finetune_epochs=0"])
-    assert cfg.compression_plan.prunes and cfg.compression_plan.finetune_epochs == 0
+    cfg = load_config(None, TINY + ["compress.prune.ratio=0.8", "compress.finetune_epochs=0"])
+    assert cfg.compress.prune.ratio > 0 and not cfg.compress.fine_tunes
     rec = Recorder()
     out = fit(cfg, WorkerEnv(), rec, splits=splits)
     assert [r[M.PHASE] for r in rec.reports] == ["train", "train", "final"]
@@ -505,8 +505,8 @@ def test_conv1d_learns_the_generated_signals_through_pruning_and_the_artifact():
                              "model.blocks=3", "model.kernel_size=7", "model.dense_units=32",
                              "train.epochs=3", "train.max_steps_per_epoch=40",
                              "train.precision=fp32", "augment.shift=0.05",
-                             "compress.prune_ratio=0.5", "compress.finetune_epochs=1",
-                             "compress.quant_bits=8"])
+                             "compress.prune.ratio=0.5", "compress.finetune_epochs=1",
+                             "compress.quantize.bits=8"])
     splits = load_splits(cfg.data)
     out = fit(cfg, WorkerEnv(), Recorder(), splits=splits, evaluate_test=True)
     final = out["metrics"]
@@ -517,8 +517,8 @@ def test_conv1d_learns_the_generated_signals_through_pruning_and_the_artifact():
     assert decode(out["artifact"]).model.spec.family == "conv1d"
 
 
-CHILD_SPACE = ["search.space={compress.prune_ratio: {low: 0.0, high: 0.9}, "
-               "compress.quant_bits: {choices: [4, 8]}, compress.prune_kind: "
+CHILD_SPACE = ["search.space={compress.prune.ratio: {low: 0.0, high: 0.9}, "
+               "compress.quantize.bits: {choices: [4, 8]}, compress.prune.kind: "
                "{choices: [unstructured, structured]}}", "search.children=3"]
 
 
@@ -564,8 +564,8 @@ def test_children_of_a_run_resumed_inside_fine_tuning_fork_from_the_dense_weight
 
 @pytest.mark.slow
 def test_mixed_bit_widths_reach_the_file_and_qat_trains_each_at_its_own(splits):
-    cfg = load_config(None, TINY + ["compress.quant_bits=4", "compress.bits_first_conv=8",
-                                    "compress.bits_classifier=16", "compress.qat=true"])
+    cfg = load_config(None, TINY + ["compress.quantize.bits=4", "compress.quantize.bits_first_conv=8",
+                                    "compress.quantize.bits_classifier=16", "compress.quantize.qat=true"])
     out = fit(cfg, WorkerEnv(), Recorder(), splits=splits)
     from distopt.compress import decode
 
@@ -573,7 +573,7 @@ def test_mixed_bit_widths_reach_the_file_and_qat_trains_each_at_its_own(splits):
     assert bits == {"features.0.weight": 8, "features.0.bias": 32, "features.3.weight": 4,
                     "features.3.bias": 32, "classifier.2.weight": 4, "classifier.2.bias": 32,
                     "classifier.5.weight": 16, "classifier.5.bias": 32}
-    uniform = fit(load_config(None, TINY + ["compress.quant_bits=4", "compress.qat=true"]),
+    uniform = fit(load_config(None, TINY + ["compress.quantize.bits=4", "compress.quantize.qat=true"]),
                   WorkerEnv(), Recorder(), splits=splits)
     assert len(uniform["artifact"]) < len(out["artifact"])
 
@@ -592,12 +592,12 @@ def _kl_to(teacher_bytes: bytes, student_bytes: bytes, splits, temperature: floa
 
 @pytest.mark.slow
 def test_distillation_pulls_the_student_toward_its_teacher(splits, tmp_path):
-    teacher = fit(load_config(None, TINY + ["compress.prune_ratio=0", "compress.quant_bits=32",
+    teacher = fit(load_config(None, TINY + ["compress.prune.ratio=0", "compress.quantize.bits=32",
                                             "train.max_steps_per_epoch=30"]),
                   WorkerEnv(), Recorder(), splits=splits)["artifact"]
     (tmp_path / "teacher.dopt").write_bytes(teacher)
-    student = TINY + ["model.channels=4", "model.dense_units=16", "compress.prune_ratio=0",
-                      "compress.quant_bits=32", "train.max_steps_per_epoch=60"]
+    student = TINY + ["model.channels=4", "model.dense_units=16", "compress.prune.ratio=0",
+                      "compress.quantize.bits=32", "train.max_steps_per_epoch=60"]
     plain = fit(load_config(None, student), WorkerEnv(), Recorder(), splits=splits)
     taught = fit(load_config(None, student + ["train.distill_alpha=1.0",
                                               "train.distill_temperature=2.0",
@@ -648,12 +648,12 @@ def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, 
     from distopt.training.dense_store import DenseStore
 
     rungs = ["search.scheduler=mo_asha", "search.grace_epochs=1"]
-    first = load_config(None, TINY + rungs + ["compress.quant_bits=8"])
+    first = load_config(None, TINY + rungs + ["compress.quantize.bits=8"])
     fit(first, WorkerEnv(), Recorder(), splits=splits, dense_store=DenseStore(str(tmp_path), "t1"))
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
-    second = load_config(None, TINY + rungs + ["compress.quant_bits=4",
-                                                "compress.prune_ratio=0.8"])
+    second = load_config(None, TINY + rungs + ["compress.quantize.bits=4",
+                                                "compress.prune.ratio=0.8"])
     assert dense_key(second) == dense_key(first)
     rec = Recorder()
     out = fit(second, WorkerEnv(), rec, splits=splits, dense_store=DenseStore(str(tmp_path), "t2"))
@@ -677,7 +677,7 @@ def test_a_run_adopts_the_stored_dense_model_of_its_dense_configuration(splits, 
                   dense_store=DenseStore(str(tmp_path), "t3"))
     assert resumed["artifact"] == solo["artifact"] and resumed["metrics"][M.DENSE_FROM] == "t1"
 
-    other = load_config(None, TINY + rungs + ["compress.quant_bits=4", "train.seed=1"])
+    other = load_config(None, TINY + rungs + ["compress.quantize.bits=4", "train.seed=1"])
     assert dense_key(other) != dense_key(first)
     out = fit(other, WorkerEnv(), Recorder(), splits=splits,
               dense_store=DenseStore(str(tmp_path), "t4"))

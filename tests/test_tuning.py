@@ -38,13 +38,13 @@ SLOWER = ["train.epochs=4", "train.max_steps_per_epoch=100"]
 def test_space_to_optuna_distributions():
     cfg = load_config(None, ["search.space={train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}, "
                              "model.channels: {low: 8, high: 32, step: 8}, "
-                             "compress.quant_bits: {choices: [4, 8]}, "
-                             "compress.prune_ratio: {low: 0.0, high: 0.9}}"])
+                             "compress.quantize.bits: {choices: [4, 8]}, "
+                             "compress.prune.ratio: {low: 0.0, high: 0.9}}"])
     d = to_optuna(Config, cfg.search.space)
     assert d["train.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     assert d["model.channels"] == optuna.distributions.IntDistribution(8, 32, step=8)
-    assert d["compress.quant_bits"] == optuna.distributions.CategoricalDistribution([4, 8])
-    assert d["compress.prune_ratio"] == optuna.distributions.FloatDistribution(0.0, 0.9)
+    assert d["compress.quantize.bits"] == optuna.distributions.CategoricalDistribution([4, 8])
+    assert d["compress.prune.ratio"] == optuna.distributions.FloatDistribution(0.0, 0.9)
 
 
 def test_default_config_searches_what_the_issue_asks():
@@ -52,7 +52,7 @@ def test_default_config_searches_what_the_issue_asks():
     for key in ("model.channels", "model.blocks", "model.dense_units", "regularization.l1",
                 "regularization.l2", "regularization.dropout", "augment.rotation",
                 "augment.shift", "augment.shear", "augment.zoom", "train.lr",
-                "compress.prune_ratio", "compress.quant_bits"):
+                "compress.prune.ratio", "compress.quantize.bits"):
         assert key in space, key
 
 
@@ -82,7 +82,7 @@ def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
         assert t[M.OVERHEAD_S] == pytest.approx(t[M.TRIAL_WALL_S] - t[M.TRAIN_SECONDS])
     for t in trials:
         assert json.loads(t["config_json"])["compress"]["quant_bits"] == \
-            t["param.compress.quant_bits"]
+            t["param.compress.quantize.bits"]
     # Optuna was told the final (decoded-artifact) metrics of every trial.
     study = _study(out)
     told = sorted(tuple(t.values) for t in study.trials)
@@ -563,9 +563,9 @@ def test_killed_trial_actor_restarts_from_its_last_epoch_checkpoint(ray_local, t
     from distopt.orchestration.tuning import run_search
 
     cfg = load_config(SMOKE, ["search.num_trials=1", "train.epochs=8",
-                              "search.space={compress.quant_bits: {choices: [8]}}",
+                              "search.space={compress.quantize.bits: {choices: [8]}}",
                               "train.max_steps_per_epoch=25", "train.max_failures=1",
-                              "compress.prune_ratio=0"])
+                              "compress.prune.ratio=0"])
     assert trains_in_actor(cfg.trial_config())
     out = tmp_path / "kill"
     out.mkdir()
@@ -616,7 +616,7 @@ def test_time_budgeted_search_with_mo_asha_stops_trials_that_never_reach_the_fro
                 "search.reduction_factor=2", "train.epochs=3", "search.seed=1",
                 "search.space={model.channels: {choices: [2, 4, 8]}, "
                 "model.dense_units: {choices: [8, 16, 32]}, train.lr: {low: 1.0e-5, high: "
-                "1.0e-2, log: true}, compress.quant_bits: {choices: [4, 8]}}")
+                "1.0e-2, log: true}, compress.quantize.bits: {choices: [4, 8]}}")
     wall = time.monotonic() - t0
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert_quiet(p.stderr)
@@ -704,20 +704,20 @@ def test_children_become_study_trials_the_sampler_learns_from_and_answer_duplica
     from distopt.orchestration._optuna_search import ResumableOptunaSearch
 
     space = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3]),
-             "compress.quant_bits": optuna.distributions.CategoricalDistribution([4, 8])}
+             "compress.quantize.bits": optuna.distributions.CategoricalDistribution([4, 8])}
     s = ResumableOptunaSearch(space=space, metric=[M.VAL_ACCURACY, M.SIZE_BYTES],
                               mode=["max", "min"], sampler=optuna.samplers.NSGAIISampler(seed=0))
     s.suggest("a")
     parent = s._ot_trials["a"]
-    other_bits = 12 - parent.params["compress.quant_bits"]
-    children = [{"params": {"compress.quant_bits": other_bits}, "file": "child_0.dopt",
+    other_bits = 12 - parent.params["compress.quantize.bits"]
+    children = [{"params": {"compress.quantize.bits": other_bits}, "file": "child_0.dopt",
                  "metrics": {M.VAL_ACCURACY: 0.7, M.SIZE_BYTES: 50.0}}]
     s.on_trial_complete("a", {M.PHASE: "final", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 100.0,
                               M.CHILDREN: json.dumps(children)})
     trials = s._ot_study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     child = trials[1]
-    assert child.params == {**parent.params, "compress.quant_bits": other_bits}
+    assert child.params == {**parent.params, "compress.quantize.bits": other_bits}
     assert child.values == [0.7, 50.0] and child.user_attrs["parent"] == trials[0].number
     # NSGA-II counts it in its parent's generation (else it would never select it).
     key = "NSGAIISampler:generation"
@@ -737,8 +737,8 @@ def test_trials_differing_only_in_compression_train_one_dense_model(tmp_path):
 
     out = tmp_path / "reuse"
     p = _search("--config", str(SMOKE), "--output", str(out), "search.num_trials=3",
-                "search.max_concurrent=1", "search.space={compress.prune_ratio: "
-                "{low: 0.0, high: 0.9}, compress.quant_bits: {choices: [4, 8]}}")
+                "search.max_concurrent=1", "search.space={compress.prune.ratio: "
+                "{low: 0.0, high: 0.9}, compress.quantize.bits: {choices: [4, 8]}}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = sorted(pq.read_table(out / "trials.parquet").to_pylist(),
                   key=lambda r: r["trial_number"])
@@ -766,7 +766,7 @@ def test_resuming_a_search_stopped_before_tune_saved_anything_starts_it(ray_loca
     from distopt.results.report import save_config
 
     cfg = load_config(SMOKE, ["search.num_trials=1",
-                              "search.space={compress.quant_bits: {choices: [8]}}"])
+                              "search.space={compress.quantize.bits: {choices: [8]}}"])
     out = tmp_path / "early"
     out.mkdir()
     save_config(cfg, out)

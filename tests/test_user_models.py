@@ -22,7 +22,7 @@ from distopt.training import WorkerEnv, fit
 from conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "tinynet.yaml"
-QUICK = ["train.epochs=1", "train.max_steps_per_epoch=5", "compress.clusters=8"]
+QUICK = ["train.epochs=1", "train.max_steps_per_epoch=5", "compress.cluster.k=8"]
 
 
 def _fresh(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -40,9 +40,9 @@ def test_a_config_naming_a_factory_is_checked_before_anything_runs():
             (["model.family=examples.nowhere:TinyNet"], "No module named 'examples.nowhere'"),
             (["model.family=examples.tinynet:Missing"], "has no attribute 'Missing'"),
             (["model.family=cnn2"], "or 'package.module:Factory' (your own model)"),
-            (["compress.prune_kind=structured"], "structured pruning rewrites the built-in"),
+            (["compress.prune.kind=structured"], "structured pruning rewrites the built-in"),
     ):
-        with pytest.raises(ConfigError, match="model.family|compress.prune_kind") as e:
+        with pytest.raises(ConfigError, match="model.family|compress.prune.kind") as e:
             load_config(EXAMPLE, overrides)
         assert message in str(e.value), str(e.value)
 

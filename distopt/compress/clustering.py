@@ -4,7 +4,7 @@ non-zero weights take one of ``k`` shared values, found by k-means from a linear
 and stored as a codebook (:class:`~distopt.compress.coding.Codebook`): the values once, each
 weight the index of its value.
 
-A registered compression method (``compress.clusters``): it claims the weights it clusters, so
+A registered compression method (``compress.cluster``): it claims the weights it clusters, so
 quantization does not round them, and works after pruning (plan order): pruned zeros stay zero
 and are never a cluster. Knows nothing of training or Ray.
 """
@@ -17,7 +17,7 @@ import torch
 
 from distopt.compress.coding import Codebook, Coding
 from distopt.compress.method import CompressionMethod, register
-from distopt.config import CompressionPlan
+from distopt.config import CompressConfig
 from distopt.models import Model, prunable_weights
 
 __all__ = ["WeightClustering", "kmeans_1d", "share_values"]
@@ -66,7 +66,7 @@ def share_values(w: torch.Tensor, assign: torch.Tensor, k: int) -> None:
 
 @register
 class WeightClustering(CompressionMethod):
-    """``compress.clusters`` = k > 0: each weight tensor's non-zero weights share k values."""
+    """``compress.cluster.k`` > 0: each weight tensor's non-zero weights share k values."""
 
     name = "clustering"
     order = 20  # after pruning (zeros are final), before quantization codes the rest
@@ -77,8 +77,8 @@ class WeightClustering(CompressionMethod):
         self.assign: dict[str, torch.Tensor] = {}  # weight name -> cluster per weight, -1 = 0
 
     @classmethod
-    def from_plan(cls, plan: CompressionPlan) -> WeightClustering | None:
-        return cls(plan.clusters) if plan.clusters > 0 else None
+    def from_config(cls, compress: CompressConfig) -> WeightClustering | None:
+        return cls(compress.cluster.k) if compress.cluster.k > 0 else None
 
     @property
     def fine_tunes(self) -> bool:

@@ -2,8 +2,10 @@
 order, and the registry it builds a run's methods from.
 
 A method (pruning, quantization, weight clustering, or a user's own) is a class registered with
-:func:`register`. :func:`methods_for` makes one fresh instance of every registered method that
-the run's :class:`~distopt.config.CompressionPlan` turns on, in plan order (each class's
+:func:`register`, configured by its own section of the ``compress`` config
+(``compress.prune``, ``compress.quantize``, ``compress.cluster``; a user's method reads what it
+needs from the section it is given). :func:`methods_for` makes one fresh instance of every
+registered method that the ``compress`` section turns on, in plan order (each class's
 ``order``: pruning first, quantization last, so it codes what no other method claimed). The run
 itself names no method: it calls the hooks below on each of them (``distopt.training``'s
 ``Compression``), so a new method needs no edit to training or orchestration.
@@ -34,22 +36,23 @@ from typing import Any, ClassVar, ContextManager
 import torch
 
 from distopt.compress.coding import Coding
-from distopt.config import CompressionPlan
+from distopt.config import CompressConfig
 from distopt.models import Model
 
 __all__ = ["CompressionMethod", "METHODS", "methods_for", "register"]
 
 
 class CompressionMethod:
-    """The protocol; subclasses override the hooks they need and :meth:`from_plan`."""
+    """The protocol; subclasses override the hooks they need and :meth:`from_config`."""
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 50  # plan order: lower runs first (pruning 10, quantization 90)
     checkpoint_keys: ClassVar[tuple[str, ...]] = ()  # its keys in the checkpoint dict
 
     @classmethod
-    def from_plan(cls, plan: CompressionPlan) -> CompressionMethod | None:
-        """This method for the plan, or None where the plan does not use it."""
+    def from_config(cls, compress: CompressConfig) -> CompressionMethod | None:
+        """This method as the ``compress`` section sets it (its own sub-section, and the
+        shared fine-tune's settings), or None where the section turns it off."""
         raise NotImplementedError
 
     @property
@@ -101,6 +104,6 @@ def register(cls: type[CompressionMethod]) -> type[CompressionMethod]:
     return cls
 
 
-def methods_for(plan: CompressionPlan) -> list[CompressionMethod]:
-    """Fresh instances of the registered methods the plan turns on, in plan order."""
-    return [m for m in (cls.from_plan(plan) for cls in METHODS) if m is not None]
+def methods_for(compress: CompressConfig) -> list[CompressionMethod]:
+    """Fresh instances of the registered methods the section turns on, in plan order."""
+    return [m for m in (cls.from_config(compress) for cls in METHODS) if m is not None]

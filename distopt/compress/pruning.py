@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from distopt.compress.method import CompressionMethod, register
-from distopt.config import CompressionPlan
+from distopt.config import CompressConfig
 from distopt.models import (GATES, Model, RecurrentNet, build_model, fold_batch_norm,
                             prunable_weights)
 
@@ -167,7 +167,7 @@ def device_masks(masks: Masks | None, device: torch.device) -> Masks | None:
 
 @register
 class WeightPruning(CompressionMethod):
-    """``compress.prune_ratio`` > 0: global magnitude masks held while fine-tuning (raised epoch
+    """``compress.prune.ratio`` > 0: global magnitude masks held while fine-tuning (raised epoch
     by epoch with the gradual schedule), or structured pruning that shrinks the layers."""
 
     name = "pruning"
@@ -179,9 +179,12 @@ class WeightPruning(CompressionMethod):
         self.masks: Masks | None = None  # float multipliers on the weights' device
 
     @classmethod
-    def from_plan(cls, plan: CompressionPlan) -> WeightPruning | None:
-        return cls(plan.prune_ratio, plan.prune_kind, plan.gradual, plan.finetune_epochs) \
-            if plan.prunes else None
+    def from_config(cls, compress: CompressConfig) -> WeightPruning | None:
+        p = compress.prune
+        if p.ratio == 0:
+            return None
+        gradual = p.schedule == "gradual" and p.kind == "unstructured"
+        return cls(p.ratio, p.kind, gradual, compress.finetune_epochs)
 
     @property
     def fine_tunes(self) -> bool:

@@ -12,7 +12,7 @@ from torch import nn
 
 from distopt.compress.coding import Coding, IntCodes
 from distopt.compress.method import CompressionMethod, register
-from distopt.config import CompressionPlan
+from distopt.config import CompressConfig, QuantizeConfig
 from distopt.models import Model, layer_kinds, prunable_weights
 
 __all__ = ["WEIGHT_BITS", "QuantizedWeights", "WeightQuantization", "float_bits",
@@ -130,28 +130,29 @@ class QuantizedWeights:
 
 @register
 class WeightQuantization(CompressionMethod):
-    """``compress.quant_bits`` and the per-layer-kind ``bits_*``: every weight no earlier method
-    coded is stored as integer codes at its layer kind's bits (32: float32); with
-    ``compress.qat`` the fine-tune trains through that rounding (:class:`QuantizedWeights`).
-    Last in plan order, so it codes whatever the other methods leave."""
+    """``compress.quantize``: every weight no earlier method coded is stored as integer codes at
+    its layer kind's bits (``bits``, or its ``bits_*``; 32: float32); with ``qat`` the fine-tune
+    trains through that rounding (:class:`QuantizedWeights`). Always on; last in plan order, so
+    it codes whatever the other methods leave."""
 
     name = "quantization"
     order = 90
 
-    def __init__(self, plan: CompressionPlan) -> None:
-        self.plan = plan
+    def __init__(self, settings: QuantizeConfig) -> None:
+        self.settings = settings
 
     @classmethod
-    def from_plan(cls, plan: CompressionPlan) -> WeightQuantization:
-        return cls(plan)
+    def from_config(cls, compress: CompressConfig) -> WeightQuantization:
+        return cls(compress.quantize)
 
     def claim_codings(self, model: Model, codings: dict[str, Coding]) -> None:
         for name, kind in layer_kinds(model).items():
-            codings.setdefault(name, IntCodes(self.plan.bits_of(kind)))
+            codings.setdefault(name, IntCodes(self.settings.bits_of(kind)))
 
     def forward_view(self, model: Model, codings: dict[str, Coding]) -> ContextManager[Any]:
-        if not self.plan.qat:
+        # Called in fine-tune epochs only: QAT rides on another method's fine-tune.
+        if not self.settings.qat:
             return super().forward_view(model, codings)
         # Weights another method codes stay as they are (32 bits: not rounded here).
         bits = {n: c.bits if isinstance(c, IntCodes) else 32 for n, c in codings.items()}
-        return QuantizedWeights(model, self.plan.quant_bits, bits)
+        return QuantizedWeights(model, self.settings.bits, bits)

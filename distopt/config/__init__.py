@@ -10,21 +10,23 @@ from distopt.config.reference import reference_markdown
 from distopt.config.rules import ConfigError
 from distopt.config.secrets import REDACTED, expand_env_refs, redact_url, storage_url
 from distopt.config.sections import (BUILT_IN_FAMILIES, PRESETS, SIGNALS_CLASSES, SIGNALS_SHAPE,
-                                     AugmentConfig, CompressConfig, CompressionPlan, DataConfig,
-                                     ModelConfig, RegularizationConfig, SearchConfig,
-                                     TrainConfig, bits_text)
+                                     AugmentConfig, ClusterConfig, CompressConfig, DataConfig,
+                                     ModelConfig, PruneConfig, QuantizeConfig,
+                                     RegularizationConfig, SearchConfig, TrainConfig, bits_text)
 from distopt.config.checks import trial_epochs
 
 __all__ = [
     "AugmentConfig",
     "BUILT_IN_FAMILIES",
+    "ClusterConfig",
     "CompressConfig",
-    "CompressionPlan",
     "Config",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
     "PRESETS",
+    "PruneConfig",
+    "QuantizeConfig",
     "REDACTED",
     "RegularizationConfig",
     "SIGNALS_CLASSES",

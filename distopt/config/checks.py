@@ -88,9 +88,9 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     if ok("model.block", "model.kernel_size") and m.block != "plain" and m.kernel_size % 2 == 0:
         problems.append(f"model.kernel_size: got {m.kernel_size} with model.block {m.block!r}; "
                         "'same' padding needs an odd kernel size")
-    if ok("model.block", "compress.prune_kind") and m.block == "separable" and \
-            cfg.compress.prune_kind == "structured":
-        problems.append("compress.prune_kind: got 'structured' with model.block 'separable'; "
+    if ok("model.block", "compress.prune.kind") and m.block == "separable" and \
+            cfg.compress.prune.kind == "structured":
+        problems.append("compress.prune.kind: got 'structured' with model.block 'separable'; "
                         "structured pruning removes whole channels of full convs only (use "
                         "unstructured)")
     if ok("model.family", "augment") and m.family == "conv1d" and \
@@ -110,23 +110,22 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         "trial on one GPU and NCCL refuses duplicate devices at the first "
                         "collective: give each worker a whole GPU (1), or use one worker")
     c = cfg.compress
-    fine_tunes = ok("compress") and cfg.compression_plan.fine_tunes
-    all_bits = {c.quant_bits, *(b for b in (c.bits_first_conv, c.bits_conv, c.bits_dense,
-                                             c.bits_classifier) if b is not None)} \
-        if ok("compress") else set()
-    if ok("compress") and c.qat and (all_bits == {32} or not fine_tunes):
-        problems.append(f"compress.qat: got true with quant_bits {c.quant_bits}, prune_ratio "
-                        f"{c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; quantization-"
-                        "aware fine-tuning needs quant_bits < 32 and a fine-tune phase "
-                        "(prune_ratio > 0 or clusters > 0, finetune_epochs >= 1)")
-    if ok("compress") and c.clusters == 1:
-        problems.append("compress.clusters: got 1; weight clustering needs at least 2 shared "
+    p, q = c.prune, c.quantize
+    fine_tunes = ok("compress") and c.fine_tunes
+    if ok("compress") and q.qat and ({q.bits, *q.layer_bits.values()} == {32} or not fine_tunes):
+        problems.append(f"compress.quantize.qat: got true with bits {q.bits}, prune.ratio "
+                        f"{p.ratio:g}, cluster.k {c.cluster.k}, finetune_epochs "
+                        f"{c.finetune_epochs}; quantization-aware fine-tuning needs bits < 32 "
+                        "and a fine-tune phase (prune.ratio > 0 or cluster.k > 0, "
+                        "finetune_epochs >= 1)")
+    if ok("compress") and c.cluster.k == 1:
+        problems.append("compress.cluster.k: got 1; weight clustering needs at least 2 shared "
                         "values per tensor (0 turns it off)")
-    if ok("compress") and c.schedule == "gradual" and (c.prune_kind != "unstructured"
-                                                      or not fine_tunes or c.prune_ratio == 0):
-        problems.append(f"compress.schedule: got 'gradual' with prune_kind {c.prune_kind!r}, "
-                        f"prune_ratio {c.prune_ratio:g}, finetune_epochs {c.finetune_epochs}; "
-                        "gradual pruning needs unstructured pruning over fine-tune epochs")
+    if ok("compress") and p.schedule == "gradual" and (p.kind != "unstructured"
+                                                      or not fine_tunes or p.ratio == 0):
+        problems.append(f"compress.prune.schedule: got 'gradual' with kind {p.kind!r}, ratio "
+                        f"{p.ratio:g}, finetune_epochs {c.finetune_epochs}; gradual pruning "
+                        "needs unstructured pruning over fine-tune epochs")
     if ok("search.scheduler", "search.grace_epochs", "train.epochs") and \
             cfg.search.scheduler == "mo_asha":
         epochs = trial_epochs(cfg)
@@ -189,8 +188,8 @@ def _check_external_family(cfg: Config, problems: list[str], ok: Callable[..., b
         except Exception as e:  # ImportError, AttributeError, TypeError, or its module's own
             problems.append(f"model.family: got {path!r}; it cannot be loaded: "
                             f"{type(e).__name__}: {e}")
-    if ok("compress.prune_kind") and cfg.compress.prune_kind == "structured":
-        problems.append(f"compress.prune_kind: got 'structured' with model.family {path!r}; "
+    if ok("compress.prune.kind") and cfg.compress.prune.kind == "structured":
+        problems.append(f"compress.prune.kind: got 'structured' with model.family {path!r}; "
                         "structured pruning rewrites the built-in architectures only (use "
                         "'unstructured')")
     if ok("search.objectives") and any(n == metrics.ORT_LATENCY_MS

@@ -19,18 +19,17 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from distopt.config.checks import cross_checks
-from distopt.config.parse import (absolute_data_paths, build_section, describe, field_info_in,
-                                  parse_overrides, plain, set_dotted)
+from distopt.config.parse import (absolute_data_paths, build_section, canonical_key,
+                                  canonical_mappings, describe, field_info_in, parse_overrides,
+                                  plain, set_dotted)
 from distopt.config.rules import SLUG, ConfigError, Rule, option
 from distopt.config.secrets import redact_url
-from distopt.config.sections import (PRESETS, AugmentConfig, CompressConfig, CompressionPlan,
-                                     DataConfig, ModelConfig, RegularizationConfig, SearchConfig,
+from distopt.config.sections import (PRESETS, AugmentConfig, CompressConfig, DataConfig,
+                                     ModelConfig, RegularizationConfig, SearchConfig,
                                      TrainConfig)
 from distopt.config.space import check_space
 
 __all__ = ["Config", "field_info", "load_config"]
-
-
 
 
 @dataclass(frozen=True)
@@ -71,26 +70,10 @@ class Config:
         raw = self.to_dict()
         problems: list[str] = []
         for key, value in overrides.items():
-            set_dotted(raw, key, value, problems)
+            set_dotted(raw, canonical_key(Config, key), value, problems)
         if problems:
             raise ConfigError(problems)
         return _build(raw, "config")
-
-    @property
-    def compression_plan(self) -> CompressionPlan:
-        """The compression phases of a trial: the one place they are decided."""
-        c = self.compress
-        plan = CompressionPlan(
-            prune_ratio=c.prune_ratio, prune_kind=c.prune_kind,
-            gradual=c.prune_ratio > 0 and c.schedule == "gradual" and
-            c.prune_kind == "unstructured",
-            finetune_epochs=c.finetune_epochs, qat=False, quant_bits=c.quant_bits,
-            clusters=c.clusters,
-            layer_bits=tuple((kind, bits) for kind, bits in (
-                ("first_conv", c.bits_first_conv), ("conv", c.bits_conv),
-                ("dense", c.bits_dense), ("classifier", c.bits_classifier))
-                if bits is not None))
-        return dataclasses.replace(plan, qat=c.qat and plan.fine_tunes)  # QAT needs a fine-tune
 
     def trial_config(self) -> Config:
         """The config every search trial starts from: this one with ``search.trial_overrides``."""
@@ -101,8 +84,9 @@ class Config:
 
 
 def field_info(dotted: str) -> tuple[Any, Rule | None] | None:
-    """Type and rule of a dotted leaf key of :class:`Config`, or None if no such key exists."""
-    return field_info_in(Config, dotted)
+    """Type and rule of a dotted leaf key of :class:`Config` (old names too), or None if no
+    such key exists."""
+    return field_info_in(Config, canonical_key(Config, dotted))
 
 
 def _build(raw: Mapping[str, Any], source: str, check_paths: bool = False) -> Config:
@@ -114,6 +98,8 @@ def _build(raw: Mapping[str, Any], source: str, check_paths: bool = False) -> Co
         preset = raw["model"].get("preset")
         if preset in PRESETS:
             raw["model"] = {**PRESETS[preset], **raw["model"]}
+    if isinstance(raw, dict):
+        canonical_mappings(Config, raw, problems)  # old names in search.space etc.
     cfg = build_section(Config, raw, "", problems)
     cross_checks(cfg, problems, check_paths)
     check_space(Config, cfg.search.space, problems)
@@ -154,7 +140,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | Mapping[str,
     ov = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
     problems: list[str] = []
     for key, value in ov.items():
-        set_dotted(raw, key, value, problems)
+        set_dotted(raw, canonical_key(Config, key), value, problems)
     if problems:
         raise ConfigError(problems, source)
     if isinstance(raw.get("data"), dict):

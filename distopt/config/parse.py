@@ -15,8 +15,10 @@ import yaml
 
 from distopt.config.rules import ConfigError, Rule
 
-__all__ = ["absolute_data_paths", "build_section", "coerce", "describe", "field_info_in",
-           "get_dotted", "parse_overrides", "plain", "set_dotted"]
+__all__ = ["absolute_data_paths", "build_section", "canonical_key", "canonical_mappings",
+           "canonical_raw", "coerce", "describe", "field_info_in", "get_dotted", "legacy_names",
+           "legacy_raw",
+           "parse_overrides", "plain", "set_dotted"]
 
 
 def plain(v: Any) -> Any:
@@ -93,12 +95,107 @@ def coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+# Old names: a section class may declare ``ALIASES: ClassVar[dict[str, str]]``, each an old key
+# of the section -> where it lives now (dotted, relative to the section). Old configs, overrides,
+# search spaces and stored results are read through them; everything written uses the new names.
+
+
+def _aliases(cls: Any) -> dict[str, str]:
+    return getattr(cls, "ALIASES", {}) if dataclasses.is_dataclass(cls) else {}
+
+
+def canonical_raw(cls: type, raw: Mapping[str, Any], prefix: str = "",
+                  problems: list[str] | None = None) -> dict[str, Any]:
+    """A raw section (nested dicts) with its old keys moved to where they live now; an old
+    key given beside its new one is a problem (the two could disagree)."""
+    out = dict(raw)
+    for old, new in _aliases(cls).items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        head, _, leaf = new.rpartition(".")
+        node = out
+        for part in head.split(".") if head else ():
+            node[part] = dict(node[part]) if isinstance(node.get(part), Mapping) else \
+                node.get(part, {})
+            node = node[part]
+        if not isinstance(node, dict):  # a wrong type where a section goes: reported later
+            continue
+        if leaf in node and problems is not None:
+            problems.append(f"{prefix}.{old}: the old name of {prefix}.{new}, which is also "
+                            "given; keep one".lstrip("."))
+        node.setdefault(leaf, value)
+    return out
+
+
+def canonical_key(root: type, dotted: str) -> str:
+    """A dotted config key with old names replaced by the new ones (``compress.prune_ratio``
+    -> ``compress.prune.ratio``); keys that are no config key come back as they were."""
+    cls: Any = root
+    parts = dotted.split(".")
+    out: list[str] = []
+    while parts:
+        part = parts.pop(0)
+        if part in _aliases(cls):
+            parts = _aliases(cls)[part].split(".") + parts
+            continue
+        out.append(part)
+        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) \
+            else set()
+        if part not in fields:
+            return ".".join(out + parts)
+        cls = typing.get_type_hints(cls)[part]
+    return ".".join(out)
+
+
+def legacy_names(cls: Any, prefix: str = "") -> dict[str, str]:
+    """Every renamed key of the tree: its dotted name now -> its old one."""
+    out = {f"{prefix}{new}": f"{prefix}{old}" for old, new in _aliases(cls).items()}
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out.update(legacy_names(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def legacy_raw(cls: type, raw: Mapping[str, Any], _top: bool = True) -> dict[str, Any]:
+    """The inverse of :func:`canonical_raw` over the whole tree, dotted keys of the mappings
+    keyed by them (``search.space``, ...) included: the layout before the aliases' new names
+    (where a seed must not change with the layout)."""
+    hints = typing.get_type_hints(cls)
+    out = {k: legacy_raw(hints[k], v, False) if k in hints and dataclasses.is_dataclass(hints[k])
+           and isinstance(v, Mapping) else v for k, v in raw.items()}
+    for old, new in _aliases(cls).items():
+        head, _, leaf = new.rpartition(".")
+        node = out
+        for part in head.split(".") if head else ():
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            out[old] = node.pop(leaf)
+    for k in list(out):
+        if isinstance(out[k], dict) and not out[k] and k in hints and \
+                dataclasses.is_dataclass(hints[k]):
+            del out[k]  # a section emptied into old keys
+    if _top:
+        old_names = legacy_names(cls)
+        for mapping in DOTTED_MAPPINGS:
+            head, _, leaf = mapping.rpartition(".")
+            try:
+                node = get_dotted(out, head)
+            except (KeyError, TypeError):
+                continue
+            if isinstance(node, dict) and isinstance(node.get(leaf), Mapping):
+                node[leaf] = {old_names.get(k, k): v for k, v in node[leaf].items()}
+    return out
+
+
 def build_section(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         problems.append(f"{prefix}: got {describe(raw)}; must be a mapping")
         raw = {}
+    raw = canonical_raw(cls, raw, prefix, problems)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in raw:
@@ -174,6 +271,29 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, problems: list[str]) -
             return
         node = nxt
     node[parts[-1]] = value
+
+
+def canonical_mappings(root: type, raw: dict[str, Any], problems: list[str]) -> None:
+    """Old names replaced in the keys of the mappings keyed by dotted config keys
+    (``search.space``, ...), in place and in order; an old key beside its new one is a
+    problem."""
+    for mapping in DOTTED_MAPPINGS:
+        try:
+            node = get_dotted(raw, mapping)
+        except (KeyError, TypeError):
+            continue
+        if not isinstance(node, dict):
+            continue
+        renamed: dict[str, Any] = {}
+        for key, value in node.items():
+            new = canonical_key(root, key) if isinstance(key, str) else key
+            if new in renamed or (new != key and new in node):
+                problems.append(f"{mapping}.{key}: the old name of {new}, which is also given; "
+                                "keep one")
+                continue
+            renamed[new] = value
+        node.clear()
+        node.update(renamed)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:

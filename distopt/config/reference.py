@@ -8,7 +8,7 @@ import typing
 from typing import Literal, Union
 
 from distopt.config.core import Config
-from distopt.config.parse import plain
+from distopt.config.parse import legacy_names, plain
 
 __all__ = ["reference_markdown"]
 
@@ -16,6 +16,7 @@ __all__ = ["reference_markdown"]
 def reference_markdown() -> str:
     """The config reference table (key, default, rule, meaning) for docs/config.md."""
     rows = ["| key | default | rule | meaning |", "|---|---|---|---|"]
+    old_names = legacy_names(Config)
 
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
@@ -36,7 +37,9 @@ def reference_markdown() -> str:
             dflt = str(plain(default)).replace("|", "\\|")
             if len(dflt) > 40:
                 dflt = dflt[:37] + "..."
-            rows.append(f"| `{key}` | `{dflt}` | {rule_text} | {f.metadata.get('doc', '')} |")
+            doc = f.metadata.get("doc", "") + (f" (old name: `{old_names[key]}`)"
+                                               if key in old_names else "")
+            rows.append(f"| `{key}` | `{dflt}` | {rule_text} | {doc} |")
 
     walk(Config, "")
     return "\n".join(rows)

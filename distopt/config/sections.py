@@ -4,15 +4,18 @@ presets, and the compression plan derived once from the ``compress`` section."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
 
 from distopt import metrics
+from distopt.config.parse import canonical_raw
 from distopt.config.rules import Rule, in_range, option
 from distopt.user_models import is_factory_path
 
-__all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "CompressConfig", "CompressionPlan",
-           "DataConfig", "ModelConfig", "PRESETS", "RegularizationConfig", "SIGNALS_CLASSES",
+__all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "ClusterConfig", "CompressConfig",
+           "DataConfig", "ModelConfig", "PRESETS", "PruneConfig", "QuantizeConfig",
+           "RegularizationConfig", "SIGNALS_CLASSES",
            "SIGNALS_SHAPE", "SearchConfig", "TrainConfig", "bits_text"]
 
 BUILT_IN_FAMILIES = ("cnn", "conv1d", "mlp", "rnn")
@@ -171,66 +174,111 @@ class AugmentConfig:
                        "sequence is cut from its start or end (then re-padded)")
 
 
+BITS = Literal[32, 16, 8, 4, 3, 2]
+
+
 @dataclass(frozen=True)
-class CompressConfig:
-    prune_ratio: float = option(0.0, in_range(0, 1, hi_open=True),
-                              "fraction of weights (unstructured) or channels (structured) removed")
-    prune_kind: Literal["unstructured", "structured"] = option(
+class PruneConfig:
+    """Weight pruning (:class:`distopt.compress.pruning.WeightPruning`)."""
+
+    ratio: float = option(0.0, in_range(0, 1, hi_open=True),
+                        "fraction of weights (unstructured) or channels (structured) removed; "
+                        "0 = off")
+    kind: Literal["unstructured", "structured"] = option(
         "unstructured", doc="unstructured: global magnitude; structured: L1-norm channels, "
         "layers physically shrink")
-    finetune_epochs: int = option(1, in_range(0), "epochs of training with the pruning masks held")
-    finetune_lr_scale: float = option(0.5, in_range(0, lo_open=True), "fine-tune lr = lr x this")
     schedule: Literal["oneshot", "gradual"] = option(
-        "oneshot", doc="unstructured: oneshot prunes to prune_ratio at once; gradual raises "
+        "oneshot", doc="unstructured: oneshot prunes to ratio at once; gradual raises "
         "sparsity over the fine-tune epochs (cubic, Zhu & Gupta 2017)")
-    qat: bool = option(False, doc="fine-tune with weights quantized to quant_bits in every "
-                     "forward (straight-through), so the artifact's rounding is trained for")
-    quant_bits: Literal[32, 16, 8, 4, 3, 2] = option(
-        8, doc="weight bits in the artifact: 32 = float32; 16/8/4/3 = symmetric "
-        "per-output-channel integers; 2 = ternary {-1, 0, 1} x a per-channel scale")
-    bits_first_conv: Literal[32, 16, 8, 4, 3, 2] | None = option(
-        None, doc="mixed bit widths: weight bits of the first conv layer; null: quant_bits")
-    bits_conv: Literal[32, 16, 8, 4, 3, 2] | None = option(
-        None, doc="weight bits of the other conv layers; null: quant_bits")
-    bits_dense: Literal[32, 16, 8, 4, 3, 2] | None = option(
-        None, doc="weight bits of hidden dense layers (and rnn: recurrent and embedding "
-        "weights); null: quant_bits")
-    bits_classifier: Literal[32, 16, 8, 4, 3, 2] | None = option(
-        None, doc="weight bits of the last (classifier) layer; null: quant_bits")
-    clusters: int = option(0, in_range(0, 4096), "weight clustering (Deep Compression): k shared "
-                         "values per weight tensor (k-means on its non-zero weights, then "
-                         "fine-tuned as shared centroids, stored as a codebook); 0 = off")
-
-
-@dataclass(frozen=True)
-class CompressionPlan:
-    """What a trial does after dense training, derived once from ``compress.*``
-    (:attr:`Config.compression_plan`): every other part reads this, never the raw keys."""
-
-    prune_ratio: float  # 0: no weight pruning (and so no fine-tune)
-    prune_kind: str
-    gradual: bool  # sparsity raised over the fine-tune epochs (unstructured only)
-    finetune_epochs: int  # epochs after dense training, run if a compression method fine-tunes
-    qat: bool  # fine-tune on the quantized weights
-    quant_bits: int  # every weight's bits, unless its layer kind has its own below
-    layer_bits: tuple[tuple[str, int], ...] = ()  # (layer kind, bits): mixed bit widths
-    clusters: int = 0  # weight clustering: shared values per weight tensor; 0 = none
-
-    @property
-    def prunes(self) -> bool:
-        return self.prune_ratio > 0
 
     @property
     def fine_tunes(self) -> bool:
-        """Whether the built-in methods have fine-tune epochs to run: pruning or clustering,
-        with ``finetune_epochs`` >= 1 (a registered method may bring its own:
-        ``distopt.training.compression.Compression``)."""
-        return (self.prunes or self.clusters > 0) and self.finetune_epochs > 0
+        return self.ratio > 0
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Weight quantization (:class:`distopt.compress.quantization.WeightQuantization`): codes
+    every weight no other method codes."""
+
+    bits: BITS = option(8, doc="weight bits in the artifact: 32 = float32; 16/8/4/3 = symmetric "
+                      "per-output-channel integers; 2 = ternary {-1, 0, 1} x a per-channel "
+                      "scale")
+    qat: bool = option(False, doc="fine-tune with weights quantized to their bits in every "
+                     "forward (straight-through), so the artifact's rounding is trained for "
+                     "(needs a fine-tune: another method's, such as pruning)")
+    bits_first_conv: BITS | None = option(None, doc="mixed bit widths: weight bits of the first "
+                                          "conv layer; null: bits")
+    bits_conv: BITS | None = option(None, doc="weight bits of the other conv layers; null: bits")
+    bits_dense: BITS | None = option(None, doc="weight bits of hidden dense layers (and rnn: "
+                                     "recurrent and embedding weights); null: bits")
+    bits_classifier: BITS | None = option(None, doc="weight bits of the last (classifier) "
+                                          "layer; null: bits")
+
+    @property
+    def fine_tunes(self) -> bool:
+        return False  # QAT rides on another method's fine-tune
+
+    @property
+    def layer_bits(self) -> dict[str, int]:
+        """Bits of each layer kind (``first_conv``, ``conv``, ``dense``, ``classifier``:
+        :func:`distopt.models.layer_kinds`) that has its own."""
+        return {kind: bits for kind, bits in (
+            ("first_conv", self.bits_first_conv), ("conv", self.bits_conv),
+            ("dense", self.bits_dense), ("classifier", self.bits_classifier))
+            if bits is not None}
 
     def bits_of(self, kind: str) -> int:
-        """Weight bits of a layer kind (``first_conv``, ``conv``, ``dense``, ``classifier``:
-        :func:`distopt.models.layer_kinds`)."""
-        return dict(self.layer_bits).get(kind, self.quant_bits)
+        """Weight bits of a layer kind."""
+        return self.layer_bits.get(kind, self.bits)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Weight clustering (:class:`distopt.compress.clustering.WeightClustering`)."""
+
+    k: int = option(0, in_range(0, 4096), "Deep Compression's weight sharing: k shared values "
+                  "per weight tensor (k-means on its non-zero weights, then fine-tuned as shared "
+                  "centroids, stored as a codebook); 0 = off")
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.k > 0
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """What a trial does after dense training: the fine-tune the methods share, and one section
+    per compression method (each read by its method alone, :mod:`distopt.compress.method`).
+    Everything under ``compress`` acts after dense training, which is what lets trials that
+    differ only here share a dense model (``search.reuse_dense``, ``search.children``)."""
+
+    # The flat keys before each method had its section (compress.prune_ratio, ...): still
+    # read, as the keys they name now.
+    ALIASES: ClassVar[dict[str, str]] = {
+        "prune_ratio": "prune.ratio", "prune_kind": "prune.kind", "schedule": "prune.schedule",
+        "quant_bits": "quantize.bits", "qat": "quantize.qat",
+        "bits_first_conv": "quantize.bits_first_conv", "bits_conv": "quantize.bits_conv",
+        "bits_dense": "quantize.bits_dense", "bits_classifier": "quantize.bits_classifier",
+        "clusters": "cluster.k"}
+
+    finetune_epochs: int = option(1, in_range(0), "epochs of training after dense training, "
+                                "run when a method fine-tunes (pruning, clustering), its "
+                                "constraints held")
+    finetune_lr_scale: float = option(0.5, in_range(0, lo_open=True), "fine-tune lr = lr x this")
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the fine-tune epochs run: a method section asks for them and
+        ``finetune_epochs`` >= 1. What the config checks read; a run asks its methods
+        (``distopt.training.compression.Compression``), which agree for the built-in ones
+        (tested) and may add a user's method that fine-tunes."""
+        return self.finetune_epochs > 0 and any(
+            getattr(self, f.name).fine_tunes for f in dataclasses.fields(self)
+            if dataclasses.is_dataclass(getattr(self, f.name)))
 
 
 @dataclass(frozen=True)
@@ -290,9 +338,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def bits_text(compress: Mapping[str, Any]) -> str:
-    """A ``compress`` section's weight bits for tables: ``"4"``, or with mixed widths
-    ``"4 (first_conv 8, classifier 8)"``."""
-    mixed = [f"{k.removeprefix('bits_')} {compress[k]}" for k in
+    """A ``compress`` section's weight bits for tables (either layout, as stored by any
+    version): ``"4"``, or with mixed widths ``"4 (first_conv 8, classifier 8)"``."""
+    q = canonical_raw(CompressConfig, compress).get("quantize") or {}
+    mixed = [f"{k.removeprefix('bits_')} {q[k]}" for k in
              ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier")
-             if compress.get(k) is not None]
-    return f"{compress['quant_bits']}" + (f" ({', '.join(mixed)})" if mixed else "")
+             if q.get(k) is not None]
+    return f"{q.get('bits', QuantizeConfig.bits)}" + (f" ({', '.join(mixed)})" if mixed else "")

@@ -4,20 +4,20 @@ where the trial reads them; no Ray in this module."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import zlib
 from typing import Any
 
 from distopt.config import Config, ConfigError, field_info
-from distopt.config.parse import get_dotted
+from distopt.config.parse import get_dotted, legacy_raw
 from distopt.config.space import draw
 
 __all__ = ["SEED_NEUTRAL_DEFAULTS", "child_configs"]
 
 # Config keys added after search.children existed, with their defaults: the children's seed
 # leaves them out while they hold these values (so adding a key changes no earlier search).
+# Named as the seed reads them: in the layout of that time (distopt.config.parse.legacy_raw).
 SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0}
 
 
@@ -33,9 +33,10 @@ def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:
         return []
     raw = cfg.to_dict()
     own = {k: get_dotted(raw, k) for k in keys}
-    # Keys added to the schema since children were introduced count only when set, so
-    # a config that does not use them draws the same children as before they existed.
-    seeded = copy.deepcopy(raw)
+    # Keys added to the schema since children were introduced count only when set, and the
+    # seed reads the layout of that time (old key names), so a config draws the same
+    # children as before the schema grew or moved.
+    seeded = legacy_raw(Config, raw)
     for key, default in SEED_NEUTRAL_DEFAULTS.items():
         section, _, leaf = key.partition(".")
         if seeded.get(section, {}).get(leaf) == default:

@@ -13,10 +13,12 @@ import numpy as np
 
 from distopt import metrics as M
 from distopt.config import Config, ConfigError, storage_url
+from distopt.config.parse import set_dotted
 from distopt.data import load_splits
 from distopt.orchestration._optuna_search import DUPLICATE_OF as ATTR
 from distopt.orchestration._optuna_search import TUNE_TRIAL_ID
 from distopt.orchestration.progress import read_trial_clock
+from distopt.orchestration.trial_params import canonical_params
 from distopt.pareto import non_dominated
 from distopt.results.objectives import at_chance_row, objective_matrix
 from distopt.results.paths import SearchPaths
@@ -38,6 +40,7 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     # The grid lists trials in the order Tune created them: that order is the trial number.
     for number, result in enumerate(grid):
         m = result.metrics or {}
+        params = canonical_params(result.config or {})
         trial_id = m.get("trial_id") or Path(result.path).name
         complete = result.error is None and m.get(M.PHASE) == "final"
         # Ended without error and without its final result: early stopping stopped it.
@@ -49,10 +52,10 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
             # Ray Train trials report their checkpoint's path; trial-actor ones hold it.
             "checkpoint_path": m.get("checkpoint_path") or (
                 result.checkpoint.path if result.checkpoint is not None else ""),
-            "params_json": json.dumps({k: result.config.get(k) for k in cfg.search.space}),
+            "params_json": json.dumps({k: params.get(k) for k in cfg.search.space}),
         }
         for k in cfg.search.space:
-            row[f"param.{k}"] = result.config.get(k)
+            row[f"param.{k}"] = params.get(k)
         for k in FINAL_METRICS:
             v = m.get(k, math.nan)
             # A stopped trial keeps the epoch it stopped after; its other numbers are not of
@@ -70,13 +73,13 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         row[M.EARLY_STOPPED] = bool(m.get(M.EARLY_STOPPED, False))
         # Dense weights another trial trained and stored (search.reuse_dense): its id.
         row[M.DENSE_FROM] = str(m.get(M.DENSE_FROM) or "")
-        row["config_json"] = _trial_config_json(cfg, result.config or {})
+        row["config_json"] = _trial_config_json(cfg, params)
         row[M.PARENT_ID] = ""
         row[DUPLICATE_OF] = ""
         row["artifact_file"] = M.ARTIFACT_FILE
         rows.append(row)
         if complete and m.get(M.CHILDREN):
-            rows += _child_rows(cfg, row, json.loads(m[M.CHILDREN]), result.config or {})
+            rows += _child_rows(cfg, row, json.loads(m[M.CHILDREN]), params)
     rows.sort(key=lambda r: r["trial_number"])  # stable: children stay after their parent
     rows += _duplicate_rows(cfg, location, rows)
 
@@ -163,13 +166,14 @@ def _duplicate_rows(cfg: Config, location: Location, rows: list[dict[str, Any]]
         original = tune_id(int(t.user_attrs[ATTR]))
         row = {k: (math.nan if isinstance(v, float) else type(v)() if v is not None else None)
                for k, v in template.items()}
+        params = canonical_params(t.params)
         row.update({"trial_id": f"{original or 'unknown'}-dup{t.number}",
                     "trial_number": len(rows) + len(out), "status": DUPLICATE,
                     DUPLICATE_OF: original, M.PARENT_ID: "", "artifact_file": "",
-                    "params_json": json.dumps(t.params),
-                    "config_json": _trial_config_json(cfg, t.params)})
+                    "params_json": json.dumps(params),
+                    "config_json": _trial_config_json(cfg, params)})
         for k in cfg.search.space:
-            row[f"param.{k}"] = t.params.get(k)
+            row[f"param.{k}"] = params.get(k)
         out.append(row)
     return out
 
@@ -183,8 +187,7 @@ def _trial_config_json(cfg: Config, params: dict[str, Any]) -> str:
     except ConfigError:
         raw = cfg.trial_config().public_dict()
         for key, value in sampled.items():
-            section, _, leaf = key.rpartition(".")
-            raw[section][leaf] = value
+            set_dotted(raw, key, value, [])
         return json.dumps(raw)
 
 

@@ -31,10 +31,7 @@ def teacher_config(cfg: Config) -> Config:
     return cfg.with_overrides({
         **cfg.train.teacher_overrides, "train.teacher_overrides": {},
         "train.distill_alpha": 0.0, "train.teacher_path": None,
-        "compress.prune_ratio": 0.0, "compress.quant_bits": 32, "compress.qat": False,
-        "compress.schedule": "oneshot", "compress.clusters": 0,
-        "compress.bits_first_conv": None, "compress.bits_conv": None,
-        "compress.bits_dense": None, "compress.bits_classifier": None,
+        "compress.prune": {}, "compress.quantize": {"bits": 32}, "compress.cluster": {},
         "search.children": 0, "search.scheduler": "fifo", "search.trial_overrides": {},
         "search.space": {},
         "name": f"{cfg.name}-teacher"[:100]})

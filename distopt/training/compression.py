@@ -13,19 +13,19 @@ import torch
 from distopt.compress import encode
 from distopt.compress.coding import Coding
 from distopt.compress.method import methods_for
-from distopt.config import CompressionPlan
+from distopt.config import CompressConfig
 from distopt.models import Model, fold_batch_norm
 
 __all__ = ["Compression"]
 
 
 class Compression:
-    """The compression of one run: fresh method instances for ``plan`` (their state, such as
-    pruning masks, belongs to this run) and the artifact they code."""
+    """The compression of one run: fresh method instances for its ``compress`` section (their
+    state, such as pruning masks, belongs to this run) and the artifact they code."""
 
-    def __init__(self, plan: CompressionPlan) -> None:
-        self.plan = plan
-        self.methods = methods_for(plan)
+    def __init__(self, settings: CompressConfig) -> None:
+        self.settings = settings
+        self.methods = methods_for(settings)
 
     @property
     def fine_tunes(self) -> bool:
@@ -34,7 +34,7 @@ class Compression:
 
     @property
     def finetune_epochs(self) -> int:
-        return self.plan.finetune_epochs if self.fine_tunes else 0
+        return self.settings.finetune_epochs if self.fine_tunes else 0
 
     def codings(self, model: Model) -> dict[str, Coding]:
         """Every weight's coding: each method claims its weights, in plan order."""
@@ -44,8 +44,9 @@ class Compression:
         return codings
 
     def encode(self, model: Model, meta: dict[str, Any] | None) -> bytes:
-        """The artifact of ``model`` (BatchNorm folded) under this run's codings."""
-        return encode(model, self.plan.quant_bits, meta, codings=self.codings(model))
+        """The artifact of ``model`` (BatchNorm folded) under this run's codings (the file's
+        other tensors are float16 beside quantized weights, float32 beside float ones)."""
+        return encode(model, self.settings.quantize.bits, meta, codings=self.codings(model))
 
     def expected_size(self, model: Model, meta: dict[str, Any] | None = None) -> int:
         """Bytes of the artifact this dense model would give with the run's compression

@@ -1,7 +1,7 @@
 """One configuration's training as named phases (:class:`TrainingRun`), which
 :func:`distopt.training.fit.fit` composes: setup, dense training, weight pruning, fine-tuning,
-export, evaluation of the decoded artifact. Which compression phases run is the config's
-:class:`~distopt.config.CompressionPlan`.
+export, evaluation of the decoded artifact. Which compression methods run, and whether they
+fine-tune, is decided by the config's ``compress`` section through :class:`Compression`.
 
 Plain PyTorch, in the spirit of nanoGPT's loop. It runs the same as a single process (``rank 0
 of 1``, e.g. inside a Tune trial actor) or as one DDP rank of a Ray Train worker group:
@@ -78,7 +78,7 @@ class TrainingRun:
         optimizer and data from the config or a checkpoint."""
         t = cfg.train
         self.cfg, self.env, self.report, self.splits = cfg, env, report, splits
-        self.compression = Compression(cfg.compression_plan)
+        self.compression = Compression(cfg.compress)
         self.t_start, self.started_at = time.perf_counter(), time.time()
         self.norm = input_norm(splits, cfg.data.resize)
         # The model and how it trains.
@@ -300,7 +300,7 @@ class TrainingRun:
         per epoch (its result is its parent's to report)."""
         assert self.dense_state is not None and self.dense_spec is not None
         child = copy.copy(self)
-        child.cfg, child.compression = cfg, Compression(cfg.compression_plan)
+        child.cfg, child.compression = cfg, Compression(cfg.compress)
         child.report = lambda metrics, state, files=None: None
         torch.manual_seed(cfg.train.seed)
         net = build_model(self.dense_spec)

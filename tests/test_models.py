@@ -193,3 +193,22 @@ def test_block_kinds_are_configurable_and_checked(tmp_path):
                                              "compress.prune.kind=structured"])
     with pytest.raises(ConfigError, match="shrinks to nothing"):
         load_config(CONFIGS / "smoke.yaml", ["model.blocks=3", "data.resize=16"])
+
+
+def test_every_family_the_config_names_is_registered_and_builds_its_own_spec():
+    from distopt.config import BUILT_IN_FAMILIES, load_config
+    from distopt.models import FAMILIES, family_of, spec_from_config
+
+    assert set(FAMILIES) == {*BUILT_IN_FAMILIES, "external"}
+    shapes = {"conv1d": ["data.name=signals-mini", "data.shape=[3, 1, 128]",
+                         "data.num_classes=6"],
+              "rnn": ["model.hidden_size=8", "model.blocks=1"]}
+    for name in BUILT_IN_FAMILIES:
+        cfg = load_config(None, [f"model.family={name}", "model.channels=4",
+                                 "model.dense_units=8", *shapes.get(name, [])])
+        spec = spec_from_config(cfg)
+        assert spec.family == name and family_of(name) is FAMILIES[name]
+        model = build_model(spec)
+        assert model.spec == spec
+        assert model(example_input(spec, 2)).shape == (2, cfg.data.num_classes)
+    assert family_of("mypkg.models:TinyNet") is FAMILIES["external"]

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from distopt.compress.wrapper import MAX_DIM, MAX_LAYERS, ArtifactError
-from distopt.models import BLOCKS, GATES, ModelSpec, build_model, conv_out_side, prunable_weights
+from distopt.models import GATES, ModelSpec, build_model, prunable_weights
+from distopt.shapes import BLOCKS, conv_out_side
 from distopt.user_models import is_factory_path, trust, trusted
 
 __all__ = ["check_trust", "expected_state", "spec_problem"]

@@ -19,6 +19,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from distopt import metrics as M
+from distopt.orchestration.trial_params import sampler_name
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class ResumableOptunaSearch(OptunaSearch):
 
         for child in json.loads(children_json):
             values = self._values(child["metrics"])
-            child_params = {**params, **child["params"]}
+            child_params = {**params, **{sampler_name(k): v for k, v in child["params"].items()}}
             if values is None or set(child_params) != set(distributions):
                 continue
             frozen = optuna.trial.create_trial(

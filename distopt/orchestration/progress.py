@@ -17,6 +17,7 @@ from ray.tune import Callback
 from distopt import metrics as M
 from distopt.config import Config
 from distopt.orchestration.telemetry import record_experiment
+from distopt.orchestration.trial_params import canonical_params
 from distopt.pareto import hypervolume, non_dominated
 from distopt.results.objectives import at_chance_row, hv_reference, objective_matrix
 from distopt.storage import Location
@@ -57,7 +58,7 @@ class ProgressTable(Callback):
         row = self.rows.setdefault(trial.trial_id, {"status": status})
         row["status"] = status
         for k in self.keys:
-            row.setdefault(k, trial.config.get(k, "-"))
+            row.setdefault(k, canonical_params(trial.config).get(k, "-"))
         if result:
             row[M.EPOCH] = result.get(M.EPOCH, "-")
             row[M.PHASE] = result.get(M.PHASE, "-")

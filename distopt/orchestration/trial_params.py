@@ -1,18 +1,29 @@
 """The Tune parameters of a trial: the sampler's values, or, for a retraining of a front model
-with another seed (``search.reseed``), those values inside its ``reseed`` parameter. Either way
-keyed by config key as written now: a search begun before a key was renamed (its sampler
-restored from Tune's state, its study from the database) still names it the old way."""
+with another seed (``search.reseed``), those values inside its ``reseed`` parameter.
+
+The sampler (the Optuna study, and so Tune's trial config) names a config key as it was first
+spelled (``compress.prune_ratio`` for ``compress.prune.ratio``): Optuna orders a genetic
+sampler's parameters by name, so a rename would change which random draw each key gets and
+every search after the first generation would change; and a study begun before a rename goes
+on with the same names when resumed. Everything else reads the values under today's keys
+(:func:`canonical_params`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from distopt.config import Config
-from distopt.config.parse import canonical_key
+from distopt.config.parse import canonical_key, legacy_names
 
-__all__ = ["RESEED_KEY", "canonical_params", "unwrap_params"]
+__all__ = ["RESEED_KEY", "canonical_params", "sampler_name", "unwrap_params"]
 
 RESEED_KEY = "reseed"  # the Tune parameter of a retraining: {"trial_id", "params"}
+_FIRST_SPELLING = legacy_names(Config)
+
+
+def sampler_name(key: str) -> str:
+    """The sampler's name of a config key: as the key was first spelled."""
+    return _FIRST_SPELLING.get(key, key)
 
 
 def canonical_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from distopt.storage import Location
 from distopt.config.space import to_optuna
 from distopt.orchestration.capacity import concurrency
 from distopt.orchestration.run import make_trainer, train_in_trial_actor, trains_in_actor
-from distopt.orchestration.trial_params import unwrap_params
+from distopt.orchestration.trial_params import sampler_name, unwrap_params
 from distopt.results.paths import SearchPaths
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url(cfg) or paths.study_url)
     return OptunaSearch(
-        space=to_optuna(Config, cfg.search.space),
+        space={sampler_name(k): d for k, d in to_optuna(Config, cfg.search.space).items()},
         metric=[name for name, _ in cfg.search.objectives],
         mode=[direction for _, direction in cfg.search.objectives],
         sampler=make_sampler(cfg), storage=storage, study_name=cfg.name,

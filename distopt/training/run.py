@@ -28,7 +28,7 @@ from torch import nn
 from distopt import metrics as M
 from distopt.config import Config
 from distopt.data import Splits
-from distopt.models import ModelSpec, build_model, fold_batch_norm, spec_from_config
+from distopt.models import ModelSpec, build_model, family_of, fold_batch_norm, spec_from_config
 from distopt.training.checkpoint import Checkpoint
 from distopt.training.compression import Compression
 from distopt.training.dense_store import DenseWeights
@@ -127,7 +127,7 @@ class TrainingRun:
             run.spec = ModelSpec.from_dict(ck.spec)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         net = build_model(run.spec)
-        run.channels_last = t.channels_last and run.spec.family in ("cnn", "conv1d")
+        run.channels_last = t.channels_last and family_of(run.spec.family).channels_last
         configure_cuda(env.device, t.tf32)
         if ck is not None:
             net.load_state_dict(ck.model)

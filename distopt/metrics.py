@@ -36,6 +36,14 @@ BYTES_HEADER = "bytes_header"
 BYTES_INDEX = "bytes_index"
 BYTES_SCALES = "bytes_scales_biases"
 BYTES_VALUES = "bytes_values"
+# What a device pays to run the decoded model in place (distopt.compress.flash,
+# distopt.models.cost): SIZE_BYTES is the storage/download size, these are the device's.
+FLASH_BYTES = "flash_bytes"  # packed weight codes + float32 scales, codebooks and biases
+WEIGHT_FLASH_BYTES = "weight_flash_bytes"  # the packed weight codes alone (papers' unit)
+PEAK_RAM_BYTES = "peak_ram_bytes"  # largest input + output buffer of any layer, batch 1
+MACS = "macs"  # multiply-accumulates of one inference
+NONZERO_MACS = "nonzero_macs"  # ... of the non-zero weights only (a zero-skipping kernel)
+DEVICE_METRICS = (FLASH_BYTES, WEIGHT_FLASH_BYTES, PEAK_RAM_BYTES, MACS, NONZERO_MACS)
 TEST_ACCURACY = "test_accuracy"
 LATENCY_MS = "latency_ms"  # PyTorch, batch 1, one thread, median after warm-up
 ORT_LATENCY_MS = "ort_latency_ms"  # the same on ONNX Runtime (measured when it is an objective)
@@ -89,6 +97,14 @@ OBJECTIVES: dict[str, Objective] = {
         Objective(ORT_LATENCY_MS, "min", "median CPU batch-1 latency of the exported ONNX "
                   "model on ONNX Runtime (needs distopt[onnx])"),
         Objective(NONZERO_PARAMS, "min", "parameters left non-zero after weight pruning"),
+        Objective(FLASH_BYTES, "min", "flash a device needs to run the decoded model in place: "
+                  "packed weight codes, float32 scales, codebooks and biases"),
+        Objective(WEIGHT_FLASH_BYTES, "min", "the packed weight codes alone (the unit of "
+                  "BitNetMCU and most tiny-model papers)"),
+        Objective(PEAK_RAM_BYTES, "min", "largest input + output activation buffer of any "
+                  "layer, batch 1, float32 activations"),
+        Objective(MACS, "min", "multiply-accumulates of one inference"),
+        Objective(NONZERO_MACS, "min", "multiply-accumulates of the non-zero weights only"),
     )
 }
 
@@ -97,11 +113,14 @@ DEFAULT_OBJECTIVES: tuple[tuple[str, Direction], ...] = (
     (SIZE_BYTES, "min"),
 )
 
+# At a rung of early stopping, an objective is read from this key instead (the final value is
+# not known before the end): the value of the file the trial would export then (its
+# compression applied to the current dense weights); objectives not listed here and not
+# reported are left out there.
+RUNG_KEYS: dict[str, str] = {SIZE_BYTES: EXPECTED_SIZE_BYTES,
+                             **{k: f"expected_{k}" for k in DEVICE_METRICS}}
+
 # Keys that every report carries, so that Tune's strict metric check passes on every result.
 # Before the final report the artifact metrics are NaN ("not known yet").
 ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, SIZE_BYTES, LATENCY_MS, ORT_LATENCY_MS,
-                                    NONZERO_PARAMS, EXPECTED_SIZE_BYTES)
-
-# At a rung of early stopping, an objective is read from this key instead (the final value is
-# not known before the end); objectives not listed here and not reported are left out there.
-RUNG_KEYS: dict[str, str] = {SIZE_BYTES: EXPECTED_SIZE_BYTES}
+                                    NONZERO_PARAMS, *DEVICE_METRICS, *RUNG_KEYS.values())

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from distopt import metrics as M
 from distopt.config import load_config
 from distopt.models import (ModelSpec, build_model, count_params, example_input, fold_batch_norm,
                             prunable_weights,
@@ -212,3 +213,33 @@ def test_every_family_the_config_names_is_registered_and_builds_its_own_spec():
         assert model.spec == spec
         assert model(example_input(spec, 2)).shape == (2, cfg.data.num_classes)
     assert family_of("mypkg.models:TinyNet") is FAMILIES["external"]
+
+
+def test_peak_ram_and_macs_of_the_seed_models_are_the_hand_counted_ones():
+    from distopt.models.cost import activation_cost
+
+    cnn = build_model(seed_cnn())
+    got = activation_cost(cnn, cnn.spec)
+    # The first max-pool reads 32 x 26 x 26 floats and writes 32 x 13 x 13: the largest pair.
+    assert got[M.PEAK_RAM_BYTES] == 4 * (32 * 26 * 26 + 32 * 13 * 13)
+    assert got[M.MACS] == 26 * 26 * 288 + 11 * 11 * 18_432 + 204_800 + 1_280 == \
+        got[M.NONZERO_MACS]
+    assert activation_cost(cnn, cnn.spec, activation_bytes=1)[M.PEAK_RAM_BYTES] == \
+        got[M.PEAK_RAM_BYTES] // 4
+    rnn = build_model(seed_rnn())
+    got = activation_cost(rnn, rnn.spec)
+    # The first layer reads 64 x 128 embeddings and writes 64 x 128 outputs + its last state;
+    # each step of each layer multiplies 128 x 128 input and 128 x 128 recurrent weights.
+    assert got[M.PEAK_RAM_BYTES] == 4 * (64 * 128 + 64 * 128 + 128)
+    assert got[M.MACS] == 2 * 64 * (128 * 128 * 2) + 1_280
+    assert rnn.training  # its mode is left as it was
+
+
+def test_depthwise_convs_count_their_groups_and_in_place_relus_add_no_buffer():
+    from distopt.models.cost import activation_cost
+
+    spec = ModelSpec("cnn", (1, 16, 16), 10, (4, 8), (), 3, block="separable")
+    got = activation_cost(build_model(spec), spec)
+    # same convs: 16x16 -> pool 8x8; depthwise 3x3 on 4 channels + pointwise 4->8 at 8x8.
+    assert got[M.MACS] == 16 * 16 * 36 + 8 * 8 * (4 * 9 + 32) + 8 * 4 * 4 * 10
+    assert got[M.PEAK_RAM_BYTES] == 4 * (1 * 16 * 16 + 4 * 16 * 16)  # the first conv

@@ -474,9 +474,12 @@ def test_expected_size_at_a_rung_is_what_the_weights_then_would_export(splits):
         fit(load_config(None, base + [f"compress.quantize.bits={bits}",
                                       f"compress.prune.kind={kind}"]), WorkerEnv(), rec,
             splits=splits)
-        expected = [r for r in rec.reports if r[M.PHASE] == "train"][-1][M.EXPECTED_SIZE_BYTES]
-        final = rec.reports[-1][M.SIZE_BYTES]
+        at_rung = [r for r in rec.reports if r[M.PHASE] == "train"][-1]
+        expected, final = at_rung[M.EXPECTED_SIZE_BYTES], rec.reports[-1][M.SIZE_BYTES]
         assert abs(final / expected - 1) < 0.03, (bits, kind, expected, final)
+        # The device's costs do not depend on the fine-tuned values: exact at the rung.
+        for k in (M.FLASH_BYTES, M.WEIGHT_FLASH_BYTES, M.PEAK_RAM_BYTES, M.MACS):
+            assert at_rung[M.RUNG_KEYS[k]] == rec.reports[-1][k] > 0, (bits, kind, k)
     # Under FIFO nothing ranks trials at rungs: no encoding per epoch.
     rec = Recorder()
     fit(load_config(None, TINY), WorkerEnv(), rec, splits=splits)

@@ -10,7 +10,7 @@ The artifact is what a user deploys and what every reported compressed accuracy 
 from __future__ import annotations
 
 from distopt.compress.artifact import (MAX_PARAMS, ArtifactError, Decoded, decode, encode,
-                                       size_report)
+                                       size_report, device_report)
 from distopt.compress.clustering import WeightClustering
 from distopt.compress.method import METHODS, CompressionMethod, register
 from distopt.compress.pruning import (Masks, apply_masks, global_magnitude_masks, gradual_ratio,
@@ -34,6 +34,7 @@ __all__ = [
     "quantize_per_channel",
     "quantize_tensor",
     "size_report",
+    "device_report",
     "register",
     "structured_prune",
     "WeightClustering",

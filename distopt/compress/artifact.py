@@ -25,6 +25,7 @@ from torch import nn
 from distopt import metrics as M
 from distopt.compress.coding import Coding, IntCodes
 from distopt.compress.decoded import Decoded
+from distopt.compress.flash import flash_bytes
 from distopt.compress.format_v1 import BITS as V1_BITS
 from distopt.compress.format_v1 import decode_v1, encode_v1
 from distopt.compress.format_v2 import decode_v2, encode_v2, version_for
@@ -32,9 +33,10 @@ from distopt.compress.quantization import WEIGHT_BITS
 from distopt.compress.sections import SECTIONS, sections
 from distopt.compress.wrapper import MAX_PARAMS, PREAMBLE, VERSIONS, ArtifactError, check_wrapper
 from distopt.models import Model, ModelSpec, prunable_weights
+from distopt.models.cost import activation_cost
 
 __all__ = ["ArtifactError", "Decoded", "MAX_PARAMS", "VERSION", "byte_breakdown", "decode",
-           "encode", "size_report"]
+           "device_report", "encode", "size_report"]
 
 VERSION = 2  # what encode writes when every tensor fits it (3 for codings 2 lacks)
 
@@ -111,6 +113,14 @@ def byte_breakdown(data: bytes) -> dict[str, int]:
     parts = {key: sec[3] for key, sec in zip(SECTIONS, sections(data, "artifact"))}
     parts[M.BYTES_HEADER] += PREAMBLE.size + 4
     return parts
+
+
+def device_report(decoded: Decoded) -> dict[str, int]:
+    """What a device pays to run a decoded file in place: ``flash_bytes`` and
+    ``weight_flash_bytes`` (:mod:`distopt.compress.flash`), ``peak_ram_bytes``, ``macs`` and
+    ``nonzero_macs`` (:mod:`distopt.models.cost`, float32 activations)."""
+    return {**flash_bytes(decoded.tensors),
+            **activation_cost(decoded.model, decoded.model.spec)}
 
 
 def size_report(model: nn.Module, artifact: bytes) -> dict[str, float]:

@@ -16,12 +16,16 @@ from distopt.pareto import hypervolume
 __all__ = ["LOG_SCALED", "at_chance", "at_chance_row", "beyond_worst", "hv_reference", "hypervolume_curve",
            "objective_matrix", "scaled"]
 
-LOG_SCALED = (M.SIZE_BYTES, M.EXPECTED_SIZE_BYTES)  # byte counts: compared on a log10 scale
+# Costs that span decades (bytes, MACs), as the final metric and as read at a rung: compared
+# on a log10 scale.
+LOG_SCALED = (M.SIZE_BYTES, M.FLASH_BYTES, M.WEIGHT_FLASH_BYTES, M.PEAK_RAM_BYTES, M.MACS,
+              M.NONZERO_MACS)
+LOG_SCALED = (*LOG_SCALED, *(M.RUNG_KEYS[k] for k in LOG_SCALED))
 
 
 def scaled(name: str, value: float) -> float:
-    """One objective value in the objective space: byte counts as log10 (positive ones; NaN
-    stays NaN), everything else as it is."""
+    """One objective value in the objective space: byte counts and MACs as log10 (positive
+    ones; NaN stays NaN), everything else as it is."""
     return math.log10(value) if name in LOG_SCALED and value > 0 else value
 
 

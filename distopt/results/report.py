@@ -34,6 +34,9 @@ OVERFIT_GAP = 0.02  # train - val accuracy above this: overfitting
 UNDERFIT_GAP = -0.02  # below this: the model does worse on data it trained on than on new data
 
 
+DEVICE_COLUMNS = (M.FLASH_BYTES, M.WEIGHT_FLASH_BYTES, M.PEAK_RAM_BYTES, M.MACS)
+
+
 def verdict(train_accuracy: float, val_accuracy: float) -> str:
     """Over/underfitting from the train-validation gap. Both accuracies are of the decoded
     artifact in eval mode (no dropout, no augmentation): train accuracy on a fixed subset of the
@@ -87,7 +90,7 @@ def write_report(output: Path) -> dict[str, Any]:
 
     with open(output / "pareto.csv", "w", newline="") as f:
         cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
-                *BREAKDOWN, M.COMPRESSION_RATIO,
+                *BREAKDOWN, M.COMPRESSION_RATIO, *M.DEVICE_METRICS,
                 M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                 TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, "artifact"] + \
             [f"param.{k}" for k in keys]
@@ -100,8 +103,10 @@ def write_report(output: Path) -> dict[str, Any]:
     plot_hypervolume(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
     failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE)]
-    # Objectives beyond accuracy and bytes (latency, non-zero parameters) get a column too.
-    extra = [n for n, _ in cfg.search.objectives if n not in (M.VAL_ACCURACY, M.SIZE_BYTES)]
+    # Objectives beyond accuracy, bytes and the device's costs (latency, non-zero parameters)
+    # get a column too.
+    extra = [n for n, _ in cfg.search.objectives
+             if n not in (M.VAL_ACCURACY, M.SIZE_BYTES, *DEVICE_COLUMNS)]
     # search.reseed: the front's test accuracy as mean +- sd over seeds, and the noise mark.
     reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
     stopped = sum(r["status"] == STOPPED for r in rows)
@@ -125,19 +130,24 @@ def write_report(output: Path) -> dict[str, Any]:
              f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
              + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
              "Accuracies are those of the models decoded from their artifacts; test accuracy is "
-             "evaluated once, after the search, on the front only.", "",
+             "evaluated once, after the search, on the front only. *bytes*: the .dopt file "
+             "(storage and download); *flash*: what a device keeps to run the model in place "
+             "(weights packed at their bit width, float32 scales, codebooks and biases; of "
+             "them, the packed weights alone in *weights*); *RAM*: the largest input + output "
+             "activation buffer of any layer (float32, batch 1); *MACs* per inference "
+             "(docs/results.md).", "",
              "| trial | " + " | ".join(keys) + " | val acc | test acc | "
              + ("test acc over seeds | " if reseeded else "") + "bytes | header / index / "
-             "scales+biases / values | compression | "
+             "scales+biases / values | compression | flash (weights) | RAM | MACs | "
              + "".join(f"{n} | " for n in extra) + "fit |",
-             "|---" * (len(keys) + len(extra) + 7 + reseeded) + "|"]
+             "|---" * (len(keys) + len(extra) + 10 + reseeded) + "|"]
     for r in front:
         vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
         lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
                      f"{r[M.TEST_ACCURACY]:.4f} | "
                      + (f"{_over_seeds(r)} | " if reseeded else "")
                      + f"{int(r[M.SIZE_BYTES]):,} | {breakdown_cell(r)} | "
-                     f"{r[M.COMPRESSION_RATIO]:.1f}x | "
+                     f"{r[M.COMPRESSION_RATIO]:.1f}x | {_device_cells(r)} | "
                      + "".join(f"{_cell(r.get(n))} | " for n in extra)
                      + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
     if reseeded:
@@ -173,6 +183,7 @@ def write_report(output: Path) -> dict[str, Any]:
             "seed": json.loads(r["config_json"])["train"]["seed"],
             "data_digest": _artifact_digest(output / r["artifact"]),
             "metrics": {k: r[k] for k in (M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+                                          *M.DEVICE_METRICS,
                                           M.COMPRESSION_RATIO, M.PARAMS, M.NONZERO_PARAMS,
                                           M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                                           TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE)
@@ -183,6 +194,16 @@ def write_report(output: Path) -> dict[str, Any]:
     (output / M.MANIFEST_FILE).write_text(jsonio.dumps(manifest))
     return {"trials": len(rows), "failed": len(failed), "front": len(front),
             "hypervolume": ys[-1] if ys else 0.0}
+
+
+def _device_cells(r: dict[str, Any]) -> str:
+    """``flash (weights) | RAM | MACs`` of a row; dashes for rows written before distopt
+    measured them."""
+    def num(k: str) -> str:
+        v = r.get(k)
+        return f"{int(v):,}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+    return (f"{num(M.FLASH_BYTES)} ({num(M.WEIGHT_FLASH_BYTES)}) | {num(M.PEAK_RAM_BYTES)} | "
+            f"{num(M.MACS)}")
 
 
 def _over_seeds(r: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ BREAKDOWN = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)  # a
 FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
                  M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
                  M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s",
-                 M.VAL_SAMPLES,
+                 M.VAL_SAMPLES, *M.DEVICE_METRICS,
                  *BREAKDOWN)
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
 DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained

@@ -10,7 +10,8 @@ from typing import Any, ContextManager
 
 import torch
 
-from distopt.compress import encode
+from distopt import metrics as M
+from distopt.compress import decode, device_report, encode
 from distopt.compress.coding import Coding
 from distopt.compress.method import methods_for
 from distopt.config import CompressConfig
@@ -48,17 +49,20 @@ class Compression:
         other tensors are float16 beside quantized weights, float32 beside float ones)."""
         return encode(model, self.settings.quantize.bits, meta, codings=self.codings(model))
 
-    def expected_size(self, model: Model, meta: dict[str, Any] | None = None) -> int:
-        """Bytes of the artifact this dense model would give with the run's compression
+    def expected(self, model: Model, meta: dict[str, Any] | None = None) -> dict[str, float]:
+        """What early stopping ranks a trial by at a rung (``metrics.RUNG_KEYS``): the size and
+        device costs of the artifact this dense model would give with the run's compression
         applied now (every method's :meth:`preview`, then encoded as at the end, without the
         fine-tune). Fine-tuning changes weights, not which are zero or how they are coded, so
-        the final file differs from this only by how well the fine-tuned values compress
-        (tested)."""
+        the final file's size differs from this only by how well the fine-tuned values
+        compress, and its flash, RAM and MACs not at all (tested)."""
         base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
                                .to(memory_format=torch.contiguous_format))
         for m in self.methods:
             base = m.preview(base)
-        return len(self.encode(base, meta))
+        artifact = self.encode(base, meta)
+        now = {M.SIZE_BYTES: len(artifact), **device_report(decode(artifact))}
+        return {M.RUNG_KEYS[k]: float(v) for k, v in now.items()}
 
     def begin(self, model: Model, device: torch.device) -> Model:
         for m in self.methods:

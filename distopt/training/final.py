@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from distopt import metrics as M
-from distopt.compress import decode, size_report
+from distopt.compress import decode, device_report, size_report
 from distopt.export import to_onnx
 from distopt.runtime import example_feed, measure_latency_ms, measure_ort_latency_ms
 from distopt.training.distributed import WorkerEnv, broadcast_float
@@ -33,10 +33,12 @@ def final_metrics(run: TrainingRun, artifact: bytes, evaluate_test: bool) -> dic
     itself (no TF32, no autocast, no cross-rank sums), so every rank holds the same
     numbers."""
     splits, norm, env = run.splits, run.norm, run.env
-    decoded = decode(artifact).model
+    file = decode(artifact)
+    decoded = file.model
     cpu = WorkerEnv()
     final = dict(run.last)
     final.update(size_report(decoded, artifact))
+    final.update(device_report(file))
     final[M.VAL_LOSS], final[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val,
                                                         norm, cpu, 512)
     final[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), run.spec) \

@@ -216,8 +216,8 @@ class TrainingRun:
             metrics = train_epoch(self, epoch, "train")
             if rung_sizes and self.env.rank == 0:
                 # Early stopping ranks trials by size at its rungs: what they'd export now.
-                metrics[M.EXPECTED_SIZE_BYTES] = float(self.compression.expected_size(
-                    unwrap(self.model), self.artifact_meta()))
+                metrics.update(self.compression.expected(unwrap(self.model),
+                                                         self.artifact_meta()))
             self.dense_history.append(metrics)
             if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
                 # Every rank sees the same all-reduced accuracy: all stop together.
@@ -249,12 +249,10 @@ class TrainingRun:
         self.dense_epochs = dense.dense_epochs
         self.dense_source = dense.source
         self._new_optimizer()
-        rung_size = float(self.compression.expected_size(net, self.artifact_meta())) \
-            if self.cfg.search.scheduler == "mo_asha" else None
+        at_rung = self.compression.expected(net, self.artifact_meta()) \
+            if self.cfg.search.scheduler == "mo_asha" else {}
         for metrics in dense.history:
-            metrics = {**metrics, M.DENSE_FROM: dense.source}
-            if rung_size is not None:
-                metrics[M.EXPECTED_SIZE_BYTES] = rung_size
+            metrics = {**metrics, M.DENSE_FROM: dense.source, **at_rung}
             self.dense_history.append(metrics)
             self._report_epoch(int(metrics[M.EPOCH]), metrics)
         self.next_epoch = self.dense_epochs

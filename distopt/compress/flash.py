@@ -1,0 +1,55 @@
+"""What a device keeps in flash to run a decoded artifact in place: ``flash_bytes``, and of
+those, the packed weight codes alone (``weight_flash_bytes``, the unit BitNetMCU and most
+tiny-model papers quote).
+
+The executor counted is the one such papers assume: every weight tensor is read from flash as
+it is stored, packed at its bit width (no entropy coding, no sparse index: a dense kernel, so a
+pruned weight costs its code like any other), and the float parts it needs beside the codes
+are float32. Per tensor, by its coding in the file:
+
+- integer codes at ``b`` < 32 bits (``b`` = 2: ternary): ``ceil(n * b / 8)`` bytes of codes,
+  plus one float32 scale per output channel (per column for embeddings, ``axis`` 1);
+- a codebook (weight clustering): ``ceil(n * b / 8)`` bytes of indices at the file's index
+  width, plus the codebook's values as float32;
+- float weights (``b`` = 32) and every other tensor (biases): float32, 4 bytes a value.
+
+Not counted: the executor's code, the graph or layer table, alignment padding, and the
+activation buffers (RAM, :mod:`distopt.models.cost`). Integer models (8-bit activations) add
+their requantization constants once they exist. Reads only the file's tensor entries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+from distopt import metrics as M
+
+__all__ = ["FLOAT_BYTES", "flash_bytes", "tensor_flash"]
+
+FLOAT_BYTES = 4  # a float32 value (weights at 32 bits, scales, biases, codebook values)
+
+
+def tensor_flash(entry: Mapping[str, Any]) -> tuple[int, int]:
+    """(bytes of packed weight codes, bytes of float values beside them) of one tensor
+    entry of a decoded file (``Decoded.tensors``)."""
+    n = math.prod(int(s) for s in entry["shape"])
+    bits = int(entry["bits"])
+    is_weight = "index" in entry  # weights carry an index coding; biases do not
+    if not is_weight or (bits >= 32 and entry.get("coding") != "codebook"):
+        return (n * FLOAT_BYTES, 0) if is_weight else (0, n * FLOAT_BYTES)
+    codes = math.ceil(n * bits / 8)
+    if entry.get("coding") == "codebook":
+        return codes, int(entry["codebook_size"]) * FLOAT_BYTES
+    scales = int(entry["shape"][int(entry.get("axis", 0))])
+    return codes, scales * FLOAT_BYTES
+
+
+def flash_bytes(tensors: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """``flash_bytes`` (everything counted above) and ``weight_flash_bytes`` (the packed
+    weight codes alone) of a decoded file's tensor entries."""
+    codes = other = 0
+    for entry in tensors:
+        c, o = tensor_flash(entry)
+        codes, other = codes + c, other + o
+    return {M.FLASH_BYTES: codes + other, M.WEIGHT_FLASH_BYTES: codes}

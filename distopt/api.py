@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -88,11 +89,11 @@ def stored_public(directory: Path) -> dict[str, Any]:
     return comparable(Config.from_dict(raw, str(directory / "config.yaml")).public_dict())
 
 
-def _differences(stored: Any, given: Any, prefix: str = "") -> list[str]:
+def config_differences(stored: Any, given: Any, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ, as ``key (started with A, now B)``."""
     if isinstance(stored, dict) and isinstance(given, dict):
         return [d for k in sorted(set(stored) | set(given))
-                for d in _differences(stored.get(k), given.get(k), f"{prefix}{k}.")]
+                for d in config_differences(stored.get(k), given.get(k), f"{prefix}{k}.")]
     return [] if stored == given else [f"{prefix.rstrip('.')} (started with {stored!r}, now "
                                        f"{given!r})"]
 
@@ -150,7 +151,7 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
     if not cfg.search.space:
         problems.append("search.space: got {}; name at least one config key to search")
     if resume and (stage / "config.yaml").exists():
-        changed = _differences(stored_public(stage), comparable(cfg.public_dict()))
+        changed = config_differences(stored_public(stage), comparable(cfg.public_dict()))
         if changed:
             budget = all(c.startswith(("search.num_trials ", "search.time_budget_s "))
                          for c in changed)
@@ -166,6 +167,7 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
 
     from distopt.orchestration.capacity import check_fits
     from distopt.orchestration.collect import collect
+    from distopt.orchestration.partial import PARTIAL_DIR
     from distopt.orchestration.run import ensure_ray
     from distopt.orchestration.teacher import ensure_teacher
     from distopt.orchestration.tuning import run_search
@@ -212,6 +214,7 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
             log.info("\nreseeding interrupted: the front is reported without its seed noise "
                      "(the search's results are complete)")
     summary = write_report(stage)
+    shutil.rmtree(stage / PARTIAL_DIR, ignore_errors=True)  # superseded by the whole report
     if out.remote:
         n = out.upload(stage)
         log.info("uploaded %d result files to %s", n, out)

@@ -15,10 +15,12 @@ import yaml
 
 from distopt import __version__, jsonio
 from distopt import metrics as M
-from distopt.api import SearchInterrupted, check_data, open_location, search, unreachable
+from distopt.api import (SearchInterrupted, check_data, comparable, config_differences,
+                         open_location, search, stored_public, unreachable)
 from distopt.config import ConfigError, bits_text, load_config, reference_markdown
 from distopt.data import DataError
 from distopt.exporters import EXPORTERS
+from distopt.results.trials import TRIALS
 from distopt.storage import Location, is_uri
 from distopt.workdir import MARKER, check_output, create_output, replace_output
 
@@ -42,10 +44,8 @@ def _stop_on_signals() -> None:
 
 
 def _resume_command(args: argparse.Namespace, out: object) -> str:
-    if args.command == "search":  # the stored config is resumed: no --config needed
-        return shlex.join(["distopt", "search", "--output", str(out), "--resume"])
-    return shlex.join(["distopt", "train", *(["--config", args.config] if args.config else []),
-                       "--output", str(out), "--resume", *args.overrides])
+    # Both resume the config stored in the output: no --config or overrides needed.
+    return shlex.join(["distopt", args.command, "--output", str(out), "--resume"])
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -69,7 +69,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
     if is_uri(args.output):
         raise ConfigError([f"--output: got {args.output!r}; `distopt train` writes a local "
                            "directory (searches take s3:// and other URIs)"], "command line")
@@ -77,15 +76,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     problems = check_output(out, args.resume, args.overwrite)
     if problems:
         raise ConfigError(problems, "command line")
+    if args.resume and (out / "config.yaml").exists():
+        # What was started is resumed: its stored config (the same --config and overrides
+        # may be given again, but nothing that changes it: its checkpoints are of that one).
+        cfg = load_config(args.config or out / "config.yaml", args.overrides)
+        changed = config_differences(stored_public(out), comparable(cfg.public_dict()))
+        if changed:
+            raise ConfigError([f"--resume: the config differs from the one {out} was started "
+                               f"with in {'; '.join(changed)}; resume with the config it "
+                               "started with (or start again with --overwrite)"],
+                              "command line")
+    else:
+        cfg = load_config(args.config, args.overrides)
     check_data(cfg)
 
     # Ray is imported once the config is valid, and joined (or started) before the output is
-    # made: a cluster that is not there leaves nothing behind.
-    from distopt.orchestration.run import ensure_ray, run_trial
-    from distopt.orchestration.teacher import ensure_teacher
+    # made: a cluster that is not there leaves nothing behind. One CPU worker trains in this
+    # process, as a search trial trains in its trial actor (no worker group to start); a
+    # teacher to train first, several workers or GPUs need Ray.
+    from distopt.orchestration.run import ensure_ray, fit_local, run_trial, trains_in_actor
+    from distopt.orchestration.teacher import distills, ensure_teacher
     from distopt.training.compression import Compression
 
-    ensure_ray(verbose=args.verbose)
+    here = trains_in_actor(cfg)
+    if not here or distills(cfg):
+        ensure_ray(verbose=args.verbose)
     if args.overwrite:
         replace_output(out, "train")
     else:
@@ -98,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _stop_on_signals()
     try:
         cfg = ensure_teacher(cfg, Location(str(out)), out / "ray")
-        result = run_trial(cfg, out / "ray", name="train", evaluate_test=True)
+        result = fit_local(cfg, directory=out / "ray" / "local") if here else \
+            run_trial(cfg, out / "ray", name="train", evaluate_test=True)
     except KeyboardInterrupt as e:
         log.info("\ntraining interrupted (%s); the epochs checkpointed in %s are kept. "
                  "Resume with:\n  %s", str(e) or "SIGINT", out / "ray",
@@ -106,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     (out / M.ARTIFACT_FILE).write_bytes(result.artifact)
     m = dict(result.metrics)
-    (out / "metrics.json").write_text(jsonio.dumps(m))
+    (out / M.METRICS_FILE).write_text(jsonio.dumps(m))
     (out / "history.json").write_text(jsonio.dumps(result.history))
     log.info(
         "\n%-12s %s\n%-12s %.4f (decoded artifact)\n%-12s %.4f\n%-12s %s bytes (%.1fx smaller "
@@ -115,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         m.get(M.TEST_ACCURACY, float("nan")), "size", f"{m[M.SIZE_BYTES]:,}",
         m[M.COMPRESSION_RATIO], f"{m[M.DENSE_FP32_BYTES]:,}", "params",
         f"{m[M.NONZERO_PARAMS]:,}", f"{m[M.PARAMS]:,}", "latency", m[M.LATENCY_MS],
-        "artifact", out / M.ARTIFACT_FILE, "metrics", out / "metrics.json")
+        "artifact", out / M.ARTIFACT_FILE, "metrics", out / M.METRICS_FILE)
     return 0
 
 
@@ -163,7 +179,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from distopt.results.report import write_report
-    from distopt.results.trials import TRIALS
 
     out = open_location(args.directory)
     stage = out.local
@@ -175,9 +190,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError([unreachable(out, e)], "command line") from None
     if (stage / "config.yaml").exists() and (stage / MARKER).exists() and \
             not (stage / TRIALS).exists():
-        raise ConfigError([f"{out} is a search that has not finished ({TRIALS} is written when "
-                           "it ends): resume it with `distopt search --output "
-                           f"{out} --resume`, and its report is written then"], "command line")
+        return _partial_report(out)
     if not (stage / TRIALS).exists() or not (stage / "config.yaml").exists():
         raise ConfigError([f"{out}: no {TRIALS} and config.yaml; is it a search's output?"],
                           "command line")
@@ -187,6 +200,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     log.info("%s", (stage / "report.md").read_text().split("\n![")[0].strip())
     log.info("\nrebuilt pareto.csv, pareto.png, hypervolume.png, report.md, manifest.json "
              "(%d trials, %d on the front)", summary["trials"], summary["front"])
+    return 0
+
+
+def _partial_report(out: Location) -> int:
+    """``distopt report`` on a search that has not finished: a report of the trials finished
+    so far, in ``<output>/partial/``, from Tune's saved state (local outputs)."""
+    resume = f"`distopt search --output {out} --resume`"
+    from distopt.orchestration.partial import PARTIAL_DIR, has_saved_trials, write_partial_report
+
+    if out.remote or not has_saved_trials(out.local):
+        raise ConfigError([f"{out} is a search that has not finished ({TRIALS} is written when "
+                           f"it ends) and " + ("its partial report needs a local output"
+                                               if out.remote else "no trial state was saved "
+                                               "yet") + f": resume it with {resume}, and its "
+                           "report is written then"], "command line")
+    summary = write_partial_report(out.local)
+    log.info("%s", (out.local / PARTIAL_DIR / "report.md").read_text().split("\n![")[0].strip())
+    log.info("\n%s has not finished: a partial report of %d trials (%d on the front so far) is "
+             "in %s; resume the search with %s", out, summary["trials"], summary["front"],
+             out.local / PARTIAL_DIR, resume)
     return 0
 
 

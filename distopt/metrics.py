@@ -53,6 +53,7 @@ TF32 = "tf32"  # whether float32 matmuls/convolutions ran as TF32 (CUDA only)
 TRAIN_SECONDS = "train_seconds"  # inside fit(): data loading, training, export, evaluation
 DENSE_EPOCHS = "dense_epochs"  # dense epochs trained (fewer than train.epochs if early-stopped)
 EARLY_STOPPED = "early_stopped"  # dense training ended on a validation plateau
+RESUMED_FROM = "resumed_from_epoch"  # the epoch checkpoint a restarted run went on from; -1
 
 # Bytes the artifact would have if the trial ended now (its pruning and bit width applied to
 # the current dense weights, without fine-tuning): what early stopping ranks size by at a rung.
@@ -60,6 +61,7 @@ EXPECTED_SIZE_BYTES = "expected_size_bytes"
 
 # Files of an experiment directory that more than one module reads or writes.
 ARTIFACT_FILE = "model.dopt"  # a trial's artifact, in its final checkpoint
+METRICS_FILE = "metrics.json"  # ... and its final metrics beside it (`distopt train`: output)
 CHILD_ARTIFACT = "child_{index}.dopt"  # its children's (search.children), beside it
 MANIFEST_FILE = "manifest.json"  # the front's models, their configs and metrics
 TEACHER_FILE = "teacher.dopt"  # distillation: the teacher a search or `distopt train` trained

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+# The tests and every process they start read no real home directory (a head node's
+# ~/ray_bootstrap_config.yaml, Ray's token, caches) and join no Ray cluster already running on
+# the machine (`ray start`): "local" makes each search or run start its own local instance.
+# Tests that start a cluster of their own set RAY_ADDRESS (or drop it) for that cluster.
+os.environ["HOME"] = tempfile.mkdtemp(prefix="distopt-test-home-")
+os.environ["RAY_ADDRESS"] = "local"
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -32,7 +40,7 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     on one machine confuse Ray's helper actors that look for "the" local cluster."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield
     ray.shutdown()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,10 +24,8 @@ from conftest import CONFIGS, ROOT, TINY
 
 
 def distopt(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
     return subprocess.run([sys.executable, "-m", "distopt", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
+                          text=True, timeout=timeout, cwd=ROOT)
 
 
 @pytest.mark.slow
@@ -46,6 +46,57 @@ def test_train_then_evaluate(tmp_path):
     # The output exists now: a second run must choose --resume or --overwrite.
     again = distopt("train", "--output", str(out), *TINY)
     assert again.returncode == 2 and "--resume" in again.stderr
+    # One CPU worker trained in the command's own process (as a search trial in its actor):
+    # its epoch checkpoints are there, and no Ray Train run was made.
+    assert (out / "ray" / "local" / "state.pt").exists() and not (out / "ray" / "train").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_distopt_train_interrupted_resumes_to_the_same_model(tmp_path, signum):
+    """A signal mid-training stops `distopt train` cleanly (exit 130, the resume command last);
+    `--resume` continues from the last epoch checkpoint and ends with the very file and
+    metrics an uninterrupted run gives. The signal is sent once the first epoch's checkpoint
+    exists, with epochs still to run."""
+    overrides = ["train.epochs=3", "train.max_steps_per_epoch=25", "train.batch_size=64",
+                 "compress.prune.ratio=0.5", "compress.finetune_epochs=2",
+                 "train.precision=fp32"]
+    whole = tmp_path / "whole"
+    assert distopt("train", "--output", str(whole), *overrides).returncode == 0
+    out = tmp_path / "cut"
+    env = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
+    proc = subprocess.Popen([sys.executable, "-m", "distopt", "train", "--output", str(out),
+                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env)
+    state = out / "ray" / "local" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polls for the event (the first checkpoint); decides nothing
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and signal.Signals(signum).name in stdout
+    assert stdout.strip().splitlines()[-1].strip() == \
+        f"distopt train --output {out} --resume"
+    assert not (out / "model.dopt").exists()
+    p = distopt("train", "--output", str(out), "--resume")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "resuming from the checkpoint of epoch" in p.stdout + p.stderr
+    assert (out / "model.dopt").read_bytes() == (whole / "model.dopt").read_bytes()
+    cut, full = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))
+    assert cut[M.VAL_ACCURACY] == full[M.VAL_ACCURACY]
+    history = json.loads((out / "history.json").read_text())
+    assert [h[M.EPOCH] for h in history] == [0, 1, 2, 3, 4]  # none lost, none repeated
+
+
+@pytest.mark.slow
+def test_distopt_train_on_several_workers_runs_a_ray_train_job(tmp_path):
+    out = tmp_path / "run"
+    p = distopt("train", "--output", str(out), *TINY, "train.executor=ray_train")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (out / "ray" / "train").is_dir() and not (out / "ray" / "local").exists()
+    assert json.loads((out / "metrics.json").read_text())[M.SIZE_BYTES] == \
+        (out / "model.dopt").stat().st_size
 
 
 def test_evaluate_rejects_a_foreign_file(tmp_path):
@@ -253,11 +304,27 @@ def test_a_dead_ray_address_is_refused_at_once_and_leaves_no_output(tmp_path):
     _no_traceback(p)
 
 
+def test_ray_address_auto_without_a_cluster_here_is_refused_with_what_to_do(tmp_path):
+    """RAY_ADDRESS=auto looks for a cluster `ray start` left on this machine (its address
+    file): with none, Ray's ConnectionError becomes the same kind of message, exit 2, nothing
+    left behind."""
+    if Path("/tmp/ray/ray_current_cluster").exists():
+        pytest.skip("a cluster started with `ray start` runs here: auto would join it")
+    out = tmp_path / "auto"
+    env = {**os.environ, "RAY_ADDRESS": "auto"}
+    p = subprocess.run([sys.executable, "-m", "distopt", "search", "--config",
+                        str(CONFIGS / "smoke.yaml"), "--output", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "RAY_ADDRESS=auto:" in p.stderr and "unset RAY_ADDRESS" in p.stderr
+    assert not out.exists()
+    _no_traceback(p)
+
+
 @pytest.mark.slow
 def test_an_unreachable_s3_output_is_a_clear_error(tmp_path):
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "x",
            "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
-    env.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-m", "distopt", "search", "--config",
                         str(CONFIGS / "smoke.yaml"), "--output", "s3://bucket/exp"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)

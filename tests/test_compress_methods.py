@@ -240,3 +240,23 @@ def test_the_run_and_the_config_checks_agree_on_whether_the_built_in_methods_fin
     assert names[-1] == "quantization"
     assert ("pruning" in names) == (cfg.compress.prune.ratio > 0)
     assert ("clustering" in names) == (cfg.compress.cluster.k > 0)
+
+
+def test_pruned_weights_gradients_stay_out_of_the_clipped_norm():
+    """train.grad_clip in a fine-tune: the pruned weights' gradients (thrown away by the mask
+    after the step) must not count in the norm that scales the others down."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("mlp", (1, 4, 4), 3, (), (8,), 3))
+    run = Compression(load_config(None, ["compress.prune.ratio=0.75"]).compress)
+    model = run.begin(model, torch.device("cpu"))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    run.before_clip(model)  # what the fine-tune's step calls before clipping
+    method = run.methods[0]
+    weights = dict(model.named_parameters())
+    for name, mask in method.masks.items():
+        assert torch.equal(weights[name].grad, mask) and 0 < mask.sum() < mask.numel()
+    kept = sum(int(m.sum()) for m in method.masks.values())
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    biases = sum(p.numel() for n, p in weights.items() if n not in method.masks)
+    assert float(norm) == pytest.approx((kept + biases) ** 0.5)

@@ -73,8 +73,7 @@ def test_killed_worker_restarts_from_the_last_epoch_checkpoint(ray_local, tmp_pa
         run_dir = tmp_path / "kill"
         if run_dir.exists():
             seen |= {p.name for p in run_dir.glob("checkpoint_*")}
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.05)  # polls for the event; the kill follows it at once
     workers = own_processes(b"RayTrainWorker")  # of this test's Ray instance only
     assert workers, "no Ray Train worker process found"
     for pid in workers:

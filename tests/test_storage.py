@@ -151,7 +151,7 @@ def test_search_on_s3_writes_there_and_resumes_from_another_machine(s3_env, tmp_
     import optuna
 
     uri = f"s3://{BUCKET}/exp"
-    base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    base = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
     # Trials of several seconds, so that the kill lands between the 2nd and the last one.
     common = ["--config", str(CONFIGS / "smoke.yaml"), "search.num_trials=4",
               "search.max_concurrent=1", "train.epochs=4", "train.max_steps_per_epoch=100"]

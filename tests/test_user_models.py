@@ -104,7 +104,7 @@ def test_distopt_evaluate_needs_trust_code_for_your_model(tmp_path):
 @pytest.mark.integration
 def test_the_example_model_is_searched_end_to_end(tmp_path):
     out = tmp_path / "tiny"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
     p = subprocess.run([sys.executable, "distopt/search.py", "--config", str(EXAMPLE),
                         "--output", str(out), "search.num_trials=3", "train.epochs=2",
                         "train.max_steps_per_epoch=25", "train.lr=0.01"],

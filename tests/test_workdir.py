@@ -205,11 +205,11 @@ def test_resume_with_the_same_config_file_is_accepted(tmp_path, capsys):
     out = tmp_path / "exp"
     create_output(out, "search")
     save_config(cfg, out)
-    from distopt.api import _differences, comparable, stored_public
+    from distopt.api import config_differences, comparable, stored_public
 
     assert stored_public(out) == comparable(load_config(CONFIGS / "smoke.yaml").public_dict())
     changed = comparable(load_config(CONFIGS / "smoke.yaml", ["train.epochs=3"]).public_dict())
     assert stored_public(out) != changed
-    assert _differences(stored_public(out), changed) == ["train.epochs (started with 1, now 3)"]
+    assert config_differences(stored_public(out), changed) == ["train.epochs (started with 1, now 3)"]
     # Resuming without --config loads the stored file, whose ~ load_config expands.
     assert stored_public(out) == comparable(load_config(out / "config.yaml").public_dict())

@@ -17,6 +17,8 @@ Hooks, in the order a run meets them (every one is optional: the base class does
 - :meth:`CompressionMethod.begin`: dense training is over (BatchNorm folded, weights on the CPU);
   may return another model (structured pruning shrinks layers);
 - :meth:`CompressionMethod.begin_epoch`: fine-tune epoch ``k >= 1`` starts;
+- :meth:`CompressionMethod.before_clip`: the fine-tune's gradients, before gradient clipping
+  measures their norm (``train.grad_clip``);
 - :meth:`CompressionMethod.after_step`: after every optimizer step of the fine-tune;
 - :meth:`CompressionMethod.forward_view`: a context in which forward and backward see the
   weights as the artifact will store them (quantization-aware training);
@@ -68,6 +70,10 @@ class CompressionMethod:
 
     def begin_epoch(self, model: Model, k: int, device: torch.device) -> None:
         """Fine-tune epoch ``k`` (1-based past the first, which :meth:`begin` prepared)."""
+
+    def before_clip(self, model: Model) -> None:
+        """A method may leave out of the clipped norm what does not train (pruning zeros its
+        pruned weights' gradients)."""
 
     def after_step(self, model: Model) -> None:
         pass

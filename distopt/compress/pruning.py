@@ -216,6 +216,15 @@ class WeightPruning(CompressionMethod):
             self.masks = device_masks(global_magnitude_masks(model, self.sparsity(k)), device)
             apply_masks(model, self.masks)
 
+    def before_clip(self, model: Model) -> None:
+        # A pruned weight's gradient is thrown away by the mask after the step: it must not
+        # count in the norm that scales the other gradients down.
+        if self.masks:
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            for name, mask in self.masks.items():
+                if name in grads:
+                    grads[name].mul_(mask.to(grads[name].dtype))
+
     def after_step(self, model: Model) -> None:
         if self.masks:
             apply_masks(model, self.masks)

@@ -50,8 +50,9 @@ def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0) -> tuple[torch.Ten
                        half).float()
     # float16 only where it is as exact as in its normal range (a subnormal or overflowing
     # scale would move the codes): within one part in 2**10 of the float32 scale.
-    if bool(torch.isfinite(half).all()) and bool(((half - scale) <= scale * 2 ** -10).all()):
-        scale = half
+    # (One choice for the whole tensor, made on its device: no host sync per weight per step.)
+    exact = torch.isfinite(half).all() & ((half - scale) <= scale * 2 ** -10).all()
+    scale = torch.where(exact, half, scale)
     q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax).reshape(x.shape)
     q = q.transpose(0, 1) if axis == 1 else q
     return q.to(torch.int32), scale
@@ -83,8 +84,7 @@ def stored_float(t: torch.Tensor, bits: int) -> torch.Tensor:
     would overflow (then float32, which the encoder detects the same way)."""
     if bits == 16:
         half = t.detach().half().float()
-        if bool(torch.isfinite(half).all()):
-            return half.to(t.dtype)
+        return torch.where(torch.isfinite(half).all(), half, t.detach().float()).to(t.dtype)
     return t.detach().clone()
 
 
@@ -107,16 +107,18 @@ class QuantizedWeights:
         self.floats = [] if fbits == 32 or getattr(getattr(model, "spec", None), "batch_norm",
                                                     False) else \
             [p for name, p in model.named_parameters() if name not in names]
-        self.saved: list[torch.Tensor] = []
+        # The float values, kept while the block runs: buffers made once, filled every step.
+        self.saved = [torch.empty_like(p) for p in [w for w, _, _ in self.weights] +
+                      self.floats]
 
     def __enter__(self) -> QuantizedWeights:
         with torch.no_grad():
-            for w, axis, bits in self.weights:
-                self.saved.append(w.detach().clone())
+            for (w, axis, bits), keep in zip(self.weights, self.saved):
+                keep.copy_(w)
                 if bits < 32:
                     w.copy_(quantize_tensor(w, bits, axis))
-            for p in self.floats:
-                self.saved.append(p.detach().clone())
+            for p, keep in zip(self.floats, self.saved[len(self.weights):]):
+                keep.copy_(p)
                 p.copy_(stored_float(p, 16))
         return self
 
@@ -125,7 +127,6 @@ class QuantizedWeights:
             params = [w for w, _, _ in self.weights] + self.floats
             for p, kept in zip(params, self.saved):
                 p.copy_(kept)
-        self.saved = []
 
 
 @register

@@ -134,8 +134,9 @@ class TrainConfig:
     executor: Literal["auto", "trial_actor", "ray_train"] = option(
         "auto", doc="where a search trial trains. trial_actor: in its own Tune trial actor, "
         "holding the worker's resources (no worker group to start: ~0.1 s instead of ~12 s "
-        "per trial); ray_train: a Ray Train TorchTrainer job (DDP). auto: trial_actor for one "
-        "CPU worker, ray_train for several workers or GPUs")
+        "per trial; `distopt train`: in the command's own process, without Ray); ray_train: "
+        "a Ray Train TorchTrainer job (DDP). auto: trial_actor for one CPU worker, ray_train "
+        "for several workers or GPUs")
     early_stop_patience: int = option(0, in_range(0), "end dense training when validation "
                                      "accuracy has not improved for this many epochs; 0 = off")
     grad_clip: float = option(0.0, in_range(0), "max global gradient norm; 0 = off (helps rnn "

@@ -23,17 +23,19 @@ from distopt.pareto import non_dominated
 from distopt.results.objectives import at_chance_row, objective_matrix
 from distopt.results.paths import SearchPaths
 from distopt.results.trials import (AT_CHANCE, DUPLICATE, DUPLICATE_OF, FINAL_METRICS, STOPPED,
-                                    write_trials)
+                                    UNFINISHED, write_trials)
 from distopt.storage import Location
 from distopt.training import evaluate_artifact
 
 __all__ = ["collect"]
 
 
-def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str, Any]]:
-    """Tune results -> ``trials.parquet`` + ``models/`` in the location's local directory
-    (artifacts read from the trials' checkpoints, wherever they are stored); test accuracy of
-    the front only."""
+def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None = None,
+            running: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    """Tune results -> ``trials.parquet`` + ``models/`` in the location's local directory (or
+    ``into``; artifacts read from the trials' checkpoints, wherever they are stored); test
+    accuracy of the front only. ``running``: the positions in ``grid`` of trials that had not
+    finished (a partial report of an interrupted search): status ``UNFINISHED``."""
     location = location if isinstance(location, Location) else Location(str(location))
     clock = read_trial_clock(location.local)
     rows = []
@@ -47,7 +49,8 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
         stopped = result.error is None and not complete and bool(m)
         row: dict[str, Any] = {
             "trial_id": trial_id, "trial_number": number,
-            "status": "COMPLETE" if complete else (STOPPED if stopped else "FAILED"),
+            "status": "COMPLETE" if complete else UNFINISHED if number in running else (
+                STOPPED if stopped else "FAILED"),
             "error": "" if result.error is None else _error_text(result.error),
             # Ray Train trials report their checkpoint's path; trial-actor ones hold it.
             "checkpoint_path": m.get("checkpoint_path") or (
@@ -90,7 +93,7 @@ def collect(cfg: Config, location: Location | Path, grid: Any) -> list[dict[str,
     front = np.zeros(len(rows), bool)
     if done.any():
         front[np.flatnonzero(done)] = non_dominated(pts[done], [d for _, d in cfg.search.objectives])
-    output = location.local
+    output = into or location.local
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
     splits = load_splits(cfg.data) if front.any() else None

@@ -7,6 +7,7 @@ with and without Ray Train.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from distopt import jsonio
 from distopt import metrics as M
 from distopt.config import Config, ConfigError
 from distopt.training.dense_store import DenseStore
@@ -32,6 +34,7 @@ __all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial"
            "train_in_trial_actor", "train_loop_per_worker", "worker_resources"]
 
 STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"  # fit_local's checkpoint: the epochs so far
 ARTIFACT_FILE = M.ARTIFACT_FILE
 
 
@@ -64,7 +67,8 @@ QUIET_WARNINGS = "ignore:`ExecutionOptions.exclude_resources` is deprecated"
 
 
 def ensure_ray(verbose: bool = False, **init_kwargs: Any) -> None:
-    """Join the cluster named by ``RAY_ADDRESS``, or start a local Ray instance if unset.
+    """Join the cluster named by ``RAY_ADDRESS``, or start a local Ray instance if it is unset
+    (or ``local``: a new instance even where ``ray start`` runs one).
 
     Unless ``verbose``, Ray's own console output is reduced to its warnings that matter: see
     :data:`QUIET_RAY_ENV`."""
@@ -76,7 +80,8 @@ def ensure_ray(verbose: bool = False, **init_kwargs: Any) -> None:
     if ray.is_initialized():
         return
     if not verbose:
-        local = not os.environ.get("RAY_ADDRESS") and "address" not in init_kwargs
+        local = os.environ.get("RAY_ADDRESS", "") in ("", "local") and \
+            init_kwargs.get("address", "local") == "local"
         for key, value in {**QUIET_RAY_ENV, **(LOCAL_ONLY_ENV if local else {})}.items():
             os.environ.setdefault(key, value)
         warnings = os.environ.get("PYTHONWARNINGS")
@@ -319,17 +324,35 @@ def run_trial(cfg: Config, storage_path: str | Path, name: str = "train",
     return TrialResult(out["metrics"], out["artifact"], out["history"])
 
 
-def fit_local(cfg: Config, evaluate_test: bool = True) -> TrialResult:
-    """The same loop in this process, without Ray (benchmarks, debugging)."""
+def fit_local(cfg: Config, evaluate_test: bool = True, directory: Path | None = None
+              ) -> TrialResult:
+    """The same loop in this process, without Ray: one worker, as a search trial trains in its
+    trial actor (``distopt train`` with one CPU worker; benchmarks). With ``directory`` every
+    epoch is checkpointed there (the state and the history so far, each file replaced
+    whole), and a call with the same directory resumes from the last one."""
     history: list[dict[str, Any]] = []
+    state = None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / STATE_FILE).exists():
+            state = load_state(directory)
+            history = json.loads((directory / HISTORY_FILE).read_text())
+            log.info("resuming from the checkpoint of epoch %d", state["epoch"])
 
     def report(metrics: dict[str, Any], st: dict[str, Any] | None,
                files: dict[str, bytes] | None = None) -> None:
         if metrics.get("phase") != "final":
             history.append(metrics)
             log.info(format_epoch(metrics))
+        if directory is not None and st is not None:
+            with tempfile.TemporaryDirectory(dir=directory) as d:
+                save_state(st, None, Path(d))
+                (Path(d) / HISTORY_FILE).write_text(jsonio.dumps(history))
+                for name in (HISTORY_FILE, STATE_FILE):  # the state last: it marks the epoch
+                    os.replace(Path(d) / name, directory / name)
 
     device = torch.device("cuda") if cfg.train.use_gpu and torch.cuda.is_available() else \
         torch.device("cpu")
-    out = fit(cfg, WorkerEnv(device=device), report, evaluate_test=evaluate_test)
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    out = fit(cfg, WorkerEnv(device=device), report, state, evaluate_test=evaluate_test)
     return TrialResult(out["metrics"], out["artifact"], history)

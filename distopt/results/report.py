@@ -24,7 +24,7 @@ from distopt.exporters import EXPORTERS
 from distopt.results.objectives import hypervolume_curve
 from distopt.results.plots import plot_front, plot_hypervolume
 from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, SEEDS, STOPPED, TEST_MEAN,
-                                    TEST_SD, WITHIN_NOISE, load_trials)
+                                    TEST_SD, UNFINISHED, WITHIN_NOISE, load_trials)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def write_report(output: Path) -> dict[str, Any]:
     plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
     plot_hypervolume(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
-    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE)]
+    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE, UNFINISHED)]
+    unfinished = sum(r["status"] == UNFINISHED for r in rows)
     # Objectives beyond accuracy, bytes and the device's costs (latency, non-zero parameters)
     # get a column too.
     extra = [n for n, _ in cfg.search.objectives
@@ -111,12 +112,16 @@ def write_report(output: Path) -> dict[str, Any]:
     reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
     stopped = sum(r["status"] == STOPPED for r in rows)
     duplicates = sum(r["status"] == DUPLICATE for r in rows)
-    complete = len(rows) - len(failed) - stopped - duplicates
+    complete = len(rows) - len(failed) - stopped - duplicates - unfinished
     children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
     reused = sum(bool(r.get(M.DENSE_FROM)) and not r.get(M.PARENT_ID) for r in rows)
     chance = sum(bool(r.get(AT_CHANCE)) for r in rows)
-    lines = [f"# {cfg.name}: Pareto front", "",
-             f"{len(rows)} trials, {complete} complete"
+    lines = [f"# {cfg.name}: Pareto front" + (" so far (partial)" if unfinished else ""), "",
+             (f"**Partial: the search has not finished.** {unfinished} trial(s) were running "
+              "or pending when it stopped (UNFINISHED, not on the front); this report is "
+              "of the trials finished by then, and the search writes its own when it ends "
+              "(`--resume`).\n\n" if unfinished else "")
+             + f"{len(rows)} trials, {complete} complete"
              + (f" ({children} of them children: compressed from another trial's dense model, "
                 "search.children)" if children else "") + ", "
              + (f"{reused} fine-tuned the stored dense model of an earlier trial of the same "

@@ -13,16 +13,18 @@ import pyarrow.parquet as pq
 from distopt import metrics as M
 
 __all__ = ["AT_CHANCE", "BREAKDOWN", "DUPLICATE", "DUPLICATE_OF", "FINAL_METRICS", "SEEDS", "STOPPED",
-           "TEST_MEAN", "TEST_SD", "TRIALS", "WITHIN_NOISE", "load_trials", "write_trials"]
+           "TEST_MEAN", "TEST_SD", "TRIALS", "UNFINISHED", "WITHIN_NOISE", "load_trials",
+           "write_trials"]
 
 TRIALS = "trials.parquet"
 BREAKDOWN = (M.BYTES_HEADER, M.BYTES_INDEX, M.BYTES_SCALES, M.BYTES_VALUES)  # adds to SIZE_BYTES
 FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYTES, M.PARAMS,
                  M.NONZERO_PARAMS, M.DENSE_FP32_BYTES, M.COMPRESSION_RATIO, M.LATENCY_MS,
                  M.ORT_LATENCY_MS, M.EPOCH, M.TRAIN_SECONDS, M.DENSE_EPOCHS, "time_total_s",
-                 M.VAL_SAMPLES, *M.DEVICE_METRICS,
+                 M.VAL_SAMPLES, M.RESUMED_FROM, *M.DEVICE_METRICS,
                  *BREAKDOWN)
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
+UNFINISHED = "UNFINISHED"  # running or pending when the search stopped (partial reports only)
 DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained
 DUPLICATE_OF = "duplicate_of"  # the trial whose result a DUPLICATE row got
 AT_CHANCE = "at_chance"  # a complete model no better than guessing (never on the front)

@@ -73,6 +73,10 @@ class Compression:
         for m in self.methods:
             m.begin_epoch(model, k, device)
 
+    def before_clip(self, model: Model) -> None:
+        for m in self.methods:
+            m.before_clip(model)
+
     def after_step(self, model: Model) -> None:
         for m in self.methods:
             m.after_step(model)

@@ -83,10 +83,15 @@ def train_epoch(run: TrainingRun, epoch: int, phase: str) -> dict[str, Any]:
             run.scaler.scale(total).backward()
         if t.grad_clip:
             run.scaler.unscale_(run.opt)  # clip the true gradients, not fp16-scaled ones
+            if finetune:
+                run.compression.before_clip(unwrap(model))
             nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        scale = run.scaler.get_scale() if run.scaler.is_enabled() else 0.0
         run.scaler.step(run.opt)
         run.scaler.update()
-        if run.sched is not None:
+        # fp16: a step with inf/NaN gradients is skipped (and the scale lowered); the learning
+        # rate schedule waits for it.
+        if run.sched is not None and not (scale and run.scaler.get_scale() < scale):
             run.sched.step()
         if finetune:
             run.compression.after_step(unwrap(model))

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any, Sequence
 
+from distopt import jsonio
 from distopt import metrics as M
 from distopt.config import Config
 from distopt.data import Splits, load_splits
@@ -75,6 +76,9 @@ def fit(cfg: Config, env: WorkerEnv, report: Reporter, state: dict[str, Any] | N
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "started_at"}})
         final[M.CHILDREN] = json.dumps(records, default=float)
         final[M.TRAIN_SECONDS] = time.perf_counter() - run.t_start
+    # The final checkpoint holds the metrics too: a report of a search that has not finished
+    # reads them there (Tune's own records of them may not have been saved yet).
+    files[M.METRICS_FILE] = jsonio.dumps(final).encode()
     report(final, run.ckpt, files if env.rank == 0 else None)
     return {"metrics": final, "artifact": artifact, "children": records}
 

@@ -114,6 +114,7 @@ class TrainingRun:
         # dense model this run adopted instead of training its own ("": it trained it).
         self.dense_history: list[dict[str, Any]] = []
         self.dense_source = ""
+        self.resumed_from = -1  # the checkpoint's epoch this run resumed from; -1: from scratch
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class TrainingRun:
             run.dense_epochs = ck.dense_epochs if ck.dense_epochs is not None else t.epochs
             run.plateau = Plateau(t.early_stop_patience, **ck.plateau)
             run.next_epoch = ck.epoch + 1
+            run.resumed_from = ck.epoch
             # A checkpoint of the last dense epoch resumes into the compression methods'
             # start; later ones are fine-tuning.
             run.finetuning = run.next_epoch > run.dense_epochs

@@ -53,6 +53,7 @@ TF32 = "tf32"  # whether float32 matmuls/convolutions ran as TF32 (CUDA only)
 TRAIN_SECONDS = "train_seconds"  # inside fit(): data loading, training, export, evaluation
 DENSE_EPOCHS = "dense_epochs"  # dense epochs trained (fewer than train.epochs if early-stopped)
 EARLY_STOPPED = "early_stopped"  # dense training ended on a validation plateau
+OVER_BUDGET = "over_budget"  # search.constraints a model breaks, as text ("" if none)
 RESUMED_FROM = "resumed_from_epoch"  # the epoch checkpoint a restarted run went on from; -1
 
 # Bytes the artifact would have if the trial ended now (its pruning and bit width applied to

@@ -91,15 +91,15 @@ def test_finalizer_exit_reports_are_dropped_once_however_many_trials_an_actor_ru
     import sys
     from types import SimpleNamespace
 
-    from distopt.orchestration.run import _ignore_exit_in_finalizers
+    from distopt.orchestration.run import ignore_exit_in_finalizers
 
     seen = []
     original = sys.unraisablehook
     sys.unraisablehook = seen.append
     try:
-        _ignore_exit_in_finalizers()
+        ignore_exit_in_finalizers()
         hook = sys.unraisablehook
-        _ignore_exit_in_finalizers()  # a reused actor's next trial
+        ignore_exit_in_finalizers()  # a reused actor's next trial
         assert sys.unraisablehook is hook
         hook(SimpleNamespace(exc_value=SystemExit(1)))
         other = SimpleNamespace(exc_value=ValueError("kept"))

@@ -81,7 +81,7 @@ def test_smoke_search_end_to_end_and_report_rebuild(tmp_path):
         assert 0 <= t[M.OVERHEAD_S] < t[M.TRIAL_WALL_S] and not t[M.EARLY_STOPPED]
         assert t[M.OVERHEAD_S] == pytest.approx(t[M.TRIAL_WALL_S] - t[M.TRAIN_SECONDS])
     for t in trials:
-        assert json.loads(t["config_json"])["compress"]["quant_bits"] == \
+        assert json.loads(t["config_json"])["compress"]["quantize"]["bits"] == \
             t["param.compress.quantize.bits"]
     # Optuna was told the final (decoded-artifact) metrics of every trial.
     study = _study(out)
@@ -744,13 +744,15 @@ def test_sampled_duplicates_are_told_the_earlier_result_instead_of_training_agai
 def test_children_become_study_trials_the_sampler_learns_from_and_answer_duplicates():
     from distopt.orchestration._optuna_search import ResumableOptunaSearch
 
+    # The study names compress.quantize.bits as first spelled (trial_params.sampler_name);
+    # a child's values come keyed as the config is now.
     space = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3]),
-             "compress.quantize.bits": optuna.distributions.CategoricalDistribution([4, 8])}
+             "compress.quant_bits": optuna.distributions.CategoricalDistribution([4, 8])}
     s = ResumableOptunaSearch(space=space, metric=[M.VAL_ACCURACY, M.SIZE_BYTES],
                               mode=["max", "min"], sampler=optuna.samplers.NSGAIISampler(seed=0))
     s.suggest("a")
     parent = s._ot_trials["a"]
-    other_bits = 12 - parent.params["compress.quantize.bits"]
+    other_bits = 12 - parent.params["compress.quant_bits"]
     children = [{"params": {"compress.quantize.bits": other_bits}, "file": "child_0.dopt",
                  "metrics": {M.VAL_ACCURACY: 0.7, M.SIZE_BYTES: 50.0}}]
     s.on_trial_complete("a", {M.PHASE: "final", M.VAL_ACCURACY: 0.9, M.SIZE_BYTES: 100.0,
@@ -758,13 +760,13 @@ def test_children_become_study_trials_the_sampler_learns_from_and_answer_duplica
     trials = s._ot_study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     child = trials[1]
-    assert child.params == {**parent.params, "compress.quantize.bits": other_bits}
+    assert child.params == {**parent.params, "compress.quant_bits": other_bits}
     assert child.values == [0.7, 50.0] and child.user_attrs["parent"] == trials[0].number
     # NSGA-II counts it in its parent's generation (else it would never select it).
     key = "NSGAIISampler:generation"
     assert child.system_attrs[key] == trials[0].system_attrs[key] == 0
     # A later sample of the child's values is answered with its result, not trained.
-    assert s.results[s._key(child.params)] == (child.number, [0.7, 50.0])
+    assert s.results[s._key(child.params)] == (child.number, [0.7, 50.0], [])
 
 
 @pytest.mark.slow

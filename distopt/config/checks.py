@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from distopt import metrics
+from distopt.constraints import problems as constraint_problems
 from distopt.config.secrets import ENV_REF, REDACTED, redact_url
 from distopt.config.sections import SIGNALS_CLASSES, SIGNALS_SHAPE
 from distopt.shapes import conv_out_side
@@ -109,6 +110,8 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         f"num_workers {t.num_workers}; Ray would pack several ranks of one "
                         "trial on one GPU and NCCL refuses duplicate devices at the first "
                         "collective: give each worker a whole GPU (1), or use one worker")
+    if ok("search.constraints"):
+        problems.extend(constraint_problems(cfg.search.constraints))
     c = cfg.compress
     p, q = c.prune, c.quantize
     fine_tunes = ok("compress") and c.fine_tunes

@@ -287,6 +287,13 @@ class SearchConfig:
     space: dict[str, Any] = option({}, doc="dotted key -> {low, high, log, step} or {choices}")
     objectives: tuple[tuple[str, str], ...] = option(
         metrics.DEFAULT_OBJECTIVES, doc="(metric, max|min) pairs")
+    constraints: dict[str, Any] = option({}, doc="hard budgets: metric -> upper bound, or "
+                                        "{min, max} (e.g. {flash_bytes: 16000, "
+                                        "peak_ram_bytes: 4096, val_accuracy: {min: 0.9}}); a "
+                                        "model outside one is never on the front, and a "
+                                        "configuration whose architecture alone breaks a "
+                                        "flash, RAM or MACs budget is not trained (distopt."
+                                        "constraints)")
     sampler: Literal["nsga2", "tpe", "random"] = option("nsga2", doc="Optuna sampler")
     seed: int = option(0, in_range(0), "sampler seed")
     num_trials: int | None = option(16, Rule(lambda v: v is None or v >= 1,

@@ -19,12 +19,15 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from distopt import metrics as M
+from distopt.constraints import Bound, violations
 from distopt.orchestration.trial_params import sampler_name
 
 log = logging.getLogger(__name__)
 
 # User attributes of the study's trials: the Tune trial that trained one, and, on a sampled
-# duplicate (never trained), the number of the study trial whose result it was told.
+# duplicate (never trained), the number of the study trial whose result it was told. With
+# search.constraints each told trial also carries Optuna's constraint values, one per budget
+# (named by its metric; <= 0: within it), which NSGA-II and TPE read to learn feasibility.
 TUNE_TRIAL_ID = "tune_trial_id"
 DUPLICATE_OF = "duplicate_of"
 
@@ -43,11 +46,14 @@ class ResumableOptunaSearch(OptunaSearch):
 
     MAX_DUPLICATES = 50  # sampled duplicates answered in a row before one is trained anyway
 
-    def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: float | None = None,
+                 constraints: list[Bound] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deadline = deadline
-        # Sampled values -> (Optuna trial number, objective values) of every complete trial.
-        self.results: dict[tuple, tuple[int, list[float]]] = {}
+        self.constraints = list(constraints or [])  # search.constraints
+        # Sampled values -> (Optuna trial number, objective values, violations) of every
+        # complete trial.
+        self.results: dict[tuple, tuple[int, list[float], list[float]]] = {}
         self.duplicates = 0
         self.max_concurrent: int | None = None
         self.live: set[str] = set()  # suggested, not ended
@@ -89,8 +95,9 @@ class ResumableOptunaSearch(OptunaSearch):
                 if ot_trial is not None:  # which Tune trial trains it (report: duplicate rows)
                     ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
                 break
-            number, values = earlier
+            number, values, *broken = earlier  # (searchers saved before budgets: no third)
             ot_trial.set_user_attr(DUPLICATE_OF, number)
+            self._constrain(ot_trial, broken[0] if broken else [])
             self._ot_study.tell(ot_trial, values)
             del self._ot_trials[trial_id]
             self.duplicates += 1
@@ -125,8 +132,10 @@ class ResumableOptunaSearch(OptunaSearch):
             ot_trial = self._ot_trials.get(trial_id)
             if final and ot_trial is not None:
                 values = self._values(result)
+                broken = self._violations(result)
+                self._constrain(ot_trial, broken)  # before it is told: the sampler reads them
                 if values is not None:
-                    self.results[self._key(ot_trial.params)] = (ot_trial.number, values)
+                    self.results[self._key(ot_trial.params)] = (ot_trial.number, values, broken)
                 params, distributions = dict(ot_trial.params), dict(ot_trial.distributions)
             super().on_trial_complete(trial_id, result if final else None, error)
             if final and ot_trial is not None and result.get(M.CHILDREN):
@@ -136,6 +145,16 @@ class ResumableOptunaSearch(OptunaSearch):
                     ot_trial._trial_id).items() if k.endswith(":generation")}
                 self._add_children(ot_trial.number, params, distributions, system,
                                    result[M.CHILDREN])
+
+    def _violations(self, metrics: dict[str, Any]) -> list[float]:
+        return violations(metrics, getattr(self, "constraints", []))
+
+    def _names(self, broken: list[float]) -> dict[str, float]:
+        return {b.metric: v for b, v in zip(getattr(self, "constraints", []), broken)}
+
+    def _constrain(self, ot_trial: Any, broken: list[float]) -> None:
+        for name, value in self._names(broken).items():
+            ot_trial.set_constraint(name, value)
 
     def _values(self, metrics: dict[str, Any]) -> list[float] | None:
         values = [metrics.get(m) for m in self.metric]
@@ -155,10 +174,11 @@ class ResumableOptunaSearch(OptunaSearch):
             child_params = {**params, **{sampler_name(k): v for k, v in child["params"].items()}}
             if values is None or set(child_params) != set(distributions):
                 continue
+            broken = self._violations(child["metrics"])
             frozen = optuna.trial.create_trial(
                 params=child_params, distributions=distributions, values=values,
                 user_attrs={"parent": parent, "file": child["file"]},
-                system_attrs=system_attrs)
+                system_attrs=system_attrs, constraints=self._names(broken) or None)
             self._ot_study.add_trial(frozen)
             number = len(self._ot_study.get_trials(deepcopy=False)) - 1
-            self.results.setdefault(self._key(child_params), (number, values))
+            self.results.setdefault(self._key(child_params), (number, values, broken))

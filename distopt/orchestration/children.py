@@ -18,7 +18,7 @@ __all__ = ["SEED_NEUTRAL_DEFAULTS", "child_configs"]
 # Config keys added after search.children existed, with their defaults: the children's seed
 # leaves them out while they hold these values (so adding a key changes no earlier search).
 # Named as the seed reads them: in the layout of that time (distopt.config.parse.legacy_raw).
-SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0}
+SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constraints": {}}
 
 
 def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:

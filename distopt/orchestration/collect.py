@@ -14,6 +14,7 @@ import numpy as np
 from distopt import metrics as M
 from distopt.config import Config, ConfigError, storage_url
 from distopt.config.parse import set_dotted
+from distopt.constraints import bounds, over_budget
 from distopt.data import load_splits
 from distopt.orchestration._optuna_search import DUPLICATE_OF as ATTR
 from distopt.orchestration._optuna_search import TUNE_TRIAL_ID
@@ -22,8 +23,8 @@ from distopt.orchestration.trial_params import canonical_params
 from distopt.pareto import non_dominated
 from distopt.results.objectives import at_chance_row, objective_matrix
 from distopt.results.paths import SearchPaths
-from distopt.results.trials import (AT_CHANCE, DUPLICATE, DUPLICATE_OF, FINAL_METRICS, STOPPED,
-                                    UNFINISHED, write_trials)
+from distopt.results.trials import (AT_CHANCE, DUPLICATE, DUPLICATE_OF, FINAL_METRICS,
+                                    OVER_BUDGET, STOPPED, UNFINISHED, write_trials)
 from distopt.storage import Location
 from distopt.training import evaluate_artifact
 
@@ -49,8 +50,9 @@ def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None
         stopped = result.error is None and not complete and bool(m)
         row: dict[str, Any] = {
             "trial_id": trial_id, "trial_number": number,
-            "status": "COMPLETE" if complete else UNFINISHED if number in running else (
-                STOPPED if stopped else "FAILED"),
+            # A configuration that broke a spec budget was answered without training.
+            "status": (OVER_BUDGET if m.get(M.OVER_BUDGET) else "COMPLETE") if complete else
+            UNFINISHED if number in running else (STOPPED if stopped else "FAILED"),
             "error": "" if result.error is None else _error_text(result.error),
             # Ray Train trials report their checkpoint's path; trial-actor ones hold it.
             "checkpoint_path": m.get("checkpoint_path") or (
@@ -86,10 +88,14 @@ def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None
     rows.sort(key=lambda r: r["trial_number"])  # stable: children stay after their parent
     rows += _duplicate_rows(cfg, location, rows)
 
-    for r in rows:  # no better than guessing: never on the front, whatever its size
+    budget = bounds(cfg.search.constraints)
+    for r in rows:  # no better than guessing, or over a budget: never on the front
         r[AT_CHANCE] = r["status"] == "COMPLETE" and at_chance_row(r, cfg.data.num_classes)
+        r[M.OVER_BUDGET] = over_budget(r, budget) if r["status"] in ("COMPLETE", OVER_BUDGET) \
+            else ""
     pts = objective_matrix(rows, cfg)
-    done = np.array([r["status"] == "COMPLETE" and not r[AT_CHANCE] for r in rows], bool)
+    done = np.array([r["status"] == "COMPLETE" and not r[AT_CHANCE] and not r[M.OVER_BUDGET]
+                     for r in rows], bool)
     front = np.zeros(len(rows), bool)
     if done.any():
         front[np.flatnonzero(done)] = non_dominated(pts[done], [d for _, d in cfg.search.objectives])

@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.constraints import bounds, over_budget
 from distopt.orchestration.telemetry import record_experiment
 from distopt.orchestration.trial_params import canonical_params
 from distopt.pareto import hypervolume, non_dominated
@@ -129,9 +130,12 @@ class ExperimentGauges(Callback):
         done = [t for t in trials if status(t) == "TERMINATED" and t.last_result
                 and t.last_result.get(M.PHASE) == "final"]
         failed = sum(status(t) == "ERROR" for t in trials)
-        # The report's rule: a model no better than guessing is never on the front.
+        # The report's rules: a model no better than guessing, or over a budget, is never on
+        # the front.
+        budget = bounds(self.cfg.search.constraints)
         rows = [t.last_result for t in done
-                if not at_chance_row(t.last_result, self.cfg.data.num_classes)]
+                if not at_chance_row(t.last_result, self.cfg.data.num_classes)
+                and not over_budget(t.last_result, budget)]
         pts = objective_matrix(rows, self.cfg)
         pts = pts[np.isfinite(pts).all(1)] if len(pts) else pts
         dirs = [d for _, d in self.cfg.search.objectives]

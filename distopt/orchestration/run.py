@@ -30,7 +30,8 @@ from distopt.training import WorkerEnv, fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrialResult", "ensure_ray", "fit_local", "make_trainer", "run_trial",
+__all__ = ["TrialResult", "ensure_ray", "fit_local", "ignore_exit_in_finalizers", "make_trainer",
+           "run_trial",
            "train_in_trial_actor", "train_loop_per_worker", "worker_resources"]
 
 STATE_FILE = "state.pt"
@@ -231,7 +232,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     return {"metrics": out["metrics"], "artifact": out["artifact"], "history": history}
 
 
-def _ignore_exit_in_finalizers() -> None:
+def ignore_exit_in_finalizers() -> None:
     """When Ray ends a finished trial actor with SIGTERM, Ray's handler raises ``SystemExit``
     wherever the interpreter is, and if that is a finalizer (a weakref callback during garbage
     collection) Python prints it as an ignored exception with a traceback. The process is
@@ -260,7 +261,7 @@ def train_in_trial_actor(cfg: Config, dense_store: str | None = None) -> None:
     import ray.tune
 
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    _ignore_exit_in_finalizers()
+    ignore_exit_in_finalizers()
     _worker_logging(0, progress=False)
     # Tune's storage logs every persisted checkpoint at INFO: one line per epoch per trial.
     logging.getLogger("ray.train").setLevel(logging.WARNING)

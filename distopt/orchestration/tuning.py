@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from distopt.config import Config, ConfigError, storage_url
+from distopt import metrics as M
+from distopt.constraints import SPEC_METRICS, bounds, over_budget
 from distopt.storage import Location
 from distopt.config.space import to_optuna
 from distopt.orchestration.capacity import concurrency
-from distopt.orchestration.run import make_trainer, train_in_trial_actor, trains_in_actor
+from distopt.orchestration.run import (ignore_exit_in_finalizers, make_trainer,
+                                      train_in_trial_actor, trains_in_actor)
 from distopt.orchestration.trial_params import sampler_name, unwrap_params
 from distopt.results.paths import SearchPaths
+from distopt.training.budget import spec_costs
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,9 @@ TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train con
 
 
 def make_sampler(cfg: Config) -> Any:
-    """The Optuna sampler named by ``search.sampler``, seeded."""
+    """The Optuna sampler named by ``search.sampler``, seeded. NSGA-II and TPE read each told
+    trial's constraint values (``search.constraints``) themselves: constrained domination and
+    feasibility-aware splits; random sampling ignores them."""
     import optuna
 
     s = cfg.search
@@ -71,7 +78,10 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
 
     A config the sampled values make invalid raises here, and fails this trial alone. (The
     function's name is what the dashboard shows for every trial actor.)"""
+    ignore_exit_in_finalizers()  # Ray ends every finished trial actor with SIGTERM
     cfg = _trial_cfg(unwrap_params(params), base)
+    if _answered_over_budget(cfg):
+        return
     if trains_in_actor(cfg):
         train_in_trial_actor(cfg, dense_store)
         return
@@ -90,6 +100,26 @@ def distopt_trial(params: dict[str, Any], base: dict[str, Any], train_storage: s
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+
+
+def _answered_over_budget(cfg: Config) -> bool:
+    """A configuration whose architecture alone breaks a flash, RAM or MACs budget
+    (``search.constraints``) is not trained: its final result is reported at once, with the
+    costs of the file it would export and accuracy at chance (no model), so the sampler
+    learns the values are infeasible and the results say why."""
+    budget = [b for b in bounds(cfg.search.constraints) if b.metric in SPEC_METRICS]
+    if not budget:
+        return False
+    costs = spec_costs(cfg)
+    reason = over_budget(costs, budget)
+    if not reason:
+        return False
+    import ray.tune
+
+    ray.tune.report({**{k: math.nan for k in M.ALWAYS_REPORTED}, **costs, M.EPOCH: -1,
+                     M.PHASE: "final", M.VAL_ACCURACY: 1.0 / cfg.data.num_classes,
+                     M.OVER_BUDGET: reason})
+    return True
 
 
 def trial_resources(params: dict[str, Any], base: dict[str, Any]) -> Any:
@@ -131,6 +161,7 @@ def _searcher(cfg: Config, paths: SearchPaths) -> Any:
         mode=[direction for _, direction in cfg.search.objectives],
         sampler=make_sampler(cfg), storage=storage, study_name=cfg.name,
         deadline=time.time() + cfg.search.time_budget_s if cfg.search.time_budget_s else None,
+        constraints=bounds(cfg.search.constraints),
     )
 
 

@@ -20,11 +20,12 @@ from distopt import jsonio
 from distopt import metrics as M
 from distopt.compress import decode
 from distopt.config import Config, load_config
+from distopt.constraints import bounds
 from distopt.exporters import EXPORTERS
 from distopt.results.objectives import hypervolume_curve
 from distopt.results.plots import plot_front, plot_hypervolume
-from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, SEEDS, STOPPED, TEST_MEAN,
-                                    TEST_SD, UNFINISHED, WITHIN_NOISE, load_trials)
+from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, OVER_BUDGET, SEEDS, STOPPED,
+                                    TEST_MEAN, TEST_SD, UNFINISHED, WITHIN_NOISE, load_trials)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,12 @@ def write_report(output: Path) -> dict[str, Any]:
     plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
     plot_hypervolume(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
-    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE, UNFINISHED)]
+    failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE, UNFINISHED,
+                                                     OVER_BUDGET)]
     unfinished = sum(r["status"] == UNFINISHED for r in rows)
+    untrained = sum(r["status"] == OVER_BUDGET for r in rows)
+    over = sum(r["status"] == "COMPLETE" and bool(r.get(M.OVER_BUDGET)) for r in rows)
+    budget = bounds(cfg.search.constraints)
     # Objectives beyond accuracy, bytes and the device's costs (latency, non-zero parameters)
     # get a column too.
     extra = [n for n, _ in cfg.search.objectives
@@ -112,7 +117,7 @@ def write_report(output: Path) -> dict[str, Any]:
     reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
     stopped = sum(r["status"] == STOPPED for r in rows)
     duplicates = sum(r["status"] == DUPLICATE for r in rows)
-    complete = len(rows) - len(failed) - stopped - duplicates - unfinished
+    complete = len(rows) - len(failed) - stopped - duplicates - unfinished - untrained
     children = sum(bool(r.get(M.PARENT_ID)) for r in rows)
     reused = sum(bool(r.get(M.DENSE_FROM)) and not r.get(M.PARENT_ID) for r in rows)
     chance = sum(bool(r.get(AT_CHANCE)) for r in rows)
@@ -131,9 +136,14 @@ def write_report(output: Path) -> dict[str, Any]:
              + (f"{duplicates} sampled again after they had finished (answered with the "
                 "earlier result, not trained), " if duplicates else "")
              + (f"{chance} no better than chance (kept off the front), " if chance else "")
+             + (f"{untrained} over budget by their architecture alone (not trained), "
+                if untrained else "")
+             + (f"{over} trained but over budget (kept off the front), " if over else "")
              + f"{len(failed)} failed; "
              f"sampler {cfg.search.sampler} (seed {cfg.search.seed}); objectives "
-             + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives) + ".",
+             + ", ".join(f"{n} ({d})" for n, d in cfg.search.objectives)
+             + (f"; budgets (search.constraints): {'; '.join(b.text() for b in budget)}"
+                if budget else "") + ".",
              "Accuracies are those of the models decoded from their artifacts; test accuracy is "
              "evaluated once, after the search, on the front only. *bytes*: the .dopt file "
              "(storage and download); *flash*: what a device keeps to run the model in place "

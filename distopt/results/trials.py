@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from distopt import metrics as M
 
 __all__ = ["AT_CHANCE", "BREAKDOWN", "DUPLICATE", "DUPLICATE_OF", "FINAL_METRICS", "SEEDS", "STOPPED",
-           "TEST_MEAN", "TEST_SD", "TRIALS", "UNFINISHED", "WITHIN_NOISE", "load_trials",
+           "OVER_BUDGET", "TEST_MEAN", "TEST_SD", "TRIALS", "UNFINISHED", "WITHIN_NOISE", "load_trials",
            "write_trials"]
 
 TRIALS = "trials.parquet"
@@ -25,6 +25,7 @@ FINAL_METRICS = (M.VAL_ACCURACY, M.VAL_LOSS, M.TRAIN_ACCURACY, M.GAP, M.SIZE_BYT
                  *BREAKDOWN)
 STOPPED = "STOPPED"  # status of a trial early stopping ended (never on the front)
 UNFINISHED = "UNFINISHED"  # running or pending when the search stopped (partial reports only)
+OVER_BUDGET = "OVER_BUDGET"  # its architecture broke a search.constraints budget: not trained
 DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained
 DUPLICATE_OF = "duplicate_of"  # the trial whose result a DUPLICATE row got
 AT_CHANCE = "at_chance"  # a complete model no better than guessing (never on the front)

@@ -126,10 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "history.json").write_text(jsonio.dumps(result.history))
     log.info(
         "\n%-12s %s\n%-12s %.4f (decoded artifact)\n%-12s %.4f\n%-12s %s bytes (%.1fx smaller "
-        "than dense fp32 %s)\n%-12s %s of %s non-zero\n%-12s %.3f ms\n%-12s %s\n%-12s %s",
+        "than dense fp32 %s)\n%-12s %s bytes (packed weights %s), RAM %s bytes, %s MACs\n"
+        "%-12s %s of %s non-zero\n%-12s %.3f ms\n%-12s %s\n%-12s %s",
         "precision", m[M.PRECISION], "val acc", m[M.VAL_ACCURACY], "test acc",
         m.get(M.TEST_ACCURACY, float("nan")), "size", f"{m[M.SIZE_BYTES]:,}",
-        m[M.COMPRESSION_RATIO], f"{m[M.DENSE_FP32_BYTES]:,}", "params",
+        m[M.COMPRESSION_RATIO], f"{m[M.DENSE_FP32_BYTES]:,}", "flash", f"{m[M.FLASH_BYTES]:,}",
+        f"{m[M.WEIGHT_FLASH_BYTES]:,}", f"{m[M.PEAK_RAM_BYTES]:,}", f"{m[M.MACS]:,}", "params",
         f"{m[M.NONZERO_PARAMS]:,}", f"{m[M.PARAMS]:,}", "latency", m[M.LATENCY_MS],
         "artifact", out / M.ARTIFACT_FILE, "metrics", out / M.METRICS_FILE)
     return 0

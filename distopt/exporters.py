@@ -22,10 +22,12 @@ from distopt import metrics as M
 from distopt.compress import Decoded, decode
 from distopt.config import bits_text, load_config
 from distopt.data import load_splits
+from distopt.c_parity import c_compiler, c_parity
+from distopt.c_source import c_source
 from distopt.export import OPSET, ExportError, parity, to_onnx
 from distopt.runtime import require_onnx
 
-__all__ = ["EXPORTERS", "Exporter", "OnnxExporter", "export_front", "headers",
+__all__ = ["CExporter", "EXPORTERS", "Exporter", "OnnxExporter", "export_front", "headers",
            "register_exporter", "table"]
 
 
@@ -99,6 +101,43 @@ class OnnxExporter(Exporter):
 
 
 register_exporter(OnnxExporter())
+
+
+class CExporter(Exporter):
+    """One self-contained C99 file (:mod:`distopt.c_source`): weights packed in place as
+    ``flash_bytes`` counts them, one activation arena of ``peak_ram_bytes``; checked by
+    compiling it with this machine's C compiler and running it on test inputs."""
+
+    name, suffix = "c", ".c"
+    headers = [".c bytes"]
+    checked_headers = ["flash (compiled)", "arena (compiled)", "PyTorch acc", "C acc",
+                       "agreement", "max |logit diff|"]
+
+    def require(self, verify: bool) -> None:
+        if verify and c_compiler() is None:
+            raise ImportError("checking the C export needs a C compiler (cc, gcc or clang): "
+                              "apt install gcc, or export without the check (--no-verify)")
+
+    def export(self, decoded: Decoded, source: str) -> bytes:
+        return c_source(decoded, source).encode()
+
+    def info(self, data: bytes) -> dict[str, Any]:
+        return {"c_bytes": len(data)}
+
+    def verify(self, decoded: Decoded, data: bytes, x: np.ndarray, y: np.ndarray
+               ) -> dict[str, Any]:
+        return c_parity(decoded, data, x, y)
+
+    def cells(self, info: dict[str, Any], verified: bool) -> list[str]:
+        cells = [f"{info['c_bytes']:,}"]
+        if verified:
+            cells += [f"{info[M.FLASH_BYTES]:,}", f"{info['arena_bytes']:,}",
+                      f"{info['test_accuracy_pytorch']:.4f}", f"{info['test_accuracy_c']:.4f}",
+                      f"{info['agreement']:.2%}", f"{info['max_logit_diff']:.2e}"]
+        return cells
+
+
+register_exporter(CExporter())
 
 
 def export_front(output: Path, exporter: Exporter, trial: str | None = None,

@@ -9,8 +9,9 @@ are float32. Per tensor, by its coding in the file:
 
 - integer codes at ``b`` < 32 bits (``b`` = 2: ternary): ``ceil(n * b / 8)`` bytes of codes,
   plus one float32 scale per output channel (per column for embeddings, ``axis`` 1);
-- a codebook (weight clustering): ``ceil(n * b / 8)`` bytes of indices at the file's index
-  width, plus the codebook's values as float32;
+- a codebook (weight clustering): its values as float32, with a zero among them where the
+  file keeps pruned weights apart (a dense kernel indexes them too), and ``ceil(n * b / 8)``
+  bytes of indices, ``b`` the bits that index that many values (:func:`codebook_layout`);
 - float weights (``b`` = 32) and every other tensor (biases): float32, 4 bytes a value.
 
 Not counted: the executor's code, the graph or layer table, alignment padding, and the
@@ -25,9 +26,17 @@ from typing import Any, Iterable, Mapping
 
 from distopt import metrics as M
 
-__all__ = ["FLOAT_BYTES", "flash_bytes", "tensor_flash"]
+__all__ = ["FLOAT_BYTES", "codebook_layout", "flash_bytes", "tensor_flash"]
 
 FLOAT_BYTES = 4  # a float32 value (weights at 32 bits, scales, biases, codebook values)
+
+
+def codebook_layout(entry: Mapping[str, Any]) -> tuple[int, int]:
+    """(values, index bits) of a codebook tensor as a device keeps it: the file's values, plus
+    a zero where the file stores pruned weights in its sparse index rather than the
+    codebook."""
+    values = int(entry["codebook_size"]) + (1 if entry.get("sparse") else 0)
+    return values, max(1, math.ceil(math.log2(values)))
 
 
 def tensor_flash(entry: Mapping[str, Any]) -> tuple[int, int]:
@@ -38,9 +47,10 @@ def tensor_flash(entry: Mapping[str, Any]) -> tuple[int, int]:
     is_weight = "index" in entry  # weights carry an index coding; biases do not
     if not is_weight or (bits >= 32 and entry.get("coding") != "codebook"):
         return (n * FLOAT_BYTES, 0) if is_weight else (0, n * FLOAT_BYTES)
-    codes = math.ceil(n * bits / 8)
     if entry.get("coding") == "codebook":
-        return codes, int(entry["codebook_size"]) * FLOAT_BYTES
+        values, index_bits = codebook_layout(entry)
+        return math.ceil(n * index_bits / 8), values * FLOAT_BYTES
+    codes = math.ceil(n * bits / 8)
     scales = int(entry["shape"][int(entry.get("axis", 0))])
     return codes, scales * FLOAT_BYTES
 

@@ -1,0 +1,87 @@
+"""An exported C model checked on the real thing: compiled by this machine's C compiler with a
+small harness, run on test inputs, and compared with the decoded PyTorch model (accuracies,
+agreement, the largest logit difference), and its flash and RAM read back from the compiled
+code (``sizeof`` of its arrays), which must be the ``flash_bytes`` and ``peak_ram_bytes``
+distopt reports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distopt import metrics as M
+from distopt.compress import Decoded
+from distopt.runtime import InputNorm
+
+__all__ = ["MAX_INPUTS", "c_compiler", "c_parity"]
+
+MAX_INPUTS = 2000  # test inputs the C program runs (a plain C loop: seconds, not minutes)
+
+HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+void distopt_predict(const float *raw, float *logits);
+uint32_t distopt_flash_bytes(void);
+uint32_t distopt_arena_bytes(void);
+int main(void) {
+    static float x[%(inputs)d];
+    float y[%(classes)d];
+    printf("%%u %%u\n", distopt_flash_bytes(), distopt_arena_bytes());
+    fflush(stdout);
+    while (fread(x, sizeof(float), %(inputs)d, stdin) == %(inputs)d) {
+        distopt_predict(x, y);
+        fwrite(y, sizeof(float), %(classes)d, stdout);
+    }
+    return 0;
+}
+"""
+
+
+def c_compiler() -> str | None:
+    """The C compiler to check exports with: ``$CC``, else cc, gcc or clang on the PATH."""
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def c_parity(decoded: Decoded, source: bytes, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Compile ``source`` (-std=c99 -O2, warnings as errors), run it on the first
+    :data:`MAX_INPUTS` of ``(x, y)`` (raw stored values), and compare with the decoded
+    PyTorch model on the same inputs."""
+    cc = c_compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on the PATH")
+    spec = decoded.model.spec
+    x, y = x[:MAX_INPUTS], y[:MAX_INPUTS]
+    inputs = int(np.prod(spec.in_shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "model.c").write_bytes(source)
+        (d / "main.c").write_text(HARNESS % {"inputs": inputs, "classes": spec.num_classes})
+        built = subprocess.run([cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+                                str(d / "run"), str(d / "model.c"), str(d / "main.c"), "-lm"],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            raise RuntimeError(f"the exported C does not compile:\n{built.stderr[-3000:]}")
+        ran = subprocess.run([str(d / "run")], input=np.ascontiguousarray(
+            x, np.float32).tobytes(), capture_output=True, check=True)
+    head, _, rest = ran.stdout.partition(b"\n")
+    flash, arena = (int(v) for v in head.split())
+    logits = np.frombuffer(rest, np.float32).reshape(len(x), spec.num_classes)
+    norm = InputNorm.from_meta(decoded.meta["input"])
+    with torch.no_grad():
+        ref = decoded.model.eval()(norm(torch.from_numpy(np.asarray(x)))).numpy()
+    return {"inputs_checked": len(x), M.FLASH_BYTES: flash, "arena_bytes": arena,
+            "test_accuracy_pytorch": float((ref.argmax(1) == y).mean()),
+            "test_accuracy_c": float((logits.argmax(1) == y).mean()),
+            "agreement": float((ref.argmax(1) == logits.argmax(1)).mean()),
+            "max_logit_diff": float(np.abs(ref - logits).max())}

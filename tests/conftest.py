@@ -9,12 +9,18 @@ from typing import Iterator
 
 import pytest
 
-# The tests and every process they start read no real home directory (a head node's
-# ~/ray_bootstrap_config.yaml, Ray's token, caches) and join no Ray cluster already running on
-# the machine (`ray start`): "local" makes each search or run start its own local instance.
-# Tests that start a cluster of their own set RAY_ADDRESS (or drop it) for that cluster.
-os.environ["HOME"] = tempfile.mkdtemp(prefix="distopt-test-home-")
-os.environ["RAY_ADDRESS"] = "local"
+# The searches and runs the tests start (subprocess_env) join no Ray cluster already running on
+# the machine (`ray start`): RAY_ADDRESS=local makes each start its own local instance; and they
+# read no real home directory (a head node's ~/ray_bootstrap_config.yaml, caches). This process
+# keeps both: Ray's client APIs let RAY_ADDRESS override the address they are given, Ray reads
+# its token from ~/.ray, and the `ray up` test's nodes are ssh logins with the real HOME. Tests
+# that start a cluster of their own set RAY_ADDRESS for that cluster.
+TEST_HOME = tempfile.mkdtemp(prefix="distopt-test-home-")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a search or run a test starts: its own Ray instance, its own HOME."""
+    return {**os.environ, "RAY_ADDRESS": "local", "HOME": TEST_HOME, **extra}
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -30,6 +36,15 @@ def mnist_dir() -> Path:
         pytest.skip(f"full MNIST not found at {MNIST_DIR} (set DISTOPT_MNIST_DIR); only "
                     "development and CI machines have it")
     return MNIST_DIR
+
+
+@pytest.fixture(scope="module")
+def splits():  # noqa: ANN201 - the embedded data set's splits (distopt.data.Splits)
+    """The embedded data set (mnist-mini), loaded once per module."""
+    from distopt.config import load_config
+    from distopt.data import load_splits
+
+    return load_splits(load_config(None).data)
 
 
 @pytest.fixture(scope="module")

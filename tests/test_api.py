@@ -13,7 +13,7 @@ import pytest
 import distopt
 from distopt.config import ConfigError, load_config
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, subprocess_env
 
 
 def test_bad_searches_are_refused_before_anything_is_written(tmp_path):
@@ -42,7 +42,7 @@ def test_search_from_python_returns_the_front_trials_and_models(tmp_path):
             "print(json.dumps({'front': len(r.front), 'rows': r.trials.num_rows,"
             " 'models': [str(m) for m in r.models], 'report': str(r.report),"
             " 'summary': r.summary}))\n")
-    env = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
+    env = subprocess_env()
     p = subprocess.run([sys.executable, "-c", code, str(CONFIGS / "smoke.yaml"), str(out)],
                        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]

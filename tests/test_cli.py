@@ -18,14 +18,14 @@ from distopt.compress import decode
 from distopt.config import load_config
 
 from _raytools import assert_quiet
-from conftest import CONFIGS, ROOT, TINY
+from conftest import CONFIGS, ROOT, TINY, subprocess_env
 
 # Tests that train or start Ray are marked slow one by one: the others here start neither.
 
 
 def distopt(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distopt", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=timeout, cwd=ROOT, env=subprocess_env())
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_distopt_train_interrupted_resumes_to_the_same_model(tmp_path, signum):
     whole = tmp_path / "whole"
     assert distopt("train", "--output", str(whole), *overrides).returncode == 0
     out = tmp_path / "cut"
-    env = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "distopt", "train", "--output", str(out),
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=env)

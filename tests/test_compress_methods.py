@@ -20,7 +20,6 @@ from distopt.compress.clustering import WeightClustering, kmeans_1d, share_value
 from distopt.compress.coding import Codebook, IntCodes
 from distopt.compress.wrapper import ArtifactError
 from distopt.config import load_config
-from distopt.data import load_splits
 from distopt.models import ModelSpec, build_model, prunable_weights
 from distopt.training import WorkerEnv, fit
 from distopt.training.compression import Compression
@@ -28,11 +27,6 @@ from distopt.training.compression import Compression
 from conftest import TINY
 
 SMALL = ModelSpec("cnn", (1, 12, 12), 10, (4, 8), (16,))
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits(load_config(None).data)
 
 
 def test_built_in_methods_are_registered_in_plan_order():

@@ -20,7 +20,7 @@ from distopt.storage import Location
 from distopt.training.dense_store import dense_key
 from distopt.workdir import MARKER, check_location, create_location, replace_location
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, subprocess_env
 
 BUCKET = "distopt-test"
 
@@ -151,7 +151,7 @@ def test_search_on_s3_writes_there_and_resumes_from_another_machine(s3_env, tmp_
     import optuna
 
     uri = f"s3://{BUCKET}/exp"
-    base = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
+    base = subprocess_env()
     # Trials of several seconds, so that the kill lands between the 2nd and the last one.
     common = ["--config", str(CONFIGS / "smoke.yaml"), "search.num_trials=4",
               "search.max_concurrent=1", "train.epochs=4", "train.max_steps_per_epoch=100"]

@@ -19,7 +19,7 @@ from distopt.export import ExportError, to_onnx
 from distopt.models import ModelSpec, build_model
 from distopt.training import WorkerEnv, fit
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 
 EXAMPLE = ROOT / "examples" / "tinynet.yaml"
 QUICK = ["train.epochs=1", "train.max_steps_per_epoch=5", "compress.cluster.k=8"]
@@ -104,7 +104,7 @@ def test_distopt_evaluate_needs_trust_code_for_your_model(tmp_path):
 @pytest.mark.integration
 def test_the_example_model_is_searched_end_to_end(tmp_path):
     out = tmp_path / "tiny"
-    env = dict(os.environ)  # RAY_ADDRESS=local: its own Ray instance
+    env = subprocess_env()
     p = subprocess.run([sys.executable, "distopt/search.py", "--config", str(EXAMPLE),
                         "--output", str(out), "search.num_trials=3", "train.epochs=2",
                         "train.max_steps_per_epoch=25", "train.lr=0.01"],

@@ -57,7 +57,8 @@ class SavedTrial:
 def saved_trials(output: Path) -> list[SavedTrial]:
     """The trials of the search at ``output`` in the order Tune created them: each with its
     sampled values (from the study) and, if it finished, the final metrics and checkpoint
-    its last checkpoint holds. Trials not started yet have no directory and are not listed."""
+    its last checkpoint holds; trials the study has running are listed even before they
+    wrote anything. Trials not started are not."""
     import optuna
 
     cfg = load_config(output / "config.yaml")
@@ -67,8 +68,10 @@ def saved_trials(output: Path) -> list[SavedTrial]:
                                   SearchPaths(Location(str(output))).study_url)
         params = {t.user_attrs[TUNE_TRIAL_ID]: dict(t.params) for t in study.trials
                   if TUNE_TRIAL_ID in t.user_attrs}
+        running = [t.user_attrs[TUNE_TRIAL_ID] for t in study.trials
+                   if t.state == optuna.trial.TrialState.RUNNING and TUNE_TRIAL_ID in t.user_attrs]
     except KeyError:  # no study yet
-        params = {}
+        params, running = {}, []
     paths = SearchPaths(Location(str(output)))
     found = []
     for d in Path(paths.tune).iterdir():
@@ -86,6 +89,10 @@ def saved_trials(output: Path) -> list[SavedTrial]:
             metrics["trial_id"] = trial_id
             ckpt = _Checkpoint(str(final[-1]))
         found.append((counter, SavedTrial(str(d), params.get(trial_id, {}), metrics, ckpt)))
+    # Trials the study has running that wrote nothing yet (no checkpoint, so no directory).
+    seen = {TRIAL_DIR.match(Path(t.path).name).group(1) for _, t in found}  # type: ignore
+    found += [(10**9 + i, SavedTrial(str(Path(paths.tune) / trial_id), params[trial_id]))
+              for i, trial_id in enumerate(running) if trial_id not in seen]
     return [t for _, t in sorted(found, key=lambda x: x[0])]
 
 

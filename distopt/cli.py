@@ -115,15 +115,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = ensure_teacher(cfg, Location(str(out)), out / "ray")
         result = fit_local(cfg, directory=out / "ray" / "local") if here else \
             run_trial(cfg, out / "ray", name="train", evaluate_test=True)
+        # (A signal while these are written: resuming writes them again from the last
+        # checkpoint, the same files.)
+        (out / M.ARTIFACT_FILE).write_bytes(result.artifact)
+        m = dict(result.metrics)
+        (out / M.METRICS_FILE).write_text(jsonio.dumps(m))
+        (out / "history.json").write_text(jsonio.dumps(result.history))
     except KeyboardInterrupt as e:
         log.info("\ntraining interrupted (%s); the epochs checkpointed in %s are kept. "
                  "Resume with:\n  %s", str(e) or "SIGINT", out / "ray",
                  _resume_command(args, out))
         return EXIT_INTERRUPTED
-    (out / M.ARTIFACT_FILE).write_bytes(result.artifact)
-    m = dict(result.metrics)
-    (out / M.METRICS_FILE).write_text(jsonio.dumps(m))
-    (out / "history.json").write_text(jsonio.dumps(result.history))
     log.info(
         "\n%-12s %s\n%-12s %.4f (decoded artifact)\n%-12s %.4f\n%-12s %s bytes (%.1fx smaller "
         "than dense fp32 %s)\n%-12s %s bytes (packed weights %s), RAM %s bytes, %s MACs\n"

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from distopt import metrics as M
 from distopt.compress import Decoded
-from distopt.runtime import InputNorm
+from distopt.export import compare, reference_logits
 
 __all__ = ["MAX_INPUTS", "c_compiler", "c_parity"]
 
@@ -77,11 +76,5 @@ def c_parity(decoded: Decoded, source: bytes, x: np.ndarray, y: np.ndarray) -> d
     head, _, rest = ran.stdout.partition(b"\n")
     flash, arena = (int(v) for v in head.split())
     logits = np.frombuffer(rest, np.float32).reshape(len(x), spec.num_classes)
-    norm = InputNorm.from_meta(decoded.meta["input"])
-    with torch.no_grad():
-        ref = decoded.model.eval()(norm(torch.from_numpy(np.asarray(x)))).numpy()
-    return {"inputs_checked": len(x), M.FLASH_BYTES: flash, "arena_bytes": arena,
-            "test_accuracy_pytorch": float((ref.argmax(1) == y).mean()),
-            "test_accuracy_c": float((logits.argmax(1) == y).mean()),
-            "agreement": float((ref.argmax(1) == logits.argmax(1)).mean()),
-            "max_logit_diff": float(np.abs(ref - logits).max())}
+    return {M.FLASH_BYTES: flash, "arena_bytes": arena,
+            **compare(reference_logits(decoded, np.asarray(x, np.float32)), logits, y, "c")}

@@ -20,8 +20,6 @@ resizes are refused too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +29,8 @@ from distopt.c_kernels import KERNELS
 from distopt.compress import Decoded
 from distopt.compress.flash import codebook_layout
 from distopt.export import ExportError
-from distopt.models import Net, example_input
-from distopt.models.cost import activation_cost
+from distopt.models import Net
+from distopt.models.cost import ALIASING, activation_cost, trace
 from distopt.runtime import InputNorm
 
 __all__ = ["CExportError", "c_source"]
@@ -40,32 +38,6 @@ __all__ = ["CExportError", "c_source"]
 
 class CExportError(ExportError):
     """This model cannot be written as C (yet): the message says why."""
-
-
-@dataclass
-class _Call:
-    module: nn.Module
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-
-def _trace(model: nn.Module, spec: Any) -> list[_Call]:
-    """The leaf modules in the order one forward pass calls them, with their shapes
-    (batch 1 left out)."""
-    calls: list[_Call] = []
-
-    def hook(m: nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> None:
-        calls.append(_Call(m, tuple(inputs[0].shape[1:]), tuple(out.shape[1:])))
-
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model.eval()(example_input(spec, 1))
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
 
 
 def _pack(values: np.ndarray, bits: int) -> bytes:
@@ -145,7 +117,8 @@ def c_source(decoded: Decoded, source: str = "") -> str:
     if norm.size is not None:
         raise CExportError(f"{source or 'this model'}: its inputs are resized (data.resize); "
                            "C export takes inputs at their stored size (not yet resized)")
-    arena = activation_cost(model, spec)["peak_ram_bytes"] // 4
+    calls = trace(model, spec)
+    arena = activation_cost(model, spec, calls=calls)["peak_ram_bytes"] // 4
     names = {id(p): n for n, p in model.named_parameters()}
     out = _Writer(decoded)
     body: list[str] = []
@@ -153,8 +126,8 @@ def c_source(decoded: Decoded, source: str = "") -> str:
     body.append(f"    for (int i = 0; i < {size}; i++) "
                 f"a[i] = (raw[i] * {norm.scale!r}f - {norm.mean!r}f) / {norm.std!r}f;")
     cur, at_start = "a", True  # the current activations, at the arena's start or end
-    for call in _trace(model, spec):
-        m, i, o = call.module, call.in_shape, call.out_shape
+    for call in calls:
+        m, i, o = call.module, tuple(call.inputs[0].shape[1:]), tuple(call.output.shape[1:])
         n_out = math.prod(o)
         dst = "a" if not at_start else f"a + {arena - n_out}"
         if isinstance(m, nn.Conv2d):
@@ -174,10 +147,10 @@ def c_source(decoded: Decoded, source: str = "") -> str:
             body.append(f"    dw_maxpool({cur}, {dst}, {i[0]}, {i[1]}, {i[2]}, {k[0]}, {k[1]});")
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             body.append(f"    dw_avgpool_all({cur}, {dst}, {i[0]}, {i[1]}, {i[2]});")
-        elif isinstance(m, nn.ReLU):
+        elif isinstance(m, nn.ReLU):  # in place, on the current buffer
             body.append(f"    dw_relu({cur}, {math.prod(i)});")
             continue
-        elif isinstance(m, (nn.Flatten, nn.Dropout, nn.Identity, nn.Sequential)):
+        elif isinstance(m, (*ALIASING, nn.Sequential)):
             continue  # the same buffer: flatten keeps C x H x W order; dropout is off (an
             # empty Sequential: the mlp family's conv blocks)
         else:

@@ -262,26 +262,38 @@ def predict(model: Callable[[np.ndarray], Any], x: np.ndarray, batch: int = 1024
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
-def parity(decoded: Decoded, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray
-           ) -> dict[str, float]:
-    """ONNX Runtime against the decoded PyTorch model on ``(x, y)`` (raw inputs, as stored):
-    both accuracies, the fraction of identical predictions, the largest logit difference, and
-    batch-1 one-thread latency in both runtimes, measured side by side."""
+def reference_logits(decoded: Decoded, x: np.ndarray) -> np.ndarray:
+    """The decoded PyTorch model's logits on raw inputs (as stored), in batches: what every
+    exported format is checked against."""
     norm = InputNorm.from_meta(decoded.meta["input"])
     model = decoded.model.eval()
     with torch.inference_mode():
-        ref = predict(lambda b: model(norm(torch.from_numpy(b))).numpy(), x)
+        return predict(lambda b: model(norm(torch.from_numpy(b))).numpy(), x)
+
+
+def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray, runtime: str) -> dict[str, float]:
+    """An exported model's logits ``got`` against the decoded model's ``ref`` on labels ``y``:
+    both accuracies, the fraction of identical predictions, the largest logit difference."""
+    return {
+        "test_accuracy_pytorch": float((ref.argmax(1) == y).mean()),
+        f"test_accuracy_{runtime}": float((got.argmax(1) == y).mean()),
+        "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(ref - got).max()) if len(y) else 0.0,
+        "samples": int(len(y)),
+    }
+
+
+def parity(decoded: Decoded, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray
+           ) -> dict[str, float]:
+    """ONNX Runtime against the decoded PyTorch model on ``(x, y)`` (raw inputs, as stored):
+    :func:`compare`, and batch-1 one-thread latency in both runtimes, side by side."""
     sess = session(onnx_bytes)
     dtype = np.int64 if decoded.model.spec.tokens else np.float32
     got = predict(lambda b: sess.run(None, {INPUT_NAME: b.astype(dtype)})[0], x)
     spec = decoded.model.spec
     return {
-        "test_accuracy_pytorch": float((ref.argmax(1) == y).mean()),
-        "test_accuracy_onnxruntime": float((got.argmax(1) == y).mean()),
-        "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
-        "max_abs_logit_diff": float(np.abs(ref - got).max()) if len(x) else 0.0,
-        "samples": int(len(y)),
-        M.LATENCY_MS: measure_latency_ms(model, spec),
+        **compare(reference_logits(decoded, x), got, y, "onnxruntime"),
+        M.LATENCY_MS: measure_latency_ms(decoded.model.eval(), spec),
         M.ORT_LATENCY_MS: measure_ort_latency_ms(onnx_bytes, example_feed(spec)),
     }
 

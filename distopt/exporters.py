@@ -133,7 +133,7 @@ class CExporter(Exporter):
         if verified:
             cells += [f"{info[M.FLASH_BYTES]:,}", f"{info['arena_bytes']:,}",
                       f"{info['test_accuracy_pytorch']:.4f}", f"{info['test_accuracy_c']:.4f}",
-                      f"{info['agreement']:.2%}", f"{info['max_logit_diff']:.2e}"]
+                      f"{info['agreement']:.2%}", f"{info['max_abs_logit_diff']:.2e}"]
         return cells
 
 

@@ -46,7 +46,7 @@ def _check(model: torch.nn.Module, bits: int, codings: dict | None = None) -> di
     device = device_report(decoded)
     assert got[M.FLASH_BYTES] == device[M.FLASH_BYTES]
     assert got["arena_bytes"] == device[M.PEAK_RAM_BYTES]
-    assert got["agreement"] == 1.0 and got["max_logit_diff"] < 1e-4, got
+    assert got["agreement"] == 1.0 and got["max_abs_logit_diff"] < 1e-4, got
     assert got["test_accuracy_c"] == got["test_accuracy_pytorch"]
     return got
 

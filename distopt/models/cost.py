@@ -21,6 +21,7 @@ The rules:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from distopt import metrics as M
 from distopt.models.spec import ModelSpec
 from distopt.models.weights import example_input
 
-__all__ = ["activation_cost"]
+__all__ = ["ALIASING", "LayerCall", "activation_cost", "trace"]
 
 ALIASING = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity)  # output is (a view of) the input
 INT_BYTES = 4  # an integer input value (a token id) on the device
@@ -61,20 +62,23 @@ def _macs(m: nn.Module, inputs: tuple[Any, ...], out: Any) -> tuple[int, int]:
     return 0, 0
 
 
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a leaf module in a forward pass: the module, its inputs, its output."""
+
+    module: nn.Module
+    inputs: tuple[Any, ...]
+    output: Any
+
+
 @torch.no_grad()
-def activation_cost(model: nn.Module, spec: ModelSpec, activation_bytes: int = 4
-                    ) -> dict[str, int]:
-    """``peak_ram_bytes``, ``macs`` and ``nonzero_macs`` of one batch-1 inference (the
-    model is run once on a zero input, in eval mode, on the CPU; its mode is restored)."""
-    peak = macs = nonzero = 0
+def trace(model: nn.Module, spec: ModelSpec) -> list[LayerCall]:
+    """The leaf modules in the order one batch-1 forward pass (a zero input, eval mode, the
+    model's mode restored) calls them: what the costs here and the C export walk."""
+    calls: list[LayerCall] = []
 
     def hook(m: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
-        nonlocal peak, macs, nonzero
-        if not isinstance(m, ALIASING):
-            peak = max(peak, _buffer_bytes(inputs, activation_bytes) +
-                       _buffer_bytes(out, activation_bytes))
-        dense, nz = _macs(m, inputs, out)
-        macs, nonzero = macs + dense, nonzero + nz
+        calls.append(LayerCall(m, inputs, out))
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -86,4 +90,18 @@ def activation_cost(model: nn.Module, spec: ModelSpec, activation_bytes: int = 4
         model.train(was_training)
         for h in handles:
             h.remove()
+    return calls
+
+
+def activation_cost(model: nn.Module, spec: ModelSpec, activation_bytes: int = 4,
+                    calls: list[LayerCall] | None = None) -> dict[str, int]:
+    """``peak_ram_bytes``, ``macs`` and ``nonzero_macs`` of one batch-1 inference (``calls``:
+    the model's :func:`trace`, if the caller has it)."""
+    peak = macs = nonzero = 0
+    for c in calls if calls is not None else trace(model, spec):
+        if not isinstance(c.module, ALIASING):
+            peak = max(peak, _buffer_bytes(c.inputs, activation_bytes) +
+                       _buffer_bytes(c.output, activation_bytes))
+        dense, nz = _macs(c.module, c.inputs, c.output)
+        macs, nonzero = macs + dense, nonzero + nz
     return {M.PEAK_RAM_BYTES: peak, M.MACS: macs, M.NONZERO_MACS: nonzero}

@@ -4,11 +4,38 @@ no other dependency: what a microcontroller toolchain compiles as it is."""
 
 from __future__ import annotations
 
-__all__ = ["KERNELS"]
+import numpy as np
 
-KERNELS = r"""
-#include <math.h>
+__all__ = ["KERNELS", "PACKED_BITS", "pack_bits"]
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """``bits``-bit two's complement (or unsigned) values, LSB first across bytes: what
+    ``dw_bits_at`` reads."""
+    v = values.astype(np.int64).reshape(-1) & ((1 << bits) - 1)
+    stream = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(stream, bitorder="little").tobytes()
+
+
+PACKED_BITS = r"""
 #include <stdint.h>
+
+/* Value i of a stream of `bits`-bit values packed LSB first across bytes. */
+static inline uint32_t dw_bits_at(const uint8_t *p, uint32_t i, uint32_t bits) {
+    uint32_t pos = i * bits, v = 0, got = 0;
+    while (got < bits) {
+        uint32_t byte = pos >> 3, off = pos & 7u, take = 8u - off;
+        if (take > bits - got) take = bits - got;
+        v |= (uint32_t)((p[byte] >> off) & ((1u << take) - 1u)) << got;
+        got += take;
+        pos += take;
+    }
+    return v;
+}
+"""
+
+KERNELS = PACKED_BITS + r"""
+#include <math.h>
 
 /* One weight tensor as stored: float32 values, or integer codes of `bits` bits (two's
    complement, packed LSB first across bytes) times one float32 scale per output channel, or
@@ -22,18 +49,6 @@ typedef struct {
     const float *values; /* W_FLOAT: the weights; W_CODEBOOK: the codebook */
     const float *scale;  /* W_CODES: one per output channel */
 } dw_tensor;
-
-static inline uint32_t dw_bits_at(const uint8_t *p, uint32_t i, uint32_t bits) {
-    uint32_t pos = i * bits, v = 0, got = 0;
-    while (got < bits) {
-        uint32_t byte = pos >> 3, off = pos & 7u, take = 8u - off;
-        if (take > bits - got) take = bits - got;
-        v |= (uint32_t)((p[byte] >> off) & ((1u << take) - 1u)) << got;
-        got += take;
-        pos += take;
-    }
-    return v;
-}
 
 static inline float dw_weight(const dw_tensor *w, uint32_t i) {
     if (w->kind == W_FLOAT) return w->values[i];

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from distopt import metrics as M
 from distopt.compress import Decoded
 from distopt.export import compare, reference_logits
+from distopt.runtime import InputNorm
 
 __all__ = ["MAX_INPUTS", "c_compiler", "c_parity"]
 
@@ -26,17 +28,17 @@ MAX_INPUTS = 2000  # test inputs the C program runs (a plain C loop: seconds, no
 HARNESS = r"""
 #include <stdint.h>
 #include <stdio.h>
-void distopt_predict(const float *raw, float *logits);
+void distopt_predict(const %(ctype)s *in, %(ctype)s *logits);
 uint32_t distopt_flash_bytes(void);
 uint32_t distopt_arena_bytes(void);
 int main(void) {
-    static float x[%(inputs)d];
-    float y[%(classes)d];
+    static %(ctype)s x[%(inputs)d];
+    %(ctype)s y[%(classes)d];
     printf("%%u %%u\n", distopt_flash_bytes(), distopt_arena_bytes());
     fflush(stdout);
-    while (fread(x, sizeof(float), %(inputs)d, stdin) == %(inputs)d) {
+    while (fread(x, sizeof(%(ctype)s), %(inputs)d, stdin) == %(inputs)d) {
         distopt_predict(x, y);
-        fwrite(y, sizeof(float), %(classes)d, stdout);
+        fwrite(y, sizeof(%(ctype)s), %(classes)d, stdout);
     }
     return 0;
 }
@@ -52,29 +54,48 @@ def c_compiler() -> str | None:
     return None
 
 
+def _feeds(decoded: Decoded, x: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """(the C type of inputs and logits, the inputs the program reads, the reference logits)
+    of raw inputs ``x``: float32 raw values and the decoded model's logits, or for an integer
+    model the int8 inputs on its grid and the integer reference's int8 logits."""
+    integer = decoded.integer
+    if integer is None:
+        return "float", np.ascontiguousarray(x, np.float32), reference_logits(decoded, x)
+    norm = InputNorm.from_meta(decoded.meta["input"])
+    with torch.no_grad():
+        q = torch.cat([integer.quantize_input(norm(torch.from_numpy(x[s:s + 500])))
+                       for s in range(0, len(x), 500)]) if len(x) else torch.zeros(0)
+        ref = torch.cat([integer.int8(q[s:s + 500]) for s in range(0, len(q), 500)]) \
+            if len(q) else torch.zeros(0, decoded.model.spec.num_classes)
+    return "int8_t", q.numpy().astype(np.int8), ref.numpy().astype(np.float32)
+
+
 def c_parity(decoded: Decoded, source: bytes, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Compile ``source`` (-std=c99 -O2, warnings as errors), run it on the first
     :data:`MAX_INPUTS` of ``(x, y)`` (raw stored values), and compare with the decoded
-    PyTorch model on the same inputs."""
+    PyTorch model on the same inputs: for an integer model, its integer reference, int8
+    logits against int8 logits (``max_abs_logit_diff`` in int8 steps)."""
     cc = c_compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on the PATH")
     spec = decoded.model.spec
-    x, y = x[:MAX_INPUTS], y[:MAX_INPUTS]
+    x, y = np.asarray(x[:MAX_INPUTS], np.float32), y[:MAX_INPUTS]
     inputs = int(np.prod(spec.in_shape))
+    ctype, feed, ref = _feeds(decoded, x)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "model.c").write_bytes(source)
-        (d / "main.c").write_text(HARNESS % {"inputs": inputs, "classes": spec.num_classes})
+        (d / "main.c").write_text(HARNESS % {"inputs": inputs, "classes": spec.num_classes,
+                                                 "ctype": ctype})
         built = subprocess.run([cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
                                 str(d / "run"), str(d / "model.c"), str(d / "main.c"), "-lm"],
                                capture_output=True, text=True)
         if built.returncode != 0:
             raise RuntimeError(f"the exported C does not compile:\n{built.stderr[-3000:]}")
-        ran = subprocess.run([str(d / "run")], input=np.ascontiguousarray(
-            x, np.float32).tobytes(), capture_output=True, check=True)
+        ran = subprocess.run([str(d / "run")], input=feed.tobytes(), capture_output=True,
+                             check=True)
     head, _, rest = ran.stdout.partition(b"\n")
     flash, arena = (int(v) for v in head.split())
-    logits = np.frombuffer(rest, np.float32).reshape(len(x), spec.num_classes)
+    logits = np.frombuffer(rest, feed.dtype).reshape(len(x), spec.num_classes)
     return {M.FLASH_BYTES: flash, "arena_bytes": arena,
-            **compare(reference_logits(decoded, np.asarray(x, np.float32)), logits, y, "c")}
+            **compare(ref, logits.astype(np.float32), y, "c")}

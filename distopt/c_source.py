@@ -14,7 +14,8 @@ The API of the generated file::
 ``raw`` holds one input as the data stores it (pixels 0-255, channel-major ``C x H x W``); the
 file applies the artifact's input normalization itself. Families: ``cnn``, ``conv1d`` and
 ``mlp`` (the recurrent family and your own are refused, saying so); inputs that ``data.resize``
-resizes are refused too.
+resizes are refused too. An integer model (8-bit activations) is written by
+:mod:`distopt.c_integer`: int8 in, int8 logits out, no float at all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distopt.c_kernels import KERNELS
+from distopt.c_integer import integer_c_source
+from distopt.c_kernels import KERNELS, pack_bits
 from distopt.compress import Decoded
 from distopt.compress.flash import codebook_layout
 from distopt.export import ExportError
@@ -38,13 +40,6 @@ __all__ = ["CExportError", "c_source"]
 
 class CExportError(ExportError):
     """This model cannot be written as C (yet): the message says why."""
-
-
-def _pack(values: np.ndarray, bits: int) -> bytes:
-    """``bits``-bit two's complement (or unsigned) values, LSB first across bytes."""
-    v = values.astype(np.int64).reshape(-1) & ((1 << bits) - 1)
-    stream = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
-    return np.packbits(stream, bitorder="little").tobytes()
 
 
 def _floats(name: str, values: np.ndarray) -> str:
@@ -84,12 +79,12 @@ class _Writer:
                                    f"{size}")
             book = np.concatenate([used, np.zeros(size - len(used), np.float32)])
             index = np.searchsorted(used, w)
-            self.array(_bytes(ident + "_p", _pack(index, bits)), ident + "_p")
+            self.array(_bytes(ident + "_p", pack_bits(index, bits)), ident + "_p")
             self.array(_floats(ident + "_v", book), ident + "_v")
             init = f"{{W_CODEBOOK, {bits}u, {w.size // rows}u, {ident}_p, {ident}_v, 0}}"
         elif bits < 32:
             codes, scale = self.codes[key]
-            self.array(_bytes(ident + "_p", _pack(codes, bits)), ident + "_p")
+            self.array(_bytes(ident + "_p", pack_bits(codes, bits)), ident + "_p")
             self.array(_floats(ident + "_s", scale), ident + "_s")
             init = f"{{W_CODES, {bits}u, {w.size // rows}u, {ident}_p, 0, {ident}_s}}"
         else:
@@ -117,6 +112,8 @@ def c_source(decoded: Decoded, source: str = "") -> str:
     if norm.size is not None:
         raise CExportError(f"{source or 'this model'}: its inputs are resized (data.resize); "
                            "C export takes inputs at their stored size (not yet resized)")
+    if decoded.integer is not None:
+        return integer_c_source(decoded, source)
     calls = trace(model, spec)
     arena = activation_cost(model, spec, calls=calls)["peak_ram_bytes"] // 4
     names = {id(p): n for n, p in model.named_parameters()}

@@ -134,4 +134,4 @@ def load(path: str | Path, threads: int | None = None, trust_code: bool = False
     if not isinstance(norm, dict):
         raise ArtifactError(f"{path}: the artifact records no input normalization, so raw "
                             "inputs cannot be mapped to what the model was trained on")
-    return DeployedModel(decoded.model, InputNorm.from_meta(norm), decoded.meta).eval()
+    return DeployedModel(decoded.reference, InputNorm.from_meta(norm), decoded.meta).eval()

@@ -214,6 +214,10 @@ def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
 
     Raises :class:`ExportError` for a model of the user's own family: the graph is built per
     built-in family."""
+    if decoded.integer is not None:
+        raise ExportError(f"{source}: an integer model (8-bit activations); its ONNX graph "
+                          "would compute in float, not as the integer reference: export it "
+                          "with --format c")
     if decoded.model.spec.family == "external":
         raise ExportError(f"{source}: ONNX export covers the built-in families; "
                           f"{decoded.model.spec.factory} (your own model) has none yet; its "
@@ -263,10 +267,11 @@ def predict(model: Callable[[np.ndarray], Any], x: np.ndarray, batch: int = 1024
 
 
 def reference_logits(decoded: Decoded, x: np.ndarray) -> np.ndarray:
-    """The decoded PyTorch model's logits on raw inputs (as stored), in batches: what every
-    exported format is checked against."""
+    """The decoded PyTorch model's logits on raw inputs (as stored), in batches (an integer
+    model's: its integer reference's, dequantized): what every exported format is checked
+    against."""
     norm = InputNorm.from_meta(decoded.meta["input"])
-    model = decoded.model.eval()
+    model = decoded.reference.eval()
     with torch.inference_mode():
         return predict(lambda b: model(norm(torch.from_numpy(b))).numpy(), x)
 

@@ -24,6 +24,7 @@ from distopt.models import ModelSpec, build_model, prunable_weights, seed_rnn
 from distopt.runtime import InputNorm
 
 from conftest import ROOT
+from test_compress_integer import integer_file
 
 META = {"input": InputNorm(1 / 255, 0.13, 0.31).to_meta()}
 
@@ -99,3 +100,35 @@ def test_distopt_export_writes_a_dopt_file_as_c_beside_it(tmp_path):
     text = (tmp_path / "m.c").read_text()
     assert "void distopt_predict(const float *raw, float *logits)" in text
     assert "static float a[" in text and "#include <stdint.h>" in text
+
+
+# ---- integer models (8-bit activations): int8 in, int8 logits out, bit-exact ---------------
+
+INTEGER_SPECS = [
+    ModelSpec("cnn", (1, 28, 28), 10, (4, 8), (16,), 3),
+    ModelSpec("cnn", (1, 16, 16), 10, (4, 8), (16,), 3, block="same"),
+    ModelSpec("cnn", (1, 16, 16), 10, (4, 8), (16,), 3, block="separable", head="gap"),
+    ModelSpec("conv1d", (3, 1, 64), 6, (4, 8), (8,), 5, block="same"),
+    ModelSpec("mlp", (1, 8, 8), 4, (), (16, 8), 3),
+]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3, 2])
+@pytest.mark.parametrize("spec", INTEGER_SPECS, ids=lambda s: f"{s.family}-{s.block}-{s.head}")
+def test_integer_models_run_in_c_bit_exact_with_the_integer_reference(spec, bits):
+    """Every integer family at every integer weight width: the C program's int8 logits are
+    the integer reference's, bit for bit, and it compiles to exactly the integer model's
+    flash_bytes (codes, int32 multipliers, int8 shifts, int32 biases) and int8 arena."""
+    torch.manual_seed(0)
+    model = build_model(spec)
+    apply_masks(model, global_magnitude_masks(model, 0.3))
+    decoded = decode(integer_file(model, bits))
+    text = c_source(decoded, "i.dopt")
+    assert "float" not in text and "math.h" not in text  # integer-only: no float, no libm
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, size=(300, *spec.in_shape)).astype(np.float32)
+    got = c_parity(decoded, text.encode(), x, rng.randint(0, spec.num_classes, 300))
+    device = device_report(decoded)
+    assert got[M.FLASH_BYTES] == device[M.FLASH_BYTES]
+    assert got["arena_bytes"] == device[M.PEAK_RAM_BYTES]
+    assert got["agreement"] == 1.0 and got["max_abs_logit_diff"] == 0.0, got

@@ -266,6 +266,23 @@ def test_compression_options_that_would_do_nothing_are_rejected():
                        "compress.prune.ratio=0.5"])
 
 
+def test_integer_models_need_integer_weights_and_an_integer_family():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["compress.quantize.activation_bits=8", "compress.quantize.bits=16"])
+    assert ("compress.quantize.activation_bits: got 8 with weight bits [16], cluster.k 0, "
+            "model.family 'cnn'; integer-only models need integer weights") in str(e.value)
+    for bad in (["compress.quantize.bits_classifier=32"], ["compress.cluster.k=8"],
+                ["model.family=rnn", "data.name=tokens-mini", "data.kind=tokens"],
+                ["search.objectives=[[val_accuracy, max], [ort_latency_ms, min]]"]):
+        with pytest.raises(ConfigError, match="activation_bits"):
+            load_config(None, ["compress.quantize.activation_bits=8", *bad])
+    with pytest.raises(ConfigError, match="compress.quantize.activation_bits: got 4"):
+        load_config(None, ["compress.quantize.activation_bits=4"])
+    cfg = load_config(None, ["compress.quantize.activation_bits=8", "compress.quantize.bits=2",
+                             "compress.quantize.bits_first_conv=8"])
+    assert cfg.compress.quantize.activation_bits == 8
+
+
 OLD_FLAT = {"prune_ratio": 0.7, "prune_kind": "unstructured", "schedule": "gradual",
             "quant_bits": 4, "qat": True, "bits_first_conv": 8, "bits_conv": 4,
             "bits_dense": 2, "bits_classifier": 8, "clusters": 0}
@@ -278,7 +295,8 @@ def test_old_flat_compress_keys_load_as_each_methods_section(tmp_path):
     new = {"finetune_epochs": 2, "prune": {"ratio": 0.7, "kind": "unstructured",
                                            "schedule": "gradual"},
            "quantize": {"bits": 4, "qat": True, "bits_first_conv": 8, "bits_conv": 4,
-                        "bits_dense": 2, "bits_classifier": 8}, "cluster": {"k": 0}}
+                        "bits_dense": 2, "bits_classifier": 8, "activation_bits": None},
+           "cluster": {"k": 0}}
     old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old_file.write_text(yaml.safe_dump({"compress": {"finetune_epochs": 2, **OLD_FLAT}, "search": {
         "space": {"compress.prune_ratio": {"low": 0.1, "high": 0.9}, "model.channels": {

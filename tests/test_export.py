@@ -16,7 +16,6 @@ import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 import distopt  # noqa: E402
-from distopt import metrics as M  # noqa: E402
 from distopt.cli import main  # noqa: E402
 from distopt.compress import decode, encode  # noqa: E402
 from distopt.config import load_config  # noqa: E402

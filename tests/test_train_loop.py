@@ -698,3 +698,40 @@ def test_cpu_precision_is_bf16_only_where_a_measured_step_is_faster(monkeypatch,
     choice, why = P.resolve_precision("auto", torch.device("cpu"), torch.nn.Linear(2, 2),
                                       torch.zeros(1, 2))
     assert choice == expected, why
+
+
+@pytest.mark.slow
+def test_an_integer_run_reports_its_integer_reference_and_resumes_to_the_same_file(splits):
+    """activation_bits 8: the grids are calibrated and trained for (QAT), the file holds them,
+    every reported accuracy is the integer reference's, the rung's device costs are the
+    file's (int8 RAM, integer flash), and a run resumed inside the fine-tune writes the same
+    file (the grids are in the checkpoint)."""
+    import copy
+
+    from distopt.compress import decode, device_report
+    from distopt.compress.integer import META_KEY
+
+    cfg = load_config(None, TINY + ["compress.quantize.bits=4", "compress.quantize.qat=true",
+                                    "compress.quantize.activation_bits=8",
+                                    "compress.finetune_epochs=2", "search.scheduler=mo_asha"])
+    rec = Recorder()
+    states: list[dict] = []
+    out = fit(cfg, WorkerEnv(), lambda m, s, f=None: (rec(m, s, f),
+                                                      states.append(copy.deepcopy(s))),
+              splits=splits)
+    dec = decode(out["artifact"])
+    assert dec.integer is not None and len(dec.meta[META_KEY]["scale"]) == 5  # in, 4 layers
+    final = out["metrics"]
+    assert final[M.VAL_ACCURACY] == pytest.approx(
+        evaluate_artifact(out["artifact"], splits, "val")["val_accuracy"], abs=1e-12)
+    # The last QAT epoch validated through the same grids (fake quantization): close.
+    assert abs(rec.reports[-2][M.VAL_ACCURACY] - final[M.VAL_ACCURACY]) <= 0.03
+    device = device_report(dec)
+    rung = [r for r in rec.reports if r[M.PHASE] == "train"][-1]
+    for key in (M.FLASH_BYTES, M.PEAK_RAM_BYTES, M.MACS):
+        assert final[key] == device[key] == rung[M.RUNG_KEYS[key]], key
+    first_finetune = next(s for s, r in zip(states, rec.reports) if r[M.PHASE] == "finetune")
+    assert first_finetune["activation_grids"]
+    again = fit(cfg, WorkerEnv(), lambda m, s, f=None: None, state=first_finetune,
+                splits=splits)
+    assert again["artifact"] == out["artifact"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import distopt
-from distopt.compress import ArtifactError, decode, encode
+from distopt.compress import decode, encode
 from distopt.config import ConfigError, load_config
 from distopt.export import ExportError, to_onnx
 from distopt.models import ModelSpec, build_model

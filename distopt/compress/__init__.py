@@ -1,6 +1,7 @@
 """Compression: methods registered as plug-ins (:mod:`.method`): weight pruning
 (:mod:`.pruning`), weight clustering (:mod:`.clustering`), weight quantization
-(:mod:`.quantization`); and the ``.dopt`` artifact whose length is the model size
+(:mod:`.quantization`), activation quantization (:mod:`.activations`: integer-only models,
+whose reference is :mod:`.integer`); and the ``.dopt`` artifact whose length is the model size
 (:mod:`.artifact`), with its per-tensor codings (:mod:`.codings`).
 
 The artifact is what a user deploys and what every reported compressed accuracy is measured on:
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from distopt.compress.artifact import (MAX_PARAMS, ArtifactError, Decoded, decode, encode,
                                        size_report, device_report)
+from distopt.compress.activations import ActivationQuantization
 from distopt.compress.clustering import WeightClustering
 from distopt.compress.method import METHODS, CompressionMethod, register
 from distopt.compress.pruning import (Masks, apply_masks, global_magnitude_masks, gradual_ratio,
@@ -19,6 +21,7 @@ from distopt.compress.quantization import (QuantizedWeights, quantize_per_channe
                                            quantize_tensor)
 
 __all__ = [
+    "ActivationQuantization",
     "ArtifactError",
     "CompressionMethod",
     "Decoded",

@@ -18,6 +18,7 @@ to the same parameters forever.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from torch import nn
@@ -29,11 +30,12 @@ from distopt.compress.flash import flash_bytes
 from distopt.compress.format_v1 import BITS as V1_BITS
 from distopt.compress.format_v1 import decode_v1, encode_v1
 from distopt.compress.format_v2 import decode_v2, encode_v2, version_for
+from distopt.compress.integer import META_KEY, IntegerNet, from_meta, quant_points
 from distopt.compress.quantization import WEIGHT_BITS
 from distopt.compress.sections import SECTIONS, sections
 from distopt.compress.wrapper import MAX_PARAMS, PREAMBLE, VERSIONS, ArtifactError, check_wrapper
 from distopt.models import Model, ModelSpec, prunable_weights
-from distopt.models.cost import activation_cost
+from distopt.models.cost import activation_cost, trace
 
 __all__ = ["ArtifactError", "Decoded", "MAX_PARAMS", "VERSION", "byte_breakdown", "decode",
            "device_report", "encode", "size_report"]
@@ -100,7 +102,24 @@ def decode(data: bytes, source: str = "artifact", trust_code: bool = False) -> D
     version, _ = check_wrapper(data, source)
     if version == 1:
         return decode_v1(data, source, trust_code)
-    return decode_v2(data, source, version, trust_code)
+    return _integer(decode_v2(data, source, version, trust_code), source)
+
+
+def _integer(decoded: Decoded, source: str) -> Decoded:
+    """A file whose meta holds activation grids, with its integer reference built (checked:
+    one grid per point, integer weights of 8 bits or fewer); other files as they are."""
+    entry = decoded.meta.get(META_KEY) if isinstance(decoded.meta, dict) else None
+    if entry is None:
+        return decoded
+    try:
+        points, _ = quant_points(trace(decoded.model, decoded.model.spec), source)
+        grids = from_meta(entry, len(points) + 1, source)
+        bits = {t["name"]: int(t["bits"]) for t in decoded.tensors
+                if t.get("coding") != "codebook"}
+        integer = IntegerNet(decoded.model, decoded.model.spec, decoded.codes, bits, grids)
+    except ValueError as e:
+        raise ArtifactError(f"{source}: not a valid integer model: {e}") from None
+    return dataclasses.replace(decoded, integer=integer)
 
 
 def byte_breakdown(data: bytes) -> dict[str, int]:
@@ -118,9 +137,11 @@ def byte_breakdown(data: bytes) -> dict[str, int]:
 def device_report(decoded: Decoded) -> dict[str, int]:
     """What a device pays to run a decoded file in place: ``flash_bytes`` and
     ``weight_flash_bytes`` (:mod:`distopt.compress.flash`), ``peak_ram_bytes``, ``macs`` and
-    ``nonzero_macs`` (:mod:`distopt.models.cost`, float32 activations)."""
-    return {**flash_bytes(decoded.tensors),
-            **activation_cost(decoded.model, decoded.model.spec)}
+    ``nonzero_macs`` (:mod:`distopt.models.cost`): float32 activations, or int8 ones and the
+    integer kernels' constants for an integer model."""
+    integer = decoded.integer is not None
+    return {**flash_bytes(decoded.tensors, integer),
+            **activation_cost(decoded.model, decoded.model.spec, 1 if integer else 4)}
 
 
 def size_report(model: nn.Module, artifact: bytes) -> dict[str, float]:

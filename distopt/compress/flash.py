@@ -14,9 +14,13 @@ are float32. Per tensor, by its coding in the file:
   bytes of indices, ``b`` the bits that index that many values (:func:`codebook_layout`);
 - float weights (``b`` = 32) and every other tensor (biases): float32, 4 bytes a value.
 
+Integer models (8-bit activations, :mod:`distopt.compress.integer`) keep no float: beside each
+weight tensor's packed codes, one int32 multiplier and one int8 shift per output channel
+(:data:`REQUANT_BYTES`) replace the float32 scale, and biases are int32 (4 bytes a value, as
+float32 ones). The per-layer zero points and clamps are immediates in the code.
+
 Not counted: the executor's code, the graph or layer table, alignment padding, and the
-activation buffers (RAM, :mod:`distopt.models.cost`). Integer models (8-bit activations) add
-their requantization constants once they exist. Reads only the file's tensor entries.
+activation buffers (RAM, :mod:`distopt.models.cost`). Reads only the file's tensor entries.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Any, Iterable, Mapping
 
 from distopt import metrics as M
 
-__all__ = ["FLOAT_BYTES", "codebook_layout", "flash_bytes", "tensor_flash"]
+__all__ = ["FLOAT_BYTES", "REQUANT_BYTES", "codebook_layout", "flash_bytes", "tensor_flash"]
 
 FLOAT_BYTES = 4  # a float32 value (weights at 32 bits, scales, biases, codebook values)
+REQUANT_BYTES = 5  # an integer model's output channel: int32 multiplier + int8 shift
 
 
 def codebook_layout(entry: Mapping[str, Any]) -> tuple[int, int]:
@@ -39,9 +44,10 @@ def codebook_layout(entry: Mapping[str, Any]) -> tuple[int, int]:
     return values, max(1, math.ceil(math.log2(values)))
 
 
-def tensor_flash(entry: Mapping[str, Any]) -> tuple[int, int]:
-    """(bytes of packed weight codes, bytes of float values beside them) of one tensor
-    entry of a decoded file (``Decoded.tensors``)."""
+def tensor_flash(entry: Mapping[str, Any], integer: bool = False) -> tuple[int, int]:
+    """(bytes of packed weight codes, bytes of the values beside them: scales, or an integer
+    model's requantization constants; biases) of one tensor entry of a decoded file
+    (``Decoded.tensors``)."""
     n = math.prod(int(s) for s in entry["shape"])
     bits = int(entry["bits"])
     is_weight = "index" in entry  # weights carry an index coding; biases do not
@@ -52,14 +58,15 @@ def tensor_flash(entry: Mapping[str, Any]) -> tuple[int, int]:
         return math.ceil(n * index_bits / 8), values * FLOAT_BYTES
     codes = math.ceil(n * bits / 8)
     scales = int(entry["shape"][int(entry.get("axis", 0))])
-    return codes, scales * FLOAT_BYTES
+    return codes, scales * (REQUANT_BYTES if integer else FLOAT_BYTES)
 
 
-def flash_bytes(tensors: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def flash_bytes(tensors: Iterable[Mapping[str, Any]], integer: bool = False
+                ) -> dict[str, int]:
     """``flash_bytes`` (everything counted above) and ``weight_flash_bytes`` (the packed
-    weight codes alone) of a decoded file's tensor entries."""
+    weight codes alone) of a decoded file's tensor entries; ``integer``: of an integer model."""
     codes = other = 0
     for entry in tensors:
-        c, o = tensor_flash(entry)
+        c, o = tensor_flash(entry, integer)
         codes, other = codes + c, other + o
     return {M.FLASH_BYTES: codes + other, M.WEIGHT_FLASH_BYTES: codes}

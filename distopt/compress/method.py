@@ -24,6 +24,10 @@ Hooks, in the order a run meets them (every one is optional: the base class does
   weights as the artifact will store them (quantization-aware training);
 - :meth:`CompressionMethod.claim_codings`: the per-tensor coding of the weights it is
   responsible for, in the artifact;
+- :meth:`CompressionMethod.calibrate`: a batch of training inputs (normalized), at the start of
+  every fine-tune epoch and before the artifact is written (activation quantization sets its
+  grids here);
+- :meth:`CompressionMethod.meta`: what it adds to the artifact's meta;
 - :meth:`CompressionMethod.checkpoint` / :meth:`CompressionMethod.restore`: its part of the
   epoch checkpoint (top-level keys of the checkpoint dict, its own names).
 
@@ -84,6 +88,13 @@ class CompressionMethod:
     def claim_codings(self, model: Model, codings: dict[str, Coding]) -> None:
         """Set ``codings[name]`` for the weights this method codes (names not yet claimed by an
         earlier method)."""
+
+    def calibrate(self, model: Model, x: torch.Tensor, codings: dict[str, Coding]) -> None:
+        """``x``: the same training inputs on every rank (normalized, no augmentation)."""
+
+    def meta(self) -> dict[str, Any]:
+        """Entries of the artifact's meta this method writes (its own keys)."""
+        return {}
 
     def checkpoint(self) -> dict[str, Any]:
         return {}

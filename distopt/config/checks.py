@@ -18,7 +18,9 @@ from distopt.user_models import is_factory_path, load_factory, trust
 if TYPE_CHECKING:
     from distopt.config.core import Config
 
-__all__ = ["cross_checks", "trial_epochs"]
+__all__ = ["INTEGER_FAMILIES", "cross_checks", "trial_epochs"]
+
+INTEGER_FAMILIES = ("cnn", "conv1d", "mlp")  # the families integer kernels compute
 
 
 def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
@@ -121,6 +123,14 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         f"{c.finetune_epochs}; quantization-aware fine-tuning needs bits < 32 "
                         "and a fine-tune phase (prune.ratio > 0 or cluster.k > 0, "
                         "finetune_epochs >= 1)")
+    widths = {q.bits, *q.layer_bits.values()}
+    if ok("compress", "model.family") and q.activation_bits and (
+            max(widths) > 8 or c.cluster.k or m.family not in INTEGER_FAMILIES):
+        problems.append(f"compress.quantize.activation_bits: got {q.activation_bits} with "
+                        f"weight bits {sorted(widths, reverse=True)}, cluster.k {c.cluster.k}, "
+                        f"model.family {m.family!r}; integer-only models need integer weights "
+                        "(bits and every bits_* 8 or fewer, cluster.k 0) and family "
+                        f"{', '.join(INTEGER_FAMILIES)}")
     if ok("compress") and c.cluster.k == 1:
         problems.append("compress.cluster.k: got 1; weight clustering needs at least 2 shared "
                         "values per tensor (0 turns it off)")
@@ -176,6 +186,10 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                             "pip install onnx onnxruntime")
     if not names:
         problems.append("search.objectives: got []; needs at least one objective")
+    if metrics.ORT_LATENCY_MS in names and ok("compress") and cfg.compress.quantize.activation_bits:
+        problems.append(f"search.objectives: {metrics.ORT_LATENCY_MS} with "
+                        "compress.quantize.activation_bits 8; an integer model has no ONNX graph "
+                        "yet (its C export is what runs it)")
 
 
 def _check_external_family(cfg: Config, problems: list[str], ok: Callable[..., bool],

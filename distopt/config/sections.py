@@ -215,6 +215,12 @@ class QuantizeConfig:
                                      "recurrent and embedding weights); null: bits")
     bits_classifier: BITS | None = option(None, doc="weight bits of the last (classifier) "
                                           "layer; null: bits")
+    activation_bits: Literal[8] | None = option(
+        None, doc="8: an integer-only model (TFLite's int8 scheme: activations int8 per tensor, "
+        "calibrated on training inputs and trained for in fine-tune epochs; int32 accumulators, "
+        "fixed-point requantization); every reported accuracy is its integer reference's. "
+        "Needs integer weights (bits 8 or fewer, no cluster.k) and family cnn, conv1d or mlp; "
+        "null: float activations")
 
     @property
     def fine_tunes(self) -> bool:
@@ -347,9 +353,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def bits_text(compress: Mapping[str, Any]) -> str:
     """A ``compress`` section's weight bits for tables (either layout, as stored by any
-    version): ``"4"``, or with mixed widths ``"4 (first_conv 8, classifier 8)"``."""
+    version): ``"4"``, or with mixed widths ``"4 (first_conv 8, classifier 8)"``; ``" a8"``
+    after them for an integer model (8-bit activations)."""
     q = canonical_raw(CompressConfig, compress).get("quantize") or {}
     mixed = [f"{k.removeprefix('bits_')} {q[k]}" for k in
              ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier")
              if q.get(k) is not None]
-    return f"{q.get('bits', QuantizeConfig.bits)}" + (f" ({', '.join(mixed)})" if mixed else "")
+    acts = f" a{q['activation_bits']}" if q.get("activation_bits") else ""
+    return f"{q.get('bits', QuantizeConfig.bits)}" + (f" ({', '.join(mixed)})" if mixed else "") \
+        + acts

@@ -18,7 +18,8 @@ __all__ = ["SEED_NEUTRAL_DEFAULTS", "child_configs"]
 # Config keys added after search.children existed, with their defaults: the children's seed
 # leaves them out while they hold these values (so adding a key changes no earlier search).
 # Named as the seed reads them: in the layout of that time (distopt.config.parse.legacy_raw).
-SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constraints": {}}
+SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constraints": {},
+                                         "compress.quantize.activation_bits": None}
 
 
 def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:
@@ -38,9 +39,16 @@ def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:
     # children as before the schema grew or moved.
     seeded = legacy_raw(Config, raw)
     for key, default in SEED_NEUTRAL_DEFAULTS.items():
-        section, _, leaf = key.partition(".")
-        if seeded.get(section, {}).get(leaf) == default:
-            del seeded[section][leaf]
+        *path, leaf = key.split(".")
+        parents = [seeded]
+        for part in path:
+            parents.append(parents[-1].get(part) if isinstance(parents[-1], dict) else None)
+        if isinstance(parents[-1], dict) and leaf in parents[-1] and \
+                parents[-1][leaf] == default:
+            del parents[-1][leaf]
+            for part, parent in zip(reversed(path), reversed(parents[:-1])):
+                if parent[part] == {}:  # a section that held only new keys
+                    del parent[part]
     digest = zlib.crc32(json.dumps(seeded, sort_keys=True, default=str).encode())
     rng = random.Random(cfg.search.seed * 1_000_003 + digest)
     seen, out = {repr(sorted(own.items()))}, []

@@ -150,7 +150,11 @@ def write_report(output: Path) -> dict[str, Any]:
              "(weights packed at their bit width, float32 scales, codebooks and biases; of "
              "them, the packed weights alone in *weights*); *RAM*: the largest input + output "
              "activation buffer of any layer (float32, batch 1); *MACs* per inference "
-             "(docs/results.md).", "",
+             "(docs/results.md)."
+             + (" Integer models (compress.quantize.activation_bits 8): accuracies are the "
+                "integer reference's; flash holds an int32 multiplier and an int8 shift per "
+                "output channel instead of a float32 scale, and RAM counts int8 activations."
+                if _integer(cfg) else ""), "",
              "| trial | " + " | ".join(keys) + " | val acc | test acc | "
              + ("test acc over seeds | " if reseeded else "") + "bytes | header / index / "
              "scales+biases / values | compression | flash (weights) | RAM | MACs | "
@@ -226,6 +230,12 @@ def _over_seeds(r: dict[str, Any]) -> str:
         return "-"
     text = f"{r[TEST_MEAN]:.4f} +- {r[TEST_SD]:.4f} ({int(r[SEEDS])} seeds)"
     return text + (", within noise" if r.get(WITHIN_NOISE) else "")
+
+
+def _integer(cfg: Config) -> bool:
+    """Whether the search's models can be integer (activation_bits set or searched)."""
+    return bool(cfg.compress.quantize.activation_bits) or \
+        "compress.quantize.activation_bits" in cfg.search.space
 
 
 def _cell(v: Any) -> str:

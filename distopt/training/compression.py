@@ -13,7 +13,7 @@ import torch
 from distopt import metrics as M
 from distopt.compress import decode, device_report, encode
 from distopt.compress.coding import Coding
-from distopt.compress.method import methods_for
+from distopt.compress.method import CompressionMethod, methods_for
 from distopt.config import CompressConfig
 from distopt.models import Model, fold_batch_norm
 
@@ -46,20 +46,42 @@ class Compression:
 
     def encode(self, model: Model, meta: dict[str, Any] | None) -> bytes:
         """The artifact of ``model`` (BatchNorm folded) under this run's codings (the file's
-        other tensors are float16 beside quantized weights, float32 beside float ones)."""
+        other tensors are float16 beside quantized weights, float32 beside float ones), with
+        what the methods add to its meta."""
+        meta = dict(meta or {})
+        for m in self.methods:
+            meta.update(m.meta())
         return encode(model, self.settings.quantize.bits, meta, codings=self.codings(model))
 
-    def expected(self, model: Model, meta: dict[str, Any] | None = None) -> dict[str, float]:
+    @property
+    def calibrates(self) -> bool:
+        """Whether any method calibrates on training inputs (so the run need not make them)."""
+        return any(type(m).calibrate is not CompressionMethod.calibrate for m in self.methods)
+
+    def calibrate(self, model: Model, x: torch.Tensor | None) -> None:
+        """Every method's calibration on the training inputs ``x`` (normalized; None: no
+        method calibrates)."""
+        if x is None:
+            return
+        codings = self.codings(model)
+        for m in self.methods:
+            m.calibrate(model, x, codings)
+
+    def expected(self, model: Model, meta: dict[str, Any] | None = None,
+                 calibration: torch.Tensor | None = None) -> dict[str, float]:
         """What early stopping ranks a trial by at a rung (``metrics.RUNG_KEYS``): the size and
         device costs of the artifact this dense model would give with the run's compression
         applied now (every method's :meth:`preview`, then encoded as at the end, without the
         fine-tune). Fine-tuning changes weights, not which are zero or how they are coded, so
         the final file's size differs from this only by how well the fine-tuned values
-        compress, and its flash, RAM and MACs not at all (tested)."""
+        compress, and its flash, RAM and MACs not at all (tested). ``calibration``: the run's
+        calibration inputs, which an integer model's preview is calibrated on."""
         base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
                                .to(memory_format=torch.contiguous_format))
         for m in self.methods:
             base = m.preview(base)
+        if calibration is not None:
+            self.calibrate(base, calibration.cpu())
         artifact = self.encode(base, meta)
         now = {M.SIZE_BYTES: len(artifact), **device_report(decode(artifact))}
         return {M.RUNG_KEYS[k]: float(v) for k, v in now.items()}

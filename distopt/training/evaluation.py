@@ -49,7 +49,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, en
 
 def evaluate_artifact(data: bytes, splits: Splits, which: str = "test",
                       source: str = "artifact") -> dict[str, float]:
-    """Accuracy of a decoded artifact on a split, on CPU in fp32, using its stored input norm.
+    """Accuracy of a decoded artifact on a split, on CPU in fp32, using its stored input norm
+    (an integer model's: its integer reference's).
 
     A file without a valid input normalization, or for inputs of another shape than the data's,
     raises :class:`ArtifactError` naming the mismatch."""
@@ -65,5 +66,5 @@ def evaluate_artifact(data: bytes, splits: Splits, which: str = "test",
         raise ArtifactError(f"{source}: the model takes inputs of shape "
                             f"{list(dec.model.spec.in_shape)}, the data's are {list(x.shape[1:])}"
                             + (f" (resized to {list(norm.size)})" if norm.size else ""))
-    loss, acc = evaluate(dec.model, x, y, norm, WorkerEnv(), 512)
+    loss, acc = evaluate(dec.reference, x, y, norm, WorkerEnv(), 512)
     return {f"{which}_loss": loss, f"{which}_accuracy": acc, M.SIZE_BYTES: len(data)}

@@ -28,15 +28,16 @@ def _ort_latency_ms(run: TrainingRun, artifact: bytes) -> float:
 
 def _measured(run: TrainingRun, artifact: bytes, evaluate_test: bool) -> dict[str, Any]:
     """What is measured on the decoded file, on the CPU in fp32 as `distopt evaluate` does
-    (whole splits, no TF32, no autocast)."""
+    (whole splits, no TF32, no autocast); an integer model's accuracies are its integer
+    reference's. Latency is the decoded PyTorch model's (float kernels) for every file."""
     splits, norm = run.splits, run.norm
     file = decode(artifact)
-    decoded = file.model
+    decoded = file.reference  # an integer model's integer reference, else the decoded model
     cpu = WorkerEnv()
-    out: dict[str, Any] = {**size_report(decoded, artifact), **device_report(file)}
+    out: dict[str, Any] = {**size_report(file.model, artifact), **device_report(file)}
     out[M.VAL_LOSS], out[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val,
                                                     norm, cpu, 512)
-    out[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(decoded), run.spec)
+    out[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(file.model), run.spec)
     if any(name == M.ORT_LATENCY_MS for name, _ in run.cfg.search.objectives):
         out[M.ORT_LATENCY_MS] = _ort_latency_ms(run, artifact)
     _, out[M.TRAIN_ACCURACY] = evaluate(decoded, run.x_probe, run.y_probe, norm, cpu, 512)

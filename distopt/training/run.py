@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Reporter", "TrainingDiverged", "TrainingRun"]
 
 TRAIN_PROBE_MAX = 5_000  # training rows evaluated each epoch for the train accuracy
+CALIBRATION_SAMPLES = 1024  # training inputs an integer model's activation grids are set on
 DEVICE_DATA_MAX_BYTES = 4 << 30  # training arrays up to this size live on the GPU for a whole fit
 
 
@@ -219,7 +220,8 @@ class TrainingRun:
             if rung_sizes and self.env.rank == 0:
                 # Early stopping ranks trials by size at its rungs: what they'd export now.
                 metrics.update(self.compression.expected(unwrap(self.model),
-                                                         self.artifact_meta()))
+                                                         self.artifact_meta(),
+                                                         self.calibration()))
             self.dense_history.append(metrics)
             if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
                 # Every rank sees the same all-reduced accuracy: all stop together.
@@ -251,7 +253,7 @@ class TrainingRun:
         self.dense_epochs = dense.dense_epochs
         self.dense_source = dense.source
         self._new_optimizer()
-        at_rung = self.compression.expected(net, self.artifact_meta()) \
+        at_rung = self.compression.expected(net, self.artifact_meta(), self.calibration()) \
             if self.cfg.search.scheduler == "mo_asha" else {}
         for metrics in dense.history:
             metrics = {**metrics, M.DENSE_FROM: dense.source, **at_rung}
@@ -324,6 +326,7 @@ class TrainingRun:
             if epoch > self.dense_epochs:
                 self.compression.begin_epoch(unwrap(self.model), epoch - self.dense_epochs,
                                              self.env.device)
+            self.compression.calibrate(unwrap(self.model), self.calibration())
             self._report_epoch(epoch, train_epoch(self, epoch, "finetune"))
 
     # ---- one epoch -----------------------------------------------------------------------------
@@ -350,6 +353,14 @@ class TrainingRun:
 
     # ---- export and evaluation ---------------------------------------------------------------
 
+    def calibration(self) -> torch.Tensor | None:
+        """The inputs compression methods calibrate on (activation grids): the first
+        :data:`CALIBRATION_SAMPLES` training inputs, normalized, not augmented; the same on
+        every rank. None where no method calibrates."""
+        if not self.compression.calibrates:
+            return None
+        return self.norm(self.x_all[:CALIBRATION_SAMPLES].to(self.env.device))
+
     def artifact_meta(self) -> dict[str, Any]:
         return {"input": self.norm.to_meta(), "config_name": self.cfg.name,
                 "data_digest": self.splits.digest}
@@ -358,4 +369,7 @@ class TrainingRun:
         """The artifact of the final weights (BatchNorm folded, quantized, encoded)."""
         base = fold_batch_norm(unwrap(self.model).cpu()
                                .to(memory_format=torch.contiguous_format).eval())
+        x = self.calibration()
+        if x is not None:
+            self.compression.calibrate(base, x.cpu())
         return self.compression.encode(base, self.artifact_meta())

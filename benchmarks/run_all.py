@@ -12,6 +12,7 @@ JSON is missing say so (and which command produces it).
     python benchmarks/onnx_parity.py                  # ONNX Runtime vs PyTorch on two fronts
     python benchmarks/format_v2.py FILE.dopt ...       # artifact format v1 vs v2, part by part
     python benchmarks/frontier_ablation.py            # tiny-model levers, each alone; v1 vs v2
+    python benchmarks/integer_models.py               # integer models: C and TFLM parity, budgets
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
 import format_v2  # noqa: E402
 import frontier_ablation  # noqa: E402
+import integer_models  # noqa: E402
 import onnx_parity  # noqa: E402
 from _common import RESULTS, table, write  # noqa: E402
 
@@ -260,6 +262,24 @@ def render(page: Path = PAGE) -> Path:
         lines += [onnx_parity.markdown(op), ""]
     else:
         lines += _missing("onnx_parity", "python benchmarks/onnx_parity.py")
+    lines += ["## Integer models: the default search in device units, on C and TFLite Micro", ""]
+    im = _load("integer_models")
+    if im:
+        lines += [_machine(im), "", f"`{im['command'].strip()}`: the default search (embedded "
+                  "data, 3 minutes) with `compress.quantize.activation_bits: 8` and QAT, weight "
+                  "bits from {2, 4, 8}, flash as the size objective; its front exported with "
+                  "`distopt export --format c` (compiled by gcc, run on the whole test set) and "
+                  "`--format tflite` (run on TensorFlow Lite Micro's interpreter). *flash*: "
+                  "packed weight codes + an int32 multiplier and int8 shift per output channel "
+                  "+ int32 biases (the compiled C's `sizeof` of its arrays beside it); *RAM*: "
+                  "the largest int8 input + output buffer (TFLM's arena: its activation part, "
+                  "then with TFLM's own structures). Accuracies are the integer reference's; "
+                  "*same class*: the share of test inputs the runtime classifies as the "
+                  "reference does; *max logit diff*: the largest difference of an int8 logit "
+                  "from the reference's, in int8 steps (0: bit-exact).", ""]
+        lines += [integer_models.markdown(im), ""]
+    else:
+        lines += _missing("integer_models", "python benchmarks/integer_models.py")
     lines += ["## GPU", ""]
     gpu = _load("gpu")
     if gpu and "skipped" not in gpu:

@@ -5,7 +5,7 @@ decoded artifact (:meth:`Exporter.export`), checks them on the real runtime agai
 PyTorch model (:meth:`Exporter.verify`), and names its manifest columns. ``distopt export
 --format NAME`` and :func:`export_front` work for any registered exporter; the ONNX exporter is
 the first (:mod:`distopt.export` builds its graph). A new format (C source, TensorFlow Lite
-Micro) is one more registered class, with no edit to the CLI or the manifest code.
+Micro, the third) is one more registered class, with no edit to the CLI or the manifest code.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from distopt.c_parity import c_compiler, c_parity
 from distopt.c_source import c_source
 from distopt.export import OPSET, ExportError, parity, to_onnx
 from distopt.runtime import require_onnx
+from distopt.tflite_parity import tflm_parity
+from distopt.tflite_source import require_tflite, tflite_bytes
 
-__all__ = ["CExporter", "EXPORTERS", "Exporter", "OnnxExporter", "export_front", "headers",
-           "register_exporter", "table"]
+__all__ = ["CExporter", "EXPORTERS", "Exporter", "OnnxExporter", "TfliteExporter",
+           "export_front", "headers", "register_exporter", "table"]
 
 
 class Exporter:
@@ -140,6 +142,41 @@ class CExporter(Exporter):
 register_exporter(CExporter())
 
 
+class TfliteExporter(Exporter):
+    """TensorFlow Lite (int8 spec) for integer models (:mod:`distopt.tflite_source`), checked
+    on TensorFlow Lite Micro's interpreter (:mod:`distopt.tflite_parity`)."""
+
+    name, suffix = "tflite", ".tflite"
+    headers = [".tflite bytes"]
+    checked_headers = ["TFLM arena (activations / total)", "reference acc", "TFLM acc",
+                       "agreement", "max |logit diff|"]
+
+    def require(self, verify: bool) -> None:
+        require_tflite()
+
+    def export(self, decoded: Decoded, source: str) -> bytes:
+        return tflite_bytes(decoded, source)
+
+    def info(self, data: bytes) -> dict[str, Any]:
+        return {"tflite_bytes": len(data)}
+
+    def verify(self, decoded: Decoded, data: bytes, x: np.ndarray, y: np.ndarray
+               ) -> dict[str, Any]:
+        return tflm_parity(decoded, data, x, y)
+
+    def cells(self, info: dict[str, Any], verified: bool) -> list[str]:
+        cells = [f"{info['tflite_bytes']:,}"]
+        if verified:
+            cells += [f"{info['tflm_arena_bytes']:,} / {info['tflm_arena_total_bytes']:,}",
+                      f"{info['test_accuracy_pytorch']:.4f}",
+                      f"{info['test_accuracy_tflm']:.4f}", f"{info['agreement']:.2%}",
+                      f"{info['max_abs_logit_diff']:.0f}"]
+        return cells
+
+
+register_exporter(TfliteExporter())
+
+
 def export_front(output: Path, exporter: Exporter, trial: str | None = None,
                  verify: bool = True) -> list[dict[str, Any]]:
     """Export the front of the search in ``output`` (or one ``trial`` of it) as
@@ -149,7 +186,9 @@ def export_front(output: Path, exporter: Exporter, trial: str | None = None,
     name in the manifest's model entries, and returns those entries.
 
     Raises :class:`~distopt.export.ExportError` for a directory without a search's manifest
-    or an unknown trial, before anything is exported."""
+    or an unknown trial, before anything is exported, and for the one ``trial`` asked for
+    that the format does not take. A front model the format does not take is recorded as
+    refused (``{"refused": reason}``) and the others are exported."""
     path = output / M.MANIFEST_FILE
     if not path.exists():
         raise ExportError(f"{output}: no {M.MANIFEST_FILE}; is it a search's output (or run "
@@ -168,7 +207,15 @@ def export_front(output: Path, exporter: Exporter, trial: str | None = None,
         source = output / entry["file"]
         artifact = source.read_bytes()
         decoded = decode(artifact, str(source))
-        data = exporter.export(decoded, str(source))
+        try:
+            data = exporter.export(decoded, str(source))
+        except ExportError as e:
+            if trial is not None:
+                raise
+            # A front can mix models a format takes and models it does not (integer and
+            # float ones, with activation_bits searched): those are recorded as refused.
+            entry[exporter.name] = {"refused": str(e).split(": ", 1)[-1]}
+            continue
         target = output / exporter.name / f"{entry['trial_id']}{exporter.suffix}"
         target.write_bytes(data)
         info: dict[str, Any] = {"file": str(target.relative_to(output)), **exporter.info(data),
@@ -186,9 +233,12 @@ def table(entries: list[dict[str, Any]], exporter: Exporter, verified: bool) -> 
     rows = []
     for e in entries:
         m = e["metrics"]
+        info = e[exporter.name]
+        cells = exporter.cells(info, verified) if "refused" not in info else \
+            [f"not exported: {info['refused']}"] + [""] * (len(headers(exporter, verified)) - 5)
         rows.append([e["trial_id"], bits_text(e["config"]["compress"]),
                      f"{1 - m[M.NONZERO_PARAMS] / m[M.PARAMS]:.0%}", f"{int(m[M.SIZE_BYTES]):,}",
-                     *exporter.cells(e[exporter.name], verified)])
+                     *cells])
     return rows
 
 

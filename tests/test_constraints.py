@@ -77,7 +77,8 @@ def test_costs_known_before_training_are_those_of_the_trained_file(splits):
     from distopt.training import WorkerEnv, fit
     from distopt.training.budget import spec_costs
 
-    for extra in ([], ["compress.prune.kind=structured", "compress.quantize.bits=4"]):
+    for extra in ([], ["compress.prune.kind=structured", "compress.quantize.bits=4"],
+                  ["compress.quantize.bits=4", "compress.quantize.activation_bits=8"]):
         cfg = load_config(None, TINY + ["model.channels=4", "model.dense_units=16", *extra])
         out = fit(cfg, WorkerEnv(), lambda *a, **k: None, splits=splits)
         before = spec_costs(cfg)

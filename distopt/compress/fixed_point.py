@@ -39,7 +39,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if real <= 0 or not math.isfinite(real):
         return 0, 0
     frac, shift = math.frexp(real)  # real = frac * 2**shift, frac in [0.5, 1)
-    q = round(frac * (1 << 31))
+    q = math.floor(frac * (1 << 31) + 0.5)  # std::round: halves away from zero
     if q == 1 << 31:
         q, shift = q // 2, shift + 1
     if shift < -31:  # too small to represent: flushes to zero, as TFLite does

@@ -140,6 +140,9 @@ class IntLayer:
     zp_out: int
     act_min: int  # zp_out where a ReLU is fused, else -128
     conv: nn.Conv2d | None  # geometry (kernel, padding, groups); None: dense
+    weight_scale: np.ndarray  # float32, one per output channel (what exports with float
+    # scales write; the multipliers above are derived from them)
+    out: QParams  # the output's grid
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         x = (q - self.zp_in).double()  # small integers: float64 sums of them are exact
@@ -240,4 +243,5 @@ def _int_layer(key: str, m: nn.Module, codes: np.ndarray, scale: np.ndarray, bit
     return IntLayer(key, torch.from_numpy(codes.astype(np.int64)), int(bits), bias,
                     torch.tensor(mult, dtype=torch.int64), torch.tensor(shift, dtype=torch.int64),
                     qin.zero_point, qout.zero_point, qout.zero_point if relu else QMIN,
-                    m if isinstance(m, nn.Conv2d) else None)
+                    m if isinstance(m, nn.Conv2d) else None, scale.astype(np.float32).reshape(-1),
+                    qout)

@@ -15,7 +15,7 @@ from distopt.compress import decode, device_report, encode
 from distopt.compress.coding import Coding
 from distopt.compress.method import CompressionMethod, methods_for
 from distopt.config import CompressConfig
-from distopt.models import Model, fold_batch_norm
+from distopt.models import Model, example_input, fold_batch_norm
 
 __all__ = ["Compression"]
 
@@ -75,13 +75,16 @@ class Compression:
         fine-tune). Fine-tuning changes weights, not which are zero or how they are coded, so
         the final file's size differs from this only by how well the fine-tuned values
         compress, and its flash, RAM and MACs not at all (tested). ``calibration``: the run's
-        calibration inputs, which an integer model's preview is calibrated on."""
+        calibration inputs, which an integer model's preview is calibrated on (without them,
+        on one zero input: its grids are then placeholders, but an integer model's flash,
+        RAM and MACs do not depend on them, only its few bytes of meta do)."""
         base = fold_batch_norm(copy.deepcopy(model).cpu().float().eval()
                                .to(memory_format=torch.contiguous_format))
         for m in self.methods:
             base = m.preview(base)
-        if calibration is not None:
-            self.calibrate(base, calibration.cpu())
+        if calibration is None and self.calibrates:
+            calibration = example_input(base.spec, 1)
+        self.calibrate(base, calibration.cpu() if calibration is not None else None)
         artifact = self.encode(base, meta)
         now = {M.SIZE_BYTES: len(artifact), **device_report(decode(artifact))}
         return {M.RUNG_KEYS[k]: float(v) for k, v in now.items()}

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from distopt import metrics as M
 from distopt.compress import Decoded
-from distopt.export import compare, reference_logits
-from distopt.runtime import InputNorm
+from distopt.export import compare, integer_reference, reference_logits
 
 __all__ = ["MAX_INPUTS", "c_compiler", "c_parity"]
 
@@ -58,16 +56,9 @@ def _feeds(decoded: Decoded, x: np.ndarray) -> tuple[str, np.ndarray, np.ndarray
     """(the C type of inputs and logits, the inputs the program reads, the reference logits)
     of raw inputs ``x``: float32 raw values and the decoded model's logits, or for an integer
     model the int8 inputs on its grid and the integer reference's int8 logits."""
-    integer = decoded.integer
-    if integer is None:
+    if decoded.integer is None:
         return "float", np.ascontiguousarray(x, np.float32), reference_logits(decoded, x)
-    norm = InputNorm.from_meta(decoded.meta["input"])
-    with torch.no_grad():
-        q = torch.cat([integer.quantize_input(norm(torch.from_numpy(x[s:s + 500])))
-                       for s in range(0, len(x), 500)]) if len(x) else torch.zeros(0)
-        ref = torch.cat([integer.int8(q[s:s + 500]) for s in range(0, len(q), 500)]) \
-            if len(q) else torch.zeros(0, decoded.model.spec.num_classes)
-    return "int8_t", q.numpy().astype(np.int8), ref.numpy().astype(np.float32)
+    return "int8_t", *integer_reference(decoded, x)
 
 
 def c_parity(decoded: Decoded, source: bytes, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

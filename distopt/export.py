@@ -276,6 +276,27 @@ def reference_logits(decoded: Decoded, x: np.ndarray) -> np.ndarray:
         return predict(lambda b: model(norm(torch.from_numpy(b))).numpy(), x)
 
 
+def integer_reference(decoded: Decoded, x: np.ndarray, batch: int = 500
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """An integer model's int8 inputs (its input grid, ``(N, C, H, W)``) and int8 logits (as
+    float32) on raw inputs ``x``, in batches: what the C and TFLite checks feed their runtime
+    and compare with."""
+    integer = decoded.integer
+    assert integer is not None, "integer_reference needs an integer model"
+    norm = InputNorm.from_meta(decoded.meta["input"])
+    qs, refs = [], []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch):
+            q = integer.quantize_input(norm(torch.from_numpy(np.asarray(x[s:s + batch],
+                                                                        np.float32))))
+            qs.append(q.numpy().astype(np.int8))
+            refs.append(integer.int8(q).numpy().astype(np.float32))
+    if not qs:
+        return (np.zeros((0, *decoded.model.spec.in_shape), np.int8),
+                np.zeros((0, decoded.model.spec.num_classes), np.float32))
+    return np.concatenate(qs), np.concatenate(refs)
+
+
 def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray, runtime: str) -> dict[str, float]:
     """An exported model's logits ``got`` against the decoded model's ``ref`` on labels ``y``:
     both accuracies, the fraction of identical predictions, the largest logit difference."""

@@ -14,11 +14,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from distopt.compress import Decoded
-from distopt.export import compare
-from distopt.runtime import InputNorm
+from distopt.export import compare, integer_reference
 from distopt.tflite_source import require_tflite, to_nhwc
 
 __all__ = ["MAX_INPUTS", "tflm_parity"]
@@ -50,14 +48,9 @@ def tflm_parity(decoded: Decoded, data: bytes, x: np.ndarray, y: np.ndarray) -> 
     require_tflite()
     from tflite_micro.python.tflite_micro import runtime
 
-    integer = decoded.integer
-    assert integer is not None
-    x, y = np.asarray(x[:MAX_INPUTS], np.float32), y[:MAX_INPUTS]
-    norm = InputNorm.from_meta(decoded.meta["input"])
-    with torch.no_grad():
-        q = integer.quantize_input(norm(torch.from_numpy(x)))
-        ref = integer.int8(q).numpy().astype(np.float32)
-    feed = to_nhwc(q.numpy().astype(np.int8))
+    x, y = x[:MAX_INPUTS], y[:MAX_INPUTS]
+    q, ref = integer_reference(decoded, x)
+    feed = to_nhwc(q)
     interp = runtime.Interpreter.from_bytes(data)
     got = np.zeros_like(ref)
     t0 = time.perf_counter()

@@ -81,3 +81,33 @@ def test_distopt_export_writes_a_dopt_file_as_tflite_beside_it(tmp_path):
     assert data[4:8] == b"TFL3"
     details = runtime.Interpreter.from_bytes(data).get_input_details(0)
     assert details["dtype"] == np.int8 and list(details["shape"]) == [1, 28, 28, 1]
+
+
+@needs_tflm
+def test_a_front_mixing_integer_and_float_models_exports_those_the_format_takes(tmp_path):
+    """activation_bits searched: TFLite writes the integer model and records the float one as
+    refused with the reason (the table says so); asking for the float one alone is an error."""
+    import json
+
+    from distopt.exporters import EXPORTERS, export_front, headers, table
+
+    torch.manual_seed(0)
+    model = build_model(INTEGER_SPECS[-1])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "i.dopt").write_bytes(integer_file(model, 4))
+    (tmp_path / "models" / "f.dopt").write_bytes(encode(model, 4, META))
+    metrics = {M.NONZERO_PARAMS: 1, M.PARAMS: 2, M.SIZE_BYTES: 3}
+    entries = [{"trial_id": t, "file": f"models/{t}.dopt", "metrics": metrics,
+                "config": {"compress": {"quantize": {"bits": 4, "activation_bits": a}}}}
+               for t, a in (("i", 8), ("f", None))]
+    (tmp_path / M.MANIFEST_FILE).write_text(json.dumps({"models": entries}))
+    tfl = EXPORTERS["tflite"]
+    got = {e["trial_id"]: e["tflite"] for e in export_front(tmp_path, tfl, verify=False)}
+    assert got["i"]["file"] == "tflite/i.tflite" and (tmp_path / "tflite" / "i.tflite").exists()
+    assert "takes integer models" in got["f"]["refused"]
+    assert not (tmp_path / "tflite" / "f.tflite").exists()
+    rows = table(export_front(tmp_path, tfl, verify=False), tfl, False)
+    assert rows[1][4].startswith("not exported: TensorFlow Lite export takes integer models")
+    assert len(rows[1]) == len(headers(tfl, False))
+    with pytest.raises(ExportError, match="takes integer models"):
+        export_front(tmp_path, tfl, trial="f", verify=False)

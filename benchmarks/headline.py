@@ -1,6 +1,6 @@
 """The headline result: a finished full-MNIST search's Pareto front (test accuracy of every
 front model, measured on its decoded file by the search's report; the mean over seeds where the
-search re-trained its front, ``search.reseed``) against the best published small MNIST models.
+search re-trained its front, ``search.final``) against the best published small MNIST models.
 
 Anchors, bytes of the model as stored (KB read as 1,000 bytes, the stricter reading):
 

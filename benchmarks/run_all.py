@@ -139,7 +139,7 @@ def render(page: Path = PAGE) -> Path:
         wall = (f" in **{hl['search_wall_s'] / 60:.0f} min** wall (teacher, search and "
                 "retrainings)" if hl.get("search_wall_s") else "")
         seeds = (" The accuracy compared with the anchors and goals is the mean over the "
-                 "front's retrainings with 3 seeds (`search.reseed`)."
+                 "front's retrainings with 3 seeds (`search.final.seeds`)."
                  if hl.get("accuracy") == "mean over seeds" else "")
         lines += [_machine(hl), "", f"`configs/{Path(hl['experiment']).name}.yaml`: "
                   f"{hl['trials']} trials{wall}, {hl['complete']} complete, "

@@ -202,17 +202,17 @@ def search(config: Config | str | Path | None, output: str | Path | Location | N
         rows = collect(cfg, out, grid)
     except KeyboardInterrupt as e:
         raise _interrupted(cfg, out, e) from None
-    if cfg.search.reseed > 1:
-        from distopt.orchestration.reseed import reseed_front
+    if cfg.search.final.active:
         from distopt.orchestration.capacity import concurrency
+        from distopt.orchestration.final_stage import run_final_stage
         from distopt.results.trials import write_trials
 
         try:
-            rows = reseed_front(cfg, out, rows, concurrency(cfg)[0])
+            rows = run_final_stage(cfg, out, rows, concurrency(cfg)[0])
             write_trials(rows, stage)
         except KeyboardInterrupt:
-            log.info("\nreseeding interrupted: the front is reported without its seed noise "
-                     "(the search's results are complete)")
+            log.info("\nfinal stage interrupted: the front is reported without it (the "
+                     "search's results are complete; --resume goes on with the stage)")
     summary = write_report(stage)
     shutil.rmtree(stage / PARTIAL_DIR, ignore_errors=True)  # superseded by the whole report
     if out.remote:

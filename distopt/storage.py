@@ -86,6 +86,10 @@ class Location:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    def read_rel(self, rel: str) -> bytes:
+        """A file by its path relative to this location."""
+        return self.read_bytes(self._path(rel))
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         parent = self._path(rel).rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)

@@ -432,7 +432,7 @@ def test_resize_sets_the_model_input_and_is_for_images_only():
 def test_dense_key_ignores_compression_and_search_settings_only():
     base = load_config(None)
     same = [["compress.prune.ratio=0.9", "compress.quantize.bits=4", "compress.finetune_epochs=3"],
-            ["search.sampler=random", "search.reseed=3", "name=other"]]
+            ["search.sampler=random", "search.final.seeds=3", "name=other"]]
     for overrides in same:
         assert dense_key(load_config(None, overrides)) == dense_key(base), overrides
     for overrides in (["train.seed=1"], ["train.lr=0.01"], ["model.channels=8"],

@@ -13,7 +13,8 @@ from ray.tune.schedulers import TrialScheduler
 
 from distopt import metrics as M
 from distopt.pareto import promotion_order
-from distopt.orchestration.scheduler import MultiObjectiveASHA, keeps, rung_epochs, rung_vector
+from distopt.orchestration.scheduler import (MultiObjectiveASHA, keeps, rung_epochs,
+                                             rung_vector, unstopped)
 from distopt.results.objectives import beyond_worst
 
 
@@ -81,9 +82,15 @@ def test_rung_ranking_matches_brute_force_on_synthetic_rungs(dims):
         ref = _reference(pts, dirs)
         expected = _brute_order(pts.tolist(), dirs, ref)
         assert promotion_order(pts, dirs, ref).tolist() == expected
+        # The front's ends by brute force: best (ties included) on some objective.
+        ends = {i for i in range(n) if any(
+            all((pts[i][j] >= q[j]) if d == "max" else (pts[i][j] <= q[j]) for q in pts)
+            for j, d in enumerate(dirs))}
         for factor in (2, 3, 4):
             keep = set(expected[:math.ceil(n / factor)])
             assert {i for i in range(n) if keeps(pts, i, dirs, factor)} == keep
+            assert {i for i in range(n) if keeps(pts, i, dirs, factor, extremes=True)} == \
+                keep | ends
             checked += 1
     assert checked == 450
 
@@ -146,3 +153,39 @@ def test_scheduler_stops_trials_outside_the_top_of_each_rung():
     assert s.on_trial_result(None, _trial(2), _result(1, 0.76, 1e3)) == C
     assert s.on_trial_result(None, _trial(0), _result(1, 0.70, 2e3)) == S  # dominated by t2
     assert s.stopped == {"t1": 1, "t0": 2}
+
+
+def test_the_most_accurate_slow_learner_goes_on_among_small_fast_ones():
+    """The case that broke the headline search: at the first rung, small models have learned
+    fast and a large one (the most accurate at the end) trails them on accuracy and is the
+    largest. Ranked by spread alone it is stopped; as the most accurate it goes on."""
+    objectives = [(M.VAL_ACCURACY, "max"), (M.SIZE_BYTES, "min")]
+    C, S = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    small = [(0.95, 2e3), (0.955, 3e3), (0.96, 4e3), (0.962, 5e3), (0.958, 6e3)]
+    large = (0.963, 9e4)  # barely the most accurate, 15x the bytes: last by spread
+    for extremes, verdict in ((False, S), (True, C)):
+        s = MultiObjectiveASHA(objectives, grace_epochs=1, reduction_factor=3, dense_epochs=9,
+                               keep_extremes=extremes)
+        for i, (acc, size) in enumerate(small):
+            s.on_trial_result(None, _trial(i), _result(0, acc, size))
+        assert s.on_trial_result(None, _trial(9), _result(0, *large)) == verdict
+        # The smallest is an end too; a middle point dominated by none but best on nothing
+        # stops under either rule once the rung is full.
+        assert s.on_trial_result(None, _trial(10), _result(0, 0.9, 1e3)) == C
+        assert s.on_trial_result(None, _trial(11), _result(0, 0.956, 5.5e3)) == S
+
+
+def test_an_unstopped_share_of_trials_is_never_stopped():
+    assert [k for k in range(12) if unstopped(k, 0.25)] == [3, 7, 11]
+    assert not any(unstopped(k, 0.0) for k in range(100))
+    assert all(unstopped(k, 1.0) for k in range(100))
+    assert sum(unstopped(k, 0.1) for k in range(1000)) == 100
+    s = MultiObjectiveASHA([(M.VAL_ACCURACY, "max"), (M.SIZE_BYTES, "min")], grace_epochs=1,
+                           reduction_factor=2, dense_epochs=4, unstopped_share=0.5)
+    for i in range(4):
+        s.on_trial_add(None, _trial(i))
+    assert s.exempt == {"t1", "t3"}
+    assert s.on_trial_result(None, _trial(0), _result(0, 0.80, 1e3)) == TrialScheduler.CONTINUE
+    # Both dominated by t0 and best on nothing: the exempt one goes on, the other stops.
+    assert s.on_trial_result(None, _trial(1), _result(0, 0.70, 2e3)) == TrialScheduler.CONTINUE
+    assert s.on_trial_result(None, _trial(2), _result(0, 0.70, 2e3)) == TrialScheduler.STOP

@@ -205,10 +205,21 @@ def _terminated_in_tune_state(tune: Path) -> int:
 
 
 def _checkpointed_running_in_tune_state(tune: Path) -> dict[str, int]:
-    """Running trials whose last epoch report (each comes with its checkpoint, in a trial
-    actor) Tune's saved state holds: trial id -> that epoch."""
-    return {t["trial_id"]: int(run["last_result"]["epoch"]) for t, run in _tune_state(tune)
-            if t.get("status") == "RUNNING" and "epoch" in (run.get("last_result") or {})}
+    """Running trials with an epoch checkpoint in Tune's saved state: trial id -> that
+    checkpoint's epoch. Read from the state's checkpoint manager, which a resume restores
+    from, not from its last result: Tune registers a reported checkpoint in a save task after
+    the result, and may write its state in between (seen: last result epoch 2, checkpoint 1)."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    out: dict[str, int] = {}
+    for t, run in _tune_state(tune):
+        if t.get("status") != "RUNNING":
+            continue
+        manager = _TrainingRunMetadata.from_json_state(json.dumps(run)).checkpoint_manager
+        latest = manager.latest_checkpoint_result if manager else None
+        if latest is not None and "epoch" in latest.metrics:
+            out[t["trial_id"]] = int(latest.metrics["epoch"])
+    return out
 
 
 def _wait_for_a_running_trial_after(db: Path, complete: int, proc: subprocess.Popen) -> None:
@@ -832,7 +843,7 @@ def test_the_sampler_names_a_renamed_key_as_first_spelled_and_results_read_it_as
     spelling (compress.prune_ratio), so renaming the key changed no search's draws (checked
     by hand: the same seed gave identical trials.parquet metrics and front files before and
     after the rename), and a study begun before the rename resumes with the same names."""
-    from distopt.orchestration.trial_params import (RESEED_KEY, canonical_params,
+    from distopt.orchestration.trial_params import (RETRAIN_KEY, canonical_params,
                                                     sampler_name, unwrap_params)
 
     cfg = load_config(CONFIGS / "mnist_tiny_full.yaml")
@@ -842,7 +853,7 @@ def test_the_sampler_names_a_renamed_key_as_first_spelled_and_results_read_it_as
     assert "compress.quant_bits" in names and "train.lr" in names
     params = {n: i for i, n in enumerate(names)}
     assert canonical_params(params) == {k: i for i, k in enumerate(keys)}
-    assert unwrap_params({RESEED_KEY: {"trial_id": "t", "params": params}}) == \
+    assert unwrap_params({RETRAIN_KEY: {"trial_id": "t", "params": params}}) == \
         canonical_params(params)
     from distopt.orchestration.tuning import _searcher
     from distopt.results.paths import SearchPaths

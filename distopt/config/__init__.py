@@ -1,4 +1,5 @@
-"""The configuration: the schema as data (:mod:`.sections`, with :mod:`.rules`), the one
+"""The configuration: the schema as data (:mod:`.sections` and
+:mod:`.search_section`, with :mod:`.rules`), the one
 :class:`Config` object built and validated from YAML and overrides (:mod:`.core`, over
 :mod:`.parse` and the cross-key :mod:`.checks`), the meaning of a search-space entry
 (:mod:`.space`), credentials (:mod:`.secrets`) and the generated reference (:mod:`.reference`).
@@ -12,7 +13,8 @@ from distopt.config.secrets import REDACTED, expand_env_refs, redact_url, storag
 from distopt.config.sections import (BUILT_IN_FAMILIES, PRESETS, SIGNALS_CLASSES, SIGNALS_SHAPE,
                                      AugmentConfig, ClusterConfig, CompressConfig, DataConfig,
                                      ModelConfig, PruneConfig, QuantizeConfig,
-                                     RegularizationConfig, SearchConfig, TrainConfig, bits_text)
+                                     RegularizationConfig, TrainConfig, bits_text)
+from distopt.config.search_section import SearchConfig
 from distopt.config.checks import trial_epochs
 
 __all__ = [

@@ -25,8 +25,8 @@ from distopt.config.parse import (absolute_data_paths, build_section, canonical_
 from distopt.config.rules import SLUG, ConfigError, Rule, option
 from distopt.config.secrets import redact_url
 from distopt.config.sections import (PRESETS, AugmentConfig, CompressConfig, DataConfig,
-                                     ModelConfig, RegularizationConfig, SearchConfig,
-                                     TrainConfig)
+                                     ModelConfig, RegularizationConfig, TrainConfig)
+from distopt.config.search_section import SearchConfig
 from distopt.config.space import check_space
 
 __all__ = ["Config", "field_info", "load_config"]

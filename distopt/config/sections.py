@@ -1,6 +1,6 @@
-"""The schema as data: one frozen dataclass per config section, each field with its default,
-its rule and its meaning (docs/config.md's reference is generated from them), the model
-presets, and the compression plan derived once from the ``compress`` section."""
+"""The schema as data: one frozen dataclass per config section of the model, its data, training
+and compression (the search's is :mod:`.search_section`), each field with its default, its rule
+and its meaning (docs/config.md's reference is generated from them), and the model presets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping
 
-from distopt import metrics
 from distopt.config.parse import canonical_raw
 from distopt.config.rules import Rule, in_range, option
 from distopt.user_models import is_factory_path
@@ -16,7 +15,7 @@ from distopt.user_models import is_factory_path
 __all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "ClusterConfig", "CompressConfig",
            "DataConfig", "ModelConfig", "PRESETS", "PruneConfig", "QuantizeConfig",
            "RegularizationConfig", "SIGNALS_CLASSES",
-           "SIGNALS_SHAPE", "SearchConfig", "TrainConfig", "bits_text"]
+           "SIGNALS_SHAPE", "TrainConfig", "bits_text"]
 
 BUILT_IN_FAMILIES = ("cnn", "conv1d", "mlp", "rnn")
 # The generated 1-D signal set (data.name signals-mini): channels, 1, length; classes.
@@ -286,56 +285,6 @@ class CompressConfig:
         return self.finetune_epochs > 0 and any(
             getattr(self, f.name).fine_tunes for f in dataclasses.fields(self)
             if dataclasses.is_dataclass(getattr(self, f.name)))
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    space: dict[str, Any] = option({}, doc="dotted key -> {low, high, log, step} or {choices}")
-    objectives: tuple[tuple[str, str], ...] = option(
-        metrics.DEFAULT_OBJECTIVES, doc="(metric, max|min) pairs")
-    constraints: dict[str, Any] = option({}, doc="hard budgets: metric -> upper bound, or "
-                                        "{min, max} (e.g. {flash_bytes: 16000, "
-                                        "peak_ram_bytes: 4096, val_accuracy: {min: 0.9}}); a "
-                                        "model outside one is never on the front, and a "
-                                        "configuration whose architecture alone breaks a "
-                                        "flash, RAM or MACs budget is not trained (distopt."
-                                        "constraints)")
-    sampler: Literal["nsga2", "tpe", "random"] = option("nsga2", doc="Optuna sampler")
-    seed: int = option(0, in_range(0), "sampler seed")
-    num_trials: int | None = option(16, Rule(lambda v: v is None or v >= 1,
-                                  "must be null or >= 1"), "trials in the search; null: as "
-                                  "many as time_budget_s allows")
-    time_budget_s: float | None = option(None, Rule(lambda v: v is None or v > 0,
-                                       "must be null or > 0"), "wall-clock budget in seconds: "
-                                       "no trial starts after it (running ones finish); with "
-                                       "num_trials, whichever ends first")
-    max_concurrent: int | None = option(None, Rule(lambda v: v is None or v >= 1,
-                                      "must be null or >= 1"),
-                                      "null: derived from cluster and per-trial resources")
-    scheduler: Literal["fifo", "mo_asha"] = option(
-        "fifo", doc="fifo: every trial runs to the end; mo_asha: multi-objective asynchronous "
-        "successive halving over dense epochs (trials outside the top 1/reduction_factor of "
-        "a rung by non-dominated sorting stop there)")
-    grace_epochs: int = option(1, in_range(1), "mo_asha: dense epochs of the first rung")
-    reduction_factor: int = option(3, in_range(2), "mo_asha: rungs at grace_epochs x factor^k "
-                                 "(below train.epochs); 1/factor of a rung's trials go on")
-    storage: str | None = option(None, doc="Optuna RDB URL; null: SQLite in the experiment dir. "
-                               "Write a password as ${ENV_VAR}: it is read from the environment "
-                               "when the study opens; a literal one is redacted in results")
-    trial_overrides: dict[str, Any] = option({}, doc="dotted key -> value every trial uses "
-                                            "instead of the sections above (e.g. fewer epochs)")
-    reseed: int = option(0, in_range(0, 20), "noise-aware front: seeds per front configuration in "
-                       "all (the search's own run is the first; reseed - 1 retrainings each "
-                       "after the search), reported as mean and sd of decoded test accuracy, "
-                       "points within seed noise of their smaller neighbour marked; 0 or 1: off")
-    children: int = option(0, in_range(0, 64), "train once, compress many: each trial that "
-                         "finishes dense training also compresses its dense model with this "
-                         "many other values of the space's compress.* keys (drawn at random), "
-                         "each a trial of its own in the results and the study")
-    reuse_dense: bool = option(True, doc="train once, compress many across trials: a trial whose "
-                             "settings differ from an earlier trial's only in compress.* "
-                             "fine-tunes that trial's dense model (kept in <output>/dense) "
-                             "instead of training its own")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

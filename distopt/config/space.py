@@ -30,7 +30,7 @@ __all__ = ["SPACE_KEYS", "UNSEARCHABLE", "check_space", "check_value", "draw", "
 _DATA = "trials on different data are not comparable (search one data set per search)"
 UNSEARCHABLE = {
     "name": "it names the experiment, not a choice of the model",
-    "train.seed": "the search would select lucky seeds, not better models (search.reseed "
+    "train.seed": "the search would select lucky seeds, not better models (search.final.seeds "
                   "measures the front's seed noise instead)",
     "data.val_fraction": "each value is another validation set, so the accuracies the search "
                          "compares would not be comparable",

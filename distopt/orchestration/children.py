@@ -19,7 +19,12 @@ __all__ = ["SEED_NEUTRAL_DEFAULTS", "child_configs"]
 # leaves them out while they hold these values (so adding a key changes no earlier search).
 # Named as the seed reads them: in the layout of that time (distopt.config.parse.legacy_raw).
 SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constraints": {},
-                                         "compress.quantize.activation_bits": None}
+                                         "compress.quantize.activation_bits": None,
+                                         "search.keep_extremes": True,
+                                         "search.unstopped_share": 0.0,
+                                         "search.final.epochs": None,
+                                         "search.final.select.budgets": [],
+                                         "search.final.select.metric": "size_bytes"}
 
 
 def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:

@@ -10,6 +10,14 @@ vector joins the rung's record, and the trial goes on only if it is among the be
 front, which prefers points that spread the front to near-duplicates). Like ASHA, a decision
 is never revisited, and the first trials at a rung go on for lack of competition.
 
+Two guards keep the front's ends alive, as NSGA-II keeps its boundary points
+(``search.keep_extremes``): a trial best at its rung on any objective (ties included) always goes
+on, whatever its rank. Ranking by spread alone stopped, in the headline search, the most accurate
+large model at an early rung among small fast learners: large models learn more slowly, and the
+end of the front it would have held is the one a short rung judges worst. And
+``search.unstopped_share`` of the trials (every k-th one started) are never stopped at all, as
+Hyperband's bracket of full-length runs: a check on the rungs' judgement that costs a known share.
+
 At a rung the size objective is the artifact the trial would export then (``expected_size_bytes``:
 its pruning and bit width applied to the current dense weights); objectives not known before
 the end (latency) are left out of the ranking there.
@@ -39,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultiObjectiveASHA", "rung_epochs", "rung_vector", "keeps"]
+__all__ = ["MultiObjectiveASHA", "is_extreme", "keeps", "rung_epochs", "rung_vector",
+           "unstopped"]
 
 
 def rung_epochs(grace: int, factor: int, dense_epochs: int) -> list[int]:
@@ -62,16 +71,20 @@ def rung_vector(result: dict[str, Any], objectives: Sequence[tuple[str, str]]) -
     return out
 
 
-def keeps(points: np.ndarray, index: int, directions: Sequence[str], factor: int) -> bool:
-    """Whether point ``index`` is among the best ``ceil(n / factor)`` of the rung's ``n``.
-    Columns unknown for every point (NaN) are left out; a point unknown in a column the others
-    have is infeasible and ranks last."""
+def keeps(points: np.ndarray, index: int, directions: Sequence[str], factor: int,
+          extremes: bool = False) -> bool:
+    """Whether point ``index`` is among the best ``ceil(n / factor)`` of the rung's ``n`` or,
+    with ``extremes``, best of the feasible points on any objective (ties included: the
+    front's ends). Columns unknown for every point (NaN) are left out; a point unknown in a
+    column the others have is infeasible and ranks last."""
     points = np.asarray(points, dtype=float)
     known = ~np.isnan(points).all(axis=0)
     if not known.any():
         return True  # nothing to rank by
     pts, dirs = points[:, known], [d for d, k in zip(directions, known) if k]
     feasible = ~np.isnan(pts).any(axis=1)
+    if extremes and feasible[index] and is_extreme(pts[feasible], pts[index], dirs):
+        return True
     ref = [beyond_worst(pts[feasible][:, j], d) for j, d in enumerate(dirs)] \
         if feasible.any() else [0.0] * len(dirs)
     order = promotion_order(pts, dirs, ref)
@@ -79,24 +92,47 @@ def keeps(points: np.ndarray, index: int, directions: Sequence[str], factor: int
     return position < math.ceil(len(points) / factor)
 
 
+def is_extreme(points: np.ndarray, point: np.ndarray, directions: Sequence[str]) -> bool:
+    """Whether ``point`` is best (ties included) of ``points`` on any objective."""
+    best = [points[:, j].max() if d == "max" else points[:, j].min()
+            for j, d in enumerate(directions)]
+    return any(point[j] == b for j, b in enumerate(best))
+
+
+def unstopped(k: int, share: float) -> bool:
+    """Whether the ``k``-th trial started (0-based) is one of the ``share`` never stopped:
+    every ``1/share``-th, spread evenly (share 0.25: trials 3, 7, 11, ...)."""
+    return math.floor((k + 1) * share) > math.floor(k * share)
+
+
 class MultiObjectiveASHA(FIFOScheduler):
     """See the module docstring. ``objectives`` are the search's ``(metric, max|min)`` pairs."""
 
     def __init__(self, objectives: Sequence[tuple[str, str]], grace_epochs: int,
-                 reduction_factor: int, dense_epochs: int) -> None:
+                 reduction_factor: int, dense_epochs: int, keep_extremes: bool = True,
+                 unstopped_share: float = 0.0) -> None:
         super().__init__()
         self.objectives = [tuple(o) for o in objectives]
         self.directions = [d for _, d in self.objectives]
         self.factor = reduction_factor
+        self.keep_extremes = keep_extremes
+        self.unstopped_share = unstopped_share
         self.rungs: dict[int, dict[str, list[float]]] = {
             r: {} for r in rung_epochs(grace_epochs, reduction_factor, dense_epochs)}
         self.stopped: dict[str, int] = {}  # trial id -> rung (dense epochs) it stopped at
+        self.started = 0  # trials added so far (the unstopped share counts them)
+        self.exempt: set[str] = set()  # ids of the trials never stopped
 
     @classmethod
     def from_config(cls, cfg: Config) -> MultiObjectiveASHA:
         s = cfg.search
         return cls(s.objectives, s.grace_epochs, s.reduction_factor,
-                   cfg.trial_config().train.epochs)
+                   cfg.trial_config().train.epochs, s.keep_extremes, s.unstopped_share)
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        if unstopped(self.started, self.unstopped_share):
+            self.exempt.add(trial.trial_id)
+        self.started += 1
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # the objectives were given; Tune's single metric/mode is not used
@@ -111,8 +147,9 @@ class MultiObjectiveASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         rung[trial.trial_id] = rung_vector(result, self.objectives)  # a restart replaces it
         ids = list(rung)
-        if keeps(np.array([rung[i] for i in ids]), ids.index(trial.trial_id), self.directions,
-                 self.factor):
+        if trial.trial_id in self.exempt or keeps(
+                np.array([rung[i] for i in ids]), ids.index(trial.trial_id), self.directions,
+                self.factor, self.keep_extremes):
             return TrialScheduler.CONTINUE
         self.stopped[trial.trial_id] = done
         log.debug("trial %s stopped after %d dense epochs (%d at that rung)", trial.trial_id,

@@ -1,5 +1,5 @@
 """The Tune parameters of a trial: the sampler's values, or, for a retraining of a front model
-with another seed (``search.reseed``), those values inside its ``reseed`` parameter.
+in the final stage (``search.final``), those values inside its ``retrain`` parameter.
 
 The sampler (the Optuna study, and so Tune's trial config) names a config key as it was first
 spelled (``compress.prune_ratio`` for ``compress.prune.ratio``): Optuna orders a genetic
@@ -15,9 +15,9 @@ from typing import Any
 from distopt.config import Config
 from distopt.config.parse import canonical_key, legacy_names
 
-__all__ = ["RESEED_KEY", "canonical_params", "sampler_name", "unwrap_params"]
+__all__ = ["RETRAIN_KEY", "canonical_params", "sampler_name", "unwrap_params"]
 
-RESEED_KEY = "reseed"  # the Tune parameter of a retraining: {"trial_id", "params"}
+RETRAIN_KEY = "retrain"  # the Tune parameter of a retraining: {"trial_id", "params"}
 _FIRST_SPELLING = legacy_names(Config)
 
 
@@ -33,5 +33,5 @@ def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def unwrap_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config values: a retraining's are inside its ``reseed`` parameter."""
-    return canonical_params(params[RESEED_KEY]["params"] if RESEED_KEY in params else params)
+    """A trial's config values: a retraining's are inside its ``retrain`` parameter."""
+    return canonical_params(params[RETRAIN_KEY]["params"] if RETRAIN_KEY in params else params)

@@ -24,8 +24,9 @@ from distopt.constraints import bounds
 from distopt.exporters import EXPORTERS
 from distopt.results.objectives import hypervolume_curve
 from distopt.results.plots import plot_front, plot_hypervolume
-from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, OVER_BUDGET, SEEDS, STOPPED,
-                                    TEST_MEAN, TEST_SD, UNFINISHED, WITHIN_NOISE, load_trials)
+from distopt.results.trials import (AT_CHANCE, BREAKDOWN, DUPLICATE, FINAL_EPOCHS, FINAL_SIZE,
+                                    OVER_BUDGET, SEEDS, STOPPED, TEST_MEAN, TEST_SD, UNFINISHED,
+                                    WITHIN_NOISE, load_trials)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def write_report(output: Path) -> dict[str, Any]:
         cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
                 *BREAKDOWN, M.COMPRESSION_RATIO, *M.DEVICE_METRICS,
                 M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
-                TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, "artifact"] + \
+                TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, FINAL_EPOCHS, FINAL_SIZE,
+                "artifact"] + \
             [f"param.{k}" for k in keys]
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -113,8 +115,9 @@ def write_report(output: Path) -> dict[str, Any]:
     # get a column too.
     extra = [n for n, _ in cfg.search.objectives
              if n not in (M.VAL_ACCURACY, M.SIZE_BYTES, *DEVICE_COLUMNS)]
-    # search.reseed: the front's test accuracy as mean +- sd over seeds, and the noise mark.
-    reseeded = any(r.get(SEEDS, 0) and r[SEEDS] > 1 for r in front)
+    # search.final: the chosen front rows' test accuracy as mean +- sd over their final runs,
+    # and the noise mark.
+    reseeded = any(r.get(SEEDS) for r in front)
     stopped = sum(r["status"] == STOPPED for r in rows)
     duplicates = sum(r["status"] == DUPLICATE for r in rows)
     complete = len(rows) - len(failed) - stopped - duplicates - unfinished - untrained
@@ -156,7 +159,7 @@ def write_report(output: Path) -> dict[str, Any]:
                 "output channel instead of a float32 scale, and RAM counts int8 activations."
                 if _integer(cfg) else ""), "",
              "| trial | " + " | ".join(keys) + " | val acc | test acc | "
-             + ("test acc over seeds | " if reseeded else "") + "bytes | header / index / "
+             + ("final stage test acc | " if reseeded else "") + "bytes | header / index / "
              "scales+biases / values | compression | flash (weights) | RAM | MACs | "
              + "".join(f"{n} | " for n in extra) + "fit |",
              "|---" * (len(keys) + len(extra) + 10 + reseeded) + "|"]
@@ -170,10 +173,18 @@ def write_report(output: Path) -> dict[str, Any]:
                      + "".join(f"{_cell(r.get(n))} | " for n in extra)
                      + f"{verdict(r[M.TRAIN_ACCURACY], r[M.VAL_ACCURACY])} |")
     if reseeded:
-        lines += ["", "Test accuracy over seeds (`search.reseed`): mean +- standard deviation "
-                  "over the search's run and its retrainings with other seeds; *within noise*: "
-                  "its advantage over the next smaller front model is at most the spread of "
-                  "the difference of two single runs, sqrt(sd^2 + sd_smaller^2)."]
+        final = cfg.search.final
+        lines += ["", "Final stage (`search.final`): the chosen front configurations ("
+                  + (f"the best by validation accuracy at {final.select.metric} <= "
+                     + ", ".join(f"{b:,.0f}" for b in final.select.budgets)
+                     if final.select.budgets else "the whole front")
+                  + ") trained again; test accuracy as mean +- standard deviation over "
+                  + ("the search's run and its retrainings with other seeds"
+                     if final.epochs is None else
+                     f"runs of {final.epochs} dense epochs with seeds train.seed, +1, ...")
+                  + "; *within noise*: its advantage over the next smaller chosen model is at "
+                  "most the spread of the difference of two single runs, "
+                  "sqrt(sd^2 + sd_smaller^2)."]
     if failed:
         lines += ["", "## Failed trials", "", "| trial | error |", "|---|---|"]
         lines += [f"| {r['trial_id']} | {r['error'].replace('|', '/')} |" for r in failed]
@@ -228,7 +239,9 @@ def _device_cells(r: dict[str, Any]) -> str:
 def _over_seeds(r: dict[str, Any]) -> str:
     if not r.get(SEEDS):
         return "-"
-    text = f"{r[TEST_MEAN]:.4f} +- {r[TEST_SD]:.4f} ({int(r[SEEDS])} seeds)"
+    runs = int(r[SEEDS])
+    text = (f"{r[TEST_MEAN]:.4f} +- {r[TEST_SD]:.4f} ({runs} seeds" if runs > 1 else
+            f"{r[TEST_MEAN]:.4f} (1 run") + f", {int(r.get(FINAL_EPOCHS) or 0)} epochs)"
     return text + (", within noise" if r.get(WITHIN_NOISE) else "")
 
 

@@ -29,9 +29,12 @@ OVER_BUDGET = "OVER_BUDGET"  # its architecture broke a search.constraints budge
 DUPLICATE = "DUPLICATE"  # sampled values a finished trial had: told its result, not trained
 DUPLICATE_OF = "duplicate_of"  # the trial whose result a DUPLICATE row got
 AT_CHANCE = "at_chance"  # a complete model no better than guessing (never on the front)
-# search.reseed: the front's test accuracy over seeds, and whether its lead is within noise.
+# search.final: the chosen front rows' test accuracy over their final runs, whether its lead is
+# within noise, the dense epochs those runs trained, and the largest final.select.metric of
+# their files.
 TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE = ("test_accuracy_mean", "test_accuracy_sd", "seeds",
                                            "within_noise")
+FINAL_EPOCHS, FINAL_SIZE = "final_epochs", "final_size_max"
 
 
 def write_trials(rows: list[dict[str, Any]], output: Path) -> None:

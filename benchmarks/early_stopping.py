@@ -95,7 +95,7 @@ def one(rule: str, seed: int, budget: float, workdir: Path) -> dict[str, Any]:
     }
 
 
-def summarize(runs: list[dict[str, Any]], name: str, out_dir: Path) -> None:
+def summarize(runs: list[dict[str, Any]], name: str, out_dir: Path, command: str) -> None:
     rows = []
     for rule in RULES:
         mine = [r for r in runs if r["rule"] == rule]
@@ -110,7 +110,7 @@ def summarize(runs: list[dict[str, Any]], name: str, out_dir: Path) -> None:
     text = table(["rule", "seeds", "trials", "stopped", "stopped that would enter the front",
                   "best val acc", "best val acc <= 5,000 B", "hypervolume"], rows)
     print(text)
-    write(name, {"runs": runs, "table": text}, out_dir)
+    write(name, {"command": command, "runs": runs, "table": text}, out_dir)
 
 
 def main() -> None:
@@ -138,7 +138,8 @@ def main() -> None:
                       f"{r['best_val_accuracy_at_most_5000_bytes']:.4f}", flush=True)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 partial.write_text(json.dumps({"runs": runs}, indent=2, default=float))
-    summarize(runs, args.name, out_dir)
+    summarize(runs, args.name, out_dir, "python benchmarks/early_stopping.py "
+              + " ".join(sys.argv[1:]))
     partial.unlink(missing_ok=True)
 
 

@@ -1,6 +1,7 @@
-"""What distillation, mixed bit widths, input resolution, conv block kinds and lower bit widths
-each add to one small compressed model, alone, against the same base, over seeds (issue 14's
-ablation), and what artifact format v2 saves over v1 on each (the same weights, re-encoded).
+"""What distillation, mixed bit widths, input resolution, conv block kinds, the augmentation
+share and lower bit widths each add to one small compressed model, alone, against the same base,
+over seeds (issue 14's ablation, with issue 23's building blocks), and what artifact format v2
+saves over v1 on each (the same weights, re-encoded).
 
 Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dense epochs,
 80% global magnitude pruning + 2 fine-tune epochs, 4-bit weights. Setups change one thing:
@@ -9,7 +10,12 @@ Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dens
   float32), trained once for all seeds;
 - ``+mixed bits``: the first conv and the classifier at 8 bits, the rest at 4;
 - ``16x16 input``: ``data.resize`` 16 (bilinear, in training, evaluation and the file);
-- ``same blocks`` / ``separable blocks``: ``model.block`` same / separable;
+- ``same blocks`` / ``separable blocks`` / ``depthwise blocks``: ``model.block`` same /
+  separable / depthwise (BitNetMCU's: depthwise convs alone after the first, every block 8
+  channels wide);
+- ``no biases``: ``model.bias`` false (no layer has a bias, as BitNetMCU's);
+- ``aug prob 0.5``: ``augment.prob`` 0.5, half the training images seen clean each epoch (the
+  anchor's clean + augmented copy, at the same number of steps);
 - ``3-bit`` / ``ternary``: ``compress.quantize.bits`` 3 / 2;
 - ``clusters 15`` / ``clusters 7``: weight clustering (``compress.cluster.k``: each weight
   tensor's non-zero weights share 15 or 7 fine-tuned values, a codebook: 4- or 3-bit indexes)
@@ -20,7 +26,7 @@ Bytes are format v2's (the default), split into header / index / scales+biases /
 same parameters.
 
 Every number is the decoded file's: test accuracy on the 2,000 embedded test images, bytes of
-the whole file. Runs in this process (no Ray), ~8 minutes on 2 cores.
+the whole file. Runs in this process (no Ray), ~10 minutes a seed on 2 cores.
 
     python benchmarks/frontier_ablation.py [--seeds 3]
 """
@@ -61,6 +67,9 @@ SETUPS: dict[str, list[str]] = {
     "16x16 input": ["data.resize=16"],
     "same blocks": ["model.block=same"],
     "separable blocks": ["model.block=separable"],
+    "depthwise blocks": ["model.block=depthwise"],
+    "no biases": ["model.bias=false"],
+    "aug prob 0.5": ["augment.prob=0.5"],
     "3-bit": ["compress.quantize.bits=3"],
     "ternary": ["compress.quantize.bits=2"],
     "clusters 15": ["compress.cluster.k=15"],

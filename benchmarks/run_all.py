@@ -13,6 +13,8 @@ JSON is missing say so (and which command produces it).
     python benchmarks/format_v2.py FILE.dopt ...       # artifact format v1 vs v2, part by part
     python benchmarks/frontier_ablation.py            # tiny-model levers, each alone; v1 vs v2
     python benchmarks/integer_models.py               # integer models: C and TFLM parity, budgets
+    python benchmarks/early_stopping.py               # stopped trials re-run: would they be on
+                                                      # the front? (keep_extremes off vs on)
 """
 
 from __future__ import annotations
@@ -280,6 +282,22 @@ def render(page: Path = PAGE) -> Path:
         lines += [integer_models.markdown(im), ""]
     else:
         lines += _missing("integer_models", "python benchmarks/integer_models.py")
+    lines += ["## Early stopping: the trials it stopped, run to the end", ""]
+    es = _load("early_stopping")
+    if es:
+        lines += [_machine(es), "", f"`{es['command'].strip()}`: the default search "
+                  "(`configs/mnist_cnn.yaml`, embedded data, 3 minutes, `mo_asha`) under each "
+                  "rule, per seed; then every trial it stopped at a rung trained to the end "
+                  "(the same values and seed: the run it would have been). *would enter the "
+                  "front*: re-runs that no complete trial of that search dominates on "
+                  "(validation accuracy, bytes). *spread*: the rung's non-dominated ranking "
+                  "alone (`search.keep_extremes: false`, the rule before issue 23); "
+                  "*extremes*: a trial best at its rung on any objective always goes on "
+                  "(today's default). Best accuracies and hypervolume (reference 80%, "
+                  "10^6 B, log10 bytes) are the searches' own, means over seeds.", ""]
+        lines += [es["table"], ""]
+    else:
+        lines += _missing("early_stopping", "python benchmarks/early_stopping.py")
     lines += ["## GPU", ""]
     gpu = _load("gpu")
     if gpu and "skipped" not in gpu:

@@ -20,7 +20,8 @@ __all__ = ["random_affine", "random_tokens", "is_identity"]
 
 
 def is_identity(cfg: AugmentConfig) -> bool:
-    return cfg.rotation == 0 and cfg.shift == 0 and cfg.shear == 0 and cfg.zoom == 0
+    return cfg.prob == 0 or (cfg.rotation == 0 and cfg.shift == 0 and cfg.shear == 0
+                             and cfg.zoom == 0)
 
 
 def _uniform(n: int, bound: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -30,6 +31,9 @@ def _uniform(n: int, bound: float, g: torch.Generator, device: torch.device) -> 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Transform a float batch ``(B, C, H, W)``; returns a new tensor of the same shape. A
     batch of 1-D signals ``(B, C, 1, L)`` is only shifted, along L.
+
+    With ``cfg.prob < 1`` each sample is transformed with that chance and otherwise returned
+    unchanged, bit for bit (one more draw per sample; at 1 the draws are as they always were).
 
     ``generator`` must live on ``x.device``; seeding it makes the augmentation reproducible."""
     if is_identity(cfg):
@@ -57,7 +61,11 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         @ mat(1 / zx, zero, zero, 1 / zy)
     theta = torch.cat([linear, torch.stack([tx, ty], 1)[:, :, None]], 2)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if cfg.prob < 1:
+        chosen = torch.rand(b, generator=generator, device=dev) < cfg.prob
+        out = torch.where(chosen[:, None, None, None], out, x)
+    return out
 
 
 def random_tokens(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

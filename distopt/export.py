@@ -139,8 +139,8 @@ def _head(g: _Graph, x: str, head: nn.Sequential, prefix: str) -> str:
             x = g.node("Flatten", [x], "flat", axis=1)[0]
         elif isinstance(m, nn.Linear):
             w = g.weight(f"{name}.weight", _float(m.weight))
-            b = g.const(f"{name}.bias", _float(m.bias))
-            x = g.node("Gemm", [x, w, b], f"{name}.gemm", transB=1)[0]
+            b = [] if m.bias is None else [g.const(f"{name}.bias", _float(m.bias))]
+            x = g.node("Gemm", [x, w, *b], f"{name}.gemm", transB=1)[0]
         elif isinstance(m, nn.ReLU):
             x = g.node("Relu", [x])[0]
         elif not isinstance(m, nn.Dropout):  # dropout is the identity at inference

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 __all__ = ["BLOCKS", "conv_out_side"]
 
-BLOCKS = ("plain", "same", "separable")
+BLOCKS = ("plain", "same", "separable", "depthwise")
 
 
 def conv_out_side(h: int, w: int, blocks: int, kernel: tuple[int, int], pool: tuple[int, int],
                   block: str) -> tuple[int, int]:
     """Height and width after ``blocks`` conv blocks: a 'valid' conv (``plain``) takes
-    ``k - 1`` off each side, a 'same' one (``same``, ``separable``) nothing; each block then
+    ``k - 1`` off each side, a 'same' one (``same``, ``separable``, ``depthwise``) nothing; each block then
     max-pools."""
     (kh, kw), (ph, pw) = kernel, pool
     shrink = block == "plain"

@@ -12,8 +12,8 @@ scale and zero point from the file's grids, so TFLM's kernels compute the same i
 multipliers from those float scales, in double, as distopt does).
 
 The graph, NHWC as TFLite is: input int8 ``(1, H, W, C)`` on the input's grid (``pixel -
-128`` for 8-bit pixels), ``CONV_2D`` (``DEPTHWISE_CONV_2D`` for a separable block's depthwise
-conv) with the ReLU fused, ``MAX_POOL_2D``, ``AVERAGE_POOL_2D`` over the whole map for a gap
+128`` for 8-bit pixels), ``CONV_2D`` (``DEPTHWISE_CONV_2D`` for a separable or depthwise
+block's depthwise conv) with the ReLU fused, ``MAX_POOL_2D``, ``AVERAGE_POOL_2D`` over the whole map for a gap
 head, ``RESHAPE`` to a row, ``FULLY_CONNECTED``; output int8 logits ``(1, classes)``. The first
 dense layer's columns are permuted from distopt's channel-major flatten to TFLite's
 channel-last one. Schema: the object API that the ``tflite-micro`` package ships

@@ -18,6 +18,25 @@ def test_zero_strengths_are_the_identity():
     assert random_affine(x, AugmentConfig(), torch.Generator()) is x
 
 
+def test_a_share_of_the_batch_is_transformed_and_the_rest_left_exactly_as_it_was():
+    """augment.prob: each sample is transformed with that chance; the others come back bit for
+    bit; prob 1 draws exactly as before it existed, and prob 0 is the identity."""
+    x = torch.rand(4000, 1, 8, 8)
+    cfg = AugmentConfig(rotation=30, shift=0.2)
+    full = random_affine(x, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(full, random_affine(x, AugmentConfig(rotation=30, shift=0.2, prob=1.0),
+                                           torch.Generator().manual_seed(5)))
+    assert not (full == x).flatten(1).all(1).any()  # at prob 1 every sample moves
+    half = random_affine(x, AugmentConfig(rotation=30, shift=0.2, prob=0.3),
+                         torch.Generator().manual_seed(5))
+    clean = (half == x).flatten(1).all(1)
+    # The transformed ones are the prob-1 transforms (the same matrices were drawn first).
+    assert torch.equal(half[~clean], full[~clean])
+    assert abs(float((~clean).float().mean()) - 0.3) < 0.03  # 4000 draws: sd 0.007
+    zero = AugmentConfig(rotation=30, shift=0.2, prob=0.0)
+    assert is_identity(zero) and random_affine(x, zero, torch.Generator()) is x
+
+
 def test_seeded_and_per_sample():
     x = _batch()
     cfg = AugmentConfig(rotation=20, shift=0.1, shear=10, zoom=0.1)

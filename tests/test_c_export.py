@@ -56,9 +56,11 @@ def _check(model: torch.nn.Module, bits: int, codings: dict | None = None) -> di
     (ModelSpec("cnn", (1, 28, 28), 10, (4, 8), (16,), 3), 8),
     (ModelSpec("cnn", (1, 28, 28), 10, (4, 8), (16,), 3, block="separable", head="gap"), 4),
     (ModelSpec("cnn", (3, 12, 12), 5, (4,), (), 5, block="same"), 3),
+    (ModelSpec("cnn", (1, 16, 16), 10, (4, 4), (8,), 3, block="depthwise", head="gap"), 4),
     (ModelSpec("conv1d", (3, 1, 64), 6, (4, 8), (8,), 5, block="same"), 2),
     (ModelSpec("mlp", (1, 8, 8), 4, (), (16, 8), 3), 16),
     (ModelSpec("mlp", (1, 8, 8), 4, (), (16,), 3), 32),
+    (ModelSpec("mlp", (1, 8, 8), 4, (), (16,), 3, bias=False), 4),
 ])
 def test_each_family_and_bit_width_runs_in_c_as_in_pytorch(spec, bits):
     torch.manual_seed(0)
@@ -108,13 +110,17 @@ INTEGER_SPECS = [
     ModelSpec("cnn", (1, 28, 28), 10, (4, 8), (16,), 3),
     ModelSpec("cnn", (1, 16, 16), 10, (4, 8), (16,), 3, block="same"),
     ModelSpec("cnn", (1, 16, 16), 10, (4, 8), (16,), 3, block="separable", head="gap"),
+    ModelSpec("cnn", (1, 16, 16), 10, (4, 4, 4), (16,), 3, block="depthwise"),
+    ModelSpec("cnn", (1, 16, 16), 10, (4, 4), (16, 8), 3, block="depthwise", bias=False),
     ModelSpec("conv1d", (3, 1, 64), 6, (4, 8), (8,), 5, block="same"),
     ModelSpec("mlp", (1, 8, 8), 4, (), (16, 8), 3),
 ]
 
 
 @pytest.mark.parametrize("bits", [8, 4, 3, 2])
-@pytest.mark.parametrize("spec", INTEGER_SPECS, ids=lambda s: f"{s.family}-{s.block}-{s.head}")
+@pytest.mark.parametrize("spec", INTEGER_SPECS,
+                         ids=lambda s: f"{s.family}-{s.block}-{s.head}" + ("" if s.bias else
+                                                                            "-nobias"))
 def test_integer_models_run_in_c_bit_exact_with_the_integer_reference(spec, bits):
     """Every integer family at every integer weight width: the C program's int8 logits are
     the integer reference's, bit for bit, and it compiles to exactly the integer model's

@@ -65,3 +65,23 @@ def test_a_codebook_costs_its_indices_and_its_values():
     w = entries["classifier.2.weight"]  # 16 x 200, 6 values: 3-bit indices
     assert w["coding"] == "codebook" and w["bits"] == 3
     assert tensor_flash(w) == (-(-3200 * 3 // 8), w["codebook_size"] * 4)
+
+
+def test_a_model_without_biases_saves_exactly_its_biases_in_flash():
+    """model.bias false: the same weights, no bias per output channel (float32 in a
+    weight-only file, int32 in an integer one): flash drops by 4 bytes an output channel."""
+    import dataclasses
+
+    from test_compress_integer import integer_file
+
+    spec = ModelSpec("cnn", (1, 16, 16), 10, (4, 4), (16,), 3, block="depthwise")
+    outputs = 4 + 4 + 16 + 10
+    for make in (lambda m: encode(m, 4), lambda m: integer_file(m, 4)):
+        torch.manual_seed(0)
+        biased = flash_bytes(decode(make(build_model(spec))).tensors)
+        torch.manual_seed(0)
+        plain = build_model(dataclasses.replace(spec, bias=False))
+        assert not any(n.endswith("bias") for n, _ in plain.named_parameters())
+        bare = flash_bytes(decode(make(plain)).tensors)
+        assert bare[M.WEIGHT_FLASH_BYTES] == biased[M.WEIGHT_FLASH_BYTES]
+        assert biased[M.FLASH_BYTES] - bare[M.FLASH_BYTES] == 4 * outputs

@@ -39,16 +39,17 @@ def test_the_golden_set_covers_every_family_block_bit_width_index_and_coding():
         data, info, _ = _load(name)
         spec = decode(data).model.spec
         seen |= {("family", spec.family), ("block", spec.block), ("cell", spec.cell),
+                 ("bias", spec.bias),
                  ("version", info["version"]), ("tokens", spec.tokens), ("head", spec.head)}
         seen |= {("index", t.get("index"), t["bits"]) for t in info["tensors"] if "index" in t}
         seen |= {("coding", t.get("coding"), t.get("index")) for t in info["tensors"]}
     for family in ("cnn", "conv1d", "mlp", "rnn"):
         assert ("family", family) in seen
-    for block in ("plain", "same", "separable"):
+    for block in ("plain", "same", "separable", "depthwise"):
         assert ("block", block) in seen
     for cell in ("rnn", "gru", "lstm"):
         assert ("cell", cell) in seen
-    assert {("version", 1), ("version", 2), ("version", 3), ("tokens", True),
+    assert {("version", 1), ("version", 2), ("version", 3), ("tokens", True), ("bias", False),
             ("head", "gap")} <= seen
     for bits in (32, 16, 8, 4, 3, 2):
         for index in ("dense", "bitmask", "rice"):

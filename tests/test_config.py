@@ -230,6 +230,9 @@ def test_sequence_rules_name_the_conflicting_keys():
     with pytest.raises(ConfigError, match="data.kind: got 'tokens'; data.name 'mnist-mini' is "
                                           "'image'"):
         load_config(None, ["data.kind=tokens", "model.family=rnn"])
+    with pytest.raises(ConfigError, match="augment.prob: got 0.5; it is the chance of an image"):
+        load_config(None, ["model.preset=seed_rnn", "data.name=tokens-mini",
+                           "data.kind=tokens", "augment.prob=0.5"])
     with pytest.raises(ConfigError, match="model.cell: got 'transformer'"):
         load_config(None, ["model.cell=transformer"])
 

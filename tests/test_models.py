@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -105,11 +106,11 @@ def test_gap_head_and_batch_norm_shapes():
     assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("block", ["plain", "same", "separable"])
+@pytest.mark.parametrize("block", ["plain", "same", "separable", "depthwise"])
 def test_folding_batch_norm_is_exact_in_eval_mode(block):
     torch.manual_seed(0)
-    spec = dataclasses.replace(seed_cnn(), conv_channels=(8, 16), batch_norm=True, head="gap",
-                               dense_units=(), block=block)
+    spec = dataclasses.replace(seed_cnn(), conv_channels=(8, 8 if block == "depthwise" else 16),
+                               batch_norm=True, head="gap", dense_units=(), block=block)
     model = build_model(spec)
     x = torch.randn(64, 1, 28, 28)
     model.train()
@@ -182,6 +183,65 @@ def test_same_blocks_keep_the_map_and_separable_blocks_are_depthwise_then_pointw
     assert conv1d.conv_out_side() == (1, 8)
 
 
+def test_depthwise_blocks_are_one_filter_per_channel_with_a_bias_and_keep_the_channels():
+    """BitNetMCU's small CNNs: a full first conv, then k x k depthwise convs alone ('same',
+    biased: nothing after them absorbs a bias), every block as wide as the first; the config's
+    channel doubling does not apply, and a spec that changes width is refused by the model and
+    by the decoder's spec check before anything is built."""
+    from distopt.compress.spec_check import spec_problem
+
+    cfg = load_config(CONFIGS / "smoke.yaml", ["model.block=depthwise", "data.resize=16",
+                                               "model.blocks=3", "model.channels=6"])
+    spec = spec_from_config(cfg)
+    assert spec.block == "depthwise" and spec.conv_channels == (6, 6, 6)
+    assert spec.conv_out_side() == (2, 2)
+    model = build_model(spec)
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.groups, c.in_channels, c.out_channels, c.padding, c.bias is None)
+            for c in convs] == [(1, 1, 6, (1, 1), False), (6, 6, 6, (1, 1), False),
+                                (6, 6, 6, (1, 1), False)]
+    assert sum(c.weight.numel() for c in convs) == 6 * 9 + 2 * 6 * 9
+    assert model.classifier[2].in_features == 6 * 2 * 2
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    wider = dataclasses.replace(spec, conv_channels=(6, 12, 12))
+    with pytest.raises(ValueError, match="depthwise blocks keep the channels"):
+        build_model(wider)
+    as_stored = lambda s: json.loads(json.dumps(s.to_dict()))  # noqa: E731 (lists, as in a file)
+    assert spec_problem(as_stored(wider)) == \
+        "spec.conv_channels must all be equal with depthwise blocks"
+    assert spec_problem(as_stored(spec)) is None
+    conv1d = ModelSpec("conv1d", (3, 1, 32), 4, (8, 8), (), 5, block="depthwise")
+    assert build_model(conv1d)(torch.randn(2, 3, 1, 32)).shape == (2, 4)
+
+
+def test_layers_without_biases_are_configurable_checked_and_survive_structured_pruning():
+    """model.bias false builds no bias anywhere (BitNetMCU's); the spec stores it only when
+    off (files of biased models unchanged), families without the option and BatchNorm (which
+    folds into a bias) refuse it, and structured pruning keeps a bias-free model bias-free."""
+    from distopt.compress.pruning import structured_prune
+    from distopt.config import ConfigError
+
+    cfg = load_config(CONFIGS / "smoke.yaml", ["model.bias=false"])
+    spec = spec_from_config(cfg)
+    assert spec.bias is False and spec.to_dict()["bias"] is False
+    assert "bias" not in dataclasses.replace(spec, bias=True).to_dict()
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    model = build_model(spec)
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    assert model(torch.zeros(2, *spec.in_shape)).shape == (2, spec.num_classes)
+    small = structured_prune(model, 0.5)
+    assert small.spec.bias is False and small.spec.conv_channels != spec.conv_channels
+    assert not [n for n, _ in small.named_parameters() if n.endswith("bias")]
+    mlp = spec_from_config(load_config(None, ["model.family=mlp", "model.bias=false"]))
+    assert not any(m.bias is not None for m in build_model(mlp).modules()
+                   if isinstance(m, torch.nn.Linear))
+    with pytest.raises(ConfigError, match="model.bias: got false with model.family 'rnn'"):
+        load_config(None, ["model.preset=seed_rnn", "model.bias=false"])
+    with pytest.raises(ConfigError, match="model.bias: got false with model.batch_norm true"):
+        load_config(None, ["model.batch_norm=true", "model.bias=false"])
+
+
 def test_block_kinds_are_configurable_and_checked(tmp_path):
     cfg = load_config(CONFIGS / "smoke.yaml", ["model.block=separable", "data.resize=16",
                                                "model.blocks=3"])
@@ -189,9 +249,10 @@ def test_block_kinds_are_configurable_and_checked(tmp_path):
     from distopt.config import ConfigError
     with pytest.raises(ConfigError, match="odd kernel size"):
         load_config(CONFIGS / "smoke.yaml", ["model.block=same", "model.kernel_size=4"])
-    with pytest.raises(ConfigError, match="structured pruning removes whole channels"):
-        load_config(CONFIGS / "smoke.yaml", ["model.block=separable",
-                                             "compress.prune.kind=structured"])
+    for block in ("separable", "depthwise"):
+        with pytest.raises(ConfigError, match="structured pruning removes whole channels"):
+            load_config(CONFIGS / "smoke.yaml", [f"model.block={block}",
+                                                 "compress.prune.kind=structured"])
     with pytest.raises(ConfigError, match="shrinks to nothing"):
         load_config(CONFIGS / "smoke.yaml", ["model.blocks=3", "data.resize=16"])
 

@@ -33,7 +33,9 @@ needs_tflm = pytest.mark.skipif(
 
 @needs_tflm
 @pytest.mark.parametrize("bits", [8, 4, 3, 2])
-@pytest.mark.parametrize("spec", INTEGER_SPECS, ids=lambda s: f"{s.family}-{s.block}-{s.head}")
+@pytest.mark.parametrize("spec", INTEGER_SPECS,
+                         ids=lambda s: f"{s.family}-{s.block}-{s.head}" + ("" if s.bias else
+                                                                            "-nobias"))
 def test_tflite_micro_computes_the_integer_reference_bit_for_bit(spec, bits):
     from distopt.tflite_parity import tflm_parity
 

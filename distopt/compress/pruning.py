@@ -78,7 +78,9 @@ def structured_prune(model: Model, ratio: float) -> Model:
     for key, conv in convs:
         w = conv.weight.contiguous()[:, keep_in]
         keep = _keep(w.abs().sum(dim=(1, 2, 3)).float(), ratio)
-        state[f"{key}weight"], state[f"{key}bias"] = w[keep], conv.bias[keep]
+        state[f"{key}weight"] = w[keep]
+        if conv.bias is not None:
+            state[f"{key}bias"] = conv.bias[keep]
         new_channels.append(len(keep))
         keep_in = keep
     if convs:
@@ -103,7 +105,9 @@ def _prune_head(denses: list[tuple[str, nn.Linear]], keep_in: torch.Tensor, rati
         w = dense.weight[:, keep_in]
         last = i == len(denses) - 1
         keep = torch.arange(w.shape[0]) if last else _keep(w.abs().sum(1).float(), ratio)
-        state[f"{key}weight"], state[f"{key}bias"] = w[keep], dense.bias[keep]
+        state[f"{key}weight"] = w[keep]
+        if dense.bias is not None:
+            state[f"{key}bias"] = dense.bias[keep]
         if not last:
             new_units.append(len(keep))
         keep_in = keep

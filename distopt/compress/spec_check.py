@@ -32,6 +32,8 @@ def spec_problem(d: Any) -> str | None:
             name = {"family": "model family", "cell": "recurrent cell", "head": "head",
                     "block": "conv block"}[key]
             return f"unknown {name} {v!r}"
+    if not isinstance(d.get("bias", True), bool):
+        return "spec.bias must be true or false"
     if d.get("batch_norm", False) is not False:
         return "spec.batch_norm must be false (BatchNorm is folded before export)"
     missing = [k for k in ("in_shape", "num_classes", "conv_channels", "dense_units",
@@ -66,6 +68,8 @@ def spec_problem(d: Any) -> str | None:
                              d.get("block", "plain"))
         if min(h, w) < 1:
             return "spec's convolutions shrink the input to nothing"
+        if d.get("block") == "depthwise" and len(set(lists["conv_channels"])) > 1:
+            return "spec.conv_channels must all be equal with depthwise blocks"
     if d["family"] == "rnn" and not lists["rnn_units"]:
         return "spec.rnn_units is empty"
     return None

@@ -60,6 +60,10 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     token_aug = {k: v for k, v in (("token_dropout", a.token_dropout), ("crop", a.crop)) if v}
     if ok("data.kind", "augment") and d.kind == "tokens" and image_aug:
         problems.append(f"augment: got {image_aug}; image augmentation needs data.kind 'image'")
+    if ok("data.kind", "augment.prob") and d.kind == "tokens" and a.prob != 1:
+        problems.append(f"augment.prob: got {a.prob}; it is the chance of an image or signal "
+                        "transform (token augmentation acts on each token: set "
+                        "augment.token_dropout, augment.crop)")
     if ok("data.kind", "augment") and d.kind == "image" and token_aug:
         problems.append(f"augment: got {token_aug}; token augmentation needs data.kind 'tokens'")
     if ok("data.name", "data.shape", "data.num_classes") and \
@@ -91,9 +95,15 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     if ok("model.block", "model.kernel_size") and m.block != "plain" and m.kernel_size % 2 == 0:
         problems.append(f"model.kernel_size: got {m.kernel_size} with model.block {m.block!r}; "
                         "'same' padding needs an odd kernel size")
-    if ok("model.block", "compress.prune.kind") and m.block == "separable" and \
+    if ok("model.bias", "model.family") and not m.bias and m.family not in ("cnn", "conv1d", "mlp"):
+        problems.append(f"model.bias: got false with model.family {m.family!r}; layers without "
+                        "biases are built by cnn, conv1d and mlp")
+    if ok("model.bias", "model.batch_norm") and not m.bias and m.batch_norm:
+        problems.append("model.bias: got false with model.batch_norm true; a BatchNorm folds "
+                        "into its conv as a bias (set one of them)")
+    if ok("model.block", "compress.prune.kind") and m.block in ("separable", "depthwise") and \
             cfg.compress.prune.kind == "structured":
-        problems.append("compress.prune.kind: got 'structured' with model.block 'separable'; "
+        problems.append(f"compress.prune.kind: got 'structured' with model.block {m.block!r}; "
                         "structured pruning removes whole channels of full convs only (use "
                         "unstructured)")
     if ok("model.family", "augment") and m.family == "conv1d" and \

@@ -83,7 +83,7 @@ class ModelConfig:
     preset: Literal["seed_cnn", "lenet_300_100", "seed_rnn"] | None = option(
         None, doc="named architecture; keys given beside it override it")
     channels: int = option(32, in_range(1), "cnn: channels of the first conv block; each next "
-                         "block doubles them")
+                         "block doubles them (model.block depthwise: keeps them)")
     blocks: int = option(2, in_range(1, 6), "cnn: conv blocks (conv 3x3 valid + max-pool 2); "
                        "mlp: hidden layers; rnn: stacked recurrent layers")
     dense_units: int = option(128, in_range(1), "width of each hidden dense layer")
@@ -94,10 +94,15 @@ class ModelConfig:
                             "folded into the convs when weight pruning starts (or at export)")
     head: Literal["flatten", "gap"] = option("flatten", doc="cnn: flatten the last feature map, "
                                            "or global-average-pool it (one value per channel)")
-    block: Literal["plain", "same", "separable"] = option(
+    block: Literal["plain", "same", "separable", "depthwise"] = option(
         "plain", doc="cnn, conv1d: conv blocks; plain: 'valid' convs (the seed's); same: "
         "zero-padded convs (only pooling shrinks the map); separable: depthwise-separable "
-        "blocks (k x k depthwise + 1 x 1 pointwise, 'same') after a full first conv")
+        "blocks (k x k depthwise + 1 x 1 pointwise, 'same') after a full first conv; "
+        "depthwise: k x k depthwise convs only ('same', one filter per channel: BitNetMCU's) "
+        "after a full first conv, every block model.channels wide")
+    bias: bool = option(True, doc="cnn, conv1d, mlp: conv and dense layers have biases; false: "
+                        "none (BitNetMCU's: an integer model then keeps no int32 bias per "
+                        "output channel in flash)")
     cell: Literal["rnn", "gru", "lstm"] = option("rnn", doc="rnn: recurrent cell (rnn = Elman "
                                                "tanh, Keras' SimpleRNN)")
     hidden_size: int = option(128, in_range(1), "rnn: hidden units of each recurrent layer")
@@ -168,6 +173,10 @@ class AugmentConfig:
     shear: float = option(0.0, in_range(0, 89), "max shear angle, degrees (uniform +-; Keras units)")
     zoom: float = option(0.0, in_range(0, 1, hi_open=True), "zoom in [1-z, 1+z], x and y drawn "
                        "independently")
+    prob: float = option(1.0, in_range(0, 1), "images, signals: the chance that a training "
+                         "sample is transformed (each drawn independently); the rest are seen "
+                         "clean. 0.5 with twice the epochs is BitNetMCU's schedule (each epoch "
+                         "the clean set plus one augmented copy)")
     token_dropout: float = option(0.0, in_range(0, 1, hi_open=True), "tokens: probability that "
                                 "each id is replaced by padding (0)")
     crop: float = option(0.0, in_range(0, 1, hi_open=True), "tokens: up to this fraction of a "

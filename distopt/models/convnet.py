@@ -25,14 +25,14 @@ def seed_cnn(dropout: float = 0.0) -> ModelSpec:
     return ModelSpec("cnn", (1, 28, 28), 10, (32, 64), (128,), 3, dropout)
 
 
-def dense_head(n: int, units: tuple[int, ...], num_classes: int, dropout: float
-               ) -> nn.Sequential:
+def dense_head(n: int, units: tuple[int, ...], num_classes: int, dropout: float,
+               bias: bool = True) -> nn.Sequential:
     """Flatten, then hidden dense layers (dropout, linear, ReLU) and the classifier."""
     dense: list[nn.Module] = [nn.Flatten()]
     for u in units:
-        dense += [nn.Dropout(dropout), nn.Linear(n, u), nn.ReLU(inplace=True)]
+        dense += [nn.Dropout(dropout), nn.Linear(n, u, bias=bias), nn.ReLU(inplace=True)]
         n = u
-    dense += [nn.Dropout(dropout), nn.Linear(n, num_classes)]
+    dense += [nn.Dropout(dropout), nn.Linear(n, num_classes, bias=bias)]
     return nn.Sequential(*dense)
 
 
@@ -45,9 +45,12 @@ class Net(nn.Module):
     ``k // 2`` so that only pooling shrinks the map (more blocks fit a small input);
     ``separable`` blocks after the first are depthwise-separable (MobileNet): a ``k x k``
     depthwise conv (one filter per channel, 'same', no bias) then a ``1 x 1`` pointwise conv,
-    about
-    ``k * k`` times fewer weights than a full conv; the first block stays a full 'same' conv
-    (a depthwise conv of a one-channel image would learn a single filter).
+    about ``k * k`` times fewer weights than a full conv; the first block stays a full 'same'
+    conv (a depthwise conv of a one-channel image would learn a single filter). ``depthwise``
+    blocks after the first are the depthwise conv alone, with its bias, so every block keeps the
+    first one's channels (BitNetMCU's small CNNs): ``k * k`` weights per channel, no mixing of
+    channels until the dense head. With ``spec.bias`` False no layer has a bias (BitNetMCU's):
+    a device keeps no int32 bias per output channel.
 
     Family ``conv1d`` is the same network for 1-D signals ``(C, 1, L)``: kernels ``1 x k`` and
     pooling ``1 x 2`` run along L only. Keeping them ``Conv2d`` of height 1 (the same function
@@ -69,9 +72,14 @@ class Net(nn.Module):
                 # No bias on the depthwise conv: with nothing non-linear before the pointwise
                 # conv, the pointwise bias absorbs it (and the file stores fewer floats).
                 convs += [nn.Conv2d(c, c, kernel, padding=pad, groups=c, bias=False),
-                          nn.Conv2d(c, out, 1)]
+                          nn.Conv2d(c, out, 1, bias=spec.bias)]
+            elif spec.block == "depthwise" and i > 0:
+                if out != c:
+                    raise ValueError(f"depthwise blocks keep the channels: block {i} has {out} "
+                                     f"after {c}")
+                convs.append(nn.Conv2d(c, c, kernel, padding=pad, groups=c, bias=spec.bias))
             else:
-                convs.append(nn.Conv2d(c, out, kernel, padding=pad))
+                convs.append(nn.Conv2d(c, out, kernel, padding=pad, bias=spec.bias))
             if spec.batch_norm:
                 convs.append(nn.BatchNorm2d(out))
             convs += [nn.ReLU(inplace=True), nn.MaxPool2d(spec.pool)]
@@ -82,7 +90,8 @@ class Net(nn.Module):
         else:
             h, w = spec.conv_out_side() if spec.conv_channels else spec.in_shape[1:]
         self.features = nn.Sequential(*convs)
-        self.classifier = dense_head(c * h * w, spec.dense_units, spec.num_classes, spec.dropout)
+        self.classifier = dense_head(c * h * w, spec.dense_units, spec.num_classes, spec.dropout,
+                                     spec.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
         return self.classifier(self.features(x))  # (B, num_classes)
@@ -99,10 +108,11 @@ class ConvFamily(Family):
     def spec(self, cfg: Config) -> ModelSpec:
         m, d = cfg.model, cfg.data
         return ModelSpec(self.name, tuple(int(v) for v in d.model_shape), d.num_classes,
-                         tuple(m.channels * 2 ** i for i in range(m.blocks)),
+                         tuple(m.channels * (1 if m.block == "depthwise" else 2 ** i)
+                               for i in range(m.blocks)),
                          (m.dense_units,) * m.dense_layers, m.kernel_size,
                          cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head,
-                         block=m.block)
+                         block=m.block, bias=m.bias)
 
     def build(self, spec: ModelSpec) -> Net:
         return Net(spec)
@@ -124,7 +134,8 @@ class MlpFamily(Family):
     def spec(self, cfg: Config) -> ModelSpec:
         m, d = cfg.model, cfg.data
         return ModelSpec(self.name, tuple(int(v) for v in d.model_shape), d.num_classes, (),
-                         (m.dense_units,) * m.blocks, 3, cfg.regularization.dropout)
+                         (m.dense_units,) * m.blocks, 3, cfg.regularization.dropout,
+                         bias=m.bias)
 
     def build(self, spec: ModelSpec) -> Net:
         return Net(spec)

@@ -29,7 +29,8 @@ class ModelSpec:
     embed_dim: int = 0
     batch_norm: bool = False  # cnn: BatchNorm after each conv (folded away before export)
     head: Literal["flatten", "gap"] = "flatten"  # cnn: flatten or global-average-pool features
-    block: Literal["plain", "same", "separable"] = "plain"  # cnn, conv1d: conv block kind
+    block: Literal["plain", "same", "separable", "depthwise"] = "plain"  # cnn, conv1d: conv block kind
+    bias: bool = True  # cnn, conv1d, mlp: conv and dense layers with biases (False: none)
     # external: the user's factory ("package.module:Name") and its options (the config's model
     # section as sorted (key, value) pairs); see distopt.user_models.
     factory: str = ""
@@ -39,6 +40,8 @@ class ModelSpec:
         d = asdict(self)
         if not self.factory:  # built-in families: the dict (and every file) as before
             del d["factory"], d["options"]
+        if self.bias:  # written only when off, so files of biased models are as before
+            del d["bias"]
         return d
 
     @classmethod
@@ -63,7 +66,8 @@ class ModelSpec:
                    rnn_units=tuple(int(u) for u in d.get("rnn_units", ())),
                    vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)),
                    batch_norm=bool(d.get("batch_norm", False)), head=d.get("head", "flatten"),
-                   block=d.get("block", "plain"), factory=str(d.get("factory", "")),
+                   block=d.get("block", "plain"), bias=bool(d.get("bias", True)),
+                   factory=str(d.get("factory", "")),
                    options=tuple((str(k), v) for k, v in d.get("options", ())))
 
     @property

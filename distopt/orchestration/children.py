@@ -24,7 +24,8 @@ SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constra
                                          "search.unstopped_share": 0.0,
                                          "search.final.epochs": None,
                                          "search.final.select.budgets": [],
-                                         "search.final.select.metric": "size_bytes"}
+                                         "search.final.select.metric": "size_bytes",
+                                         "augment.prob": 1.0, "model.bias": True}
 
 
 def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:

@@ -30,6 +30,7 @@ from distopt.constraints import SPEC_METRICS, bounds, over_budget
 from distopt.storage import Location
 from distopt.config.space import to_optuna
 from distopt.orchestration.capacity import concurrency
+from distopt.orchestration.samplers import make_sampler
 from distopt.orchestration.run import (ignore_exit_in_finalizers, make_trainer,
                                       train_in_trial_actor, trains_in_actor)
 from distopt.orchestration.trial_params import sampler_name, unwrap_params
@@ -41,29 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["budget_text", "distopt_trial", "finished_trials", "make_sampler", "make_scheduler",
            "run_search", "trainable", "trial_max_failures", "trial_resources"]
 
-BUDGET_TRIALS_GUESS = 32  # trials a time-budgeted search is sized for
 TRIAL_MEMORY_BYTES = 100 * 1024**2  # the trial function itself: a Ray Train controller, 0 CPUs
-
-
-def make_sampler(cfg: Config) -> Any:
-    """The Optuna sampler named by ``search.sampler``, seeded. NSGA-II and TPE read each told
-    trial's constraint values (``search.constraints``) themselves: constrained domination and
-    feasibility-aware splits; random sampling ignores them."""
-    import optuna
-
-    s = cfg.search
-    # Trials the search will run, for sizing the samplers' start-up: a time budget's count is
-    # not known in advance (the default search fits about 30 in 3 minutes on 2 cores).
-    planned = s.num_trials or BUDGET_TRIALS_GUESS
-    if s.sampler == "nsga2":
-        # A population far smaller than the default 50, or a 16-trial search never leaves its
-        # random first generation.
-        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, planned // 4)),
-                                             seed=s.seed)
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
-                                          n_startup_trials=max(4, planned // 4))
-    return optuna.samplers.RandomSampler(seed=s.seed)
 
 
 def _trial_cfg(params: dict[str, Any], base: dict[str, Any]) -> Config:

@@ -9,7 +9,9 @@ committed, these files are never rewritten. A new format version or coding adds 
 
 The v1 and v2 files were written by distopt at commit 8b6d3ae (format v2 the default, v1 for
 comparisons), the v3 files (coding ids: codebooks beside integer codes) by the commit that
-introduced format v3; torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
+introduced format v3, v2_cnn_depthwise_b4 and v2_cnn_nobias_b4 by the commit that introduced depthwise blocks and
+layers without biases;
+torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
 
     python tests/golden/make_golden.py   # refuses to overwrite an existing case
 """
@@ -43,6 +45,11 @@ for bits in (32, 16, 8, 4, 3, 2):
 for block in ("same", "separable"):
     for bits in (8, 4):
         CASES[f"v2_cnn_{block}_b{bits}"] = ({**CNN, "block": block}, bits, {}, 0.5, 2)
+# Depthwise-only blocks (added with the block kind; the spec's "block" names it).
+CASES["v2_cnn_depthwise_b4"] = ({**CNN, "block": "depthwise", "conv_channels": (4, 4)}, 4, {},
+                                0.5, 2)
+# No biases (model.bias false: the spec's "bias" is written only then).
+CASES["v2_cnn_nobias_b4"] = ({**CNN, "bias": False}, 4, {}, 0.5, 2)
 CASES["v2_cnn_plain_b2_signs"] = (CNN, 2, {}, -1.0, 2)  # no zero code: a dense ternary index
 CASES["v2_cnn_gap_b8"] = ({**CNN, "head": "gap", "in_shape": (1, 16, 16), "kernel_size": 5}, 8, {}, 0.0, 2)
 CASES["v2_cnn_mixed_bits"] = (CNN, 8, {"features.0.weight": 8, "features.3.weight": 3,

@@ -29,6 +29,10 @@ Every number is the decoded file's: test accuracy on the 2,000 embedded test ima
 the whole file. Runs in this process (no Ray), ~10 minutes a seed on 2 cores.
 
     python benchmarks/frontier_ablation.py [--seeds 3]
+    python benchmarks/frontier_ablation.py --setups blocks --name frontier_blocks  # issue 23's
+
+*flash mean*: what a device keeps to run the weight-only file in place (packed codes, float32
+scales and biases: ``flash_bytes``), absent from runs made before it was recorded.
 """
 
 from __future__ import annotations
@@ -76,7 +80,10 @@ SETUPS: dict[str, list[str]] = {
     "clusters 7": ["compress.cluster.k=7"],
 }
 HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)", "bytes mean",
-           "header / index / scales+biases / values", "v1 bytes mean", "v2 saves"]
+           "header / index / scales+biases / values", "v1 bytes mean", "v2 saves", "flash mean"]
+# Issue 23's building blocks against the base and the nearest older block kind, in one run:
+#   python benchmarks/frontier_ablation.py --setups blocks --name frontier_blocks
+BLOCKS = ["base", "separable blocks", "depthwise blocks", "no biases", "aug prob 0.5"]
 
 
 def v1_bytes(artifact: bytes, bits: int) -> int | None:
@@ -98,20 +105,31 @@ def v1_bytes(artifact: bytes, bits: int) -> int | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--setups", default="all",
+                    help="all, blocks (issue 23's building blocks), or names joined by commas")
+    ap.add_argument("--name", default="frontier_ablation", help="results/<name>.json")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
+    names = list(SETUPS) if args.setups == "all" else BLOCKS if args.setups == "blocks" else \
+        args.setups.split(",")
+    unknown = [n for n in names if n not in SETUPS]
+    if unknown or "base" not in names:
+        raise SystemExit(f"--setups: got {unknown or names}; names are {list(SETUPS)}, with base")
+    setups = {n: SETUPS[n] for n in names}
     splits = load_splits(load_config(None).data)
     t0 = time.perf_counter()
     teacher = fit(load_config(None, TEACHER), WorkerEnv(), lambda *a, **k: None,
-                  evaluate_test=True, splits=splits)
-    print(f"teacher: test {teacher['metrics'][M.TEST_ACCURACY]:.4f}, "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+                  evaluate_test=True, splits=splits) if "+distill" in setups else None
+    if teacher:
+        print(f"teacher: test {teacher['metrics'][M.TEST_ACCURACY]:.4f}, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "teacher.dopt"
-        path.write_bytes(teacher["artifact"])
+        if teacher:
+            path.write_bytes(teacher["artifact"])
         for seed in range(args.seeds):  # seeds outermost: every setup sees the same load
-            for setup, extra in SETUPS.items():
+            for setup, extra in setups.items():
                 over = BASE + extra + [f"train.seed={seed}"]
                 if "train.distill_alpha=0.5" in extra:
                     over.append(f"train.teacher_path={path}")
@@ -122,6 +140,7 @@ def main() -> None:
                 runs.append({"setup": setup, "seed": seed, "test_accuracy": m[M.TEST_ACCURACY],
                              "val_accuracy": m[M.VAL_ACCURACY], "bytes": m[M.SIZE_BYTES],
                              "v1_bytes": v1_bytes(out["artifact"], cfg.compress.quantize.bits),
+                             "flash_bytes": m[M.FLASH_BYTES],
                              **{k: m[k] for k in BREAKDOWN}})
                 v1 = runs[-1]["v1_bytes"]
                 print(f"{setup:>16} seed {seed}: test {m[M.TEST_ACCURACY]:.4f}, "
@@ -129,7 +148,7 @@ def main() -> None:
                       flush=True)
     base = statistics.mean(r["test_accuracy"] for r in runs if r["setup"] == "base")
     rows = []
-    for setup in SETUPS:
+    for setup in setups:
         rs = [r for r in runs if r["setup"] == setup]
         acc = [r["test_accuracy"] for r in rs]
         mean = statistics.mean(acc)
@@ -141,12 +160,14 @@ def main() -> None:
                      f"{100 * (mean - base):+.2f}", f"{size:,.0f}",
                      " / ".join(f"{statistics.mean(r[k] for r in rs):,.0f}" for k in BREAKDOWN),
                      "- (v2/v3 only)" if v1 is None else f"{v1:,.0f}",
-                     "-" if v1 is None else f"{1 - size / v1:.0%}"])
+                     "-" if v1 is None else f"{1 - size / v1:.0%}",
+                     f"{statistics.mean(r['flash_bytes'] for r in rs):,.0f}"])
     print(table(HEADERS, rows))
-    path = write("frontier_ablation", {
-        "command": "python benchmarks/frontier_ablation.py", "base": BASE, "teacher": TEACHER,
-        "teacher_test_accuracy": teacher["metrics"][M.TEST_ACCURACY], "setups": SETUPS,
-        "runs": runs, "table": rows}, args.out)
+    path = write(args.name, {
+        "command": "python benchmarks/frontier_ablation.py " + " ".join(sys.argv[1:]),
+        "base": BASE, "teacher": TEACHER,
+        "teacher_test_accuracy": teacher["metrics"][M.TEST_ACCURACY] if teacher else None,
+        "setups": setups, "runs": runs, "table": rows}, args.out)
     print(f"wrote {path}")
 
 

@@ -227,7 +227,9 @@ def render(page: Path = PAGE) -> Path:
                   "(`compress.cluster.k`) instead of 4-bit integer codes: each weight tensor's "
                   "non-zero weights share k fine-tuned values, stored as a codebook (format "
                   "v3; bytes are then v3's).", ""]
-        lines += [table(frontier_ablation.HEADERS, fa["table"]), ""]
+        width = len(frontier_ablation.HEADERS)  # runs before flash was recorded lack it
+        lines += [table(frontier_ablation.HEADERS,
+                        [r + ["-"] * (width - len(r)) for r in fa["table"]]), ""]
         rows = {r[0]: r for r in fa["table"]}
         if "clusters 15" in rows and "base" in rows:
             c15, base = rows["clusters 15"], rows["base"]
@@ -237,6 +239,21 @@ def render(page: Path = PAGE) -> Path:
                       "tensor, fine-tuned for 2 epochs after 80% pruning.", ""]
     else:
         lines += _missing("frontier_ablation", "python benchmarks/frontier_ablation.py")
+    lines += ["## BitNetMCU's building blocks, each alone (issue 23)", ""]
+    fb = _load("frontier_blocks")
+    if fb:
+        lines += [_machine(fb), "", f"`{fb['command'].strip()}`: the base above against the "
+                  "block kinds and options BitNetMCU's small CNNs are made of, each alone, in "
+                  "one run over seeds: *depthwise blocks* (`model.block: depthwise`: depthwise "
+                  "convs alone after a full first conv, every block 8 channels wide), *no "
+                  "biases* (`model.bias: false`), *aug prob 0.5* (`augment.prob: 0.5`: half the "
+                  "training images seen clean each epoch, at the same steps), with separable "
+                  "blocks beside them. *flash mean*: packed weights + float32 scales and biases "
+                  "(the weight-only file run in place).", ""]
+        lines += [table(frontier_ablation.HEADERS, fb["table"]), ""]
+    else:
+        lines += _missing("frontier_blocks", "python benchmarks/frontier_ablation.py --setups "
+                          "blocks --name frontier_blocks")
     lines += ["## Artifact format v2 against v1, part by part", ""]
     fv = _load("format_v2")
     if fv:
@@ -296,6 +313,12 @@ def render(page: Path = PAGE) -> Path:
                   "(today's default). Best accuracies and hypervolume (reference 80%, "
                   "10^6 B, log10 bytes) are the searches' own, means over seeds.", ""]
         lines += [es["table"], ""]
+        per_seed = "; ".join(
+            f"{r['rule']} seed {r['seed']}: {r['would_enter_front']} of {r['rerun']}"
+            for r in sorted(es["runs"], key=lambda r: (r["seed"], r["rule"])))
+        lines += [f"Per search: {per_seed}. The two rules' searches part ways at the first "
+                  "rung where they differ (the sampler learns from other results), so trial "
+                  "and stop counts differ too.", ""]
     else:
         lines += _missing("early_stopping", "python benchmarks/early_stopping.py")
     lines += ["## GPU", ""]

@@ -263,8 +263,12 @@ def test_compression_options_that_would_do_nothing_are_rejected():
     text = str(e.value)
     assert "compress.quantize.qat: got true with bits 32" in text
     assert "compress.prune.schedule: got 'gradual' with kind 'structured'" in text
-    with pytest.raises(ConfigError, match="a fine-tune phase"):
-        load_config(None, ["compress.quantize.qat=true", "compress.prune.ratio=0"])
+    with pytest.raises(ConfigError, match="needs bits < 32 and fine-tune epochs"):
+        load_config(None, ["compress.quantize.qat=true", "compress.finetune_epochs=0"])
+    # QAT alone opens the fine-tune (no pruning needed): BitNetMCU's low-bit layers.
+    alone = load_config(None, ["compress.quantize.qat=true", "compress.prune.ratio=0",
+                               "compress.quantize.bits=4", "compress.finetune_epochs=2"])
+    assert alone.compress.fine_tunes
     load_config(None, ["compress.quantize.qat=true", "compress.prune.schedule=gradual", "compress.quantize.bits=4",
                        "compress.prune.ratio=0.5"])
 
@@ -378,9 +382,8 @@ def test_children_are_distinct_seeded_draws_of_the_compress_keys_only():
         seen.add(key)
         assert child.compress.quantize.bits in (4, 8, 32)
         assert round(child.compress.prune.ratio * 10, 6) == round(child.compress.prune.ratio * 10)
-        # Draws QAT cannot run (32 bits, or no fine-tune without pruning) were skipped.
-        assert not child.compress.quantize.qat or (child.compress.quantize.bits < 32 and
-                                          child.compress.prune.ratio > 0)
+        # Draws QAT cannot run (32 bits) were skipped.
+        assert not child.compress.quantize.qat or child.compress.quantize.bits < 32
         assert child.model == cfg.model and child.train == cfg.train
     other = child_configs(load_config(None, [space, "search.children=6", "search.seed=1"]))
     assert [v for v, _ in other] != [v for v, _ in children]

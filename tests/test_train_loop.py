@@ -267,9 +267,11 @@ def test_batch_norm_is_folded_before_fine_tuning_and_export(splits, kind, ratio)
 
 
 @pytest.mark.slow
-def test_qat_fine_tuning_validates_what_the_file_holds(splits):
+@pytest.mark.parametrize("prune", [[], ["compress.prune.ratio=0"]], ids=["pruned", "qat-alone"])
+def test_qat_fine_tuning_validates_what_the_file_holds(splits, prune):
+    """With pruning or alone (QAT opens the fine-tune itself)."""
     cfg = load_config(None, TINY + ["compress.quantize.bits=4", "compress.quantize.qat=true",
-                                    "compress.finetune_epochs=2"])
+                                    "compress.finetune_epochs=2"] + prune)
     rec = Recorder()
     fit(cfg, WorkerEnv(), rec, splits=splits)
     last_finetune, final = rec.reports[-2], rec.reports[-1]

@@ -150,8 +150,12 @@ class WeightQuantization(CompressionMethod):
         for name, kind in layer_kinds(model).items():
             codings.setdefault(name, IntCodes(self.settings.bits_of(kind)))
 
+    @property
+    def fine_tunes(self) -> bool:
+        return self.settings.fine_tunes  # QAT opens the fine-tune, pruning or not
+
     def forward_view(self, model: Model, codings: dict[str, Coding]) -> ContextManager[Any]:
-        # Called in fine-tune epochs only: QAT rides on another method's fine-tune.
+        # Called in fine-tune epochs only.
         if not self.settings.qat:
             return super().forward_view(model, codings)
         # Weights another method codes stay as they are (32 bits: not rounded here).

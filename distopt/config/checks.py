@@ -131,8 +131,7 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         problems.append(f"compress.quantize.qat: got true with bits {q.bits}, prune.ratio "
                         f"{p.ratio:g}, cluster.k {c.cluster.k}, finetune_epochs "
                         f"{c.finetune_epochs}; quantization-aware fine-tuning needs bits < 32 "
-                        "and a fine-tune phase (prune.ratio > 0 or cluster.k > 0, "
-                        "finetune_epochs >= 1)")
+                        "and fine-tune epochs (finetune_epochs >= 1)")
     widths = {q.bits, *q.layer_bits.values()}
     if ok("compress", "model.family") and q.activation_bits and (
             max(widths) > 8 or c.cluster.k or m.family not in INTEGER_FAMILIES):

@@ -215,7 +215,7 @@ class QuantizeConfig:
                       "scale")
     qat: bool = option(False, doc="fine-tune with weights quantized to their bits in every "
                      "forward (straight-through), so the artifact's rounding is trained for "
-                     "(needs a fine-tune: another method's, such as pruning)")
+                     "(compress.finetune_epochs of them; with or without pruning)")
     bits_first_conv: BITS | None = option(None, doc="mixed bit widths: weight bits of the first "
                                           "conv layer; null: bits")
     bits_conv: BITS | None = option(None, doc="weight bits of the other conv layers; null: bits")
@@ -232,7 +232,9 @@ class QuantizeConfig:
 
     @property
     def fine_tunes(self) -> bool:
-        return False  # QAT rides on another method's fine-tune
+        """QAT opens the fine-tune itself: low-bit weights (BitNetMCU's 2/4-bit layers) are
+        trained for without pruning or clustering anything."""
+        return self.qat and {self.bits, *self.layer_bits.values()} != {32}
 
     @property
     def layer_bits(self) -> dict[str, int]:

@@ -28,7 +28,20 @@ from distopt.results.trials import (AT_CHANCE, DUPLICATE, DUPLICATE_OF, FINAL_ME
 from distopt.storage import Location
 from distopt.training import evaluate_artifact
 
-__all__ = ["collect"]
+__all__ = ["checkpoint_path", "collect", "read_artifact"]
+
+
+def checkpoint_path(result: Any) -> str:
+    """Where a Tune result's last checkpoint is: Ray Train trials report it, trial-actor ones
+    hold it; "" where there is none."""
+    m = result.metrics or {}
+    return m.get("checkpoint_path") or (
+        result.checkpoint.path if result.checkpoint is not None else "")
+
+
+def read_artifact(location: Location, checkpoint: str, name: str = M.ARTIFACT_FILE) -> bytes:
+    """The file ``name`` a trial wrote beside its checkpoint (``checkpoint_path``)."""
+    return location.read_bytes(checkpoint.removeprefix("file://").rstrip("/") + "/" + name)
 
 
 def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None = None,
@@ -54,9 +67,7 @@ def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None
             "status": (OVER_BUDGET if m.get(M.OVER_BUDGET) else "COMPLETE") if complete else
             UNFINISHED if number in running else (STOPPED if stopped else "FAILED"),
             "error": "" if result.error is None else _error_text(result.error),
-            # Ray Train trials report their checkpoint's path; trial-actor ones hold it.
-            "checkpoint_path": m.get("checkpoint_path") or (
-                result.checkpoint.path if result.checkpoint is not None else ""),
+            "checkpoint_path": checkpoint_path(result),
             "params_json": json.dumps({k: params.get(k) for k in cfg.search.space}),
         }
         for k in cfg.search.space:
@@ -109,10 +120,8 @@ def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None
         row["artifact"] = ""
         if not on_front:
             continue
-        src = row["checkpoint_path"].removeprefix("file://").rstrip("/") + "/" + \
-            row["artifact_file"]
         dst = models / f"{row['trial_id']}.dopt"
-        dst.write_bytes(location.read_bytes(src))
+        dst.write_bytes(read_artifact(location, row["checkpoint_path"], row["artifact_file"]))
         row["artifact"] = str(dst.relative_to(output))
         assert splits is not None
         row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]

@@ -89,8 +89,8 @@ def noise_marks(points: Sequence[tuple[float, float, float]]) -> list[bool]:
 
 def run_final_stage(cfg: Config, output: Location, rows: list[dict[str, Any]],
                     max_concurrent: int) -> list[dict[str, Any]]:
-    """Train the chosen configurations of ``rows`` again, evaluate each decoded file on the test set, and add to every row the mean,
-    standard deviation and count of its runs' test accuracies, the dense epochs they trained,
+    """Train the chosen configurations of ``rows`` again, evaluate each decoded file on the
+    test set, and add to every row the mean, standard deviation and count of its runs' test accuracies, the dense epochs they trained,
     the largest ``final.select.metric`` of their files, and the within-noise mark (rows not
     chosen: NaN, 0). Runs that fail are left out and logged."""
     final = cfg.search.final

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from distopt import metrics as M
 from distopt.config import Config
+from distopt.orchestration.collect import checkpoint_path, read_artifact
 from distopt.orchestration.trial_params import RETRAIN_KEY
 from distopt.orchestration.tuning import trainable, trial_max_failures
 from distopt.results.paths import SearchPaths
@@ -72,10 +73,7 @@ def retrain(cfg: Config, output: Location, jobs: Sequence[dict[str, Any]], name:
                         json.dumps(job["params"], sort_keys=True), result.error)
             done[key] = Retrained(job, None, None)
             continue
-        path_ = m.get("checkpoint_path") or result.checkpoint.path
-        data = output.read_bytes(path_.removeprefix("file://").rstrip("/") + "/" +
-                                 M.ARTIFACT_FILE)
-        done[key] = Retrained(job, m, data)
+        done[key] = Retrained(job, m, read_artifact(output, checkpoint_path(result)))
     return [done.get(json.dumps(j, sort_keys=True), Retrained(j, None, None)) for j in jobs]
 
 

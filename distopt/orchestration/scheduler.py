@@ -130,6 +130,7 @@ class MultiObjectiveASHA(FIFOScheduler):
                    cfg.trial_config().train.epochs, s.keep_extremes, s.unstopped_share)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
         if unstopped(self.started, self.unstopped_share):
             self.exempt.add(trial.trial_id)
         self.started += 1

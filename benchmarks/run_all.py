@@ -15,6 +15,7 @@ JSON is missing say so (and which command produces it).
     python benchmarks/integer_models.py               # integer models: C and TFLM parity, budgets
     python benchmarks/early_stopping.py               # stopped trials re-run: would they be on
                                                       # the front? (keep_extremes off vs on)
+    python benchmarks/recsys.py                       # clicks-mini: each knob alone; the front
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import headline  # noqa: E402
 import format_v2  # noqa: E402
 import frontier_ablation  # noqa: E402
 import integer_models  # noqa: E402
+import recsys  # noqa: E402
 import onnx_parity  # noqa: E402
 from _common import RESULTS, table, write  # noqa: E402
 
@@ -321,6 +323,30 @@ def render(page: Path = PAGE) -> Path:
                   "and stop counts differ too.", ""]
     else:
         lines += _missing("early_stopping", "python benchmarks/early_stopping.py")
+    lines += ["## Recommendation: clicks-mini, where the bytes are embedding rows", ""]
+    rs = _load("recsys")
+    if rs:
+        lines += [_machine(rs), "", f"`{rs['command']}`: one base, `configs/clicks.yaml`'s "
+                  "model at 4,096 rows a table, 8 dimensions, dot interaction, dense 32 (5 "
+                  "dense + 1 fine-tune epoch, 8-bit weights); each row changes one knob "
+                  "(`model.buckets`, `model.embed_dim`, `compress.quantize.bits_embedding` for "
+                  "the tables alone, `compress.prune_rows.ratio`). AUC of the decoded file on "
+                  f"6,000 validation and 10,000 test rows, means over seeds {rs['seeds']}. "
+                  "*bytes*: the `.dopt` file (a zero row costs a few bits in its sparse index); "
+                  "*flash*: packed codes, float32 scales and biases, as a kernel reading rows "
+                  "in place keeps them (a zero row costs as much as any); the tables' share of "
+                  "flash, and of bytes: 1 - (the decoded model with every table zero, "
+                  "re-encoded at its bits) / (the same model re-encoded as it is). Flash and "
+                  "shares are seed 0's.", "",
+                  table(recsys.HEADERS, recsys.knob_rows(rs["knobs"])), ""]
+        if "search" in rs:
+            se = rs["search"]
+            lines += [f"`{se['command']}`: {se['trials']} trials ({se['complete']} complete) "
+                      f"in {se['wall_s']:.0f} s; its front (test AUC of the decoded file, once; "
+                      "one seed):", "", table(recsys.FRONT_HEADERS,
+                                              recsys.front_rows(se["front"])), ""]
+    else:
+        lines += _missing("recsys", "python benchmarks/recsys.py")
     lines += ["## GPU", ""]
     gpu = _load("gpu")
     if gpu and "skipped" not in gpu:

@@ -34,7 +34,7 @@ from torch import nn
 
 from distopt import metrics as M
 from distopt.compress import ArtifactError, Decoded
-from distopt.models import Net, RecurrentNet
+from distopt.models import Net, RecsysNet, RecurrentNet
 from distopt.runtime import (INPUT_NAME, META_KEY, OUTPUT_NAME, InputNorm, example_feed,
                              measure_latency_ms, measure_ort_latency_ms, require_onnx, session)
 
@@ -118,6 +118,11 @@ def _normalize(g: _Graph, x: str, meta: dict[str, Any]) -> str:
                             "graph could not take raw inputs")
     if norm.get("tokens"):
         return x
+    if norm.get("column_mean"):  # tabular: per column (bucket ids: 0 and 1, exact)
+        x = g.node("Sub", [x, g.const("column_mean", np.array(norm["column_mean"], np.float32))],
+                   "centered")[0]
+        return g.node("Div", [x, g.const("column_std", np.array(norm["column_std"],
+                                                                np.float32))], "standardized")[0]
     x = g.node("Mul", [x, g.const("input_scale", np.float32(norm["scale"]))], "scaled")[0]
     if norm.get("size"):  # data.resize: bilinear, half-pixel centers, as F.interpolate did
         batch_channels = g.node("Slice", [g.node("Shape", [x], "shape")[0],
@@ -235,7 +240,7 @@ def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
     in_shape = [spec.in_shape[0], "height", "width"] if isinstance(norm, dict) and \
         norm.get("size") else list(spec.in_shape)
     x = _normalize(g, INPUT_NAME, decoded.meta)
-    out = _recurrent(g, x, model) if isinstance(model, RecurrentNet) else _net(g, x, model)
+    out = _GRAPHS[type(model)](g, x, model)
     g.nodes.append(helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
     graph = helper.make_graph(
         g.nodes, f"distopt_{spec.family}",
@@ -252,6 +257,58 @@ def to_onnx(decoded: Decoded, source: str = "artifact") -> bytes:
     except onnx.checker.ValidationError as e:  # a bug here, not in the user's file
         raise RuntimeError(f"{source}: the exported ONNX graph is invalid: {e}") from e
     return proto.SerializeToString()
+
+
+def _recsys(g: _Graph, x: str, model: RecsysNet) -> str:
+    """Id columns cast to int64 and folded onto each table as :func:`distopt.models.fold_ids`
+    does (``Where(id == 0, 0, 1 + Mod(id - 1, rows - 1))``), looked up with ``Gather``; the
+    numbers through ``Gemm`` + ``Relu``; then ``Concat`` (mlp) or the Gram matrix's upper
+    triangle (dot), and the head."""
+    k, n_cols = len(model.embeddings), model.spec.in_shape[0]
+    axis1 = g.const("axis1", np.array([1], np.int64))
+
+    def columns(lo: int, hi: int, hint: str) -> str:
+        return g.node("Slice", [x, g.const(f"{hint}_from", np.array([lo], np.int64)),
+                                g.const(f"{hint}_to", np.array([hi], np.int64)), axis1], hint)[0]
+
+    ids = g.node("Cast", [columns(0, k, "id_columns")], "ids", to=7)[0]  # int64
+    zero, one = g.const("zero", np.array(0, np.int64)), g.const("one", np.array(1, np.int64))
+    vectors, dense = [], None  # each (B, 1, d)
+    for i, table in enumerate(model.embeddings):
+        col = g.node("Gather", [ids, g.const(f"column{i}", np.array([i], np.int64))],
+                     f"id{i}", axis=1)[0]  # (B, 1)
+        shifted = g.node("Sub", [col, one], f"id{i}_minus1")[0]
+        folded = g.node("Add", [one, g.node("Mod", [shifted, g.const(
+            f"rows{i}", np.array(table.num_embeddings - 1, np.int64))], f"id{i}_mod")[0]],
+            f"id{i}_folded")[0]
+        row = g.node("Where", [g.node("Equal", [col, zero], f"id{i}_oov")[0], zero, folded],
+                     f"row{i}")[0]
+        w = g.weight(f"embeddings.{i}.weight", _float(table.weight))
+        vectors.append(g.node("Gather", [w, row], f"embedded{i}", axis=0)[0])
+    if model.numeric is not None:
+        lin = model.numeric[0]
+        dense = g.node("Relu", [g.node("Gemm", [
+            columns(k, n_cols, "numbers"), g.weight("numeric.0.weight", _float(lin.weight)),
+            g.const("numeric.0.bias", _float(lin.bias))], "numeric.gemm", transB=1)[0]],
+            "numeric_relu")[0]  # (B, d)
+        vectors.append(g.node("Unsqueeze", [dense, axis1], "numeric_vector")[0])
+    stacked = g.node("Concat", vectors, "stacked", axis=1)[0]  # (B, m, d)
+    if model.interact is None:
+        h = g.node("Flatten", [stacked], "concat", axis=1)[0]  # torch.cat's order
+    else:
+        gram = g.node("MatMul", [stacked, g.node("Transpose", [stacked], "stacked_t",
+                                                 perm=[0, 2, 1])[0]], "gram")[0]
+        flat = g.node("Flatten", [gram], "gram_flat", axis=1)[0]
+        pairs = g.node("Gather", [flat, g.const("pairs", model.interact.pairs.numpy())],
+                       "pairs", axis=1)[0]
+        h = g.node("Concat", [pairs, dense], "interactions", axis=1)[0] \
+            if dense is not None else pairs
+    return _head(g, h, model.classifier, "classifier")
+
+
+# The graph writer of each built-in family's module.
+_GRAPHS: dict[type[nn.Module], Callable[..., str]] = {Net: _net, RecurrentNet: _recurrent,
+                                                      RecsysNet: _recsys}
 
 
 # --------------------------------------------------------------------------------------------

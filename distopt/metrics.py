@@ -19,6 +19,11 @@ TRAIN_ACCURACY = "train_accuracy"  # eval mode on a fixed training subset (no dr
 TRAIN_ACCURACY_RUNNING = "train_accuracy_running"  # on the epoch's augmented, dropout batches
 VAL_LOSS = "val_loss"
 VAL_ACCURACY = "val_accuracy"
+# Binary labels (data.num_classes 2): ranking quality and calibration, what a click model is
+# judged by. VAL_LOGLOSS is the validation cross-entropy (VAL_LOSS) under the name the field
+# uses; VAL_AUC the area under the ROC curve of the positive class's probability.
+VAL_AUC = "val_auc"
+VAL_LOGLOSS = "val_logloss"
 VAL_SAMPLES = "val_samples"  # validation rows val_accuracy is over (the chance-level check)
 GAP = "train_val_gap"  # train_accuracy - val_accuracy: > 0 means overfitting
 SAMPLES_PER_S = "samples_per_s"
@@ -43,8 +48,19 @@ WEIGHT_FLASH_BYTES = "weight_flash_bytes"  # the packed weight codes alone (pape
 PEAK_RAM_BYTES = "peak_ram_bytes"  # largest input + output buffer of any layer, batch 1
 MACS = "macs"  # multiply-accumulates of one inference
 NONZERO_MACS = "nonzero_macs"  # ... of the non-zero weights only (a zero-skipping kernel)
+# ... of FLASH_BYTES, the embedding tables' (codes and scales): where a recommendation model's
+# bytes are
+EMBEDDING_FLASH_BYTES = "embedding_flash_bytes"
 DEVICE_METRICS = (FLASH_BYTES, WEIGHT_FLASH_BYTES, PEAK_RAM_BYTES, MACS, NONZERO_MACS)
 TEST_ACCURACY = "test_accuracy"
+TEST_AUC = "test_auc"
+TEST_LOGLOSS = "test_logloss"
+# A search's quality objective and the test metric reported beside it: the first objective
+# that is one of these keys (val_accuracy where none is) is what the report, the front's
+# selection and the final stage rank models by.
+QUALITY_TEST: dict[str, str] = {VAL_ACCURACY: TEST_ACCURACY, VAL_AUC: TEST_AUC,
+                                 VAL_LOGLOSS: TEST_LOGLOSS}
+QUALITY_LABEL: dict[str, str] = {VAL_ACCURACY: "acc", VAL_AUC: "AUC", VAL_LOGLOSS: "log loss"}
 LATENCY_MS = "latency_ms"  # PyTorch, batch 1, one thread, median after warm-up
 ORT_LATENCY_MS = "ort_latency_ms"  # the same on ONNX Runtime (measured when it is an objective)
 ONNX_BYTES = "onnx_bytes"  # length of the exported .onnx file (distopt export)
@@ -95,6 +111,10 @@ OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in (
         Objective(VAL_ACCURACY, "max", "validation accuracy of the model decoded from its artifact"),
+        Objective(VAL_AUC, "max", "binary labels: ROC AUC on validation of the model decoded "
+                  "from its artifact"),
+        Objective(VAL_LOGLOSS, "min", "binary labels: validation log loss (cross-entropy) of "
+                  "the model decoded from its artifact"),
         Objective(SIZE_BYTES, "min", "length in bytes of the exported artifact file"),
         Objective(LATENCY_MS, "min", "median CPU batch-1 latency of the decoded artifact"),
         Objective(ORT_LATENCY_MS, "min", "median CPU batch-1 latency of the exported ONNX "
@@ -125,5 +145,15 @@ RUNG_KEYS: dict[str, str] = {SIZE_BYTES: EXPECTED_SIZE_BYTES,
 
 # Keys that every report carries, so that Tune's strict metric check passes on every result.
 # Before the final report the artifact metrics are NaN ("not known yet").
-ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, SIZE_BYTES, LATENCY_MS, ORT_LATENCY_MS,
-                                    NONZERO_PARAMS, *DEVICE_METRICS, *RUNG_KEYS.values())
+def quality(objectives: tuple[tuple[str, Direction], ...] | list[tuple[str, str]]
+            ) -> tuple[str, Direction]:
+    """The quality objective of a search's objectives and its direction: the first of
+    :data:`QUALITY_TEST`'s keys among them, else ``val_accuracy`` (maximized)."""
+    for name, _ in objectives:
+        if name in QUALITY_TEST:
+            return name, OBJECTIVES[name].direction
+    return VAL_ACCURACY, "max"
+
+
+ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, VAL_AUC, VAL_LOGLOSS, SIZE_BYTES,
+                                    LATENCY_MS, ORT_LATENCY_MS, NONZERO_PARAMS, *DEVICE_METRICS, *RUNG_KEYS.values())

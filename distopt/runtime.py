@@ -33,18 +33,30 @@ EXTRA_HINT = "pip install onnx onnxruntime (the onnx extra: pip install -e '.[on
 @dataclass(frozen=True)
 class InputNorm:
     """Maps stored pixels to network inputs: ``(x * scale - mean) / std``, resized to ``size``
-    (``data.resize``) before standardizing; token ids pass through as integers. Stored in the
-    artifact so that a deployed model preprocesses exactly as in training."""
+    (``data.resize``) before standardizing; token ids pass through as integers; tabular rows
+    are standardized per column (``column_mean``, ``column_std``: bucket id columns have 0 and
+    1, so ids pass through exactly). Stored in the artifact so that a deployed model
+    preprocesses exactly as in training."""
 
     scale: float
     mean: float
     std: float
     tokens: bool = False
     size: tuple[int, int] | None = None
+    column_mean: tuple[float, ...] = ()
+    column_std: tuple[float, ...] = ()
+
+    @property
+    def tabular(self) -> bool:
+        return bool(self.column_mean)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:
             return x.long()
+        if self.tabular:
+            mean = torch.tensor(self.column_mean, dtype=torch.float32, device=x.device)
+            std = torch.tensor(self.column_std, dtype=torch.float32, device=x.device)
+            return (x.float() - mean) / std
         return self.standardize(self.to_unit(x))
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,13 +79,17 @@ class InputNorm:
 
     def to_meta(self) -> dict[str, Any]:
         meta = {"scale": self.scale, "mean": self.mean, "std": self.std, "tokens": self.tokens}
+        if self.tabular:
+            meta.update(column_mean=list(self.column_mean), column_std=list(self.column_std))
         return {**meta, "size": list(self.size)} if self.size else meta
 
     @classmethod
     def from_meta(cls, d: dict[str, Any]) -> InputNorm:
         size = d.get("size")
         return cls(d["scale"], d["mean"], d["std"], bool(d.get("tokens", False)),
-                   (int(size[0]), int(size[1])) if size else None)
+                   (int(size[0]), int(size[1])) if size else None,
+                   tuple(float(v) for v in d.get("column_mean", ())),
+                   tuple(float(v) for v in d.get("column_std", ())))
 
 
 

@@ -358,3 +358,45 @@ def test_report_on_a_search_that_has_not_finished_says_how_to_finish_it(tmp_path
     p = distopt("report", str(out))
     assert p.returncode == 2 and "has not finished" in p.stderr and "--resume" in p.stderr
     _no_traceback(p)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_your_own_click_log_with_string_ids_searched_by_auc_then_exported_to_onnx(tmp_path):
+    """Bring-your-own tabular Parquet, string ids included, through the whole product: the
+    recsys family searched on validation AUC and bytes, the report's quality columns in AUC,
+    then every front model as ONNX, checked against PyTorch on the test file."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import pyarrow as pa
+    from distopt.data.clicks import generate_clicks
+
+    log = generate_clicks(12_000, seed=5)
+    log = log.set_column(0, "user_id", pa.array([f"user-{u}" for u in
+                                                 log.column("user_id").to_pylist()]))
+    pq.write_table(log.slice(0, 10_000), tmp_path / "train.parquet")
+    pq.write_table(log.slice(10_000), tmp_path / "test.parquet")
+    out = tmp_path / "clicks"
+    p = distopt("search", "--config", str(CONFIGS / "clicks.yaml"), "--output", str(out),
+                "data.name=parquet", f"data.path={tmp_path / 'train.parquet'}",
+                f"data.test_path={tmp_path / 'test.parquet'}", "data.label_column=click",
+                "data.categorical_columns=[user_id, item_id, category, device]",
+                "data.numeric_columns=[price, position]", "search.time_budget_s=null",
+                "search.num_trials=3", "search.scheduler=fifo", "search.max_concurrent=2",
+                "train.epochs=2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    done = [r for r in rows if r["status"] == "COMPLETE"]
+    assert len(done) == 3 and all(0.55 < r[M.VAL_AUC] < 1 for r in done)
+    front = [r for r in rows if r["pareto"]]
+    assert front and all(0.55 < r[M.TEST_AUC] < 1 for r in front)
+    assert all(0 < r[M.EMBEDDING_FLASH_BYTES] < r[M.FLASH_BYTES] for r in front)
+    report = (out / "report.md").read_text()
+    assert "| val AUC | test AUC | val acc | test acc |" in report
+    p = distopt("export", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    for model in json.loads((out / M.MANIFEST_FILE).read_text())["models"]:
+        check = model["onnx"]
+        assert check["samples"] == 2000 and check["agreement"] == 1.0
+        assert check["max_abs_logit_diff"] < 1e-4
+        assert model["metrics"][M.TEST_AUC] == next(
+            r[M.TEST_AUC] for r in front if r["trial_id"] == model["trial_id"])

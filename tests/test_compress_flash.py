@@ -27,8 +27,9 @@ def test_seed_cnn_flash_is_its_packed_weights_plus_float32_scales_and_biases():
             -(-n * bits // 8) for n in (288, 18_432, 204_800, 1_280)), bits
         assert got[M.FLASH_BYTES] == got[M.WEIGHT_FLASH_BYTES] + 2 * 4 * SEED_CHANNELS
     floats = flash_bytes(decode(encode(model, 32)).tensors)
-    assert floats == {M.WEIGHT_FLASH_BYTES: 4 * SEED_WEIGHTS,
-                      M.FLASH_BYTES: 4 * SEED_WEIGHTS + 4 * SEED_CHANNELS}  # no scales
+    assert floats == {M.WEIGHT_FLASH_BYTES: 4 * SEED_WEIGHTS,  # no scales, no tables
+                      M.FLASH_BYTES: 4 * SEED_WEIGHTS + 4 * SEED_CHANNELS,
+                      M.EMBEDDING_FLASH_BYTES: 0}
 
 
 def test_each_tensor_rounds_up_to_whole_bytes_and_embeddings_scale_per_column():

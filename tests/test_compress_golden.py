@@ -43,7 +43,7 @@ def test_the_golden_set_covers_every_family_block_bit_width_index_and_coding():
                  ("version", info["version"]), ("tokens", spec.tokens), ("head", spec.head)}
         seen |= {("index", t.get("index"), t["bits"]) for t in info["tensors"] if "index" in t}
         seen |= {("coding", t.get("coding"), t.get("index")) for t in info["tensors"]}
-    for family in ("cnn", "conv1d", "mlp", "rnn"):
+    for family in ("cnn", "conv1d", "mlp", "rnn", "recsys"):
         assert ("family", family) in seen
     for block in ("plain", "same", "separable", "depthwise"):
         assert ("block", block) in seen

@@ -30,15 +30,15 @@ SMALL = ModelSpec("cnn", (1, 12, 12), 10, (4, 8), (16,))
 
 
 def test_built_in_methods_are_registered_in_plan_order():
-    assert [m.name for m in METHODS] == ["pruning", "clustering", "quantization",
-                                         "activation_quantization"]
+    assert [m.name for m in METHODS] == ["pruning", "row_pruning", "clustering",
+                                         "quantization", "activation_quantization"]
     with pytest.raises(ValueError, match="registered already"):
         register(type("Again", (CompressionMethod,), {"name": "pruning"}))
     with pytest.raises(ValueError, match="checkpoint keys"):
         register(type("Clash", (CompressionMethod,), {"name": "clash",
                                                       "checkpoint_keys": ("masks",)}))
-    assert [m.name for m in METHODS] == ["pruning", "clustering", "quantization",
-                                         "activation_quantization"]
+    assert [m.name for m in METHODS] == ["pruning", "row_pruning", "clustering",
+                                         "quantization", "activation_quantization"]
 
 
 class HalveWeights(CompressionMethod):

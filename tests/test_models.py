@@ -153,8 +153,9 @@ def test_layer_kinds_name_first_conv_other_convs_hidden_dense_and_classifier():
                                     "classifier"]
     assert list(kinds) == [n for n, _, _ in prunable_weights(cnn)]
     rnn = build_model(seed_rnn(tokens=True))
-    assert set(layer_kinds(rnn).values()) == {"dense", "classifier"}
+    assert set(layer_kinds(rnn).values()) == {"embedding", "dense", "classifier"}
     assert layer_kinds(rnn)["classifier.2.weight"] == "classifier"
+    assert layer_kinds(rnn)["embedding.weight"] == "embedding"
 
 
 def test_same_blocks_keep_the_map_and_separable_blocks_are_depthwise_then_pointwise():
@@ -264,7 +265,9 @@ def test_every_family_the_config_names_is_registered_and_builds_its_own_spec():
     assert set(FAMILIES) == {*BUILT_IN_FAMILIES, "external"}
     shapes = {"conv1d": ["data.name=signals-mini", "data.shape=[3, 1, 128]",
                          "data.num_classes=6"],
-              "rnn": ["model.hidden_size=8", "model.blocks=1"]}
+              "rnn": ["model.hidden_size=8", "model.blocks=1"],
+              "recsys": ["data.name=clicks-mini", "data.kind=tabular", "data.num_classes=2",
+                         "model.buckets=64", "model.embed_dim=4"]}
     for name in BUILT_IN_FAMILIES:
         cfg = load_config(None, [f"model.family={name}", "model.channels=4",
                                  "model.dense_units=8", *shapes.get(name, [])])

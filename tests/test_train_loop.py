@@ -409,8 +409,8 @@ def test_train_accuracy_is_the_decoded_models_in_eval_mode_on_a_fixed_training_s
     n = len(splits.x_train)
     probe = np.sort(np.random.default_rng(0).permutation(n)[:min(n, len(splits.x_val), 5000)])
     dec = decode(out["artifact"])
-    _, expected = evaluate(dec.model, splits.x_train[probe], splits.y_train[probe],
-                           InputNorm.from_meta(dec.meta["input"]), WorkerEnv(), 512)
+    expected = evaluate(dec.model, splits.x_train[probe], splits.y_train[probe],
+                        InputNorm.from_meta(dec.meta["input"]), WorkerEnv(), 512).accuracy
     final = out["metrics"]
     assert final[M.TRAIN_ACCURACY] == expected
     assert final[M.GAP] == final[M.TRAIN_ACCURACY] - final[M.VAL_ACCURACY]

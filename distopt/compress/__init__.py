@@ -1,5 +1,5 @@
 """Compression: methods registered as plug-ins (:mod:`.method`): weight pruning
-(:mod:`.pruning`), weight clustering (:mod:`.clustering`), weight quantization
+(:mod:`.pruning`), embedding row pruning (:mod:`.row_pruning`), weight clustering (:mod:`.clustering`), weight quantization
 (:mod:`.quantization`), activation quantization (:mod:`.activations`: integer-only models,
 whose reference is :mod:`.integer`); and the ``.dopt`` artifact whose length is the model size
 (:mod:`.artifact`), with its per-tensor codings (:mod:`.codings`).
@@ -17,6 +17,7 @@ from distopt.compress.clustering import WeightClustering
 from distopt.compress.method import METHODS, CompressionMethod, register
 from distopt.compress.pruning import (Masks, apply_masks, global_magnitude_masks, gradual_ratio,
                                       structured_prune)
+from distopt.compress.row_pruning import RowPruning
 from distopt.compress.quantization import (QuantizedWeights, quantize_per_channel,
                                            quantize_tensor)
 
@@ -29,6 +30,7 @@ __all__ = [
     "Masks",
     "MAX_PARAMS",
     "QuantizedWeights",
+    "RowPruning",
     "apply_masks",
     "decode",
     "encode",

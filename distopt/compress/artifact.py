@@ -140,7 +140,9 @@ def device_report(decoded: Decoded) -> dict[str, int]:
     ``nonzero_macs`` (:mod:`distopt.models.cost`): float32 activations, or int8 ones and the
     integer kernels' constants for an integer model."""
     integer = decoded.integer is not None
-    return {**flash_bytes(decoded.tensors, integer),
+    tables = {f"{p}.weight" for p, m in decoded.model.named_modules()
+              if isinstance(m, nn.Embedding)}
+    return {**flash_bytes(decoded.tensors, integer, tables),
             **activation_cost(decoded.model, decoded.model.spec, 1 if integer else 4)}
 
 

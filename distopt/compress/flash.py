@@ -26,7 +26,7 @@ activation buffers (RAM, :mod:`distopt.models.cost`). Reads only the file's tens
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from distopt import metrics as M
 
@@ -61,12 +61,16 @@ def tensor_flash(entry: Mapping[str, Any], integer: bool = False) -> tuple[int, 
     return codes, scales * (REQUANT_BYTES if integer else FLOAT_BYTES)
 
 
-def flash_bytes(tensors: Iterable[Mapping[str, Any]], integer: bool = False
-                ) -> dict[str, int]:
+def flash_bytes(tensors: Iterable[Mapping[str, Any]], integer: bool = False,
+                embeddings: Collection[str] = ()) -> dict[str, int]:
     """``flash_bytes`` (everything counted above) and ``weight_flash_bytes`` (the packed
-    weight codes alone) of a decoded file's tensor entries; ``integer``: of an integer model."""
-    codes = other = 0
+    weight codes alone) of a decoded file's tensor entries; ``integer``: of an integer model;
+    ``embedding_flash_bytes``: of those, the tensors named in ``embeddings`` (tables)."""
+    codes = other = tables = 0
     for entry in tensors:
         c, o = tensor_flash(entry, integer)
         codes, other = codes + c, other + o
-    return {M.FLASH_BYTES: codes + other, M.WEIGHT_FLASH_BYTES: codes}
+        if entry["name"] in embeddings:
+            tables += c + o
+    return {M.FLASH_BYTES: codes + other, M.WEIGHT_FLASH_BYTES: codes,
+            M.EMBEDDING_FLASH_BYTES: tables}

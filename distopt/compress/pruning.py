@@ -16,8 +16,8 @@ from distopt.config import CompressConfig
 from distopt.models import (GATES, Model, RecurrentNet, build_model, fold_batch_norm,
                             prunable_weights)
 
-__all__ = ["Masks", "WeightPruning", "apply_masks", "device_masks", "global_magnitude_masks",
-           "gradual_ratio", "structured_prune"]
+__all__ = ["HeldMasks", "Masks", "WeightPruning", "apply_masks", "device_masks",
+           "global_magnitude_masks", "gradual_ratio", "mask_gradients", "structured_prune"]
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool mask of the same shape
 
@@ -51,6 +51,17 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         params[name].mul_(mask.to(params[name].dtype))
+
+
+@torch.no_grad()
+def mask_gradients(model: nn.Module, masks: Masks | None) -> None:
+    """Zero the gradients of masked weights: a pruned weight's gradient is thrown away by its
+    mask after the step, so it must not count in the norm that clipping scales the others by."""
+    if masks:
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        for name, mask in masks.items():
+            if name in grads:
+                grads[name].mul_(mask.to(grads[name].dtype))
 
 
 def _keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -169,8 +180,31 @@ def device_masks(masks: Masks | None, device: torch.device) -> Masks | None:
     return {k: v.to(device=device, dtype=torch.float32) for k, v in masks.items()}
 
 
+class HeldMasks(CompressionMethod):
+    """What a pruning method shares: masks (float multipliers on the weights' device) held
+    through the fine-tune (re-applied after every step, their gradients left out of the
+    clipped norm) and kept in the checkpoint under the method's one checkpoint key."""
+
+    def __init__(self) -> None:
+        self.masks: Masks | None = None
+
+    def before_clip(self, model: Model) -> None:
+        mask_gradients(model, self.masks)
+
+    def after_step(self, model: Model) -> None:
+        if self.masks:
+            apply_masks(model, self.masks)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {self.checkpoint_keys[0]: {k: v.bool().cpu() for k, v in self.masks.items()}
+                if self.masks else None}
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        self.masks = device_masks(state.get(self.checkpoint_keys[0]), device)
+
+
 @register
-class WeightPruning(CompressionMethod):
+class WeightPruning(HeldMasks):
     """``compress.prune.ratio`` > 0: global magnitude masks held while fine-tuning (raised epoch
     by epoch with the gradual schedule), or structured pruning that shrinks the layers."""
 
@@ -179,8 +213,8 @@ class WeightPruning(CompressionMethod):
     checkpoint_keys = ("masks",)
 
     def __init__(self, ratio: float, kind: str, gradual: bool, epochs: int) -> None:
+        super().__init__()
         self.ratio, self.kind, self.gradual, self.epochs = ratio, kind, gradual, epochs
-        self.masks: Masks | None = None  # float multipliers on the weights' device
 
     @classmethod
     def from_config(cls, compress: CompressConfig) -> WeightPruning | None:
@@ -219,23 +253,3 @@ class WeightPruning(CompressionMethod):
         if self.gradual:  # weights pruned before are 0, so they stay pruned
             self.masks = device_masks(global_magnitude_masks(model, self.sparsity(k)), device)
             apply_masks(model, self.masks)
-
-    def before_clip(self, model: Model) -> None:
-        # A pruned weight's gradient is thrown away by the mask after the step: it must not
-        # count in the norm that scales the other gradients down.
-        if self.masks:
-            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-            for name, mask in self.masks.items():
-                if name in grads:
-                    grads[name].mul_(mask.to(grads[name].dtype))
-
-    def after_step(self, model: Model) -> None:
-        if self.masks:
-            apply_masks(model, self.masks)
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {"masks": {k: v.bool().cpu() for k, v in self.masks.items()}
-                if self.masks else None}
-
-    def restore(self, state: dict[str, Any], device: torch.device) -> None:
-        self.masks = device_masks(state.get("masks"), device)

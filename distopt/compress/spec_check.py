@@ -23,14 +23,15 @@ def spec_problem(d: Any) -> str | None:
         return "spec is not an object"
     if d.get("family") == "external":
         return _external_problem(d)
-    for key, allowed, default in (("family", ("cnn", "conv1d", "mlp", "rnn"), None),
+    for key, allowed, default in (("family", ("cnn", "conv1d", "mlp", "rnn", "recsys"), None),
+                                  ("interaction", ("mlp", "dot"), "mlp"),
                                   ("cell", tuple(GATES), "rnn"),
                                   ("head", ("flatten", "gap"), "flatten"),
                                   ("block", BLOCKS, "plain")):
         v = d.get(key, default)
         if not isinstance(v, str) or v not in allowed:
             name = {"family": "model family", "cell": "recurrent cell", "head": "head",
-                    "block": "conv block"}[key]
+                    "block": "conv block", "interaction": "interaction"}[key]
             return f"unknown {name} {v!r}"
     if not isinstance(d.get("bias", True), bool):
         return "spec.bias must be true or false"
@@ -54,6 +55,8 @@ def spec_problem(d: Any) -> str | None:
     if not (isinstance(d.get("dropout"), (int, float)) and 0 <= d["dropout"] < 1):
         return "spec.dropout must be in [0, 1)"
     tokens = d.get("vocab_size", 0) > 0
+    if d["family"] == "recsys":
+        return _recsys_problem(d, lists)
     if len(lists["in_shape"]) != (1 if d["family"] == "rnn" and tokens else 3):
         return f"spec.in_shape {lists['in_shape']} does not fit family {d['family']!r}"
     if tokens and not d.get("embed_dim"):
@@ -72,6 +75,21 @@ def spec_problem(d: Any) -> str | None:
             return "spec.conv_channels must all be equal with depthwise blocks"
     if d["family"] == "rnn" and not lists["rnn_units"]:
         return "spec.rnn_units is empty"
+    return None
+
+
+def _recsys_problem(d: dict[str, Any], lists: dict[str, Any]) -> str | None:
+    """A recsys spec: one row of columns, a table of at least 2 rows per id column (at most
+    as many tables as columns), an embedding dimension."""
+    if len(lists["in_shape"]) != 1:
+        return f"spec.in_shape {lists['in_shape']} does not fit family 'recsys'"
+    b = d.get("buckets")
+    if not isinstance(b, list) or not b or len(b) > lists["in_shape"][0] or \
+            not all(type(x) is int and 2 <= x <= 1 << 24 for x in b):
+        return (f"spec.buckets must list one table size in [2, {1 << 24}] per id column, at "
+                "most one per column")
+    if not d.get("embed_dim"):
+        return "spec.embed_dim must be >= 1 for family 'recsys'"
     return None
 
 

@@ -10,9 +10,10 @@ from distopt.config.parse import absolute_data_paths, parse_overrides
 from distopt.config.reference import reference_markdown
 from distopt.config.rules import ConfigError
 from distopt.config.secrets import REDACTED, expand_env_refs, redact_url, storage_url
-from distopt.config.sections import (BUILT_IN_FAMILIES, PRESETS, SIGNALS_CLASSES, SIGNALS_SHAPE,
+from distopt.config.sections import (BUILT_IN_FAMILIES, CLICKS_CATEGORICAL, CLICKS_LABEL,
+                                     CLICKS_NUMERIC, PRESETS, SIGNALS_CLASSES, SIGNALS_SHAPE,
                                      AugmentConfig, ClusterConfig, CompressConfig, DataConfig,
-                                     ModelConfig, PruneConfig, QuantizeConfig,
+                                     ModelConfig, PruneConfig, QuantizeConfig, RowPruneConfig,
                                      RegularizationConfig, TrainConfig, bits_text)
 from distopt.config.search_section import SearchConfig
 from distopt.config.checks import trial_epochs
@@ -20,6 +21,9 @@ from distopt.config.checks import trial_epochs
 __all__ = [
     "AugmentConfig",
     "BUILT_IN_FAMILIES",
+    "CLICKS_CATEGORICAL",
+    "CLICKS_LABEL",
+    "CLICKS_NUMERIC",
     "ClusterConfig",
     "CompressConfig",
     "Config",
@@ -28,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "PRESETS",
     "PruneConfig",
+    "RowPruneConfig",
     "QuantizeConfig",
     "REDACTED",
     "RegularizationConfig",

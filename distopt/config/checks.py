@@ -48,6 +48,7 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     if ok("data.name", "data.kind") and d.name in ("mnist", "mnist-mini", "signals-mini") and \
             d.kind != "image":
         problems.append(f"data.kind: got {d.kind!r}; data.name {d.name!r} is 'image'")
+    _check_tabular(cfg, problems, ok)
     external = ok("model.family") and is_factory_path(m.family)
     if external:
         _check_external_family(cfg, problems, ok, import_it=check_paths)
@@ -199,6 +200,63 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
         problems.append(f"search.objectives: {metrics.ORT_LATENCY_MS} with "
                         "compress.quantize.activation_bits 8; an integer model has no ONNX graph "
                         "yet (its C export is what runs it)")
+
+
+def _check_tabular(cfg: Config, problems: list[str], ok: Callable[..., bool]) -> None:
+    """Tabular data and the recsys family go together; the columns are named, distinct and
+    not the label; what acts on images, tokens or whole channels is refused."""
+    d, m, c = cfg.data, cfg.model, cfg.compress
+    if ok("data.name", "data.kind") and d.name == "clicks-mini" and d.kind != "tabular":
+        problems.append(f"data.kind: got {d.kind!r}; data.name 'clicks-mini' is 'tabular'")
+    if ok("data.name", "data.num_classes") and d.name == "clicks-mini" and d.num_classes != 2:
+        problems.append(f"data.num_classes: got {d.num_classes}; clicks-mini's label (click) "
+                        "is binary: 2")
+    if ok("data.name", "data.kind") and d.kind == "tabular" and \
+            d.name not in ("clicks-mini", "parquet"):
+        problems.append(f"data.kind: got 'tabular' with data.name {d.name!r}; tabular data is "
+                        "clicks-mini or your own parquet")
+    tabular = ok("data.kind") and d.kind == "tabular"
+    if ok("data.kind", "model.family") and tabular != (m.family == "recsys") and \
+            not is_factory_path(m.family):
+        problems.append(f"model.family: got {m.family!r} with data.kind {d.kind!r}; tabular "
+                        "data is for the 'recsys' family, and recsys takes only tabular data")
+    if not tabular:
+        return
+    cols = ("data.categorical_columns", "data.numeric_columns", "data.label_column")
+    if d.name == "parquet" and ok(*cols):
+        named = [*d.categorical_columns, *d.numeric_columns]
+        if not named:
+            problems.append("data.categorical_columns: got []; tabular parquet needs at least "
+                            "one categorical or numeric column (data.numeric_columns)")
+        repeated = sorted({n for n in named if named.count(n) > 1})
+        if repeated:
+            problems.append(f"data.categorical_columns/numeric_columns: {repeated} named more "
+                            "than once; a column is categorical or numeric, once")
+        if d.label_column in named:
+            problems.append(f"data.label_column: got {d.label_column!r}, also named as a "
+                            "feature column")
+    if ok("data.name", "data.categorical_columns") and d.name == "parquet" and \
+            m.family == "recsys" and not d.categorical_columns:
+        problems.append("data.categorical_columns: got []; the recsys family embeds "
+                        "categorical columns and needs at least one")
+    if ok("model.buckets", "data.num_buckets") and m.buckets > d.num_buckets:
+        problems.append(f"model.buckets: got {m.buckets} with data.num_buckets "
+                        f"{d.num_buckets}; a table has at most as many rows as there are "
+                        "buckets")
+    a = cfg.augment
+    aug = {k: v for k, v in (("rotation", a.rotation), ("shift", a.shift), ("shear", a.shear),
+                             ("zoom", a.zoom), ("token_dropout", a.token_dropout),
+                             ("crop", a.crop)) if v}
+    if ok("augment") and (aug or a.prob != 1):
+        problems.append(f"augment: got {aug or {'prob': a.prob}} with data.kind 'tabular'; "
+                        "tabular rows are not augmented")
+    if ok("compress.prune.kind") and c.prune.kind == "structured":
+        problems.append("compress.prune.kind: got 'structured' with data.kind 'tabular'; "
+                        "structured pruning rewrites conv and recurrent layers (use "
+                        "'unstructured', or compress.prune_rows for embedding rows)")
+    if ok("data.resize") and d.resize:
+        problems.append(f"data.resize: got {d.resize} with data.kind 'tabular'; resizing is "
+                        "for 2-D images")
 
 
 def _check_external_family(cfg: Config, problems: list[str], ok: Callable[..., bool],

@@ -12,15 +12,20 @@ from distopt.config.parse import canonical_raw
 from distopt.config.rules import Rule, in_range, option
 from distopt.user_models import is_factory_path
 
-__all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "ClusterConfig", "CompressConfig",
+__all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "CLICKS_CATEGORICAL", "CLICKS_LABEL",
+           "CLICKS_NUMERIC", "ClusterConfig", "CompressConfig",
            "DataConfig", "ModelConfig", "PRESETS", "PruneConfig", "QuantizeConfig",
-           "RegularizationConfig", "SIGNALS_CLASSES",
+           "RegularizationConfig", "RowPruneConfig", "SIGNALS_CLASSES",
            "SIGNALS_SHAPE", "TrainConfig", "bits_text"]
 
-BUILT_IN_FAMILIES = ("cnn", "conv1d", "mlp", "rnn")
+BUILT_IN_FAMILIES = ("cnn", "conv1d", "mlp", "rnn", "recsys")
 # The generated 1-D signal set (data.name signals-mini): channels, 1, length; classes.
 SIGNALS_SHAPE: tuple[int, int, int] = (3, 1, 128)
 SIGNALS_CLASSES = 6
+# The generated click log (data.name clicks-mini, distopt.data.clicks): its columns.
+CLICKS_CATEGORICAL: tuple[str, ...] = ("user_id", "item_id", "category", "hour", "device")
+CLICKS_NUMERIC: tuple[str, ...] = ("price", "position")
+CLICKS_LABEL = "click"
 
 MNIST_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -30,13 +35,17 @@ MNIST_MIRRORS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["mnist-mini", "mnist", "parquet", "tokens-mini", "signals-mini"] = option(
+    name: Literal["mnist-mini", "mnist", "parquet", "tokens-mini", "signals-mini",
+                  "clicks-mini"] = option(
         "mnist-mini", doc="mnist-mini: embedded 12k/2k subset (offline); mnist: full 70k; "
         "parquet: your own files; tokens-mini: generated token sequences (offline); "
-        "signals-mini: generated 3-channel 1-D signals, shape (3, 1, 128), 6 classes (offline)")
-    kind: Literal["image", "tokens"] = option("image", doc="image: (C, H, W) arrays (1-D "
-                                            "signals: (C, 1, L)); tokens: integer id sequences "
-                                            "(rnn family only)")
+        "signals-mini: generated 3-channel 1-D signals, shape (3, 1, 128), 6 classes (offline); "
+        "clicks-mini: generated click log, tabular, binary label (offline; "
+        "distopt.data.clicks)")
+    kind: Literal["image", "tokens", "tabular"] = option(
+        "image", doc="image: (C, H, W) arrays (1-D signals: (C, 1, L)); tokens: integer id "
+        "sequences (rnn family only); tabular: categorical and numeric columns (recsys family "
+        "only)")
     path: str | None = option(None, doc="mnist: directory with the four IDX files (raw or .gz); "
                             "parquet: training file, directory or glob")
     test_path: str | None = option(None, doc="parquet: test file, directory or glob")
@@ -49,6 +58,15 @@ class DataConfig:
     feature_column: str = option("image", doc="parquet: fixed-size list of numbers, or encoded "
                                "raw uint8 bytes")
     label_column: str = option("label", doc="parquet: integer class labels")
+    categorical_columns: tuple[str, ...] = option((), doc="tabular parquet: columns of ids "
+                                                "(integers or strings), each hashed into "
+                                                "num_buckets")
+    numeric_columns: tuple[str, ...] = option((), doc="tabular parquet: columns of numbers, "
+                                            "standardized on the training split")
+    num_buckets: int = option(1000, in_range(2, 1 << 24), "tabular: every categorical value is "
+                            "hashed into buckets 1..num_buckets-1 of its column (a stable "
+                            "BLAKE2b hash, distopt.data.tabular.hash_buckets); bucket 0 is "
+                            "out of vocabulary: null values")
     shape: tuple[int, ...] = option((1, 28, 28), Rule(lambda v: len(v) == 3 and min(v) >= 1,
                                   "must be 3 positive integers (channels, height, width)"),
                                   "input shape (C, H, W)")
@@ -63,6 +81,17 @@ class DataConfig:
                               "(bilinear, half-pixel centers, no antialiasing), in training, "
                               "evaluation and the exported model (the artifact records it); "
                               "null: as stored")
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        """Tabular: the categorical columns (clicks-mini's own, or categorical_columns)."""
+        return CLICKS_CATEGORICAL if self.name == "clicks-mini" else tuple(
+            self.categorical_columns)
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        """Tabular: the numeric columns (clicks-mini's own, or numeric_columns)."""
+        return CLICKS_NUMERIC if self.name == "clicks-mini" else tuple(self.numeric_columns)
 
     @property
     def model_shape(self) -> tuple[int, ...]:
@@ -106,7 +135,14 @@ class ModelConfig:
     cell: Literal["rnn", "gru", "lstm"] = option("rnn", doc="rnn: recurrent cell (rnn = Elman "
                                                "tanh, Keras' SimpleRNN)")
     hidden_size: int = option(128, in_range(1), "rnn: hidden units of each recurrent layer")
-    embed_dim: int = option(128, in_range(1), "rnn on tokens: embedding dimension")
+    embed_dim: int = option(128, in_range(1), "rnn on tokens, recsys: embedding dimension")
+    buckets: int = option(1000, in_range(2), "recsys: rows of each categorical column's "
+                        "embedding table: bucket ids fold onto them (id mod (buckets - 1), "
+                        "bucket 0 kept), so fewer rows share them; at most data.num_buckets")
+    interaction: Literal["mlp", "dot"] = option(
+        "mlp", doc="recsys: mlp: an MLP over the concatenated embeddings (and the numeric "
+        "features' dense vector); dot: DLRM's pairwise dot products of those vectors, beside "
+        "the numeric vector, into the MLP")
 
 
 @dataclass(frozen=True)
@@ -223,6 +259,8 @@ class QuantizeConfig:
                                      "recurrent and embedding weights); null: bits")
     bits_classifier: BITS | None = option(None, doc="weight bits of the last (classifier) "
                                           "layer; null: bits")
+    bits_embedding: BITS | None = option(None, doc="weight bits of embedding tables (recsys' "
+                                         "rows, rnn's token table); null: bits_dense, else bits")
     activation_bits: Literal[8] | None = option(
         None, doc="8: an integer-only model (TFLite's int8 scheme: activations int8 per tensor, "
         "calibrated on training inputs and trained for in fine-tune epochs; int32 accumulators, "
@@ -242,12 +280,27 @@ class QuantizeConfig:
         :func:`distopt.models.layer_kinds`) that has its own."""
         return {kind: bits for kind, bits in (
             ("first_conv", self.bits_first_conv), ("conv", self.bits_conv),
-            ("dense", self.bits_dense), ("classifier", self.bits_classifier))
+            ("dense", self.bits_dense), ("classifier", self.bits_classifier),
+            ("embedding", self.bits_embedding if self.bits_embedding is not None
+             else self.bits_dense))
             if bits is not None}
 
     def bits_of(self, kind: str) -> int:
         """Weight bits of a layer kind."""
         return self.layer_bits.get(kind, self.bits)
+
+
+@dataclass(frozen=True)
+class RowPruneConfig:
+    """Embedding row pruning (:class:`distopt.compress.row_pruning.RowPruning`)."""
+
+    ratio: float = option(0.0, in_range(0, 1, hi_open=True), "fraction of every embedding "
+                        "table's rows set to zero (the lowest L2 norms: ids seldom or never "
+                        "seen in training) and held at zero while fine-tuning; 0 = off")
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.ratio > 0
 
 
 @dataclass(frozen=True)
@@ -286,6 +339,7 @@ class CompressConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    prune_rows: RowPruneConfig = field(default_factory=RowPruneConfig)
 
     @property
     def fine_tunes(self) -> bool:
@@ -317,7 +371,7 @@ def bits_text(compress: Mapping[str, Any]) -> str:
     after them for an integer model (8-bit activations)."""
     q = canonical_raw(CompressConfig, compress).get("quantize") or {}
     mixed = [f"{k.removeprefix('bits_')} {q[k]}" for k in
-             ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier")
+             ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier", "bits_embedding")
              if q.get(k) is not None]
     acts = f" a{q['activation_bits']}" if q.get("activation_bits") else ""
     return f"{q.get('bits', QuantizeConfig.bits)}" + (f" ({', '.join(mixed)})" if mixed else "") \

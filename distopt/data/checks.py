@@ -11,6 +11,7 @@ import pyarrow as pa
 from distopt.config import DataConfig
 from distopt.data.parquet import expand, is_bytes, is_list, read_table
 from distopt.data.splits import DataError
+from distopt.data.tabular import is_categorical
 
 __all__ = ["check_parquet_data"]
 
@@ -86,10 +87,37 @@ def _check_features(table: pa.Table, cfg: DataConfig, path: Path) -> list[str]:
     return problems
 
 
+def _check_tabular(table: pa.Table, cfg: DataConfig, path: Path) -> list[str]:
+    """Categorical columns hold integers or strings; numeric ones numbers, none null or not
+    finite."""
+    problems = []
+    for name in cfg.categorical:
+        t = table.column(name).type
+        if not is_categorical(t):
+            problems.append(f"{path}: categorical column {name!r} has type {t}; expected "
+                            "integers or strings (data.categorical_columns)")
+    for name in cfg.numeric:
+        col = table.column(name)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            problems.append(f"{path}: numeric column {name!r} has type {col.type}; expected "
+                            f"numbers (data.numeric_columns), e.g. "
+                            f"{_example(table, np.ones(len(col), bool), name)}")
+            continue
+        nulls = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+        values = col.fill_null(0).to_numpy().astype(np.float64)
+        bad = nulls | ~np.isfinite(values)
+        if bad.any():
+            problems.append(f"{path}: numeric column {name!r} has {int(bad.sum())} null, NaN "
+                            f"or infinite value(s), e.g. {_example(table, bad, name)}; fill "
+                            "or drop them")
+    return problems
+
+
 def check_parquet_data(cfg: DataConfig) -> tuple[list[str], list[str]]:
     """Every problem with a user's Parquet training and test files, found on the driver before
-    anything starts (reading only the two columns): schema, label type, range and nulls,
-    feature lengths, nulls and non-finite values, enough rows for a validation split with one
+    anything starts (reading only the columns it uses): schema, label type, range and nulls,
+    feature lengths, nulls and non-finite values (tabular: column types, numbers' nulls and
+    non-finite values), enough rows for a validation split with one
     row per class, and at least two classes in training. Returns ``(problems, warnings)``;
     warnings name classes missing from the training files."""
     if cfg.name != "parquet" or not cfg.path:
@@ -104,13 +132,16 @@ def check_parquet_data(cfg: DataConfig) -> tuple[list[str], list[str]]:
             problems.append(str(e))
             continue
         for path in files:
+            tabular = cfg.kind == "tabular"
+            columns = (*cfg.categorical, *cfg.numeric) if tabular else (cfg.feature_column,)
             try:
-                table = read_table(path, (cfg.feature_column, cfg.label_column))
+                table = read_table(path, (*columns, cfg.label_column))
             except DataError as e:
                 problems.append(str(e))
                 continue
             label_problems, y = _check_labels(table, cfg, path)
-            problems += label_problems + _check_features(table, cfg, path)
+            problems += label_problems + (_check_tabular(table, cfg, path) if tabular
+                                          else _check_features(table, cfg, path))
             if role == "training":
                 labels.append(y)
     warnings: list[str] = []

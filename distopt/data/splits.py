@@ -17,7 +17,8 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class Splits:
     """Train/validation/test arrays. Images are ``(N, C, H, W)``, uint8 (scale 1/255) or
-    float32 (scale 1); token sequences are ``(N, max_len)`` int32 ids (0 = padding); labels
+    float32 (scale 1); token sequences are ``(N, max_len)`` int32 ids (0 = padding); tabular
+    rows ``(N, id_columns + numeric)`` float32, bucket ids first (:mod:`.tabular`); labels
     int64. ``digest`` identifies the data for manifests."""
 
     x_train: np.ndarray
@@ -27,6 +28,7 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     digest: str
+    id_columns: int | None = None  # tabular: how many leading columns are bucket ids
 
     @property
     def scale(self) -> float:

@@ -14,8 +14,9 @@ The rules:
   Not counted: a kernel's scratch (im2col), the runtime's own state. A model with branches
   (residual connections) keeps more buffers live than this counts.
 - **MACs**: a conv's ``H_out * W_out * C_out * (C_in / groups) * k_h * k_w``, a dense layer's
-  ``in * out`` per row, a recurrent layer's ``(|W_ih| + |W_hh|)`` per time step; embeddings,
-  pooling and activations do no multiply-accumulates. ``nonzero_macs`` counts only the
+  ``in * out`` per row, a recurrent layer's ``(|W_ih| + |W_hh|)`` per time step, a pairwise
+  dot interaction's ``d`` per pair; embeddings, pooling and activations do no
+  multiply-accumulates. ``nonzero_macs`` counts only the
   non-zero weights' ones.
 """
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from distopt import metrics as M
+from distopt.models.recsys import PairwiseDot
 from distopt.models.spec import ModelSpec
 from distopt.models.weights import example_input
 
@@ -59,6 +61,10 @@ def _macs(m: nn.Module, inputs: tuple[Any, ...], out: Any) -> tuple[int, int]:
         weights = [p for name, p in m.named_parameters() if name.startswith("weight_")]
         return (steps * sum(w.numel() for w in weights),
                 steps * sum(int((w != 0).sum()) for w in weights))
+    if isinstance(m, PairwiseDot):  # weightless: its dense and non-zero counts agree
+        v = inputs[0]
+        pairs = m.pairs.numel() * v.shape[0] * v.shape[2]
+        return pairs, pairs
     return 0, 0
 
 

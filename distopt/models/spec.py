@@ -16,8 +16,9 @@ __all__ = ["ModelSpec"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: Literal["cnn", "conv1d", "mlp", "rnn", "external"]
-    in_shape: tuple[int, ...]  # images: (C, H, W); 1-D signals: (C, 1, L); tokens: (max_len,)
+    family: Literal["cnn", "conv1d", "mlp", "rnn", "recsys", "external"]
+    # images: (C, H, W); 1-D signals: (C, 1, L); tokens: (max_len,); tabular rows: (columns,)
+    in_shape: tuple[int, ...]
     num_classes: int
     conv_channels: tuple[int, ...] = ()  # cnn, conv1d: one conv 'valid' + max-pool 2 per entry
     dense_units: tuple[int, ...] = ()  # hidden dense layers before the classifier
@@ -31,6 +32,8 @@ class ModelSpec:
     head: Literal["flatten", "gap"] = "flatten"  # cnn: flatten or global-average-pool features
     block: Literal["plain", "same", "separable", "depthwise"] = "plain"  # cnn, conv1d: conv block kind
     bias: bool = True  # cnn, conv1d, mlp: conv and dense layers with biases (False: none)
+    buckets: tuple[int, ...] = ()  # recsys: rows of each categorical column's embedding table
+    interaction: Literal["mlp", "dot"] = "mlp"  # recsys: concatenation or pairwise dots
     # external: the user's factory ("package.module:Name") and its options (the config's model
     # section as sorted (key, value) pairs); see distopt.user_models.
     factory: str = ""
@@ -42,6 +45,8 @@ class ModelSpec:
             del d["factory"], d["options"]
         if self.bias:  # written only when off, so files of biased models are as before
             del d["bias"]
+        if self.family != "recsys":  # the keys of a later family: other files as before
+            del d["buckets"], d["interaction"]
         return d
 
     @classmethod
@@ -67,6 +72,8 @@ class ModelSpec:
                    vocab_size=int(d.get("vocab_size", 0)), embed_dim=int(d.get("embed_dim", 0)),
                    batch_norm=bool(d.get("batch_norm", False)), head=d.get("head", "flatten"),
                    block=d.get("block", "plain"), bias=bool(d.get("bias", True)),
+                   buckets=tuple(int(b) for b in d.get("buckets", ())),
+                   interaction=d.get("interaction", "mlp"),
                    factory=str(d.get("factory", "")),
                    options=tuple((str(k), v) for k, v in d.get("options", ())))
 

@@ -22,16 +22,20 @@ def example_input(spec: ModelSpec, batch: int = 1) -> torch.Tensor:
 def layer_kinds(model: nn.Module) -> dict[str, str]:
     """The kind of every weight :func:`prunable_weights` lists, for mixed bit widths:
     ``first_conv`` (the first conv layer), ``conv`` (the others), ``classifier`` (the last
-    dense layer) and ``dense`` (hidden dense layers; recurrent and embedding weights)."""
+    dense layer), ``embedding`` (embedding tables) and ``dense`` (hidden dense layers and
+    recurrent weights)."""
     names = [name for name, _, _ in prunable_weights(model)]
     convs = [f"{p}.weight" for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     denses = [f"{p}.weight" for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+    tables = {f"{p}.weight" for p, m in model.named_modules() if isinstance(m, nn.Embedding)}
     kinds = {}
     for name in names:
         if convs and name == convs[0]:
             kinds[name] = "first_conv"
         elif name in convs:
             kinds[name] = "conv"
+        elif name in tables:
+            kinds[name] = "embedding"
         elif denses and name == denses[-1]:
             kinds[name] = "classifier"
         else:
@@ -47,14 +51,17 @@ def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Parameter, int]]:
     """The weight matrices that are pruned, L1-penalized and quantized, in forward order, as
     ``(parameter name, parameter, quantization axis)``: conv, dense and recurrent weights get
     one scale per output row (axis 0); embeddings one per dimension (axis 1), because a scale
-    per vocabulary row would cost more than the rows' 8-bit values save. Biases are excluded."""
+    per vocabulary row would cost more than the rows' 8-bit values save, unless the table has
+    fewer rows than dimensions (then per row: whichever needs fewer scales). Biases are
+    excluded."""
     out = []
     for prefix, m in model.named_modules():
         dot = f"{prefix}." if prefix else ""
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             out.append((f"{dot}weight", m.weight, 0))
         elif isinstance(m, nn.Embedding):
-            out.append((f"{dot}weight", m.weight, 1))
+            out.append((f"{dot}weight", m.weight,
+                        0 if m.num_embeddings < m.embedding_dim else 1))
         elif isinstance(m, nn.RNNBase):
             for name, p in m.named_parameters():
                 if name.startswith("weight_"):

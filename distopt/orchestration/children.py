@@ -25,7 +25,12 @@ SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constra
                                          "search.final.epochs": None,
                                          "search.final.select.budgets": [],
                                          "search.final.select.metric": "size_bytes",
-                                         "augment.prob": 1.0, "model.bias": True}
+                                         "augment.prob": 1.0, "model.bias": True,
+                                         "data.categorical_columns": [],
+                                         "data.numeric_columns": [], "data.num_buckets": 1000,
+                                         "model.buckets": 1000, "model.interaction": "mlp",
+                                         "compress.quantize.bits_embedding": None,
+                                         "compress.prune_rows.ratio": 0.0}
 
 
 def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:

@@ -117,6 +117,8 @@ def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None
     for row, on_front in zip(rows, front):
         row["pareto"] = bool(on_front)
         row[M.TEST_ACCURACY] = math.nan
+        if cfg.data.num_classes == 2:
+            row[M.TEST_AUC] = row[M.TEST_LOGLOSS] = math.nan
         row["artifact"] = ""
         if not on_front:
             continue
@@ -124,7 +126,8 @@ def collect(cfg: Config, location: Location | Path, grid: Any, into: Path | None
         dst.write_bytes(read_artifact(location, row["checkpoint_path"], row["artifact_file"]))
         row["artifact"] = str(dst.relative_to(output))
         assert splits is not None
-        row[M.TEST_ACCURACY] = evaluate_artifact(dst.read_bytes(), splits, "test")[M.TEST_ACCURACY]
+        tested = evaluate_artifact(dst.read_bytes(), splits, "test")
+        row.update({k: tested[k] for k in M.QUALITY_TEST.values() if k in tested})
     write_trials(rows, output)
     return rows
 

@@ -41,11 +41,14 @@ __all__ = ["FINAL_DIR", "final_jobs", "noise_marks", "run_final_stage", "select"
 FINAL_DIR = "final"  # the stage's Tune run, beside tune/
 
 
-def select(rows: Sequence[dict[str, Any]], final: FinalConfig) -> list[dict[str, Any]]:
+def select(rows: Sequence[dict[str, Any]], final: FinalConfig,
+           by: tuple[str, str] = (M.VAL_ACCURACY, "max")) -> list[dict[str, Any]]:
     """The front rows the stage trains again, in order of size: the whole front, or the best
-    by validation accuracy (then the smaller) under each budget of ``final.select``; a budget
+    by the validation metric ``by`` (name, direction: the search's quality objective,
+    accuracy by default; then the smaller) under each budget of ``final.select``; a budget
     no front model fits chooses nothing, and one row chosen by two budgets is trained once."""
     metric = final.select.metric
+    quality, sign = by[0], 1 if by[1] == "max" else -1
     front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r[metric])
     if not final.select.budgets:
         return front
@@ -55,7 +58,7 @@ def select(rows: Sequence[dict[str, Any]], final: FinalConfig) -> list[dict[str,
         if not fits:
             log.warning("final stage: no front model has %s <= %g", metric, budget)
             continue
-        best = max(fits, key=lambda r: (r[M.VAL_ACCURACY], -r[metric]))
+        best = max(fits, key=lambda r: (sign * r[quality], -r[metric]))
         chosen[best["trial_id"]] = best
     return sorted(chosen.values(), key=lambda r: r[metric])
 
@@ -95,7 +98,10 @@ def run_final_stage(cfg: Config, output: Location, rows: list[dict[str, Any]],
     chosen: NaN, 0). Runs that fail are left out and logged."""
     final = cfg.search.final
     metric = final.select.metric
-    chosen = [{**r, "params": json.loads(r["params_json"])} for r in select(rows, final)]
+    quality, direction = M.quality(cfg.search.objectives)
+    test_key = M.QUALITY_TEST[quality]
+    chosen = [{**r, "params": json.loads(r["params_json"])}
+              for r in select(rows, final, (quality, direction))]
     jobs = final_jobs(cfg, chosen)
     for r in rows:
         r[TEST_MEAN], r[TEST_SD], r[SEEDS], r[WITHIN_NOISE] = math.nan, math.nan, 0, False
@@ -110,19 +116,20 @@ def run_final_stage(cfg: Config, output: Location, rows: list[dict[str, Any]],
     sizes: dict[str, list[float]] = {r["trial_id"]: [] for r in chosen}
     if final.epochs is None:
         for r in chosen:
-            accuracies[r["trial_id"]].append(r[M.TEST_ACCURACY])
+            accuracies[r["trial_id"]].append(r[test_key])
             sizes[r["trial_id"]].append(r[metric])
     for done in retrain(cfg, output, jobs, FINAL_DIR, max_concurrent):
         if done.artifact is None or done.metrics is None:
             continue
         tid = done.job["trial_id"]
-        accuracies[tid].append(evaluate_artifact(done.artifact, splits, "test")[M.TEST_ACCURACY])
+        accuracies[tid].append(evaluate_artifact(done.artifact, splits, "test")[test_key])
         sizes[tid].append(float(done.metrics[metric]))
     by_id = {r["trial_id"]: r for r in rows}
     kept = [tid for tid in accuracies if accuracies[tid]]
     stats = {tid: (statistics.mean(a), statistics.stdev(a) if len(a) > 1 else math.nan, len(a))
              for tid, a in accuracies.items() if a}
-    marks = noise_marks([(max(sizes[t]), stats[t][0], stats[t][1]) for t in kept])
+    better = 1 if direction == "max" else -1  # noise_marks reads larger as better
+    marks = noise_marks([(max(sizes[t]), better * stats[t][0], stats[t][1]) for t in kept])
     for tid, mark in zip(kept, marks):
         r = by_id[tid]
         r[TEST_MEAN], r[TEST_SD], r[SEEDS] = stats[tid]

@@ -39,7 +39,8 @@ def _fmt(v: Any) -> str:
 
 
 class ProgressTable(Callback):
-    """Trial id, status, searched values, epoch, val accuracy and artifact size."""
+    """Trial id, status, searched values, epoch, the validation quality (accuracy, or the
+    search's val_auc / val_logloss) and artifact size."""
 
     MAX_KEYS = 6  # searched values shown; the rest are in trials.parquet
     RECENT = 5  # finished trials kept in view beside the running ones
@@ -53,6 +54,7 @@ class ProgressTable(Callback):
         self.failed = 0
         self.total = cfg.search.num_trials
         self.budget_s = cfg.search.time_budget_s
+        self.quality = M.quality(cfg.search.objectives)[0]  # the column that follows it
         self.started = time.monotonic()
 
     def _row(self, trial: Any, status: str, result: dict[str, Any] | None = None) -> None:
@@ -63,12 +65,13 @@ class ProgressTable(Callback):
         if result:
             row[M.EPOCH] = result.get(M.EPOCH, "-")
             row[M.PHASE] = result.get(M.PHASE, "-")
-            row[M.VAL_ACCURACY] = result.get(M.VAL_ACCURACY, math.nan)
+            row[self.quality] = result.get(self.quality, math.nan)
             row[M.SIZE_BYTES] = result.get(M.SIZE_BYTES, math.nan)
 
     def render(self) -> str:
-        head = ["trial", "status"] + [_short(k) for k in self.keys] + ["epoch", "phase", "val_acc",
-                                                                        "bytes"]
+        head = ["trial", "status"] + [_short(k) for k in self.keys] + [
+            "epoch", "phase", "val_acc" if self.quality == M.VAL_ACCURACY else self.quality,
+            "bytes"]
         lines = [head]
         finished = [t for t, r in self.rows.items() if r["status"] != "RUNNING"]
         shown = set(finished[-self.RECENT:])
@@ -77,7 +80,7 @@ class ProgressTable(Callback):
                 continue
             lines.append([tid[-5:], r["status"]] + [_fmt(r.get(k, "-")) for k in self.keys] +
                          [_fmt(r.get(M.EPOCH, "-")), str(r.get(M.PHASE, "-")),
-                          _fmt(r.get(M.VAL_ACCURACY, math.nan)), _fmt(r.get(M.SIZE_BYTES, math.nan))])
+                          _fmt(r.get(self.quality, math.nan)), _fmt(r.get(M.SIZE_BYTES, math.nan))])
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
         body = "\n".join("  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines)
         of = f" of {self.total}" if self.total else ""

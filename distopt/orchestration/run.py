@@ -7,6 +7,8 @@ with and without Ray Train.
 
 from __future__ import annotations
 
+import math
+
 import json
 import logging
 import os
@@ -189,9 +191,11 @@ def _worker_logging(rank: int, progress: bool = True) -> None:
 
 
 def format_epoch(m: dict[str, Any]) -> str:
+    auc = m.get(M.VAL_AUC, math.nan)  # binary labels: the ranking quality too
     return (f"epoch {m[M.EPOCH]:>3} {m[M.PHASE]:<8} loss {m[M.TRAIN_LOSS]:.4f} "
             f"train {m[M.TRAIN_ACCURACY]:.4f} val {m[M.VAL_ACCURACY]:.4f} "
-            f"gap {m[M.GAP]:+.4f} {m[M.SAMPLES_PER_S]:,.0f} samples/s")
+            + (f"auc {auc:.4f} " if isinstance(auc, float) and not math.isnan(auc) else "")
+            + f"gap {m[M.GAP]:+.4f} {m[M.SAMPLES_PER_S]:,.0f} samples/s")
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:

@@ -43,12 +43,15 @@ def beyond_worst(col: np.ndarray, direction: str) -> float:
 
 
 def hv_reference(cfg: Config, points: np.ndarray) -> list[float]:
-    """Fixed per experiment: chance accuracy for accuracy, else 10% beyond the worst value."""
+    """Fixed per experiment: chance accuracy for accuracy, 0.5 for AUC, else 10% beyond the
+    worst value."""
     ref = []
     for i, (name, direction) in enumerate(cfg.search.objectives):
         col = points[:, i][np.isfinite(points[:, i])] if len(points) else np.array([])
         if name == M.VAL_ACCURACY:
             ref.append(1.0 / cfg.data.num_classes)
+        elif name == M.VAL_AUC:  # a ranking no better than chance
+            ref.append(0.5)
         elif len(col) == 0:
             ref.append(0.0)
         else:

@@ -11,7 +11,9 @@ from distopt import metrics as M
 __all__ = ["plot_front", "plot_hypervolume"]
 
 
-def plot_front(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot_front(rows: list[dict[str, Any]], path: Path, title: str,
+               quality: str = M.VAL_ACCURACY) -> None:
+    """Every complete trial and the front: ``quality`` (a validation metric) against bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,18 +22,18 @@ def plot_front(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     done = [r for r in rows if r["status"] == "COMPLETE"]
     front = sorted((r for r in done if r["pareto"]), key=lambda r: r[M.SIZE_BYTES])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([r[M.SIZE_BYTES] for r in done], [r[M.VAL_ACCURACY] for r in done], s=18,
+    ax.scatter([r[M.SIZE_BYTES] for r in done], [r[quality] for r in done], s=18,
                color="0.6", label="trials")
-    ax.step([r[M.SIZE_BYTES] for r in front], [r[M.VAL_ACCURACY] for r in front], where="post",
+    ax.step([r[M.SIZE_BYTES] for r in front], [r[quality] for r in front], where="post",
             color="C3", lw=1.2)
-    ax.scatter([r[M.SIZE_BYTES] for r in front], [r[M.VAL_ACCURACY] for r in front], s=36,
+    ax.scatter([r[M.SIZE_BYTES] for r in front], [r[quality] for r in front], s=36,
                color="C3", label="Pareto front", zorder=3)
     for r in front:
-        ax.annotate(r["trial_id"][-5:], (r[M.SIZE_BYTES], r[M.VAL_ACCURACY]), fontsize=7,
+        ax.annotate(r["trial_id"][-5:], (r[M.SIZE_BYTES], r[quality]), fontsize=7,
                     xytext=(3, -9), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("artifact size (bytes, log scale)")
-    ax.set_ylabel("validation accuracy (decoded artifact)")
+    ax.set_ylabel(f"validation {M.QUALITY_LABEL[quality]} (decoded artifact)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right")

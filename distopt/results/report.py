@@ -89,10 +89,14 @@ def write_report(output: Path) -> dict[str, Any]:
     rows = load_trials(output)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r[M.SIZE_BYTES])
     keys = list(cfg.search.space)
+    # The columns of the search's quality objective (val_auc, val_logloss) lead, with their
+    # test values, beside accuracy.
+    quality = M.quality(cfg.search.objectives)[0]
+    qcols = [quality, M.QUALITY_TEST[quality]] if quality != M.VAL_ACCURACY else []
 
     with open(output / "pareto.csv", "w", newline="") as f:
-        cols = ["trial_id", M.PARENT_ID, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
-                *BREAKDOWN, M.COMPRESSION_RATIO, *M.DEVICE_METRICS,
+        cols = ["trial_id", M.PARENT_ID, *qcols, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+                *BREAKDOWN, M.COMPRESSION_RATIO, *M.DEVICE_METRICS, M.EMBEDDING_FLASH_BYTES,
                 M.NONZERO_PARAMS, M.PARAMS, M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,
                 TEST_MEAN, TEST_SD, SEEDS, WITHIN_NOISE, FINAL_EPOCHS, FINAL_SIZE,
                 "artifact"] + \
@@ -102,7 +106,8 @@ def write_report(output: Path) -> dict[str, Any]:
         w.writerows(front)
 
     xs, ys = hypervolume_curve(rows, cfg)
-    plot_front(rows, output / "pareto.png", f"{cfg.name}: accuracy vs size")
+    plot_front(rows, output / "pareto.png", f"{cfg.name}: {M.QUALITY_LABEL[quality]} vs size",
+               quality)
     plot_hypervolume(xs, ys, output / "hypervolume.png", f"{cfg.name}: hypervolume by trial")
 
     failed = [r for r in rows if r["status"] not in ("COMPLETE", STOPPED, DUPLICATE, UNFINISHED,
@@ -114,7 +119,7 @@ def write_report(output: Path) -> dict[str, Any]:
     # Objectives beyond accuracy, bytes and the device's costs (latency, non-zero parameters)
     # get a column too.
     extra = [n for n, _ in cfg.search.objectives
-             if n not in (M.VAL_ACCURACY, M.SIZE_BYTES, *DEVICE_COLUMNS)]
+             if n not in (M.VAL_ACCURACY, quality, M.SIZE_BYTES, *DEVICE_COLUMNS)]
     # search.final: the chosen front rows' test accuracy as mean +- sd over their final runs,
     # and the noise mark.
     reseeded = any(r.get(SEEDS) for r in front)
@@ -158,14 +163,18 @@ def write_report(output: Path) -> dict[str, Any]:
                 "integer reference's; flash holds an int32 multiplier and an int8 shift per "
                 "output channel instead of a float32 scale, and RAM counts int8 activations."
                 if _integer(cfg) else ""), "",
-             "| trial | " + " | ".join(keys) + " | val acc | test acc | "
-             + ("final stage test acc | " if reseeded else "") + "bytes | header / index / "
+             "| trial | " + " | ".join(keys) + " | "
+             + "".join(f"{p} {M.QUALITY_LABEL[quality]} | " for p in ("val", "test") if qcols)
+             + "val acc | test acc | "
+             + (f"final stage test {M.QUALITY_LABEL[quality]} | " if reseeded else "") + "bytes | header / index / "
              "scales+biases / values | compression | flash (weights) | RAM | MACs | "
              + "".join(f"{n} | " for n in extra) + "fit |",
-             "|---" * (len(keys) + len(extra) + 10 + reseeded) + "|"]
+             "|---" * (len(keys) + len(extra) + 10 + reseeded + len(qcols)) + "|"]
     for r in front:
         vals = " | ".join(_cell(r.get(f"param.{k}")) for k in keys)
-        lines.append(f"| {r['trial_id']} | {vals} | {r[M.VAL_ACCURACY]:.4f} | "
+        lines.append(f"| {r['trial_id']} | {vals} | "
+                     + "".join(f"{r.get(k, math.nan):.4f} | " for k in qcols)
+                     + f"{r[M.VAL_ACCURACY]:.4f} | "
                      f"{r[M.TEST_ACCURACY]:.4f} | "
                      + (f"{_over_seeds(r)} | " if reseeded else "")
                      + f"{int(r[M.SIZE_BYTES]):,} | {breakdown_cell(r)} | "
@@ -212,7 +221,7 @@ def write_report(output: Path) -> dict[str, Any]:
             "config": json.loads(r["config_json"]),
             "seed": json.loads(r["config_json"])["train"]["seed"],
             "data_digest": _artifact_digest(output / r["artifact"]),
-            "metrics": {k: r[k] for k in (M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
+            "metrics": {k: r[k] for k in (*qcols, M.VAL_ACCURACY, M.TEST_ACCURACY, M.SIZE_BYTES,
                                           *M.DEVICE_METRICS,
                                           M.COMPRESSION_RATIO, M.PARAMS, M.NONZERO_PARAMS,
                                           M.LATENCY_MS, M.ORT_LATENCY_MS, M.TRAIN_ACCURACY,

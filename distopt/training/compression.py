@@ -87,7 +87,7 @@ class Compression:
         self.calibrate(base, calibration.cpu() if calibration is not None else None)
         artifact = self.encode(base, meta)
         now = {M.SIZE_BYTES: len(artifact), **device_report(decode(artifact))}
-        return {M.RUNG_KEYS[k]: float(v) for k, v in now.items()}
+        return {M.RUNG_KEYS[k]: float(v) for k, v in now.items() if k in M.RUNG_KEYS}
 
     def begin(self, model: Model, device: torch.device) -> Model:
         for m in self.methods:

@@ -12,7 +12,7 @@ from torch import nn
 
 from distopt.models import Model
 
-__all__ = ["WorkerEnv", "all_sum", "broadcast_float", "broadcast_object", "unwrap", "wrap"]
+__all__ = ["WorkerEnv", "all_sum", "all_sum_tensor", "broadcast_float", "broadcast_object", "unwrap", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ def all_sum(values: list[float], env: WorkerEnv) -> list[float]:
     if env.distributed:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def all_sum_tensor(t: torch.Tensor, env: WorkerEnv) -> torch.Tensor:
+    """``t`` summed over all ranks (in place), on its device."""
+    if env.distributed:
+        dist.all_reduce(t)
+    return t
 
 
 def unwrap(model: nn.Module) -> Model:

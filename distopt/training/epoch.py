@@ -18,7 +18,7 @@ from distopt.data import shard
 from distopt.models import prunable_weights
 from distopt.training.distillation import distillation_loss
 from distopt.training.distributed import all_sum, unwrap
-from distopt.training.evaluation import evaluate
+from distopt.training.evaluation import evaluate, quality_metrics
 from distopt.training.inputs import training_batch
 from distopt.training.precision import sync
 
@@ -33,7 +33,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def nan_artifact_metrics() -> dict[str, float]:
-    return {k: math.nan for k in M.ALWAYS_REPORTED if k not in (M.EPOCH, M.VAL_ACCURACY)}
+    return {k: math.nan for k in M.ALWAYS_REPORTED
+            if k not in (M.EPOCH, M.VAL_ACCURACY, M.VAL_AUC, M.VAL_LOGLOSS)}
+
 
 
 def train_epoch(run: TrainingRun, epoch: int, phase: str) -> dict[str, Any]:
@@ -106,15 +108,15 @@ def train_epoch(run: TrainingRun, epoch: int, phase: str) -> dict[str, Any]:
         raise TrainingDiverged(f"non-finite loss at epoch {epoch} ({phase}): lower train.lr "
                                "or the regularization strengths")
     with quantized:
-        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, run.norm, env, 512,
-                                     run.precision, run.channels_last)
-        _, tr_acc = evaluate(model, run.x_probe, run.y_probe, run.norm, env, 512,
-                             run.precision, run.channels_last)
+        val = evaluate(model, splits.x_val, splits.y_val, run.norm, env, 512, run.precision,
+                       run.channels_last)
+        tr_acc = evaluate(model, run.x_probe, run.y_probe, run.norm, env, 512,
+                          run.precision, run.channels_last).accuracy
     return {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
             M.TRAIN_ACCURACY: tr_acc, M.TRAIN_ACCURACY_RUNNING: tr_correct / max(tr_n, 1),
-            M.VAL_LOSS: val_loss, M.VAL_ACCURACY: val_acc, M.GAP: tr_acc - val_acc,
             M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),
-            M.PRECISION: run.precision, **nan_artifact_metrics()}
+            M.PRECISION: run.precision, **nan_artifact_metrics(), **quality_metrics(val),
+            M.GAP: tr_acc - val.accuracy}
 
 
 def _distilled(run: TrainingRun, loss: torch.Tensor, out: torch.Tensor, xb: torch.Tensor

@@ -4,6 +4,7 @@ memory), the only ones a run reports at the end."""
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import time
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from distopt.compress import decode, device_report, size_report
 from distopt.export import to_onnx
 from distopt.runtime import example_feed, measure_latency_ms, measure_ort_latency_ms
 from distopt.training.distributed import WorkerEnv, broadcast_object
-from distopt.training.evaluation import evaluate
+from distopt.training.evaluation import evaluate, quality_metrics
 
 if TYPE_CHECKING:
     from distopt.training.run import TrainingRun
@@ -35,17 +36,19 @@ def _measured(run: TrainingRun, artifact: bytes, evaluate_test: bool) -> dict[st
     decoded = file.reference  # an integer model's integer reference, else the decoded model
     cpu = WorkerEnv()
     out: dict[str, Any] = {**size_report(file.model, artifact), **device_report(file)}
-    out[M.VAL_LOSS], out[M.VAL_ACCURACY] = evaluate(decoded, splits.x_val, splits.y_val,
-                                                    norm, cpu, 512)
+    out.update(quality_metrics(evaluate(decoded, splits.x_val, splits.y_val, norm, cpu, 512)))
     out[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(file.model), run.spec)
     if any(name == M.ORT_LATENCY_MS for name, _ in run.cfg.search.objectives):
         out[M.ORT_LATENCY_MS] = _ort_latency_ms(run, artifact)
-    _, out[M.TRAIN_ACCURACY] = evaluate(decoded, run.x_probe, run.y_probe, norm, cpu, 512)
+    out[M.TRAIN_ACCURACY] = evaluate(decoded, run.x_probe, run.y_probe, norm, cpu,
+                                     512).accuracy
     out[M.GAP] = out[M.TRAIN_ACCURACY] - out[M.VAL_ACCURACY]
     out[M.VAL_SAMPLES] = len(splits.y_val)
     if evaluate_test and len(splits.x_test):
-        _, out[M.TEST_ACCURACY] = evaluate(decoded, splits.x_test, splits.y_test, norm, cpu,
-                                           512)
+        test = evaluate(decoded, splits.x_test, splits.y_test, norm, cpu, 512)
+        out[M.TEST_ACCURACY] = test.accuracy
+        if not math.isnan(test.auc):
+            out[M.TEST_AUC], out[M.TEST_LOGLOSS] = test.auc, test.loss
     return out
 
 

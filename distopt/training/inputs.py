@@ -19,6 +19,13 @@ def input_norm(splits: Splits, resize: int | None = None) -> InputNorm:
     10,000) training inputs as the model sees them (resized to ``resize`` x ``resize``)."""
     if splits.tokens:
         return InputNorm(1.0, 0.0, 1.0, tokens=True)
+    if splits.id_columns is not None:  # tabular: numbers standardized per column, ids as is
+        numbers = splits.x_train[:, splits.id_columns:].astype(np.float64)
+        ids = splits.id_columns
+        std = numbers.std(0) if len(numbers) else np.ones(numbers.shape[1])
+        return InputNorm(1.0, 0.0, 1.0, column_mean=(0.0,) * ids + tuple(
+            float(v) for v in (numbers.mean(0) if len(numbers) else std * 0)),
+            column_std=(1.0,) * ids + tuple(float(v) if v > 0 else 1.0 for v in std))
     sample = splits.x_train[: min(len(splits.x_train), 10_000)]
     if not resize:
         unit = sample.astype(np.float32) * splits.scale
@@ -35,4 +42,6 @@ def training_batch(x: torch.Tensor, norm: InputNorm, augment: AugmentConfig,
     the zeros an affine transform pads with are black background, and standardized after."""
     if norm.tokens:
         return random_tokens(norm(x), augment, gen)
+    if norm.tabular:  # rows are not augmented
+        return norm(x)
     return norm.standardize(random_affine(norm.to_unit(x), augment, gen))

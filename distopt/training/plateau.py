@@ -10,16 +10,17 @@ __all__ = ["Plateau"]
 
 @dataclass
 class Plateau:
-    """Early stopping on a validation plateau: :meth:`update` says True once validation
-    accuracy has not beaten its best for ``patience`` epochs (never with patience 0)."""
+    """Early stopping on a validation plateau: :meth:`update` says True once the validation
+    score (the search's quality objective, larger is better: accuracy, AUC, minus log loss)
+    has not beaten its best for ``patience`` epochs (never with patience 0)."""
 
     patience: int
     best: float = -math.inf
     since: int = 0
 
-    def update(self, val_accuracy: float) -> bool:
-        if val_accuracy > self.best:
-            self.best, self.since = val_accuracy, 0
+    def update(self, score: float) -> bool:
+        if score > self.best:
+            self.best, self.since = score, 0
         else:
             self.since += 1
         return self.patience > 0 and self.since >= self.patience

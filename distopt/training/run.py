@@ -223,7 +223,9 @@ class TrainingRun:
                                                          self.artifact_meta(),
                                                          self.calibration()))
             self.dense_history.append(metrics)
-            if self.plateau.update(metrics[M.VAL_ACCURACY]) and epoch + 1 < self.dense_epochs:
+            quality, direction = M.quality(self.cfg.search.objectives)
+            score = metrics[quality] if direction == "max" else -metrics[quality]
+            if self.plateau.update(score) and epoch + 1 < self.dense_epochs:
                 # Every rank sees the same all-reduced accuracy: all stop together.
                 log.info("validation accuracy has not improved for %d epochs: dense training "
                          "ends after epoch %d of %d", self.cfg.train.early_stop_patience, epoch,

@@ -81,6 +81,11 @@ CASES["v3_cnn_codebook_beside_int4"] = (CNN, 4, {"classifier.5.weight": 8}, 0.5,
 CASES["v3_rnn_tokens_codebook"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="gru",
                                         rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.2,
                                    3)
+# recsys: three id columns (a table of 3 rows < its 4 dimensions: scales per row) and two
+# numbers, pairwise-dot interaction.
+CASES["v2_recsys_dot_b4"] = (dict(family="recsys", in_shape=(5,), num_classes=2, embed_dim=4,
+                                  buckets=(16, 3, 8), interaction="dot", dense_units=(6,)),
+                             4, {}, 0.5, 2)
 CASES["v1_rnn_tokens_b8"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="lstm",
                                   rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.3, 1)
 
@@ -126,6 +131,10 @@ def example(spec: ModelSpec, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if spec.tokens:
         return torch.randint(0, spec.vocab_size, (3, *spec.in_shape), generator=g)
+    if spec.buckets:  # tabular rows: bucket ids (some past the tables' rows), then numbers
+        ids = torch.randint(0, 40, (3, len(spec.buckets)), generator=g).float()
+        return torch.cat([ids, torch.randn((3, spec.in_shape[0] - len(spec.buckets)),
+                                           generator=g)], 1)
     return torch.randn((3, *spec.in_shape), generator=g)
 
 

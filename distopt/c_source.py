@@ -106,7 +106,7 @@ def c_source(decoded: Decoded, source: str = "") -> str:
     model, spec = decoded.model, decoded.model.spec
     if not isinstance(model, Net):
         raise CExportError(f"{source or 'this model'}: family {spec.family!r}; C export takes "
-                           "the cnn, conv1d and mlp families (recurrent and your own: not yet)")
+                           "the cnn, conv1d and mlp families (rnn, recsys and your own: not yet)")
     norm = InputNorm.from_meta(decoded.meta.get("input") or
                                {"scale": 1.0, "mean": 0.0, "std": 1.0})
     if norm.size is not None:

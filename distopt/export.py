@@ -35,6 +35,7 @@ from torch import nn
 from distopt import metrics as M
 from distopt.compress import ArtifactError, Decoded
 from distopt.models import Net, RecsysNet, RecurrentNet
+from distopt.ranking import roc_auc
 from distopt.runtime import (INPUT_NAME, META_KEY, OUTPUT_NAME, InputNorm, example_feed,
                              measure_latency_ms, measure_ort_latency_ms, require_onnx, session)
 
@@ -356,14 +357,19 @@ def integer_reference(decoded: Decoded, x: np.ndarray, batch: int = 500
 
 def compare(ref: np.ndarray, got: np.ndarray, y: np.ndarray, runtime: str) -> dict[str, float]:
     """An exported model's logits ``got`` against the decoded model's ``ref`` on labels ``y``:
-    both accuracies, the fraction of identical predictions, the largest logit difference."""
-    return {
+    both accuracies (and, for two classes, both ROC AUCs of class 1's logit margin), the
+    fraction of identical predictions, the largest logit difference."""
+    out = {
         "test_accuracy_pytorch": float((ref.argmax(1) == y).mean()),
         f"test_accuracy_{runtime}": float((got.argmax(1) == y).mean()),
         "agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
         "max_abs_logit_diff": float(np.abs(ref - got).max()) if len(y) else 0.0,
         "samples": int(len(y)),
     }
+    if ref.ndim == 2 and ref.shape[1] == 2 and len(y):
+        out["test_auc_pytorch"] = roc_auc(ref[:, 1] - ref[:, 0], y)
+        out[f"test_auc_{runtime}"] = roc_auc(got[:, 1] - got[:, 0], y)
+    return out
 
 
 def parity(decoded: Decoded, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray

@@ -72,6 +72,13 @@ def register_exporter(exporter: Exporter) -> Exporter:
     return exporter
 
 
+def _quality(info: dict[str, Any], runtime: str) -> str:
+    """A runtime's test accuracy, with its ROC AUC beside it for a two-class model."""
+    acc = f"{info[f'test_accuracy_{runtime}']:.4f}"
+    auc = info.get(f"test_auc_{runtime}")
+    return f"{acc} (AUC {auc:.4f})" if isinstance(auc, float) else acc
+
+
 class OnnxExporter(Exporter):
     """ONNX (QDQ int8 weights behind per-channel ``DequantizeLinear``), checked on ONNX
     Runtime."""
@@ -96,8 +103,8 @@ class OnnxExporter(Exporter):
     def cells(self, info: dict[str, Any], verified: bool) -> list[str]:
         cells = [f"{info[M.ONNX_BYTES]:,}"]
         if verified:
-            cells += [f"{info['test_accuracy_pytorch']:.4f}",
-                      f"{info['test_accuracy_onnxruntime']:.4f}", f"{info['agreement']:.2%}",
+            cells += [_quality(info, "pytorch"), _quality(info, "onnxruntime"),
+                      f"{info['agreement']:.2%}",
                       f"{info[M.LATENCY_MS]:.3f}", f"{info[M.ORT_LATENCY_MS]:.3f}"]
         return cells
 

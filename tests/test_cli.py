@@ -398,5 +398,7 @@ def test_your_own_click_log_with_string_ids_searched_by_auc_then_exported_to_onn
         check = model["onnx"]
         assert check["samples"] == 2000 and check["agreement"] == 1.0
         assert check["max_abs_logit_diff"] < 1e-4
+        assert check["test_auc_onnxruntime"] == pytest.approx(check["test_auc_pytorch"],
+                                                              abs=1e-3)
         assert model["metrics"][M.TEST_AUC] == next(
             r[M.TEST_AUC] for r in front if r["trial_id"] == model["trial_id"])

@@ -41,10 +41,22 @@ def rows(n: int, k: int, numbers: int, seed: int = 0) -> np.ndarray:
 
 
 def exact_auc(scores: np.ndarray, y: np.ndarray) -> float:
-    """Mann-Whitney: the share of (positive, negative) pairs ranked right, ties half."""
+    """Mann-Whitney by brute force: the share of (positive, negative) pairs ranked right, ties
+    half."""
     pos, neg = scores[y == 1], scores[y == 0]
     wins = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
     return float(wins / (len(pos) * len(neg)))
+
+
+def test_the_exact_auc_of_ranks_counts_ties_half():
+    from distopt.ranking import roc_auc
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 700)
+    scores = np.round(rng.normal(0.5 * y, 1), 1)  # many ties
+    assert roc_auc(scores, y) == pytest.approx(exact_auc(scores, y), abs=1e-12)
+    assert roc_auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0
+    assert math.isnan(roc_auc(np.ones(3), np.ones(3)))
 
 
 def test_ids_fold_onto_a_table_keeping_bucket_zero_and_the_ids_below_its_rows():
@@ -107,6 +119,7 @@ def test_onnx_runtime_computes_what_the_decoded_model_does(interaction, numbers,
     x = rows(400, 3, numbers, seed=bits)
     got = parity(dec, to_onnx(dec), x, (x[:, 0] % 2).astype(np.int64))
     assert got["max_abs_logit_diff"] < 1e-5 and got["agreement"] == 1.0
+    assert got["test_auc_onnxruntime"] == pytest.approx(got["test_auc_pytorch"], abs=1e-3)
 
 
 def test_row_masks_drop_the_smallest_rows_of_every_table_and_keep_one():

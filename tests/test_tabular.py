@@ -148,3 +148,26 @@ def test_search_on_bad_tabular_data_exits_2_naming_the_column_before_ray(tmp_pat
     assert "numeric column 'price' has 1 null" in proc.stderr
     assert "Traceback" not in proc.stderr and "ray" not in proc.stderr.lower()
     assert not out.exists()
+
+
+def test_a_multi_class_label_trains_on_accuracy_with_no_auc(tmp_path):
+    """Tabular labels need not be binary: the class here is the row's category group, which
+    the model must read from the hashed category column (AUC is for two classes only)."""
+    import math
+
+    from distopt import metrics as M
+    from distopt.training import WorkerEnv, fit
+
+    rng = np.random.default_rng(0)
+    cat = rng.integers(0, 30, 4000)
+    path = _write(tmp_path / "three.parquet", cat=[f"c{c}" for c in cat],
+                  noise=rng.normal(0, 1, 4000), label=(cat % 3).astype(np.int64))
+    cfg = load_config(None, ["data.name=parquet", f"data.path={path}", "data.kind=tabular",
+                             "data.num_classes=3", "data.categorical_columns=[cat]",
+                             "data.numeric_columns=[noise]", "model.family=recsys",
+                             "model.buckets=256", "data.num_buckets=256", "model.embed_dim=4",
+                             "model.dense_units=16", "train.epochs=4", "train.lr=0.01",
+                             "train.precision=fp32"])
+    out = fit(cfg, WorkerEnv(), lambda *a, **k: None, splits=load_splits(cfg.data))
+    m = out["metrics"]
+    assert m[M.VAL_ACCURACY] > 0.9 and math.isnan(m[M.VAL_AUC]) and math.isnan(m[M.VAL_LOGLOSS])

@@ -1,9 +1,12 @@
 """The recommendation family on clicks-mini (issue 26): what each compression knob buys on one
 base, alone, over seeds; and the default clicks search's front, with where its bytes are.
 
-Base: ``configs/clicks.yaml``'s model (tables of 4,096 rows, 8 dimensions, dot interaction,
-dense 32), 5 dense epochs, 1 fine-tune epoch, 8-bit weights. Knobs, each alone:
+Base: ``configs/clicks.yaml``'s model (tables of 4,096 rows for users and items, 256 for
+category and hour, 32 for device: ``data.column_buckets``; 8 dimensions, dot interaction, dense
+32), 5 dense epochs, 1 fine-tune epoch, 8-bit weights. Knobs, each alone:
 
+- ``one num_buckets``: ``data.column_buckets`` {}: every column hashed into 4,096 buckets, so
+  the few-valued columns' tables have 4,096 rows too;
 - ``buckets``: ``model.buckets`` 1024 / 256 / 64 rows per table (the 4,096 hashed ids fold
   onto them, :func:`distopt.models.fold_ids`);
 - ``dim``: ``model.embed_dim`` 4 / 2;
@@ -50,6 +53,7 @@ BASE = ["model.buckets=4096", "model.embed_dim=8", "model.interaction=dot",
         "model.dense_units=32", "train.precision=fp32"]
 SETUPS: dict[str, list[str]] = {
     "base (4096 rows, dim 8, 8-bit)": [],
+    "one num_buckets for all columns": ["data.column_buckets={}"],
     "buckets 1024": ["model.buckets=1024"],
     "buckets 256": ["model.buckets=256"],
     "buckets 64": ["model.buckets=64"],

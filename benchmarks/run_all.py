@@ -327,9 +327,11 @@ def render(page: Path = PAGE) -> Path:
     rs = _load("recsys")
     if rs:
         lines += [_machine(rs), "", f"`{rs['command']}`: one base, `configs/clicks.yaml`'s "
-                  "model at 4,096 rows a table, 8 dimensions, dot interaction, dense 32 (5 "
-                  "dense + 1 fine-tune epoch, 8-bit weights); each row changes one knob "
-                  "(`model.buckets`, `model.embed_dim`, `compress.quantize.bits_embedding` for "
+                  "model at 4,096 rows for the user and item tables (256 for category and "
+                  "hour, 32 for device: `data.column_buckets`), 8 dimensions, dot interaction, "
+                  "dense 32 (5 dense + 1 fine-tune epoch, 8-bit weights); each row changes one "
+                  "knob (`data.column_buckets` {}: every column into 4,096 buckets; "
+                  "`model.buckets`, `model.embed_dim`, `compress.quantize.bits_embedding` for "
                   "the tables alone, `compress.prune_rows.ratio`). AUC of the decoded file on "
                   f"6,000 validation and 10,000 test rows, means over seeds {rs['seeds']}. "
                   "*bytes*: the `.dopt` file (a zero row costs a few bits in its sparse index); "

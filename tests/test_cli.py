@@ -380,7 +380,8 @@ def test_your_own_click_log_with_string_ids_searched_by_auc_then_exported_to_onn
                 "data.name=parquet", f"data.path={tmp_path / 'train.parquet'}",
                 f"data.test_path={tmp_path / 'test.parquet'}", "data.label_column=click",
                 "data.categorical_columns=[user_id, item_id, category, device]",
-                "data.numeric_columns=[price, position]", "search.time_budget_s=null",
+                "data.numeric_columns=[price, position]",
+                "data.column_buckets={category: 256, device: 32}", "search.time_budget_s=null",
                 "search.num_trials=3", "search.scheduler=fifo", "search.max_concurrent=2",
                 "train.epochs=2")
     assert p.returncode == 0, p.stdout + p.stderr

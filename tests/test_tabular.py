@@ -58,6 +58,23 @@ def test_encoded_rows_hold_bucket_ids_first_then_the_numbers_as_stored():
         encode_table(pa.table({"p": [1.0]}), ["p"], [], 10)
 
 
+def test_columns_of_few_values_hash_into_their_own_buckets_and_tables():
+    from distopt.models import spec_from_config
+
+    table = pa.table({"user": ["u1", "u2"], "device": ["mobile", "tablet"]})
+    x = encode_table(table, ["user", "device"], [], [1000, 8])
+    assert x[:, 1].tolist() == [hash_bucket("mobile", 8), hash_bucket("tablet", 8)]
+    assert x[:, 0].tolist() == [hash_bucket("u1", 1000), hash_bucket("u2", 1000)]
+    cfg = load_config(None, CLICKS + ["data.num_buckets=4096", "model.buckets=1024",
+                                      "data.column_buckets={device: 32, hour: 2048}"])
+    assert cfg.data.buckets_of == (4096, 4096, 4096, 2048, 32)
+    assert spec_from_config(cfg).buckets == (1024, 1024, 1024, 1024, 32)
+    splits = load_splits(cfg.data)
+    assert splits.x_train[:, 4].max() < 32 and splits.x_train[:, 3].max() < 2048
+    with pytest.raises(ConfigError, match=r"data.column_buckets: got \['nope'\], not "):
+        load_config(None, CLICKS + ["data.column_buckets={nope: 4}"])
+
+
 def test_clicks_mini_is_seeded_skewed_and_about_a_fifth_clicks():
     a, b = generate_clicks(5000, seed=3), generate_clicks(5000, seed=3)
     assert a.equals(b) and not a.equals(generate_clicks(5000, seed=4))
@@ -143,7 +160,8 @@ def test_search_on_bad_tabular_data_exits_2_naming_the_column_before_ray(tmp_pat
         [sys.executable, "-m", "distopt", "search", "--config", "configs/clicks.yaml",
          "--output", str(out), "data.name=parquet", f"data.path={bad}",
          "data.categorical_columns=[user]", "data.numeric_columns=[price]",
-         "data.label_column=click"], capture_output=True, text=True, timeout=120)
+         "data.label_column=click", "data.column_buckets={}"], capture_output=True, text=True,
+        timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "numeric column 'price' has 1 null" in proc.stderr
     assert "Traceback" not in proc.stderr and "ray" not in proc.stderr.lower()

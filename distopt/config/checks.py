@@ -239,6 +239,11 @@ def _check_tabular(cfg: Config, problems: list[str], ok: Callable[..., bool]) ->
             m.family == "recsys" and not d.categorical_columns:
         problems.append("data.categorical_columns: got []; the recsys family embeds "
                         "categorical columns and needs at least one")
+    unknown = sorted(set(d.column_buckets) - set(d.categorical)) \
+        if ok("data.column_buckets", *cols) else []
+    if unknown:
+        problems.append(f"data.column_buckets: got {unknown}, not categorical columns "
+                        f"({list(d.categorical)})")
     if ok("model.buckets", "data.num_buckets") and m.buckets > d.num_buckets:
         problems.append(f"model.buckets: got {m.buckets} with data.num_buckets "
                         f"{d.num_buckets}; a table has at most as many rows as there are "

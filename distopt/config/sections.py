@@ -67,6 +67,11 @@ class DataConfig:
                             "hashed into buckets 1..num_buckets-1 of its column (a stable "
                             "BLAKE2b hash, distopt.data.tabular.hash_buckets); bucket 0 is "
                             "out of vocabulary: null values")
+    column_buckets: dict[str, int] = option(
+        {}, Rule(lambda v: all(type(b) is int and 2 <= b <= 1 << 24 for b in v.values()),
+                 f"must map column names to integers in [2, {1 << 24}]"),
+        "tabular: num_buckets of single columns, e.g. {device: 32, hour: 256}: a column of a "
+        "few values needs few buckets, and its table (recsys) then has at most that many rows")
     shape: tuple[int, ...] = option((1, 28, 28), Rule(lambda v: len(v) == 3 and min(v) >= 1,
                                   "must be 3 positive integers (channels, height, width)"),
                                   "input shape (C, H, W)")
@@ -87,6 +92,12 @@ class DataConfig:
         """Tabular: the categorical columns (clicks-mini's own, or categorical_columns)."""
         return CLICKS_CATEGORICAL if self.name == "clicks-mini" else tuple(
             self.categorical_columns)
+
+    @property
+    def buckets_of(self) -> tuple[int, ...]:
+        """Tabular: the hash buckets of each categorical column (column_buckets, else
+        num_buckets)."""
+        return tuple(self.column_buckets.get(c, self.num_buckets) for c in self.categorical)
 
     @property
     def numeric(self) -> tuple[str, ...]:

@@ -59,13 +59,13 @@ def load_splits(cfg: DataConfig) -> Splits:
         x_te, y_te = x[SIGNALS_MINI_TRAIN:], y[SIGNALS_MINI_TRAIN:]
     elif cfg.name == "clicks-mini":
         table = generate_clicks(CLICKS_MINI_TRAIN + CLICKS_MINI_TEST, seed=0)
-        x = encode_table(table, cfg.categorical, cfg.numeric, cfg.num_buckets, cfg.name)
+        x = encode_table(table, cfg.categorical, cfg.numeric, cfg.buckets_of, cfg.name)
         y = table.column(CLICKS_LABEL).to_numpy().astype(np.int64)
         x_tr, y_tr = x[:CLICKS_MINI_TRAIN], y[:CLICKS_MINI_TRAIN]
         x_te, y_te = x[CLICKS_MINI_TRAIN:], y[CLICKS_MINI_TRAIN:]
     elif cfg.kind == "tabular":
         x_tr, y_tr, x_te, y_te = _train_test(cfg, lambda paths: read_parquet_tabular(
-            paths, cfg.categorical, cfg.numeric, cfg.label_column, cfg.num_buckets,
+            paths, cfg.categorical, cfg.numeric, cfg.label_column, cfg.buckets_of,
             cfg.num_classes))
     elif cfg.kind == "tokens":
         x_tr, y_tr, x_te, y_te = _train_test(cfg, lambda paths: read_parquet_tokens(

@@ -61,17 +61,20 @@ def hash_buckets(column: pa.Array | pa.ChunkedArray, num_buckets: int) -> np.nda
 
 
 def encode_table(table: pa.Table, categorical: Sequence[str], numeric: Sequence[str],
-                 num_buckets: int, source: str = "table") -> np.ndarray:
+                 num_buckets: int | Sequence[int], source: str = "table") -> np.ndarray:
     """The float32 matrix ``(N, len(categorical) + len(numeric))`` of a table: bucket ids, then
-    numbers. Raises :class:`DataError` naming the column for a type that is neither, or for
-    null or non-finite numbers (the driver's check reports these before anything starts)."""
+    numbers; ``num_buckets``: one for every categorical column, or one each. Raises
+    :class:`DataError` naming the column for a type that is neither, or for null or
+    non-finite numbers (the driver's check reports these before anything starts)."""
     cols = []
-    for name in categorical:
+    buckets = [num_buckets] * len(categorical) if isinstance(num_buckets, int) else \
+        list(num_buckets)
+    for name, n_buckets in zip(categorical, buckets):
         col = table.column(name)
         if not is_categorical(col.type):
             raise DataError(f"{source}: categorical column {name!r} has type {col.type}; "
                             "expected integers or strings")
-        cols.append(hash_buckets(col, num_buckets).astype(np.float32))
+        cols.append(hash_buckets(col, n_buckets).astype(np.float32))
     for name in numeric:
         col = table.column(name)
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
@@ -88,7 +91,8 @@ def encode_table(table: pa.Table, categorical: Sequence[str], numeric: Sequence[
 
 
 def read_parquet_tabular(paths: Sequence[Path], categorical: Sequence[str],
-                         numeric: Sequence[str], label_column: str, num_buckets: int,
+                         numeric: Sequence[str], label_column: str,
+                         num_buckets: int | Sequence[int],
                          num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and labels of tabular Parquet files (only the named columns are read)."""
     xs, ys = [], []

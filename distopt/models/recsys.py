@@ -89,7 +89,8 @@ class RecsysNet(nn.Module):
 
 @register_family
 class RecsysFamily(Family):
-    """``recsys``: a table of ``model.buckets`` rows (at most ``data.num_buckets``) and
+    """``recsys``: a table of ``model.buckets`` rows (at most its column's hash buckets,
+    ``data.column_buckets`` or ``data.num_buckets``) and
     ``model.embed_dim`` columns per categorical column, ``model.interaction``, and
     ``model.dense_layers`` hidden layers of ``model.dense_units``."""
 
@@ -97,10 +98,10 @@ class RecsysFamily(Family):
 
     def spec(self, cfg: Config) -> ModelSpec:
         m, d = cfg.model, cfg.data
-        rows = min(m.buckets, d.num_buckets)
         return ModelSpec(self.name, (len(d.categorical) + len(d.numeric),), d.num_classes,
                          (), (m.dense_units,) * m.dense_layers, 3, cfg.regularization.dropout,
-                         embed_dim=m.embed_dim, buckets=(rows,) * len(d.categorical),
+                         embed_dim=m.embed_dim,
+                         buckets=tuple(min(m.buckets, b) for b in d.buckets_of),
                          interaction=m.interaction)
 
     def build(self, spec: ModelSpec) -> RecsysNet:

@@ -28,6 +28,7 @@ SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constra
                                          "augment.prob": 1.0, "model.bias": True,
                                          "data.categorical_columns": [],
                                          "data.numeric_columns": [], "data.num_buckets": 1000,
+                                         "data.column_buckets": {},
                                          "model.buckets": 1000, "model.interaction": "mlp",
                                          "compress.quantize.bits_embedding": None,
                                          "compress.prune_rows.ratio": 0.0}

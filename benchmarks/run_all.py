@@ -16,6 +16,7 @@ JSON is missing say so (and which command produces it).
     python benchmarks/early_stopping.py               # stopped trials re-run: would they be on
                                                       # the front? (keep_extremes off vs on)
     python benchmarks/recsys.py                       # clicks-mini: each knob alone; the front
+    python benchmarks/anchor_layout.py MNIST_DIR      # the CNN-16's conv geometry, ours vs anchor
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
 import format_v2  # noqa: E402
 import frontier_ablation  # noqa: E402
+import anchor_layout  # noqa: E402
 import integer_models  # noqa: E402
 import recsys  # noqa: E402
 import onnx_parity  # noqa: E402
@@ -323,6 +325,10 @@ def render(page: Path = PAGE) -> Path:
                   "and stop counts differ too.", ""]
     else:
         lines += _missing("early_stopping", "python benchmarks/early_stopping.py")
+    lines += ["## The reproduction's conv geometry against BitNetMCU's (float)", ""]
+    al = _load("anchor_layout")
+    lines += [_machine(al), "", anchor_layout.markdown(al), ""] if al else \
+        _missing("anchor_layout", "python benchmarks/anchor_layout.py MNIST_DIR")
     lines += ["## Recommendation: clicks-mini, where the bytes are embedding rows", ""]
     rs = _load("recsys")
     if rs:

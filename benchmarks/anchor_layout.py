@@ -5,7 +5,8 @@ expresses it: a full 3x3 conv 1 -> 16, then two 3x3 depthwise convs, every conv 
 and followed by a 2x2 max-pool (16 -> 8 -> 4 -> 2: 64 features). BitNetMCU's published model
 code convolves without padding and pools twice, the first time after two convs (16 -> 14 -> 12,
 pool 6, -> 4, pool 2: also 64 features). Both have the same weight shapes (16,752 weights, no
-biases) and the same head (64 -> 96 -> 96 -> 10); only the geometry differs.
+biases) and the same head (64 -> 96 -> 96 -> 10); only the geometry differs. distopt builds
+the anchor's as ``model.block: bitnet``.
 
 Both trained side by side as plain float PyTorch models (no quantization, no augmentation),
 full MNIST at 16x16 (bilinear, as ``data.resize``), the training split distopt uses (54,000
@@ -30,23 +31,10 @@ from _common import table, write  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUTS = ("distopt depthwise blocks", "anchor layout")
+LAYOUTS = ("model.block depthwise", "anchor geometry (= model.block bitnet)")
 HEADERS = ["layout", "weights", "test accuracy mean +- sd", "per seed"]
-
-
-def anchor_cnn16(channels: int = 16) -> nn.Module:
-    """The anchor's geometry: valid 3x3 conv, valid 3x3 depthwise, pool, valid 3x3 depthwise,
-    pool; distopt's head (no biases)."""
-    c = channels
-    return nn.Sequential(
-        nn.Conv2d(1, c, 3, bias=False), nn.ReLU(),
-        nn.Conv2d(c, c, 3, groups=c, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c, c, 3, groups=c, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(c * 4, 96, bias=False), nn.ReLU(),
-        nn.Linear(96, 96, bias=False), nn.ReLU(), nn.Linear(96, 10, bias=False))
 
 
 def run(layout: str, seed: int, epochs: int, mnist: str) -> dict[str, Any]:
@@ -55,7 +43,8 @@ def run(layout: str, seed: int, epochs: int, mnist: str) -> dict[str, Any]:
     from distopt.models import build_model, spec_from_config
 
     torch.set_num_threads(1)
-    cfg = load_config(ROOT / "configs" / "bitnetmcu_cnn16.yaml", [f"data.path={mnist}"])
+    cfg_path = ROOT / "configs" / "bitnetmcu_cnn16.yaml"
+    cfg = load_config(cfg_path, [f"data.path={mnist}"])
     splits = load_splits(cfg.data)
 
     def prep(x: Any) -> torch.Tensor:
@@ -67,7 +56,9 @@ def run(layout: str, seed: int, epochs: int, mnist: str) -> dict[str, Any]:
     mean, std = x_tr.mean(), x_tr.std()
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     torch.manual_seed(seed)
-    net = build_model(spec_from_config(cfg)) if layout == LAYOUTS[0] else anchor_cnn16()
+    overrides = [] if layout == LAYOUTS[0] else ["model.block=bitnet"]
+    net = build_model(spec_from_config(load_config(cfg_path, [f"data.path={mnist}",
+                                                              *overrides])))
     per_epoch = len(x_tr) // 64
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
@@ -105,7 +96,8 @@ def markdown(d: dict[str, Any]) -> str:
     """The section's text and table, from the JSON this script writes."""
     text = " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " ")
     text = text.replace(" Needs the four MNIST IDX files:", "")
-    return (f"`{d['command']}`: {text} {d['epochs']} epochs, seeds {d['seeds']}.\n\n"
+    note = f" ({d['note']}.)" if d.get("note") else ""
+    return (f"`{d['command']}`: {text} {d['epochs']} epochs, seeds {d['seeds']}.{note}\n\n"
             + table(HEADERS, rows(d["runs"])))
 
 

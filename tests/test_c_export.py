@@ -57,6 +57,7 @@ def _check(model: torch.nn.Module, bits: int, codings: dict | None = None) -> di
     (ModelSpec("cnn", (1, 28, 28), 10, (4, 8), (16,), 3, block="separable", head="gap"), 4),
     (ModelSpec("cnn", (3, 12, 12), 5, (4,), (), 5, block="same"), 3),
     (ModelSpec("cnn", (1, 16, 16), 10, (4, 4), (8,), 3, block="depthwise", head="gap"), 4),
+    (ModelSpec("cnn", (1, 16, 16), 10, (4, 4, 4), (8,), 3, block="bitnet", bias=False), 4),
     (ModelSpec("conv1d", (3, 1, 64), 6, (4, 8), (8,), 5, block="same"), 2),
     (ModelSpec("mlp", (1, 8, 8), 4, (), (16, 8), 3), 16),
     (ModelSpec("mlp", (1, 8, 8), 4, (), (16,), 3), 32),
@@ -112,6 +113,7 @@ INTEGER_SPECS = [
     ModelSpec("cnn", (1, 16, 16), 10, (4, 8), (16,), 3, block="separable", head="gap"),
     ModelSpec("cnn", (1, 16, 16), 10, (4, 4, 4), (16,), 3, block="depthwise"),
     ModelSpec("cnn", (1, 16, 16), 10, (4, 4), (16, 8), 3, block="depthwise", bias=False),
+    ModelSpec("cnn", (1, 16, 16), 10, (4, 4, 4), (16, 8), 3, block="bitnet", bias=False),
     ModelSpec("conv1d", (3, 1, 64), 6, (4, 8), (8,), 5, block="same"),
     ModelSpec("mlp", (1, 8, 8), 4, (), (16, 8), 3),
 ]

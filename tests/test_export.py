@@ -39,6 +39,7 @@ SPECS = {
     "cnn-same": ModelSpec("cnn", IMG, 10, (6, 12, 16), (16,), 3, block="same"),
     "cnn-separable": ModelSpec("cnn", IMG, 10, (6, 12, 16), (12,), 3, block="separable"),
     "cnn-depthwise": ModelSpec("cnn", IMG, 10, (6, 6, 6), (12,), 3, block="depthwise"),
+    "cnn-bitnet": ModelSpec("cnn", IMG, 10, (6, 6, 6), (12,), 3, block="bitnet"),
     "conv1d": ModelSpec("conv1d", (3, 1, 64), 6, (8, 16), (12,), 5),
     "conv1d-separable": ModelSpec("conv1d", (3, 1, 64), 6, (8, 16), (12,), 5,
                                   block="separable"),

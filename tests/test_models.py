@@ -106,10 +106,11 @@ def test_gap_head_and_batch_norm_shapes():
     assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("block", ["plain", "same", "separable", "depthwise"])
+@pytest.mark.parametrize("block", ["plain", "same", "separable", "depthwise", "bitnet"])
 def test_folding_batch_norm_is_exact_in_eval_mode(block):
     torch.manual_seed(0)
-    spec = dataclasses.replace(seed_cnn(), conv_channels=(8, 8 if block == "depthwise" else 16),
+    spec = dataclasses.replace(seed_cnn(), conv_channels=(8, 8 if block in ("depthwise", "bitnet")
+                                                               else 16),
                                batch_norm=True, head="gap", dense_units=(), block=block)
     model = build_model(spec)
     x = torch.randn(64, 1, 28, 28)
@@ -182,6 +183,30 @@ def test_same_blocks_keep_the_map_and_separable_blocks_are_depthwise_then_pointw
     conv1d = ModelSpec("conv1d", (3, 1, 32), 4, (8, 8), (), 5, block="separable")
     assert build_model(conv1d)(torch.randn(2, 3, 1, 32)).shape == (2, 4)
     assert conv1d.conv_out_side() == (1, 8)
+
+
+def test_bitnet_blocks_are_bitnetmcus_geometry_unpadded_and_first_block_unpooled():
+    """BitNetMCU's CNN-16: conv 3x3 valid, depthwise 3x3 valid, pool, depthwise 3x3 valid,
+    pool (16 -> 14 -> 12 -> 6 -> 4 -> 2: 64 features), 16,752 weights with its 96-96-10 head;
+    the config builds it, and the checks accept an even kernel (no 'same' padding needed)."""
+    from distopt.config import load_config
+    from distopt.models import spec_from_config
+
+    cfg = load_config(CONFIGS / "smoke.yaml", ["model.block=bitnet", "data.resize=16",
+                                               "model.channels=16", "model.blocks=3",
+                                               "model.dense_units=96", "model.dense_layers=2",
+                                               "model.bias=false"])
+    spec = spec_from_config(cfg)
+    assert spec.conv_channels == (16, 16, 16) and spec.conv_out_side() == (2, 2)
+    model = build_model(spec)
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU",
+                     "MaxPool2d"]
+    assert all(m.padding == (0, 0) for m in model.features if isinstance(m, torch.nn.Conv2d))
+    assert [m.groups for m in model.features if isinstance(m, torch.nn.Conv2d)] == [1, 16, 16]
+    assert sum(p.numel() for p in model.parameters()) == 16_752
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+    load_config(CONFIGS / "smoke.yaml", ["model.block=bitnet", "model.kernel_size=2"])
 
 
 def test_depthwise_blocks_are_one_filter_per_channel_with_a_bias_and_keep_the_channels():

@@ -71,7 +71,7 @@ def spec_problem(d: Any) -> str | None:
                              d.get("block", "plain"))
         if min(h, w) < 1:
             return "spec's convolutions shrink the input to nothing"
-        if d.get("block") == "depthwise" and len(set(lists["conv_channels"])) > 1:
+        if d.get("block") in ("depthwise", "bitnet") and len(set(lists["conv_channels"])) > 1:
             return "spec.conv_channels must all be equal with depthwise blocks"
     if d["family"] == "rnn" and not lists["rnn_units"]:
         return "spec.rnn_units is empty"

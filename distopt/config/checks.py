@@ -93,7 +93,8 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
             problems.append(f"model.blocks: got {m.blocks}; with kernel_size {m.kernel_size} "
                             f"the {d.model_shape[1]}x{d.model_shape[2]} input shrinks to "
                             f"nothing{hint}")
-    if ok("model.block", "model.kernel_size") and m.block != "plain" and m.kernel_size % 2 == 0:
+    if ok("model.block", "model.kernel_size") and m.block not in ("plain", "bitnet") and \
+            m.kernel_size % 2 == 0:
         problems.append(f"model.kernel_size: got {m.kernel_size} with model.block {m.block!r}; "
                         "'same' padding needs an odd kernel size")
     if ok("model.bias", "model.family") and not m.bias and m.family not in ("cnn", "conv1d", "mlp"):
@@ -102,7 +103,8 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
     if ok("model.bias", "model.batch_norm") and not m.bias and m.batch_norm:
         problems.append("model.bias: got false with model.batch_norm true; a BatchNorm folds "
                         "into its conv as a bias (set one of them)")
-    if ok("model.block", "compress.prune.kind") and m.block in ("separable", "depthwise") and \
+    if ok("model.block", "compress.prune.kind") and \
+            m.block in ("separable", "depthwise", "bitnet") and \
             cfg.compress.prune.kind == "structured":
         problems.append(f"compress.prune.kind: got 'structured' with model.block {m.block!r}; "
                         "structured pruning removes whole channels of full convs only (use "

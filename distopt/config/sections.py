@@ -134,12 +134,14 @@ class ModelConfig:
                             "folded into the convs when weight pruning starts (or at export)")
     head: Literal["flatten", "gap"] = option("flatten", doc="cnn: flatten the last feature map, "
                                            "or global-average-pool it (one value per channel)")
-    block: Literal["plain", "same", "separable", "depthwise"] = option(
+    block: Literal["plain", "same", "separable", "depthwise", "bitnet"] = option(
         "plain", doc="cnn, conv1d: conv blocks; plain: 'valid' convs (the seed's); same: "
         "zero-padded convs (only pooling shrinks the map); separable: depthwise-separable "
         "blocks (k x k depthwise + 1 x 1 pointwise, 'same') after a full first conv; "
         "depthwise: k x k depthwise convs only ('same', one filter per channel: BitNetMCU's) "
-        "after a full first conv, every block model.channels wide")
+        "after a full first conv, every block model.channels wide; bitnet: depthwise in "
+        "BitNetMCU's geometry, every conv unpadded and the first block not pooled (16x16 -> "
+        "14 -> 12 -> 6 -> 4 -> 2)")
     bias: bool = option(True, doc="cnn, conv1d, mlp: conv and dense layers have biases; false: "
                         "none (BitNetMCU's: an integer model then keeps no int32 bias per "
                         "output channel in flash)")

@@ -11,6 +11,7 @@ from torch import nn
 
 from distopt.models.family import Family, register_family
 from distopt.models.spec import ModelSpec
+from distopt.shapes import VALID
 
 if TYPE_CHECKING:
     from distopt.config import Config
@@ -49,7 +50,9 @@ class Net(nn.Module):
     conv (a depthwise conv of a one-channel image would learn a single filter). ``depthwise``
     blocks after the first are the depthwise conv alone, with its bias, so every block keeps the
     first one's channels (BitNetMCU's small CNNs): ``k * k`` weights per channel, no mixing of
-    channels until the dense head. With ``spec.bias`` False no layer has a bias (BitNetMCU's):
+    channels until the dense head. ``bitnet`` is ``depthwise`` in BitNetMCU's geometry: every
+    conv unpadded ('valid'), and the first block not pooled (conv, depthwise conv, pool,
+    depthwise conv, pool: 16 x 16 -> 14 -> 12 -> 6 -> 4 -> 2). With ``spec.bias`` False no layer has a bias (BitNetMCU's):
     a device keeps no int32 bias per output channel.
 
     Family ``conv1d`` is the same network for 1-D signals ``(C, 1, L)``: kernels ``1 x k`` and
@@ -65,7 +68,7 @@ class Net(nn.Module):
         self.spec = spec
         c = spec.in_shape[0]
         kernel = spec.conv_kernel
-        pad = (0, 0) if spec.block == "plain" else (kernel[0] // 2, kernel[1] // 2)
+        pad = (0, 0) if spec.block in VALID else (kernel[0] // 2, kernel[1] // 2)
         convs: list[nn.Module] = []
         for i, out in enumerate(spec.conv_channels):
             if spec.block == "separable" and i > 0:
@@ -73,7 +76,7 @@ class Net(nn.Module):
                 # conv, the pointwise bias absorbs it (and the file stores fewer floats).
                 convs += [nn.Conv2d(c, c, kernel, padding=pad, groups=c, bias=False),
                           nn.Conv2d(c, out, 1, bias=spec.bias)]
-            elif spec.block == "depthwise" and i > 0:
+            elif spec.block in ("depthwise", "bitnet") and i > 0:
                 if out != c:
                     raise ValueError(f"depthwise blocks keep the channels: block {i} has {out} "
                                      f"after {c}")
@@ -82,7 +85,9 @@ class Net(nn.Module):
                 convs.append(nn.Conv2d(c, out, kernel, padding=pad, bias=spec.bias))
             if spec.batch_norm:
                 convs.append(nn.BatchNorm2d(out))
-            convs += [nn.ReLU(inplace=True), nn.MaxPool2d(spec.pool)]
+            convs.append(nn.ReLU(inplace=True))
+            if not (spec.block == "bitnet" and i == 0):  # BitNetMCU's first pool: after conv 2
+                convs.append(nn.MaxPool2d(spec.pool))
             c = out
         if spec.head == "gap" and spec.conv_channels:
             convs.append(nn.AdaptiveAvgPool2d(1))  # (B, C, 1, 1): one value per channel
@@ -108,7 +113,7 @@ class ConvFamily(Family):
     def spec(self, cfg: Config) -> ModelSpec:
         m, d = cfg.model, cfg.data
         return ModelSpec(self.name, tuple(int(v) for v in d.model_shape), d.num_classes,
-                         tuple(m.channels * (1 if m.block == "depthwise" else 2 ** i)
+                         tuple(m.channels * (1 if m.block in ("depthwise", "bitnet") else 2 ** i)
                                for i in range(m.blocks)),
                          (m.dense_units,) * m.dense_layers, m.kernel_size,
                          cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head,

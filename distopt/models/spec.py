@@ -30,7 +30,7 @@ class ModelSpec:
     embed_dim: int = 0
     batch_norm: bool = False  # cnn: BatchNorm after each conv (folded away before export)
     head: Literal["flatten", "gap"] = "flatten"  # cnn: flatten or global-average-pool features
-    block: Literal["plain", "same", "separable", "depthwise"] = "plain"  # cnn, conv1d: conv block kind
+    block: Literal["plain", "same", "separable", "depthwise", "bitnet"] = "plain"  # cnn, conv1d: conv block kind
     bias: bool = True  # cnn, conv1d, mlp: conv and dense layers with biases (False: none)
     buckets: tuple[int, ...] = ()  # recsys: rows of each categorical column's embedding table
     interaction: Literal["mlp", "dot"] = "mlp"  # recsys: concatenation or pairwise dots

@@ -1,7 +1,7 @@
 """Issue 23's reproduction gap, one suspect isolated: where the conv blocks pad and pool.
 
-``configs/bitnetmcu_cnn16.yaml`` builds the CNN-16 as distopt's ``model.block: depthwise``
-expresses it: a full 3x3 conv 1 -> 16, then two 3x3 depthwise convs, every conv 'same' padded
+``configs/bitnetmcu_cnn16.yaml`` built the CNN-16 with ``model.block: depthwise`` before
+``bitnet`` existed: a full 3x3 conv 1 -> 16, then two 3x3 depthwise convs, every conv 'same' padded
 and followed by a 2x2 max-pool (16 -> 8 -> 4 -> 2: 64 features). BitNetMCU's published model
 code convolves without padding and pools twice, the first time after two convs (16 -> 14 -> 12,
 pool 6, -> 4, pool 2: also 64 features). Both have the same weight shapes (16,752 weights, no
@@ -56,7 +56,7 @@ def run(layout: str, seed: int, epochs: int, mnist: str) -> dict[str, Any]:
     mean, std = x_tr.mean(), x_tr.std()
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     torch.manual_seed(seed)
-    overrides = [] if layout == LAYOUTS[0] else ["model.block=bitnet"]
+    overrides = ["model.block=depthwise" if layout == LAYOUTS[0] else "model.block=bitnet"]
     net = build_model(spec_from_config(load_config(cfg_path, [f"data.path={mnist}",
                                                               *overrides])))
     per_epoch = len(x_tr) // 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import signal
@@ -136,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{m[M.WEIGHT_FLASH_BYTES]:,}", f"{m[M.PEAK_RAM_BYTES]:,}", f"{m[M.MACS]:,}", "params",
         f"{m[M.NONZERO_PARAMS]:,}", f"{m[M.PARAMS]:,}", "latency", m[M.LATENCY_MS],
         "artifact", out / M.ARTIFACT_FILE, "metrics", out / M.METRICS_FILE)
-    if M.VAL_AUC in m and m[M.VAL_AUC] == m[M.VAL_AUC]:  # binary labels
+    if not math.isnan(m.get(M.VAL_AUC, math.nan)):  # binary labels
         log.info("%-12s %.4f val, %.4f test; log loss %.4f val, %.4f test", "auc",
                  m[M.VAL_AUC], m.get(M.TEST_AUC, float("nan")), m[M.VAL_LOGLOSS],
                  m.get(M.TEST_LOGLOSS, float("nan")))

@@ -143,8 +143,6 @@ DEFAULT_OBJECTIVES: tuple[tuple[str, Direction], ...] = (
 RUNG_KEYS: dict[str, str] = {SIZE_BYTES: EXPECTED_SIZE_BYTES,
                              **{k: f"expected_{k}" for k in DEVICE_METRICS}}
 
-# Keys that every report carries, so that Tune's strict metric check passes on every result.
-# Before the final report the artifact metrics are NaN ("not known yet").
 def quality(objectives: tuple[tuple[str, Direction], ...] | list[tuple[str, str]]
             ) -> tuple[str, Direction]:
     """The quality objective of a search's objectives and its direction: the first of
@@ -155,5 +153,8 @@ def quality(objectives: tuple[tuple[str, Direction], ...] | list[tuple[str, str]
     return VAL_ACCURACY, "max"
 
 
+# Keys that every report carries, so that Tune's strict metric check passes on every result.
+# Before the final report the artifact metrics are NaN ("not known yet").
 ALWAYS_REPORTED: tuple[str, ...] = (EPOCH, VAL_ACCURACY, VAL_AUC, VAL_LOGLOSS, SIZE_BYTES,
-                                    LATENCY_MS, ORT_LATENCY_MS, NONZERO_PARAMS, *DEVICE_METRICS, *RUNG_KEYS.values())
+                                    LATENCY_MS, ORT_LATENCY_MS, NONZERO_PARAMS, *DEVICE_METRICS,
+                                    *RUNG_KEYS.values())

@@ -56,6 +56,16 @@ def test_the_final_stage_chooses_the_whole_front_or_the_best_on_validation_under
     assert [r["trial_id"] for r in select(tie, cfg)] == ["y"]  # equal accuracy: the smaller
 
 
+def test_a_log_loss_search_chooses_the_lowest_log_loss_under_each_budget():
+    rows = [{**_row("a", 0.95, 1000, 3000), M.VAL_LOGLOSS: 0.40},
+            {**_row("b", 0.97, 2000, 5000), M.VAL_LOGLOSS: 0.38},
+            {**_row("c", 0.96, 1900, 5000), M.VAL_LOGLOSS: 0.35}]  # worse accuracy, better loss
+    cfg = load_config(CONFIGS / "smoke.yaml", [
+        "search.final.seeds=3", "search.final.select.budgets=[2500]"]).search.final
+    assert [r["trial_id"] for r in select(rows, cfg, (M.VAL_LOGLOSS, "min"))] == ["c"]
+    assert [r["trial_id"] for r in select(rows, cfg)] == ["b"]  # by accuracy: b
+
+
 def test_final_runs_take_other_seeds_and_the_final_length():
     chosen = [{"trial_id": "a", "params": {"model.channels": 8}}]
     same_length = load_config(CONFIGS / "smoke.yaml", ["search.final.seeds=3", "train.seed=5"])

@@ -134,6 +134,17 @@ def test_row_masks_drop_the_smallest_rows_of_every_table_and_keep_one():
     assert set(masks) == {"embeddings.0.weight", "embeddings.1.weight", "embeddings.2.weight"}
 
 
+def test_auc_objectives_need_two_classes_and_their_hypervolume_starts_at_chance():
+    from distopt.config import ConfigError
+    from distopt.results.objectives import hv_reference
+
+    with pytest.raises(ConfigError, match="val_auc with data.num_classes 10; AUC and log loss"):
+        load_config(None, ["search.objectives=[[val_auc, max], [size_bytes, min]]"])
+    cfg = load_config(None, CLICKS + ["search.objectives=[[val_auc, max], [size_bytes, min]]"])
+    assert M.quality(cfg.search.objectives) == (M.VAL_AUC, "max")
+    assert hv_reference(cfg, np.array([[0.7, 3.0], [0.6, 2.0]]))[0] == 0.5
+
+
 def test_auc_from_histograms_is_the_mann_whitney_auc():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 3000)
@@ -154,6 +165,7 @@ def test_evaluate_reports_auc_for_two_classes_only():
     with torch.no_grad():
         p = torch.softmax(model(torch.from_numpy(x)), 1)[:, 1].numpy()
     assert e.auc == pytest.approx(exact_auc(p, y), abs=1e-3)
+    assert math.isnan(evaluate(model, x, y, norm, WorkerEnv(), 256, auc=False).auc)
     cnn = build_model(ModelSpec("mlp", (1, 4, 4), 3, (), (8,)))
     e3 = evaluate(cnn, np.zeros((10, 1, 4, 4), np.float32), np.zeros(10, np.int64),
                   InputNorm(1.0, 0.0, 1.0), WorkerEnv(), 4)
@@ -202,3 +214,32 @@ def test_row_pruning_zeroes_rows_shrinks_the_file_but_not_the_flash():
     codes = sum(t.num_embeddings * t.embedding_dim for t in dec.model.embeddings)
     assert a["metrics"][M.EMBEDDING_FLASH_BYTES] - b["metrics"][M.EMBEDDING_FLASH_BYTES] == \
         codes - codes // 2
+
+
+def _stop_after(scores: list[float], patience: int) -> int:
+    """Dense epochs a plateau of ``patience`` on ``scores`` (larger better) lets run."""
+    best, since = -math.inf, 0
+    for i, v in enumerate(scores):
+        best, since = (v, 0) if v > best else (best, since + 1)
+        if since >= patience:
+            return i + 1
+    return len(scores)
+
+
+def test_early_stopping_watches_the_searchs_quality_objective():
+    """With val_auc as the objective, dense training ends when AUC (not accuracy) has not
+    improved for train.early_stop_patience epochs. At this rate the large tables' AUC still
+    rises at epoch 1 while accuracy already falls, so the two rules stop at different epochs
+    (checked on the recorded metrics, so the test keeps its power)."""
+    cfg = load_config(None, CLICKS + [
+        "model.buckets=4096", "data.num_buckets=4096", "model.embed_dim=16",
+        "regularization.l2=0", "train.lr=0.02", "train.epochs=8",
+        "train.early_stop_patience=1", "compress.finetune_epochs=0",
+        "search.objectives=[[val_auc, max], [size_bytes, min]]"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=load_splits(cfg.data))
+    dense = [r for r in rec.reports if r[M.PHASE] == "train"]
+    by_auc = _stop_after([r[M.VAL_AUC] for r in dense], 1)
+    by_accuracy = _stop_after([r[M.VAL_ACCURACY] for r in dense], 1)
+    assert len(dense) == by_auc < 8 and by_accuracy != by_auc, dense
+    assert rec.reports[-1][M.EARLY_STOPPED]

@@ -190,6 +190,11 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                             f"{name} is better when {obj.direction}imized")
     if len(set(names)) != len(names):
         problems.append(f"search.objectives: got {names}; each metric at most once")
+    binary_only = [n for n in names if n in (metrics.VAL_AUC, metrics.VAL_LOGLOSS)]
+    if binary_only and ok("data.num_classes") and cfg.data.num_classes != 2:
+        problems.append(f"search.objectives: {', '.join(binary_only)} with data.num_classes "
+                        f"{cfg.data.num_classes}; AUC and log loss are measured for two "
+                        "classes (use val_accuracy)")
     if check_paths and metrics.ORT_LATENCY_MS in names:
         missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:

@@ -93,7 +93,8 @@ def noise_marks(points: Sequence[tuple[float, float, float]]) -> list[bool]:
 def run_final_stage(cfg: Config, output: Location, rows: list[dict[str, Any]],
                     max_concurrent: int) -> list[dict[str, Any]]:
     """Train the chosen configurations of ``rows`` again, evaluate each decoded file on the
-    test set, and add to every row the mean, standard deviation and count of its runs' test accuracies, the dense epochs they trained,
+    test set, and add to every row the mean, standard deviation and count of its runs' test
+    scores (the search's quality metric: accuracy, AUC or log loss), the dense epochs they trained,
     the largest ``final.select.metric`` of their files, and the within-noise mark (rows not
     chosen: NaN, 0). Runs that fail are left out and logged."""
     final = cfg.search.final
@@ -112,22 +113,22 @@ def run_final_stage(cfg: Config, output: Location, rows: list[dict[str, Any]],
              f", {final.epochs} dense epochs each" if final.epochs is not None else
              " with other seeds (the search's run is the first)")
     splits = load_splits(cfg.data)
-    accuracies: dict[str, list[float]] = {r["trial_id"]: [] for r in chosen}
+    scores: dict[str, list[float]] = {r["trial_id"]: [] for r in chosen}
     sizes: dict[str, list[float]] = {r["trial_id"]: [] for r in chosen}
     if final.epochs is None:
         for r in chosen:
-            accuracies[r["trial_id"]].append(r[test_key])
+            scores[r["trial_id"]].append(r[test_key])
             sizes[r["trial_id"]].append(r[metric])
     for done in retrain(cfg, output, jobs, FINAL_DIR, max_concurrent):
         if done.artifact is None or done.metrics is None:
             continue
         tid = done.job["trial_id"]
-        accuracies[tid].append(evaluate_artifact(done.artifact, splits, "test")[test_key])
+        scores[tid].append(evaluate_artifact(done.artifact, splits, "test")[test_key])
         sizes[tid].append(float(done.metrics[metric]))
     by_id = {r["trial_id"]: r for r in rows}
-    kept = [tid for tid in accuracies if accuracies[tid]]
+    kept = [tid for tid in scores if scores[tid]]
     stats = {tid: (statistics.mean(a), statistics.stdev(a) if len(a) > 1 else math.nan, len(a))
-             for tid, a in accuracies.items() if a}
+             for tid, a in scores.items() if a}
     better = 1 if direction == "max" else -1  # noise_marks reads larger as better
     marks = noise_marks([(max(sizes[t]), better * stats[t][0], stats[t][1]) for t in kept])
     for tid, mark in zip(kept, marks):

@@ -194,7 +194,7 @@ def format_epoch(m: dict[str, Any]) -> str:
     auc = m.get(M.VAL_AUC, math.nan)  # binary labels: the ranking quality too
     return (f"epoch {m[M.EPOCH]:>3} {m[M.PHASE]:<8} loss {m[M.TRAIN_LOSS]:.4f} "
             f"train {m[M.TRAIN_ACCURACY]:.4f} val {m[M.VAL_ACCURACY]:.4f} "
-            + (f"auc {auc:.4f} " if isinstance(auc, float) and not math.isnan(auc) else "")
+            + (f"auc {auc:.4f} " if not math.isnan(auc) else "")
             + f"gap {m[M.GAP]:+.4f} {m[M.SAMPLES_PER_S]:,.0f} samples/s")
 
 

@@ -166,7 +166,8 @@ def write_report(output: Path) -> dict[str, Any]:
              "| trial | " + " | ".join(keys) + " | "
              + "".join(f"{p} {M.QUALITY_LABEL[quality]} | " for p in ("val", "test") if qcols)
              + "val acc | test acc | "
-             + (f"final stage test {M.QUALITY_LABEL[quality]} | " if reseeded else "") + "bytes | header / index / "
+             + (f"final stage test {M.QUALITY_LABEL[quality]} | " if reseeded else "")
+             + "bytes | header / index / "
              "scales+biases / values | compression | flash (weights) | RAM | MACs | "
              + "".join(f"{n} | " for n in extra) + "fit |",
              "|---" * (len(keys) + len(extra) + 10 + reseeded + len(qcols)) + "|"]

@@ -12,7 +12,8 @@ from torch import nn
 
 from distopt.models import Model
 
-__all__ = ["WorkerEnv", "all_sum", "all_sum_tensor", "broadcast_float", "broadcast_object", "unwrap", "wrap"]
+__all__ = ["WorkerEnv", "all_sum", "all_sum_tensor", "broadcast_float", "broadcast_object",
+           "unwrap", "wrap"]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ def nan_artifact_metrics() -> dict[str, float]:
             if k not in (M.EPOCH, M.VAL_ACCURACY, M.VAL_AUC, M.VAL_LOGLOSS)}
 
 
-
 def train_epoch(run: TrainingRun, epoch: int, phase: str) -> dict[str, Any]:
     """One epoch of ``run``: its shard of the training data in seeded, augmented batches
     (through the compression methods' view of the weights and their after-step hooks while
@@ -111,7 +110,7 @@ def train_epoch(run: TrainingRun, epoch: int, phase: str) -> dict[str, Any]:
         val = evaluate(model, splits.x_val, splits.y_val, run.norm, env, 512, run.precision,
                        run.channels_last)
         tr_acc = evaluate(model, run.x_probe, run.y_probe, run.norm, env, 512,
-                          run.precision, run.channels_last).accuracy
+                          run.precision, run.channels_last, auc=False).accuracy
     return {M.EPOCH: epoch, M.PHASE: phase, M.TRAIN_LOSS: tr_loss / max(tr_n, 1),
             M.TRAIN_ACCURACY: tr_acc, M.TRAIN_ACCURACY_RUNNING: tr_correct / max(tr_n, 1),
             M.SAMPLES_PER_S: tr_n / (tr_time / env.world_size),

@@ -49,10 +49,10 @@ def auc_from_histograms(neg: np.ndarray, pos: np.ndarray) -> float:
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, env: WorkerEnv,
-             batch_size: int, precision: str = "fp32", channels_last: bool = False
-             ) -> Evaluation:
-    """Loss, accuracy (and, for two classes, ROC AUC) over all of ``x``, each rank taking a
-    strided shard."""
+             batch_size: int, precision: str = "fp32", channels_last: bool = False,
+             auc: bool = True) -> Evaluation:
+    """Loss, accuracy (and, for two classes unless ``auc`` is False, ROC AUC) over all of
+    ``x``, each rank taking a strided shard."""
     model.eval()
     idx = shard(len(x), env.rank, env.world_size, 0, 0, shuffle=False)
     # Sums stay on the device: one synchronization per evaluation, not two per batch.
@@ -70,7 +70,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, en
             out = model(xb).float()
         loss_t += F.cross_entropy(out, yb, reduction="sum")
         correct_t += (out.argmax(1) == yb).sum()
-        if out.shape[1] == 2:
+        if auc and out.shape[1] == 2:
             if hist is None:
                 hist = torch.zeros(2 * AUC_BINS, dtype=torch.float64, device=env.device)
             p1 = torch.softmax(out, 1)[:, 1]
@@ -81,13 +81,13 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, norm: InputNorm, en
     # output), so that all of them join the histogram's reduction or none.
     loss_sum, correct, n, binary = all_sum([loss_t.item(), float(correct_t.item()),
                                             float(len(idx)), float(hist is not None)], env)
-    auc = math.nan
+    roc = math.nan
     if binary:
         h = hist if hist is not None else torch.zeros(2 * AUC_BINS, dtype=torch.float64,
                                                       device=env.device)
         h = all_sum_tensor(h, env).cpu().numpy()
-        auc = auc_from_histograms(h[:AUC_BINS], h[AUC_BINS:])
-    return Evaluation(loss_sum / max(n, 1), correct / max(n, 1), auc)
+        roc = auc_from_histograms(h[:AUC_BINS], h[AUC_BINS:])
+    return Evaluation(loss_sum / max(n, 1), correct / max(n, 1), roc)
 
 
 def quality_metrics(val: Evaluation) -> dict[str, float]:

@@ -40,8 +40,8 @@ def _measured(run: TrainingRun, artifact: bytes, evaluate_test: bool) -> dict[st
     out[M.LATENCY_MS] = measure_latency_ms(copy.deepcopy(file.model), run.spec)
     if any(name == M.ORT_LATENCY_MS for name, _ in run.cfg.search.objectives):
         out[M.ORT_LATENCY_MS] = _ort_latency_ms(run, artifact)
-    out[M.TRAIN_ACCURACY] = evaluate(decoded, run.x_probe, run.y_probe, norm, cpu,
-                                     512).accuracy
+    out[M.TRAIN_ACCURACY] = evaluate(decoded, run.x_probe, run.y_probe, norm, cpu, 512,
+                                     auc=False).accuracy
     out[M.GAP] = out[M.TRAIN_ACCURACY] - out[M.VAL_ACCURACY]
     out[M.VAL_SAMPLES] = len(splits.y_val)
     if evaluate_test and len(splits.x_test):

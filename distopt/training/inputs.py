@@ -20,12 +20,11 @@ def input_norm(splits: Splits, resize: int | None = None) -> InputNorm:
     if splits.tokens:
         return InputNorm(1.0, 0.0, 1.0, tokens=True)
     if splits.id_columns is not None:  # tabular: numbers standardized per column, ids as is
-        numbers = splits.x_train[:, splits.id_columns:].astype(np.float64)
-        ids = splits.id_columns
-        std = numbers.std(0) if len(numbers) else np.ones(numbers.shape[1])
-        return InputNorm(1.0, 0.0, 1.0, column_mean=(0.0,) * ids + tuple(
-            float(v) for v in (numbers.mean(0) if len(numbers) else std * 0)),
-            column_std=(1.0,) * ids + tuple(float(v) if v > 0 else 1.0 for v in std))
+        ids, numbers = splits.id_columns, splits.x_train[:, splits.id_columns:].astype(np.float64)
+        std = np.where(numbers.std(0) > 0, numbers.std(0), 1.0)  # a constant column: as is
+        return InputNorm(1.0, 0.0, 1.0,
+                         column_mean=(0.0,) * ids + tuple(map(float, numbers.mean(0))),
+                         column_std=(1.0,) * ids + tuple(map(float, std)))
     sample = splits.x_train[: min(len(splits.x_train), 10_000)]
     if not resize:
         unit = sample.astype(np.float32) * splits.scale

@@ -95,6 +95,8 @@ class TrainingRun:
         # the next epoch, whether fine-tuning has begun, optimizer steps per epoch.
         self.dense_epochs = t.epochs
         self.plateau = Plateau(t.early_stop_patience)
+        # What the plateau watches: the search's quality objective (val_accuracy by default).
+        self.plateau_metric = M.quality(cfg.search.objectives)
         self.next_epoch = 0
         self.finetuning = False
         self.steps = 0
@@ -223,12 +225,12 @@ class TrainingRun:
                                                          self.artifact_meta(),
                                                          self.calibration()))
             self.dense_history.append(metrics)
-            quality, direction = M.quality(self.cfg.search.objectives)
-            score = metrics[quality] if direction == "max" else -metrics[quality]
+            name, direction = self.plateau_metric
+            score = metrics[name] if direction == "max" else -metrics[name]
             if self.plateau.update(score) and epoch + 1 < self.dense_epochs:
-                # Every rank sees the same all-reduced accuracy: all stop together.
-                log.info("validation accuracy has not improved for %d epochs: dense training "
-                         "ends after epoch %d of %d", self.cfg.train.early_stop_patience, epoch,
+                # Every rank sees the same all-reduced metric: all stop together.
+                log.info("%s has not improved for %d epochs: dense training ends after epoch "
+                         "%d of %d", name, self.cfg.train.early_stop_patience, epoch,
                          self.cfg.train.epochs)
                 self.dense_epochs = epoch + 1
             self._report_epoch(epoch, metrics)

@@ -34,11 +34,11 @@ __all__ = ["INT_KERNELS", "integer_c_source"]
 
 INT_KERNELS = PACKED_BITS + r"""
 /* A weight tensor of an integer model: codes of `bits` bits (two's complement, packed LSB first
-   across bytes), and per output channel the fixed-point multiplier and shift that take the
-   int32 accumulator to the output's grid. */
+   across bytes), and per output channel (or once for the tensor, qstep 0) the fixed-point
+   multiplier and shift that take the int32 accumulator to the output's grid. */
 typedef struct {
     uint32_t bits;
-    uint32_t per_row;
+    uint32_t qstep; /* 1: a multiplier and shift per output channel; 0: one for the tensor */
     const uint8_t *packed;
     const int32_t *mult;
     const int8_t *shift;
@@ -73,7 +73,7 @@ static inline int32_t dq_requant(int32_t acc, int32_t mult, int shift) {
 
 static inline int8_t dq_out(int32_t acc, const dq_tensor *w, int co, int32_t zp_out,
                             int32_t act_min) {
-    int32_t v = dq_requant(acc, w->mult[co], w->shift[co]) + zp_out;
+    int32_t v = dq_requant(acc, w->mult[co * w->qstep], w->shift[co * w->qstep]) + zp_out;
     if (v < act_min) v = act_min;
     if (v > 127) v = 127;
     return (int8_t)v;
@@ -162,6 +162,7 @@ def integer_c_source(decoded: Decoded, source: str = "") -> str:
     spec = model.spec
     calls = [c for c in trace(model, spec) if not isinstance(c.module, (*ALIASING, nn.Sequential))]
     arena = activation_cost(model, spec, 1)["peak_ram_bytes"]
+    entries = {e["name"]: e for e in decoded.tensors}
     arrays: list[str] = []
     names: list[str] = []
     body: list[str] = []
@@ -173,17 +174,19 @@ def integer_c_source(decoded: Decoded, source: str = "") -> str:
             ident = "w_" + op.key.replace(".", "_")
             arrays.append(f"static const uint8_t {ident}_p[] = {{"
                           f"{', '.join(str(b) for b in pack_bits(op.codes.numpy(), op.bits))}}};")
-            arrays.append(_ints("int32_t", ident + "_m", op.multiplier.numpy()))
-            arrays.append(_ints("int8_t", ident + "_s", op.shift.numpy()))
+            # A per-tensor scale gives every channel the same constants: kept once.
+            per_channel = entries[op.key].get("scales") != "tensor"
+            keep = slice(None) if per_channel else slice(0, 1)
+            arrays.append(_ints("int32_t", ident + "_m", op.multiplier.numpy()[keep]))
+            arrays.append(_ints("int8_t", ident + "_s", op.shift.numpy()[keep]))
             names += [ident + "_p", ident + "_m", ident + "_s"]
             bias = "0"
             if op.bias is not None:
                 bias = ident + "_b"
                 arrays.append(_ints("int32_t", bias, op.bias.numpy()))
                 names.append(bias)
-            rows = op.codes.shape[0]
             arrays.append(f"static const dq_tensor {ident} = {{{op.bits}u, "
-                          f"{op.codes.numel() // rows}u, {ident}_p, {ident}_m, {ident}_s}};")
+                          f"{int(per_channel)}u, {ident}_p, {ident}_m, {ident}_s}};")
             q = f"{op.zp_in}, {op.zp_out}, {op.act_min}"
             if op.conv is not None:
                 m = op.conv

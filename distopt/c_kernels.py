@@ -44,7 +44,7 @@ enum { W_FLOAT = 0, W_CODES = 1, W_CODEBOOK = 2 };
 typedef struct {
     int kind;
     uint32_t bits;
-    uint32_t per_row; /* weights per output channel */
+    uint32_t per_row; /* weights per scale: per output channel, or the tensor's */
     const uint8_t *packed;
     const float *values; /* W_FLOAT: the weights; W_CODEBOOK: the codebook */
     const float *scale;  /* W_CODES: one per output channel */

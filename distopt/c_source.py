@@ -84,6 +84,8 @@ class _Writer:
             init = f"{{W_CODEBOOK, {bits}u, {w.size // rows}u, {ident}_p, {ident}_v, 0}}"
         elif bits < 32:
             codes, scale = self.codes[key]
+            if entry.get("scales") == "tensor":  # one scale, which every weight takes
+                scale, rows = scale[:1], 1
             self.array(_bytes(ident + "_p", pack_bits(codes, bits)), ident + "_p")
             self.array(_floats(ident + "_s", scale), ident + "_s")
             init = f"{{W_CODES, {bits}u, {w.size // rows}u, {ident}_p, 0, {ident}_s}}"

@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         create_output(out, "train")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.public_dict(), sort_keys=False))
-    log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, %s-bit weights",
+    log.info("training %s: %s x%d, %d+%d epochs, prune %.2f %s, weight bits %s",
              cfg.name, cfg.model.family, cfg.train.num_workers, cfg.train.epochs,
              Compression(cfg.compress).finetune_epochs, cfg.compress.prune.ratio,
              cfg.compress.prune.kind, bits_text(cfg.public_dict()["compress"]))

@@ -18,9 +18,9 @@ from distopt.c_parity import c_compiler, c_parity
 from distopt.c_source import CExportError, c_source
 from distopt.compress import decode, device_report, encode
 from distopt.compress.clustering import WeightClustering
-from distopt.compress.coding import Codebook
+from distopt.compress.coding import Codebook, IntCodes
 from distopt.compress.pruning import apply_masks, global_magnitude_masks
-from distopt.models import ModelSpec, build_model, prunable_weights, seed_rnn
+from distopt.models import ModelSpec, build_model, layer_kinds, prunable_weights, seed_rnn
 from distopt.runtime import InputNorm
 
 from conftest import ROOT
@@ -140,3 +140,39 @@ def test_integer_models_run_in_c_bit_exact_with_the_integer_reference(spec, bits
     assert got[M.FLASH_BYTES] == device[M.FLASH_BYTES]
     assert got["arena_bytes"] == device[M.PEAK_RAM_BYTES]
     assert got["agreement"] == 1.0 and got["max_abs_logit_diff"] == 0.0, got
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("spec", [INTEGER_SPECS[0], INTEGER_SPECS[5], INTEGER_SPECS[-1]],
+                         ids=lambda s: f"{s.family}-{s.block}")
+def test_per_tensor_scales_keep_one_multiplier_a_layer_in_c_bit_exact(spec, bits):
+    """compress.quantize.scales tensor: the C program keeps one int32 multiplier and one int8
+    shift a layer (what flash_bytes counts: 5 B a layer, not 5 B a channel), and its logits
+    are still the integer reference's, bit for bit."""
+    torch.manual_seed(0)
+    model = build_model(spec)
+    decoded = decode(integer_file(model, bits, per_tensor=True))
+    per_channel = decode(integer_file(model, bits))
+    text = c_source(decoded, "i.dopt")
+    rng = np.random.RandomState(1)
+    x = rng.randint(0, 256, size=(300, *spec.in_shape)).astype(np.float32)
+    got = c_parity(decoded, text.encode(), x, rng.randint(0, spec.num_classes, 300))
+    device, before = device_report(decoded), device_report(per_channel)
+    assert got[M.FLASH_BYTES] == device[M.FLASH_BYTES]
+    assert got["agreement"] == 1.0 and got["max_abs_logit_diff"] == 0.0, got
+    channels = sum(int(e["shape"][0]) for e in decoded.tensors if "index" in e)
+    layers = sum(1 for e in decoded.tensors if "index" in e)
+    assert before[M.FLASH_BYTES] - device[M.FLASH_BYTES] == 5 * (channels - layers)
+
+
+def test_per_tensor_scales_run_in_float_c_as_in_pytorch():
+    """A weight-only model with one scale per tensor: one float32 scale a layer in C."""
+    spec = ModelSpec("cnn", (1, 16, 16), 10, (4, 4, 4), (8,), 3, block="bitnet", bias=False)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    codings = {n: IntCodes(4, True) for n in layer_kinds(model)}
+    got = _check(model, 4, codings)
+    per_channel = device_report(decode(encode(model, 4, META)))
+    layers = len(codings)
+    channels = sum(int(w.shape[0]) for _, w, _ in prunable_weights(model))
+    assert per_channel[M.FLASH_BYTES] - got[M.FLASH_BYTES] == 4 * (channels - layers)

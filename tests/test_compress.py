@@ -829,7 +829,7 @@ def test_the_index_chosen_per_tensor_keeps_the_file_near_the_best_single_index_c
     from distopt.compress import codings as CD
 
     spec = ModelSpec("mlp", (1, 16, 16), 10, (), (64, 32), 3)
-    choose = CD._index_options
+    choose = CD.index_options
     worst = 0.0
     for sparsity in (0.03, 0.2, 0.5, 0.9, 0.97):
         for bits in (8, 4, 2):
@@ -838,11 +838,11 @@ def test_the_index_chosen_per_tensor_keeps_the_file_near_the_best_single_index_c
             chosen = len(encode(model, bits))
             forced = []
             for which in (CD.INDEX_DENSE, CD.INDEX_BITMASK, CD.INDEX_RICE):
-                CD._index_options = lambda nz, w=which: [
+                CD.index_options = lambda nz, w=which: [
                     o for o in choose(nz) if o[0] == w] or choose(nz)[:1]
                 try:
                     forced.append(len(encode(model, bits)))
                 finally:
-                    CD._index_options = choose
+                    CD.index_options = choose
             worst = max(worst, chosen / min(forced))
     assert worst <= 1.04, worst

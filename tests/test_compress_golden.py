@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from distopt.compress import decode, encode
-from distopt.compress.coding import Codebook
-from distopt.models import ModelSpec, build_model
+from distopt.compress.coding import Codebook, IntCodes
+from distopt.models import ModelSpec, build_model, prunable_weights
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = sorted(p.stem for p in GOLDEN.glob("*.dopt"))
@@ -57,6 +57,8 @@ def test_the_golden_set_covers_every_family_block_bit_width_index_and_coding():
     for index in ("dense", "bitmask", "rice"):
         assert ("coding", "codebook", index) in seen, index
     assert ("coding", "int", "rice") in seen and ("coding", "float", None) in seen
+    assert ("block", "bitnet") in seen
+    assert {("coding", "int_tensor", "dense"), ("coding", "int_tensor", "bitmask")} & seen
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -86,7 +88,10 @@ def test_encoding_the_golden_source_weights_again_gives_the_same_bytes(name):
     model = build_model(ModelSpec.from_dict({**spec.to_dict(), "dropout": 0.0})).eval()
     model.load_state_dict({k[len("source/"):]: torch.from_numpy(v)
                            for k, v in arrays.items() if k.startswith("source/")})
+    codings: dict = {n: Codebook(k) for n, k in info.get("codebooks", {}).items()}
+    if info.get("per_tensor"):
+        codings.update({n: IntCodes(info["weight_bits"].get(n, info["bits"]), True)
+                        for n, _, _ in prunable_weights(model)})
     again = encode(model, info["bits"], info["meta"], info["weight_bits"],
-                   version=info["version"],
-                   codings={n: Codebook(k) for n, k in info.get("codebooks", {}).items()})
+                   version=info["version"], codings=codings)
     assert again == data

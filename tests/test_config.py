@@ -302,8 +302,8 @@ def test_old_flat_compress_keys_load_as_each_methods_section(tmp_path):
     new = {"finetune_epochs": 2, "prune": {"ratio": 0.7, "kind": "unstructured",
                                            "schedule": "gradual"},
            "quantize": {"bits": 4, "qat": True, "bits_first_conv": 8, "bits_conv": 4,
-                        "bits_dense": 2, "bits_classifier": 8, "bits_embedding": None,
-                        "activation_bits": None},
+                        "bits_dense": 2, "bits_last_dense": None, "bits_classifier": 8,
+                        "bits_embedding": None, "scales": "channel", "activation_bits": None},
            "cluster": {"k": 0}}
     old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old_file.write_text(yaml.safe_dump({"compress": {"finetune_epochs": 2, **OLD_FLAT}, "search": {
@@ -317,6 +317,7 @@ def test_old_flat_compress_keys_load_as_each_methods_section(tmp_path):
     old, fresh = load_config(old_file), load_config(new_file)
     assert old == fresh and list(old.search.space) == list(fresh.search.space)
     assert old.to_dict()["compress"] == {**new, "finetune_lr_scale": 0.5,  # the new layout
+                                         "finetune_schedule": "constant",
                                          "prune_rows": {"ratio": 0.0}}
     assert load_config(None, [f"compress.{k}={json.dumps(v)}" for k, v in OLD_FLAT.items()] +
                        ["compress.finetune_epochs=2"]).compress == fresh.compress

@@ -22,7 +22,8 @@ from distopt.config import load_config  # noqa: E402
 from distopt.data import generate_signals, load_mini, load_splits  # noqa: E402
 from distopt.export import (INPUT_NAME, example_feed, measure_ort_latency_ms, parity,  # noqa: E402
                             session, to_onnx)
-from distopt.models import ModelSpec, build_model, prunable_weights  # noqa: E402
+from distopt.compress.coding import IntCodes  # noqa: E402
+from distopt.models import ModelSpec, build_model, layer_kinds, prunable_weights  # noqa: E402
 from distopt.runtime import InputNorm  # noqa: E402
 from distopt.training import WorkerEnv, fit  # noqa: E402
 
@@ -99,6 +100,23 @@ def test_onnx_runtime_computes_what_the_decoded_artifact_computes(name, bits):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
     # The logits vary between inputs by far more than the tolerance, so the check has teeth.
     assert ref.std(axis=0).mean() > 30 * 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("name", ["cnn-flatten", "cnn-separable", "conv1d", "lstm-tokens"])
+def test_per_tensor_scales_run_on_onnx_runtime_as_decoded(name):
+    """One scale per tensor (``IntCodes(per_tensor=True)``): the graph computes what the
+    decoded model computes."""
+    spec = SPECS[name]
+    model = _random_model(spec, seed=5, sparsity=0.5)
+    codings = {n: IntCodes(4, True) for n in layer_kinds(model)}
+    decoded = decode(encode(model, 4, {"input": _norm(spec)}, codings=codings))
+    assert all(e.get("scales") == "tensor" for e in decoded.tensors if "index" in e)
+    x = _raw_inputs(spec, 128, seed=1)
+    norm = InputNorm.from_meta(decoded.meta["input"])
+    with torch.no_grad():
+        ref = decoded.model(norm(torch.from_numpy(x))).numpy()
+    got = session(to_onnx(decoded)).run(None, {INPUT_NAME: x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("name", ["cnn-flatten", "cnn-separable", "conv1d", "lstm-tokens",

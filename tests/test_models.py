@@ -150,7 +150,7 @@ def test_layer_kinds_name_first_conv_other_convs_hidden_dense_and_classifier():
 
     cnn = build_model(ModelSpec("cnn", (1, 28, 28), 10, (4, 8, 8), (16, 12), 3))
     kinds = layer_kinds(cnn)
-    assert list(kinds.values()) == ["first_conv", "conv", "conv", "dense", "dense",
+    assert list(kinds.values()) == ["first_conv", "conv", "conv", "dense", "last_dense",
                                     "classifier"]
     assert list(kinds) == [n for n, _, _ in prunable_weights(cnn)]
     rnn = build_model(seed_rnn(tokens=True))
@@ -207,6 +207,32 @@ def test_bitnet_blocks_are_bitnetmcus_geometry_unpadded_and_first_block_unpooled
     assert sum(p.numel() for p in model.parameters()) == 16_752
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
     load_config(CONFIGS / "smoke.yaml", ["model.block=bitnet", "model.kernel_size=2"])
+
+
+def test_bitnetmcus_cnn16_to_the_byte_tapered_dense_layers_with_their_own_bits():
+    """model.dense_taper and compress.quantize.bits_last_dense: BitNetMCU's CNN-16 head,
+    64 -> 96 (2-bit) -> 64 (4-bit) -> 10 (4-bit) after 8-bit convs, is its 5,360 bytes of
+    packed weights exactly; a taper of 1 keeps every layer dense_units wide."""
+    from distopt.compress import decode, device_report
+    from distopt.config import load_config
+    from distopt.models import layer_kinds, spec_from_config
+    from distopt.training.compression import Compression
+
+    cfg = load_config(CONFIGS / "bitnetmcu_cnn16.yaml")
+    assert spec_from_config(cfg).dense_units == (96, 64)
+    assert cfg.model.dense_widths(3) == (96, 64, 43)
+    assert cfg.model.__class__(dense_units=32, dense_layers=3).dense_widths(3) == (32, 32, 32)
+    torch.manual_seed(0)
+    model = build_model(spec_from_config(cfg))
+    assert list(layer_kinds(model).values())[-3:] == ["dense", "last_dense", "classifier"]
+    compression = Compression(cfg.compress)
+    bits = {n: c.bits for n, c in compression.codings(model).items()}
+    assert list(bits.values()) == [8, 8, 8, 2, 4, 4]
+    report = device_report(decode(compression.encode(model, {})))
+    assert report["weight_flash_bytes"] == 5_360
+    # Without bits_last_dense the layer takes bits_dense, as every hidden layer did before.
+    q = dataclasses.replace(cfg.compress.quantize, bits_last_dense=None)
+    assert q.bits_of("last_dense") == q.bits_of("dense") == 2
 
 
 def test_depthwise_blocks_are_one_filter_per_channel_with_a_bias_and_keep_the_channels():

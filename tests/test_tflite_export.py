@@ -56,6 +56,25 @@ def test_tflite_micro_computes_the_integer_reference_bit_for_bit(spec, bits):
     assert got["tflm_arena_total_bytes"] > got["tflm_arena_bytes"]
 
 
+@needs_tflm
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("spec", [INTEGER_SPECS[0], INTEGER_SPECS[5], INTEGER_SPECS[-1]],
+                         ids=lambda s: f"{s.family}-{s.block}")
+def test_tflite_micro_computes_per_tensor_scaled_models_bit_for_bit(spec, bits):
+    """compress.quantize.scales tensor: the flatbuffer states each layer's one scale per
+    channel (TFLite's per-channel quantization, all equal), and the interpreter's int8 logits
+    are still the integer reference's."""
+    from distopt.tflite_parity import tflm_parity
+
+    torch.manual_seed(0)
+    decoded = decode(integer_file(build_model(spec), bits, per_tensor=True))
+    rng = np.random.RandomState(2)
+    x = rng.randint(0, 256, size=(200, *spec.in_shape)).astype(np.float32)
+    got = tflm_parity(decoded, tflite_bytes(decoded, "i.dopt"), x,
+                      rng.randint(0, spec.num_classes, 200))
+    assert got["agreement"] == 1.0 and got["max_abs_logit_diff"] == 0.0, got
+
+
 def test_float_models_are_refused_and_a_missing_package_is_named(tmp_path, monkeypatch,
                                                                 capsys):
     torch.manual_seed(0)

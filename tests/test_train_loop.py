@@ -392,6 +392,24 @@ def test_learning_rate_warms_up_linearly_then_follows_the_schedule():
     assert lr_factor(50, 100, 4, "cosine") == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_fine_tune_follows_its_own_schedule_from_the_fine_tune_lr(splits, schedule):
+    """compress.finetune_schedule: cosine takes the fine-tune's lr (lr x finetune_lr_scale)
+    to 0 over the fine-tune epochs, whatever the dense schedule did; constant keeps it."""
+    cfg = load_config(None, TINY + ["compress.finetune_epochs=2", "train.schedule=cosine",
+                                    "train.lr=0.002", "compress.finetune_lr_scale=0.5",
+                                    f"compress.finetune_schedule={schedule}"])
+    rec = Recorder()
+    fit(cfg, WorkerEnv(), rec, splits=splits)
+    lrs = {s["epoch"]: s["optimizer"]["param_groups"][0]["lr"] for s in rec.states}
+    assert lrs[1] == pytest.approx(0.0)  # the dense cosine ends at 0 after epoch 1
+    if schedule == "cosine":  # 5 steps an epoch: half-way after the first fine-tune epoch
+        assert lrs[2] == pytest.approx(0.001 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+        assert lrs[3] == pytest.approx(0.0)
+    else:
+        assert lrs[2] == lrs[3] == pytest.approx(0.001)
+
+
 @pytest.mark.slow
 def test_train_accuracy_is_the_decoded_models_in_eval_mode_on_a_fixed_training_subset(splits):
     """The verdict's train accuracy: no dropout, no augmentation, the same fixed subset every

@@ -21,7 +21,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from distopt.compress.coding import Coding, IntCodes
+from distopt.compress.coding import Coding
 from distopt.compress.fixed_point import QMAX, QMIN, affine_params
 from distopt.compress.integer import META_KEY, QParams, quant_points, to_meta
 from distopt.compress.method import CompressionMethod, register
@@ -119,8 +119,7 @@ class ActivationQuantization(CompressionMethod):
         return cls(compress.quantize) if compress.quantize.activation_bits else None
 
     def calibrate(self, model: Model, x: torch.Tensor, codings: dict[str, Coding]) -> None:
-        bits = {n: c.bits if isinstance(c, IntCodes) else 32 for n, c in codings.items()}
-        with QuantizedWeights(model, self.settings.bits, bits):
+        with QuantizedWeights.coded(model, self.settings.bits, codings):
             self.grids = calibrate(model, x)
 
     def forward_view(self, model: Model, codings: dict[str, Coding]) -> ContextManager[Any]:

@@ -17,9 +17,11 @@ class Coding:
 @dataclass(frozen=True)
 class IntCodes(Coding):
     """Symmetric integer codes times a per-row scale (16, 8, 4, 3 bits; 2 = ternary), or the
-    float32 values themselves at 32 bits."""
+    float32 values themselves at 32 bits; ``per_tensor``: one scale for the whole tensor
+    (below 32 bits)."""
 
     bits: int
+    per_tensor: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,12 @@ Every coding is four functions of its header fields (the entry without the id): 
 in each section, so each section is decompressed to exactly what its tensors need) and
 ``decode``.
 
-Sparse weights share one index coding, chosen per tensor by whichever is smallest: none
-(``dense``: zeros are stored as values), a bitmask, or Golomb-Rice coded gaps between stored
-positions (low bits and unary quotients as two streams).
+Sparse weights share one index coding (:mod:`distopt.compress.sparse_index`).
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,14 +24,15 @@ import torch
 from distopt.compress import codecs as K
 from distopt.compress.coding import Codebook, Coding, IntCodes
 from distopt.compress.quantization import WEIGHT_BITS, quantize_codes
+from distopt.compress.sparse_index import (INDEX_BITMASK, INDEX_DENSE, INDEX_NAMES, INDEX_RICE,
+                                           estimate, index_bytes, index_options, index_problem,
+                                           read_index, read_symbols, symbols_bytes)
 from distopt.compress.wrapper import Reader
 
 __all__ = ["CODINGS", "Coded", "CodebookCoding", "FloatCoding", "INDEX_BITMASK", "INDEX_DENSE",
-           "INDEX_NAMES", "INDEX_RICE", "IntCoding", "SectionReaders", "TensorCoding",
-           "coding_class", "register_coding"]
+           "INDEX_NAMES", "INDEX_RICE", "IntCoding", "IntTensorCoding", "SectionReaders",
+           "TensorCoding", "coding_class", "register_coding"]
 
-INDEX_DENSE, INDEX_BITMASK, INDEX_RICE = 0, 1, 2
-INDEX_NAMES = {INDEX_DENSE: "dense", INDEX_BITMASK: "bitmask", INDEX_RICE: "rice"}
 MAX_CODEBOOK = 1 << 16  # shared values of one tensor
 
 
@@ -99,79 +97,6 @@ def register_coding(cls: type[TensorCoding]) -> type[TensorCoding]:
     return cls
 
 
-# --------------------------------------------------------------------------- the index coding
-
-
-def _estimate(index: bytes, values: np.ndarray | bytes, extra: int = 0) -> int:
-    """A cheap stand-in for a coding's compressed bytes, to choose the index per tensor."""
-    vb = values if isinstance(values, bytes) else values.astype(np.uint8 if values.size == 0 or
-                                                                values.max() < 256 else "<u2"
-                                                                ).tobytes()
-    return len(zlib.compress(index, 9)) + len(zlib.compress(vb, 9)) + extra
-
-
-def _index_options(nz: np.ndarray) -> list[tuple[int, bytes, np.ndarray | None, int, int]]:
-    """Every index coding of the stored positions ``nz``: (index id, bytes, kept positions or
-    None for dense, Rice parameter, unary length)."""
-    options: list[tuple[int, bytes, np.ndarray | None, int, int]] = [(INDEX_DENSE, b"", None, 0, 0)]
-    if int(nz.sum()) < nz.size:
-        options.append((INDEX_BITMASK, np.packbits(nz).tobytes(), nz, 0, 0))
-        gaps = K.gaps_of(nz)
-        k = K.best_rice_k(gaps)
-        low, unary = K.rice_encode(gaps, k)
-        options.append((INDEX_RICE, low + unary, nz, k, len(unary)))
-    return options
-
-
-def _index_problem(name: str, index: int, n: int, nnz: int, k: int, ulen: int) -> str | None:
-    if index not in INDEX_NAMES:
-        return f"tensor {name!r}: unknown index coding {index}"
-    if not 0 <= nnz <= n or (index == INDEX_DENSE and nnz != n):
-        return f"tensor {name!r}: {nnz} stored values of {n}"
-    if index == INDEX_RICE:
-        if not (0 <= k <= K.MAX_RICE_K and 0 <= ulen <= (n + 7) // 8):
-            return f"tensor {name!r}: Rice parameter {k} or unary length {ulen} out of range"
-    elif k or ulen:
-        return f"tensor {name!r}: Rice fields set without Rice coding"
-    return None
-
-
-def _index_bytes(index: int, n: int, nnz: int, k: int, ulen: int) -> int:
-    return {INDEX_DENSE: 0, INDEX_BITMASK: (n + 7) // 8,
-            INDEX_RICE: K.packed_len(nnz, k) + ulen}[index]
-
-
-def _read_index(reader: Reader, index: int, n: int, nnz: int, k: int, ulen: int, what: str
-                ) -> np.ndarray | None:
-    """The stored positions (a bool mask), or None for a dense tensor."""
-    if index == INDEX_DENSE:
-        return None
-    if index == INDEX_BITMASK:
-        mask = np.unpackbits(np.frombuffer(reader.take((n + 7) // 8, what), np.uint8))
-        keep = mask[:n].astype(bool)
-        if int(keep.sum()) != nnz:
-            raise K.CodingError(f"its bitmask marks {int(keep.sum())} values, not {nnz}")
-        return keep
-    low = reader.take(K.packed_len(nnz, k), what)
-    pos = K.positions_of(K.rice_decode(low, reader.take(ulen, what), nnz, k))
-    if nnz and pos[-1] >= n:
-        raise K.CodingError(f"a position {int(pos[-1])} is beyond its {n} values")
-    keep = np.zeros(n, bool)
-    keep[pos] = True
-    return keep
-
-
-def _symbols_bytes(nnz: int, width: int, byte_layout: bool) -> int:
-    return nnz if byte_layout and width < 8 else K.packed_len(nnz, width)
-
-
-def _read_symbols(reader: Reader, nnz: int, width: int, byte_layout: bool, what: str
-                  ) -> np.ndarray:
-    if byte_layout and width < 8:
-        return np.frombuffer(reader.take(nnz, what), np.uint8).astype(np.int64)
-    return K.unpack_uint(reader.take(K.packed_len(nnz, width), what), nnz, width)
-
-
 def _smallest(options: list[tuple[int, list[int], bytes, Any]]) -> tuple[list[int], bytes, Any]:
     _, fields, index, keep = min(options, key=lambda o: o[0])
     return fields, index, keep
@@ -194,6 +119,7 @@ class IntCoding(TensorCoding):
     where exact, else float32; at 32 bits the float32 values themselves."""
 
     id, name, for_weights = 0, "int", True
+    per_tensor = False  # one scale for the whole tensor (IntTensorCoding)
 
     @classmethod
     def encode(cls, a: np.ndarray, axis: int, coding: IntCodes) -> Coded:
@@ -203,7 +129,7 @@ class IntCoding(TensorCoding):
             sbits, scales, kept_of = 0, b"", flat
             nz = flat != 0
         else:
-            q, scale = quantize_codes(torch.from_numpy(a), bits, axis)
+            q, scale = quantize_codes(torch.from_numpy(a), bits, axis, cls.per_tensor)
             q, scale = q.numpy().ravel(), scale.numpy()
             exact16 = bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
             sbits = 16 if exact16 else 32
@@ -216,9 +142,9 @@ class IntCoding(TensorCoding):
                 return v.astype("<f4").tobytes()
             return K.to_symbols(v, bits, keep is not None)
 
-        options = [(_estimate(index, values(keep)),
+        options = [(estimate(index, values(keep)),
                     [bits, sbits, idx, flat.size if keep is None else int(nz.sum()), k, ulen],
-                    index, keep) for idx, index, keep, k, ulen in _index_options(nz)]
+                    index, keep) for idx, index, keep, k, ulen in index_options(nz)]
         fields, index, keep = _smallest(options)
         v = values(keep)
         stored: list[tuple[np.ndarray, int]] | bytes = v if isinstance(v, bytes) else \
@@ -234,17 +160,23 @@ class IntCoding(TensorCoding):
             return f"tensor {name!r}: bits {bits} is not one of {WEIGHT_BITS}"
         if sbits not in ((0,) if bits == 32 else (16, 32)):
             return f"tensor {name!r}: scale bits {sbits} is not valid at {bits} bits"
-        return _index_problem(name, index, n, nnz, k, ulen)
+        if cls.per_tensor and bits == 32:
+            return f"tensor {name!r}: a per-tensor scale needs integer codes, not 32 bits"
+        return index_problem(name, index, n, nnz, k, ulen)
+
+    @classmethod
+    def scale_count(cls, rows: int) -> int:
+        return 1 if cls.per_tensor else rows
 
     @classmethod
     def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
               ) -> tuple[int, int, int]:
         bits, sbits, index, nnz, k, ulen = fields
         if bits == 32:
-            return _index_bytes(index, n, nnz, k, ulen), 0, 4 * nnz
+            return index_bytes(index, n, nnz, k, ulen), 0, 4 * nnz
         width = K.symbol_width(bits, index != INDEX_DENSE)
-        return (_index_bytes(index, n, nnz, k, ulen), (rows or 0) * sbits // 8,
-                _symbols_bytes(nnz, width, byte_layout))
+        return (index_bytes(index, n, nnz, k, ulen), cls.scale_count(rows or 0) * sbits // 8,
+                symbols_bytes(nnz, width, byte_layout))
 
     @classmethod
     def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
@@ -252,7 +184,7 @@ class IntCoding(TensorCoding):
                                                  dict[str, Any]]:
         bits, sbits, index, nnz, k, ulen = fields
         n, what = math.prod(shape), f"tensor {name!r}"
-        keep = _read_index(readers.index, index, n, nnz, k, ulen, what)
+        keep = read_index(readers.index, index, n, nnz, k, ulen, what)
         entry = _entry(name, shape, bits, keep, index)
         if bits == 32:
             kept = np.frombuffer(readers.values.take(4 * nnz, what), "<f4")
@@ -260,10 +192,11 @@ class IntCoding(TensorCoding):
             flat[slice(None) if keep is None else keep] = kept
             return flat.reshape(shape), None, entry
         rows = shape[axis]
-        scale = np.frombuffer(readers.scales.take(rows * sbits // 8, what),
+        scale = np.frombuffer(readers.scales.take(cls.scale_count(rows) * sbits // 8, what),
                               "<f2" if sbits == 16 else "<f4").astype(np.float32)
+        scale = np.broadcast_to(scale, (rows,))  # per tensor: every row the one scale
         width = K.symbol_width(bits, keep is not None)
-        sym = _read_symbols(readers.values, nnz, width, readers.byte_layout, what)
+        sym = read_symbols(readers.values, nnz, width, readers.byte_layout, what)
         q = np.zeros(n, np.float32)
         q[slice(None) if keep is None else keep] = K.from_symbols(sym, bits, keep is not None)
         q = q.reshape(shape)
@@ -275,7 +208,18 @@ class IntCoding(TensorCoding):
         entry["scale_bits"] = sbits
         if axis == 1:
             entry["axis"] = 1
+        if cls.per_tensor:
+            entry["scales"] = "tensor"
         return values.astype(np.float32), (q.astype(np.int32), scale.copy()), entry
+
+
+@register_coding
+class IntTensorCoding(IntCoding):
+    """The integer coding with one scale for the whole tensor (``IntCodes(per_tensor=True)``):
+    the same fields; the scales section holds one value, which every row takes."""
+
+    id, name = 3, "int_tensor"
+    per_tensor = True
 
 
 @register_coding
@@ -296,7 +240,7 @@ class CodebookCoding(TensorCoding):
         flat = a.ravel().astype(np.float32)
         nz = flat != 0
         options = []
-        for idx, index, keep, k, ulen in _index_options(nz):
+        for idx, index, keep, k, ulen in index_options(nz):
             stored = flat if keep is None else flat[keep]
             table, sym = np.unique(stored, return_inverse=True)
             if len(table) > coding.size:
@@ -305,7 +249,7 @@ class CodebookCoding(TensorCoding):
             exact16 = bool(np.array_equal(table.astype(np.float16).astype(np.float32), table))
             table_bytes = table.astype("<f2" if exact16 else "<f4").tobytes()
             fields = [len(table), 16 if exact16 else 32, idx, int(stored.size), k, ulen]
-            options.append((_estimate(index, sym, len(table_bytes)), fields, index,
+            options.append((estimate(index, sym, len(table_bytes)), fields, index,
                             (keep, table_bytes, sym.astype(np.int64))))
         fields, index, (keep, table_bytes, sym) = _smallest(options)
         return Coded(fields, index, table_bytes, [(sym, cls.width(fields[0]))])
@@ -319,14 +263,14 @@ class CodebookCoding(TensorCoding):
             return f"tensor {name!r}: a codebook of {size} values for {nnz} stored weights"
         if vbits not in (16, 32):
             return f"tensor {name!r}: codebook value bits {vbits} is not 16 or 32"
-        return _index_problem(name, index, n, nnz, k, ulen)
+        return index_problem(name, index, n, nnz, k, ulen)
 
     @classmethod
     def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
               ) -> tuple[int, int, int]:
         size, vbits, index, nnz, k, ulen = fields
-        return (_index_bytes(index, n, nnz, k, ulen), size * vbits // 8,
-                _symbols_bytes(nnz, cls.width(size), byte_layout))
+        return (index_bytes(index, n, nnz, k, ulen), size * vbits // 8,
+                symbols_bytes(nnz, cls.width(size), byte_layout))
 
     @classmethod
     def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
@@ -334,10 +278,10 @@ class CodebookCoding(TensorCoding):
                                                  dict[str, Any]]:
         size, vbits, index, nnz, k, ulen = fields
         n, what = math.prod(shape), f"tensor {name!r}"
-        keep = _read_index(readers.index, index, n, nnz, k, ulen, what)
+        keep = read_index(readers.index, index, n, nnz, k, ulen, what)
         table = np.frombuffer(readers.scales.take(size * vbits // 8, what),
                               "<f2" if vbits == 16 else "<f4").astype(np.float32)
-        sym = _read_symbols(readers.values, nnz, cls.width(size), readers.byte_layout, what)
+        sym = read_symbols(readers.values, nnz, cls.width(size), readers.byte_layout, what)
         if nnz and int(sym.max()) >= size:
             raise K.CodingError(f"a codebook index {int(sym.max())} is beyond its {size} values")
         flat = np.zeros(n, np.float32)
@@ -388,6 +332,8 @@ _BY_KIND: dict[type, type[TensorCoding]] = {IntCodes: IntCoding, Codebook: Codeb
 
 def coding_class(coding: Coding) -> type[TensorCoding]:
     """The file coding of a method's per-tensor coding (:mod:`distopt.compress.coding`)."""
+    if isinstance(coding, IntCodes) and coding.per_tensor and coding.bits < 32:
+        return IntTensorCoding
     try:
         return _BY_KIND[type(coding)]
     except KeyError:

@@ -8,7 +8,8 @@ pruned weight costs its code like any other), and the float parts it needs besid
 are float32. Per tensor, by its coding in the file:
 
 - integer codes at ``b`` < 32 bits (``b`` = 2: ternary): ``ceil(n * b / 8)`` bytes of codes,
-  plus one float32 scale per output channel (per column for embeddings, ``axis`` 1);
+  plus one float32 scale per output channel (per column for embeddings, ``axis`` 1), or one
+  for the tensor where the file keeps one (``compress.quantize.scales: tensor``);
 - a codebook (weight clustering): its values as float32, with a zero among them where the
   file keeps pruned weights apart (a dense kernel indexes them too), and ``ceil(n * b / 8)``
   bytes of indices, ``b`` the bits that index that many values (:func:`codebook_layout`);
@@ -16,8 +17,8 @@ are float32. Per tensor, by its coding in the file:
 
 Integer models (8-bit activations, :mod:`distopt.compress.integer`) keep no float: beside each
 weight tensor's packed codes, one int32 multiplier and one int8 shift per output channel
-(:data:`REQUANT_BYTES`) replace the float32 scale, and biases are int32 (4 bytes a value, as
-float32 ones). The per-layer zero points and clamps are immediates in the code.
+(:data:`REQUANT_BYTES`; one per tensor with a per-tensor scale) replace the float32 scale,
+and biases are int32 (4 bytes a value, as float32 ones). The per-layer zero points and clamps are immediates in the code.
 
 Not counted: the executor's code, the graph or layer table, alignment padding, and the
 activation buffers (RAM, :mod:`distopt.models.cost`). Reads only the file's tensor entries.
@@ -57,7 +58,8 @@ def tensor_flash(entry: Mapping[str, Any], integer: bool = False) -> tuple[int, 
         values, index_bits = codebook_layout(entry)
         return math.ceil(n * index_bits / 8), values * FLOAT_BYTES
     codes = math.ceil(n * bits / 8)
-    scales = int(entry["shape"][int(entry.get("axis", 0))])
+    per_tensor = entry.get("scales") == "tensor"
+    scales = 1 if per_tensor else int(entry["shape"][int(entry.get("axis", 0))])
     return codes, scales * (REQUANT_BYTES if integer else FLOAT_BYTES)
 
 

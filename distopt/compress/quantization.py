@@ -4,7 +4,7 @@ stores) and in torch (the same rounding, for quantization-aware fine-tuning)."""
 from __future__ import annotations
 
 import math
-from typing import Any, ContextManager, Mapping
+from typing import Any, Collection, ContextManager, Mapping
 
 import numpy as np
 import torch
@@ -22,8 +22,11 @@ __all__ = ["WEIGHT_BITS", "QuantizedWeights", "WeightQuantization", "float_bits"
 WEIGHT_BITS = (32, 16, 8, 4, 3, 2)  # 2 bits = ternary codes {-1, 0, 1}
 
 
-def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row (axis 0) or per-column (axis 1) quantization: ``w ~= codes * scale``.
+def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row (axis 0) or per-column (axis 1) quantization: ``w ~= codes * scale``;
+    ``per_tensor``: one scale for the whole tensor (a scale tensor of one value), what
+    BitNetMCU uses and what lets an integer kernel keep one requantization constant a layer.
 
     The one implementation behind both quantization-aware training and the artifact's codec,
     so the two stay bit-identical by construction. Codes are integers in ``[-qmax, qmax]``,
@@ -37,6 +40,8 @@ def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0) -> tuple[torch.Ten
     x = w.detach().float()
     x = x.transpose(0, 1) if axis == 1 else x
     flat = x.reshape(x.shape[0], -1)
+    if per_tensor:
+        flat = flat.reshape(1, -1)
     if bits == 2:
         count = (flat != 0).sum(dim=1).clamp(min=1)
         mag = flat.abs().sum(dim=1) / count
@@ -65,9 +70,10 @@ def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
 
 
 @torch.no_grad()
-def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
+def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool = False
+                    ) -> torch.Tensor:
     """What the artifact stores, in torch: :func:`quantize_codes`' codes times their scales."""
-    q, scale = quantize_codes(w, bits, axis)
+    q, scale = quantize_codes(w, bits, axis, per_tensor)
     shape = [1] * w.dim()
     shape[axis] = -1
     return (q.float() * scale.reshape(shape)).to(w.dtype)
@@ -96,27 +102,39 @@ class QuantizedWeights:
     will apply."""
 
     def __init__(self, model: nn.Module, bits: int,
-                 weight_bits: Mapping[str, int] | None = None) -> None:
+                 weight_bits: Mapping[str, int] | None = None,
+                 per_tensor: Collection[str] = ()) -> None:
         """``weight_bits``: bits of single weights by parameter name (mixed widths); 32-bit
-        weights stay float. Biases are rounded to :func:`float_bits` of ``bits``."""
+        weights stay float; ``per_tensor``: the weights with one scale for the whole tensor.
+        Biases are rounded to :func:`float_bits` of ``bits``."""
         per_weight = dict(weight_bits or {})
         prunable = prunable_weights(model)
         names = {name for name, _, _ in prunable}
-        self.weights = [(w, axis, per_weight.get(name, bits)) for name, w, axis in prunable]
+        self.weights = [(w, axis, per_weight.get(name, bits), name in per_tensor)
+                        for name, w, axis in prunable]
         fbits = float_bits(bits)
         self.floats = [] if fbits == 32 or getattr(getattr(model, "spec", None), "batch_norm",
                                                     False) else \
             [p for name, p in model.named_parameters() if name not in names]
         # The float values, kept while the block runs: buffers made once, filled every step.
-        self.saved = [torch.empty_like(p) for p in [w for w, _, _ in self.weights] +
+        self.saved = [torch.empty_like(p) for p in [w for w, _, _, _ in self.weights] +
                       self.floats]
+
+    @classmethod
+    def coded(cls, model: nn.Module, bits: int, codings: Mapping[str, Coding]
+              ) -> QuantizedWeights:
+        """The weights as ``codings`` store them: integer codes at their bits and scales;
+        weights another coding stores (a codebook) stay as they are."""
+        weight_bits = {n: c.bits if isinstance(c, IntCodes) else 32 for n, c in codings.items()}
+        per_tensor = {n for n, c in codings.items() if isinstance(c, IntCodes) and c.per_tensor}
+        return cls(model, bits, weight_bits, per_tensor)
 
     def __enter__(self) -> QuantizedWeights:
         with torch.no_grad():
-            for (w, axis, bits), keep in zip(self.weights, self.saved):
+            for (w, axis, bits, per_tensor), keep in zip(self.weights, self.saved):
                 keep.copy_(w)
                 if bits < 32:
-                    w.copy_(quantize_tensor(w, bits, axis))
+                    w.copy_(quantize_tensor(w, bits, axis, per_tensor))
             for p, keep in zip(self.floats, self.saved[len(self.weights):]):
                 keep.copy_(p)
                 p.copy_(stored_float(p, 16))
@@ -124,7 +142,7 @@ class QuantizedWeights:
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            params = [w for w, _, _ in self.weights] + self.floats
+            params = [w for w, _, _, _ in self.weights] + self.floats
             for p, kept in zip(params, self.saved):
                 p.copy_(kept)
 
@@ -147,8 +165,10 @@ class WeightQuantization(CompressionMethod):
         return cls(compress.quantize)
 
     def claim_codings(self, model: Model, codings: dict[str, Coding]) -> None:
+        per_tensor = self.settings.scales == "tensor"
         for name, kind in layer_kinds(model).items():
-            codings.setdefault(name, IntCodes(self.settings.bits_of(kind)))
+            bits = self.settings.bits_of(kind)
+            codings.setdefault(name, IntCodes(bits, per_tensor and bits < 32))
 
     @property
     def fine_tunes(self) -> bool:
@@ -158,6 +178,4 @@ class WeightQuantization(CompressionMethod):
         # Called in fine-tune epochs only.
         if not self.settings.qat:
             return super().forward_view(model, codings)
-        # Weights another method codes stay as they are (32 bits: not rounded here).
-        bits = {n: c.bits if isinstance(c, IntCodes) else 32 for n, c in codings.items()}
-        return QuantizedWeights(model, self.settings.bits, bits)
+        return QuantizedWeights.coded(model, self.settings.bits, codings)

@@ -14,7 +14,8 @@ from distopt.config.sections import (BUILT_IN_FAMILIES, CLICKS_CATEGORICAL, CLIC
                                      CLICKS_NUMERIC, PRESETS, SIGNALS_CLASSES, SIGNALS_SHAPE,
                                      AugmentConfig, ClusterConfig, CompressConfig, DataConfig,
                                      ModelConfig, PruneConfig, QuantizeConfig, RowPruneConfig,
-                                     RegularizationConfig, TrainConfig, bits_text)
+                                     RegularizationConfig, TrainConfig)
+from distopt.config.labels import bits_text
 from distopt.config.search_section import SearchConfig
 from distopt.config.checks import trial_epochs
 

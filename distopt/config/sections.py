@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
-from distopt.config.parse import canonical_raw
 from distopt.config.rules import Rule, in_range, option
 from distopt.user_models import is_factory_path
 
@@ -16,7 +15,7 @@ __all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "CLICKS_CATEGORICAL", "CLICKS_L
            "CLICKS_NUMERIC", "ClusterConfig", "CompressConfig",
            "DataConfig", "ModelConfig", "PRESETS", "PruneConfig", "QuantizeConfig",
            "RegularizationConfig", "RowPruneConfig", "SIGNALS_CLASSES",
-           "SIGNALS_SHAPE", "TrainConfig", "bits_text"]
+           "SIGNALS_SHAPE", "TrainConfig"]
 
 BUILT_IN_FAMILIES = ("cnn", "conv1d", "mlp", "rnn", "recsys")
 # The generated 1-D signal set (data.name signals-mini): channels, 1, length; classes.
@@ -129,6 +128,9 @@ class ModelConfig:
     dense_units: int = option(128, in_range(1), "width of each hidden dense layer")
     dense_layers: int = option(1, in_range(0, 4), "cnn, rnn: hidden dense layers before the "
                              "classifier")
+    dense_taper: float = option(1.0, in_range(0, 1, lo_open=True), "each hidden dense layer "
+                              "after the first is this times as wide as the one before "
+                              "(rounded; BitNetMCU's 96 -> 64: 0.667); 1: all dense_units")
     kernel_size: int = option(3, in_range(1, 7), "cnn: conv kernel size")
     batch_norm: bool = option(False, doc="cnn: BatchNorm after each conv while training densely; "
                             "folded into the convs when weight pruning starts (or at export)")
@@ -156,6 +158,14 @@ class ModelConfig:
         "mlp", doc="recsys: mlp: an MLP over the concatenated embeddings (and the numeric "
         "features' dense vector); dot: DLRM's pairwise dot products of those vectors, beside "
         "the numeric vector, into the MLP")
+
+    def dense_widths(self, layers: int) -> tuple[int, ...]:
+        """The widths of ``layers`` hidden dense layers, first to last: ``dense_units``, then
+        each ``dense_taper`` times the one before (at least 1)."""
+        widths = [self.dense_units]
+        while len(widths) < layers:
+            widths.append(max(1, round(widths[-1] * self.dense_taper)))
+        return tuple(widths[:layers])
 
 
 @dataclass(frozen=True)
@@ -270,10 +280,16 @@ class QuantizeConfig:
     bits_conv: BITS | None = option(None, doc="weight bits of the other conv layers; null: bits")
     bits_dense: BITS | None = option(None, doc="weight bits of hidden dense layers (and rnn: "
                                      "recurrent and embedding weights); null: bits")
+    bits_last_dense: BITS | None = option(None, doc="weight bits of the last hidden dense layer "
+                                          "of two or more (BitNetMCU's 4-bit layer after a "
+                                          "2-bit one); null: bits_dense, else bits")
     bits_classifier: BITS | None = option(None, doc="weight bits of the last (classifier) "
                                           "layer; null: bits")
     bits_embedding: BITS | None = option(None, doc="weight bits of embedding tables (recsys' "
                                          "rows, rnn's token table); null: bits_dense, else bits")
+    scales: Literal["channel", "tensor"] = option("channel", doc="integer weights' scales: one "
+        "per output channel (per column for tables), or one per tensor (BitNetMCU's: flash keeps "
+        "one float32 scale, or int32 multiplier + int8 shift, a layer instead of a channel)")
     activation_bits: Literal[8] | None = option(
         None, doc="8: an integer-only model (TFLite's int8 scheme: activations int8 per tensor, "
         "calibrated on training inputs and trained for in fine-tune epochs; int32 accumulators, "
@@ -294,6 +310,8 @@ class QuantizeConfig:
         return {kind: bits for kind, bits in (
             ("first_conv", self.bits_first_conv), ("conv", self.bits_conv),
             ("dense", self.bits_dense), ("classifier", self.bits_classifier),
+            ("last_dense", self.bits_dense if self.bits_last_dense is None
+             else self.bits_last_dense),
             ("embedding", self.bits_embedding if self.bits_embedding is not None
              else self.bits_dense))
             if bits is not None}
@@ -349,6 +367,9 @@ class CompressConfig:
                                 "run when a method fine-tunes (pruning, clustering), its "
                                 "constraints held")
     finetune_lr_scale: float = option(0.5, in_range(0, lo_open=True), "fine-tune lr = lr x this")
+    finetune_schedule: Literal["constant", "cosine"] = option(
+        "constant", doc="learning-rate schedule over the fine-tune epochs (cosine: from the "
+        "fine-tune lr to 0, what a long quantization-aware fine-tune wants)")
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -376,16 +397,3 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed_rnn": {"family": "rnn", "cell": "rnn", "blocks": 2, "hidden_size": 128,
                  "embed_dim": 128, "dense_layers": 0},
 }
-
-
-def bits_text(compress: Mapping[str, Any]) -> str:
-    """A ``compress`` section's weight bits for tables (either layout, as stored by any
-    version): ``"4"``, or with mixed widths ``"4 (first_conv 8, classifier 8)"``; ``" a8"``
-    after them for an integer model (8-bit activations)."""
-    q = canonical_raw(CompressConfig, compress).get("quantize") or {}
-    mixed = [f"{k.removeprefix('bits_')} {q[k]}" for k in
-             ("bits_first_conv", "bits_conv", "bits_dense", "bits_classifier", "bits_embedding")
-             if q.get(k) is not None]
-    acts = f" a{q['activation_bits']}" if q.get("activation_bits") else ""
-    return f"{q.get('bits', QuantizeConfig.bits)}" + (f" ({', '.join(mixed)})" if mixed else "") \
-        + acts

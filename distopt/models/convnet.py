@@ -115,7 +115,7 @@ class ConvFamily(Family):
         return ModelSpec(self.name, tuple(int(v) for v in d.model_shape), d.num_classes,
                          tuple(m.channels * (1 if m.block in ("depthwise", "bitnet") else 2 ** i)
                                for i in range(m.blocks)),
-                         (m.dense_units,) * m.dense_layers, m.kernel_size,
+                         m.dense_widths(m.dense_layers), m.kernel_size,
                          cfg.regularization.dropout, batch_norm=m.batch_norm, head=m.head,
                          block=m.block, bias=m.bias)
 
@@ -139,7 +139,7 @@ class MlpFamily(Family):
     def spec(self, cfg: Config) -> ModelSpec:
         m, d = cfg.model, cfg.data
         return ModelSpec(self.name, tuple(int(v) for v in d.model_shape), d.num_classes, (),
-                         (m.dense_units,) * m.blocks, 3, cfg.regularization.dropout,
+                         m.dense_widths(m.blocks), 3, cfg.regularization.dropout,
                          bias=m.bias)
 
     def build(self, spec: ModelSpec) -> Net:

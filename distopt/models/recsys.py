@@ -99,7 +99,7 @@ class RecsysFamily(Family):
     def spec(self, cfg: Config) -> ModelSpec:
         m, d = cfg.model, cfg.data
         return ModelSpec(self.name, (len(d.categorical) + len(d.numeric),), d.num_classes,
-                         (), (m.dense_units,) * m.dense_layers, 3, cfg.regularization.dropout,
+                         (), m.dense_widths(m.dense_layers), 3, cfg.regularization.dropout,
                          embed_dim=m.embed_dim,
                          buckets=tuple(min(m.buckets, b) for b in d.buckets_of),
                          interaction=m.interaction)

@@ -87,7 +87,7 @@ class RecurrentFamily(Family):
         tokens = d.kind == "tokens"
         return ModelSpec(self.name, (d.max_len,) if tokens else
                          tuple(int(v) for v in d.model_shape), d.num_classes, (),
-                         (m.dense_units,) * m.dense_layers, 3, cfg.regularization.dropout,
+                         m.dense_widths(m.dense_layers), 3, cfg.regularization.dropout,
                          m.cell, (m.hidden_size,) * m.blocks, d.vocab_size if tokens else 0,
                          m.embed_dim if tokens else 0)
 

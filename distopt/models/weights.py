@@ -22,7 +22,8 @@ def example_input(spec: ModelSpec, batch: int = 1) -> torch.Tensor:
 def layer_kinds(model: nn.Module) -> dict[str, str]:
     """The kind of every weight :func:`prunable_weights` lists, for mixed bit widths:
     ``first_conv`` (the first conv layer), ``conv`` (the others), ``classifier`` (the last
-    dense layer), ``embedding`` (embedding tables) and ``dense`` (hidden dense layers and
+    dense layer), ``embedding`` (embedding tables), ``last_dense`` (the last hidden dense
+    layer, where there are two or more) and ``dense`` (the other hidden dense layers and
     recurrent weights)."""
     names = [name for name, _, _ in prunable_weights(model)]
     convs = [f"{p}.weight" for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -38,6 +39,8 @@ def layer_kinds(model: nn.Module) -> dict[str, str]:
             kinds[name] = "embedding"
         elif denses and name == denses[-1]:
             kinds[name] = "classifier"
+        elif len(denses) > 2 and name == denses[-2]:
+            kinds[name] = "last_dense"
         else:
             kinds[name] = "dense"
     return kinds

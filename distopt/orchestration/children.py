@@ -31,7 +31,11 @@ SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constra
                                          "data.column_buckets": {},
                                          "model.buckets": 1000, "model.interaction": "mlp",
                                          "compress.quantize.bits_embedding": None,
-                                         "compress.prune_rows.ratio": 0.0}
+                                         "compress.prune_rows.ratio": 0.0,
+                                         "compress.finetune_schedule": "constant",
+                                         "compress.quantize.scales": "channel",
+                                         "compress.quantize.bits_last_dense": None,
+                                         "model.dense_taper": 1.0}
 
 
 def child_configs(cfg: Config) -> list[tuple[dict[str, Any], Config]]:

@@ -13,14 +13,13 @@ __all__ = ["lr_factor", "make_optimizer"]
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Learning-rate multiplier of dense-training step ``step`` of ``total``: a linear warm-up
+    """Learning-rate multiplier of step ``step`` of ``total`` (of a phase): a linear warm-up
     over ``warmup`` steps (large batches), times the cosine decay to 0 if ``schedule`` is
     cosine."""
     ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if schedule == "constant":
         return ramp
     return ramp * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-
 
 
 def make_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -203,10 +203,17 @@ class TrainingRun:
         lr = t.lr * (self.cfg.compress.finetune_lr_scale if self.finetuning else 1.0)
         self.opt = make_optimizer(self.cfg, self.model, lr)
         self.sched = None
-        if not self.finetuning and (t.schedule != "constant" or t.warmup_steps):
+        if self.finetuning:
+            # The fine-tune's own schedule, over its epochs, without a warm-up (the weights
+            # are trained already).
+            schedule, warmup = self.cfg.compress.finetune_schedule, 0
+            total = self.compression.finetune_epochs * self.steps
+        else:
+            schedule, warmup = t.schedule, t.warmup_steps
             total = self.dense_epochs * self.steps
+        if schedule != "constant" or warmup:
             self.sched = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, lambda s: lr_factor(s, total, t.warmup_steps, t.schedule))
+                self.opt, lambda s: lr_factor(s, total, warmup, schedule))
         self.scaler = torch.amp.GradScaler(self.env.device.type,
                                            enabled=self.precision == "fp16")
 

@@ -9,8 +9,9 @@ committed, these files are never rewritten. A new format version or coding adds 
 
 The v1 and v2 files were written by distopt at commit 8b6d3ae (format v2 the default, v1 for
 comparisons), the v3 files (coding ids: codebooks beside integer codes) by the commit that
-introduced format v3, v2_cnn_depthwise_b4 and v2_cnn_nobias_b4 by the commit that introduced depthwise blocks and
-layers without biases;
+introduced format v3, v2_cnn_depthwise_b4 and v2_cnn_nobias_b4 by the commit that introduced
+depthwise blocks and layers without biases, the v3_cnn_int_tensor files by the commit that
+introduced per-tensor scales;
 torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
 
     python tests/golden/make_golden.py   # refuses to overwrite an existing case
@@ -28,7 +29,7 @@ import torch
 from distopt.compress import encode
 from distopt.compress.artifact import decode
 from distopt.compress.clustering import kmeans_1d, share_values
-from distopt.compress.coding import Codebook
+from distopt.compress.coding import Codebook, Coding, IntCodes
 from distopt.models import ModelSpec, build_model, prunable_weights
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +87,11 @@ CASES["v3_rnn_tokens_codebook"] = (dict(family="rnn", in_shape=(7,), num_classes
 CASES["v2_recsys_dot_b4"] = (dict(family="recsys", in_shape=(5,), num_classes=2, embed_dim=4,
                                   buckets=(16, 3, 8), interaction="dot", dense_units=(6,)),
                              4, {}, 0.5, 2)
+# One scale per tensor (compress.quantize.scales tensor: the "int_tensor" coding, format v3).
+PER_TENSOR = {"v3_cnn_int_tensor_b4", "v3_cnn_int_tensor_b2"}
+CASES["v3_cnn_int_tensor_b4"] = (CNN, 4, {"classifier.5.weight": 8}, 0.5, 3)
+CASES["v3_cnn_int_tensor_b2"] = ({**CNN, "block": "bitnet", "bias": False, "in_shape": (1, 16, 16),
+                                  "conv_channels": (4, 4, 4)}, 2, {}, 0.3, 3)
 CASES["v1_rnn_tokens_b8"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="lstm",
                                   rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.3, 1)
 
@@ -138,6 +144,17 @@ def example(spec: ModelSpec, seed: int) -> torch.Tensor:
     return torch.randn((3, *spec.in_shape), generator=g)
 
 
+def codings_of(model: torch.nn.Module, name: str, bits: int, layer_bits: dict[str, int],
+               books: dict[str, int]) -> dict[str, Coding]:
+    """A case's codings: its codebooks; in a per-tensor case, every weight's integer codes
+    with one scale."""
+    codings: dict[str, Coding] = {n: Codebook(size) for n, size in books.items()}
+    if name in PER_TENSOR:
+        codings.update({n: IntCodes(layer_bits.get(n, bits), True)
+                        for n, _, _ in prunable_weights(model)})
+    return codings
+
+
 def main() -> None:
     for i, (name, (d, bits, layer_bits, sparsity, version)) in enumerate(sorted(CASES.items())):
         path = HERE / f"{name}.dopt"
@@ -148,7 +165,7 @@ def main() -> None:
         books = CODEBOOKS.get(name, {})
         cluster(model, books)
         data = encode(model, bits, META, layer_bits, version=version,
-                      codings={n: Codebook(size) for n, size in books.items()})
+                      codings=codings_of(model, name, bits, layer_bits, books))
         dec = decode(data)
         x = example(spec, seed=200 + i)
         with torch.no_grad():
@@ -162,7 +179,7 @@ def main() -> None:
         path.write_bytes(data)
         (HERE / f"{name}.json").write_text(json.dumps(
             {"bits": bits, "weight_bits": layer_bits, "codebooks": books, "version": version,
-             "meta": META,
+             "per_tensor": name in PER_TENSOR, "meta": META,
              "tensors": dec.tensors}, indent=1) + "\n")
         print(name, len(data), "bytes", file=sys.stderr)
 

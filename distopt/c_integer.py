@@ -39,6 +39,7 @@ INT_KERNELS = PACKED_BITS + r"""
 typedef struct {
     uint32_t bits;
     uint32_t qstep; /* 1: a multiplier and shift per output channel; 0: one for the tensor */
+    uint32_t odd;   /* 1: a packed k stands for the odd code 2k + 1 (levels without a zero) */
     const uint8_t *packed;
     const int32_t *mult;
     const int8_t *shift;
@@ -46,7 +47,8 @@ typedef struct {
 
 static inline int32_t dq_code(const dq_tensor *w, uint32_t i) {
     uint32_t v = dw_bits_at(w->packed, i, w->bits);
-    return (v & (1u << (w->bits - 1u))) ? (int32_t)(v | ~((1u << w->bits) - 1u)) : (int32_t)v;
+    int32_t k = (v & (1u << (w->bits - 1u))) ? (int32_t)(v | ~((1u << w->bits) - 1u)) : (int32_t)v;
+    return w->odd ? 2 * k + 1 : k;
 }
 
 /* gemmlowp's saturating rounding doubling high multiply and rounding right shift. */
@@ -172,10 +174,13 @@ def integer_c_source(decoded: Decoded, source: str = "") -> str:
         dst = "a" if not at_start else f"a + {arena - math.prod(o)}"
         if isinstance(op, IntLayer):
             ident = "w_" + op.key.replace(".", "_")
+            entry = entries[op.key]
+            odd = entry.get("levels") == "odd"  # the odd code 2k + 1 packed as k
+            codes = (op.codes.numpy() - 1) // 2 if odd else op.codes.numpy()
             arrays.append(f"static const uint8_t {ident}_p[] = {{"
-                          f"{', '.join(str(b) for b in pack_bits(op.codes.numpy(), op.bits))}}};")
+                          f"{', '.join(str(b) for b in pack_bits(codes, op.bits))}}};")
             # A per-tensor scale gives every channel the same constants: kept once.
-            per_channel = entries[op.key].get("scales") != "tensor"
+            per_channel = entry.get("scales") != "tensor"
             keep = slice(None) if per_channel else slice(0, 1)
             arrays.append(_ints("int32_t", ident + "_m", op.multiplier.numpy()[keep]))
             arrays.append(_ints("int8_t", ident + "_s", op.shift.numpy()[keep]))
@@ -186,7 +191,7 @@ def integer_c_source(decoded: Decoded, source: str = "") -> str:
                 arrays.append(_ints("int32_t", bias, op.bias.numpy()))
                 names.append(bias)
             arrays.append(f"static const dq_tensor {ident} = {{{op.bits}u, "
-                          f"{int(per_channel)}u, {ident}_p, {ident}_m, {ident}_s}};")
+                          f"{int(per_channel)}u, {int(odd)}u, {ident}_p, {ident}_m, {ident}_s}};")
             q = f"{op.zp_in}, {op.zp_out}, {op.act_min}"
             if op.conv is not None:
                 m = op.conv

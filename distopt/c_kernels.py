@@ -39,15 +39,16 @@ KERNELS = PACKED_BITS + r"""
 
 /* One weight tensor as stored: float32 values, or integer codes of `bits` bits (two's
    complement, packed LSB first across bytes) times one float32 scale per output channel, or
-   unsigned indices of `bits` bits into a float32 codebook. */
-enum { W_FLOAT = 0, W_CODES = 1, W_CODEBOOK = 2 };
+   unsigned indices of `bits` bits into a float32 codebook; W_ODD: codes k stand for the odd
+   integers 2k + 1 (levels without a zero). */
+enum { W_FLOAT = 0, W_CODES = 1, W_CODEBOOK = 2, W_ODD = 3 };
 typedef struct {
     int kind;
     uint32_t bits;
     uint32_t per_row; /* weights per scale: per output channel, or the tensor's */
     const uint8_t *packed;
     const float *values; /* W_FLOAT: the weights; W_CODEBOOK: the codebook */
-    const float *scale;  /* W_CODES: one per output channel */
+    const float *scale;  /* W_CODES, W_ODD: one per output channel, or one */
 } dw_tensor;
 
 static inline float dw_weight(const dw_tensor *w, uint32_t i) {
@@ -56,6 +57,7 @@ static inline float dw_weight(const dw_tensor *w, uint32_t i) {
     if (w->kind == W_CODEBOOK) return w->values[v];
     int32_t code = (v & (1u << (w->bits - 1u))) ? (int32_t)(v | ~((1u << w->bits) - 1u))
                                                  : (int32_t)v;
+    if (w->kind == W_ODD) code = 2 * code + 1;
     return (float)code * w->scale[i / w->per_row];
 }
 

@@ -86,9 +86,12 @@ class _Writer:
             codes, scale = self.codes[key]
             if entry.get("scales") == "tensor":  # one scale, which every weight takes
                 scale, rows = scale[:1], 1
+            kind = "W_ODD" if entry.get("levels") == "odd" else "W_CODES"
+            if kind == "W_ODD":  # the odd code 2k + 1 packed as k: bits wide
+                codes = (codes - 1) // 2
             self.array(_bytes(ident + "_p", pack_bits(codes, bits)), ident + "_p")
             self.array(_floats(ident + "_s", scale), ident + "_s")
-            init = f"{{W_CODES, {bits}u, {w.size // rows}u, {ident}_p, 0, {ident}_s}}"
+            init = f"{{{kind}, {bits}u, {w.size // rows}u, {ident}_p, 0, {ident}_s}}"
         else:
             self.array(_floats(ident + "_v", w), ident + "_v")
             init = f"{{W_FLOAT, 32u, {w.size // rows}u, 0, {ident}_v, 0}}"

@@ -176,3 +176,25 @@ def test_per_tensor_scales_run_in_float_c_as_in_pytorch():
     layers = len(codings)
     channels = sum(int(w.shape[0]) for _, w, _ in prunable_weights(model))
     assert per_channel[M.FLASH_BYTES] - got[M.FLASH_BYTES] == 4 * (channels - layers)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("spec", [INTEGER_SPECS[0], INTEGER_SPECS[5], INTEGER_SPECS[-1]],
+                         ids=lambda s: f"{s.family}-{s.block}")
+def test_odd_levels_run_in_c_bit_exact_at_their_bits(spec, bits, per_tensor):
+    """compress.quantize.odd_levels: the odd code 2k + 1 is packed as k in ``bits`` bits (2 bits
+    for BitNetMCU's {-3, -1, 1, 3}); integer C is the integer reference bit for bit and float C
+    the decoded model, each compiled to exactly its flash_bytes."""
+    torch.manual_seed(0)
+    model = build_model(spec)
+    decoded = decode(integer_file(model, bits, per_tensor=per_tensor, odd=True))
+    assert {e["levels"] for e in decoded.tensors if "index" in e} == {"odd"}
+    rng = np.random.RandomState(3)
+    x = rng.randint(0, 256, size=(300, *spec.in_shape)).astype(np.float32)
+    got = c_parity(decoded, c_source(decoded, "i.dopt").encode(), x,
+                   rng.randint(0, spec.num_classes, 300))
+    assert got[M.FLASH_BYTES] == device_report(decoded)[M.FLASH_BYTES]
+    assert got["agreement"] == 1.0 and got["max_abs_logit_diff"] == 0.0, got
+    codings = {n: IntCodes(bits, per_tensor, True) for n in layer_kinds(model)}
+    _check(model, bits, codings)  # weight-only: float C

@@ -59,6 +59,7 @@ def test_the_golden_set_covers_every_family_block_bit_width_index_and_coding():
     assert ("coding", "int", "rice") in seen and ("coding", "float", None) in seen
     assert ("block", "bitnet") in seen
     assert {("coding", "int_tensor", "dense"), ("coding", "int_tensor", "bitmask")} & seen
+    assert ("coding", "int_odd", "dense") in seen
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -89,9 +90,11 @@ def test_encoding_the_golden_source_weights_again_gives_the_same_bytes(name):
     model.load_state_dict({k[len("source/"):]: torch.from_numpy(v)
                            for k, v in arrays.items() if k.startswith("source/")})
     codings: dict = {n: Codebook(k) for n, k in info.get("codebooks", {}).items()}
-    if info.get("per_tensor"):
-        codings.update({n: IntCodes(info["weight_bits"].get(n, info["bits"]), True)
-                        for n, _, _ in prunable_weights(model)})
+    if info.get("per_tensor") or info.get("odd"):
+        for n, _, _ in prunable_weights(model):
+            bits = info["weight_bits"].get(n, info["bits"])
+            codings[n] = IntCodes(bits, bool(info.get("per_tensor")),
+                                  bool(info.get("odd")) and bits <= 4)
     again = encode(model, info["bits"], info["meta"], info["weight_bits"],
                    version=info["version"], codings=codings)
     assert again == data

@@ -36,13 +36,13 @@ def raw_inputs(spec: ModelSpec, n: int, seed: int = 0) -> np.ndarray:
 
 
 def integer_file(model: nn.Module, bits: int, x: torch.Tensor | None = None,
-                 per_tensor: bool = False) -> bytes:
+                 per_tensor: bool = False, odd: bool = False) -> bytes:
     """``model`` as an integer model's file: grids calibrated on ``x`` (normalized inputs);
-    ``per_tensor``: one weight scale per tensor."""
+    ``per_tensor``: one weight scale per tensor; ``odd``: levels without a zero."""
     spec = model.spec
     x = NORM(torch.from_numpy(raw_inputs(spec, 64, 1))) if x is None else x
     method = ActivationQuantization(QuantizeConfig(bits=bits, activation_bits=8))
-    codings = {n: IntCodes(bits, per_tensor) for n in layer_kinds(model)}
+    codings = {n: IntCodes(bits, per_tensor, odd) for n in layer_kinds(model)}
     method.calibrate(model, x, codings)
     return encode(model, bits, {**META, **method.meta()}, codings=codings)
 

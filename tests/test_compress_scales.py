@@ -101,3 +101,71 @@ def test_a_run_with_per_tensor_scales_writes_and_reports_them(splits):
     report = device_report(decoded)
     assert report[M.FLASH_BYTES] == report[M.WEIGHT_FLASH_BYTES] + 5 * len(weights)
     assert out["metrics"][M.FLASH_BYTES] == report[M.FLASH_BYTES]
+
+
+# ---- odd levels (compress.quantize.odd_levels: BitNetMCU's 2bitsym and 4bitsym) -----------
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_odd_levels_are_2_to_the_bits_levels_without_zero_each_weight_at_its_nearest(bits):
+    torch.manual_seed(1)
+    w = torch.randn(8, 40)
+    q, scale = quantize_codes(w, bits, odd=True)
+    top = 2 ** bits - 1
+    assert set(q.unique().tolist()) == set(range(-top, top + 1, 2))  # all 2**bits, no zero
+    levels = torch.arange(-top, top + 1, 2).float()
+    for row in range(8):  # the nearest level (ties aside), none clipped
+        err = (w[row, :, None] - levels * scale[row]).abs()
+        assert torch.equal(levels[err.argmin(1)].int(), q[row])
+    if bits == 2:  # BitNetMCU's 2bitsym: +-0.5 and +-1.5 mean magnitudes
+        mean = w.abs().mean(1)
+        assert torch.allclose(scale, mean / 2, rtol=2 ** -10)
+    else:
+        assert torch.allclose(scale * top, w.abs().amax(1), rtol=2 ** -10)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_odd_levels_are_stored_in_bits_a_weight_as_qat_trained_them(bits, per_tensor):
+    model = build_model(SPEC).eval()
+    codings = {n: IntCodes(bits, per_tensor, odd=True) for n in layer_kinds(model)}
+    decoded = decode(encode(model, bits, codings=codings))
+    with QuantizedWeights.coded(model, bits, codings):
+        trained_on = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, p in decoded.model.named_parameters():
+        assert torch.equal(p, trained_on[name]), name
+    for entry in decoded.tensors:
+        assert entry["coding"] == "int_odd" and entry["levels"] == "odd"
+        assert entry.get("scales") == ("tensor" if per_tensor else None)
+    for q, _ in decoded.codes.values():
+        assert (q % 2 == 1).all() and abs(q).max() <= 2 ** bits - 1
+    flash = device_report(decoded)
+    weights = sum(w.numel() for _, w, _ in prunable_weights(model))
+    assert flash[M.WEIGHT_FLASH_BYTES] == sum(-(-w.numel() * bits // 8)
+                                              for _, w, _ in prunable_weights(model))
+    assert flash[M.WEIGHT_FLASH_BYTES] < weights * bits / 8 + len(codings)
+
+
+def test_a_crafted_odd_level_entry_is_refused_naming_it():
+    model = build_model(SPEC).eval()
+    data = encode(model, 2, codings={n: IntCodes(2, odd=True) for n in layer_kinds(model)})
+    header, raws, flag = _v3_parts(data)
+    header["t"][0][1] = 8  # odd levels stop at 4 bits
+    with pytest.raises(ArtifactError, match="odd-level entry"):
+        decode(_v3_build(header, raws, flag))
+
+
+def test_odd_levels_refuse_weight_pruning_whose_zeros_they_cannot_hold():
+    from distopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="compress.quantize.odd_levels: got true with "
+                                          "prune.ratio 0.5"):
+        load_config(None, ["compress.quantize.odd_levels=true", "compress.prune.ratio=0.5"])
+    load_config(None, ["compress.quantize.odd_levels=true", "compress.prune.ratio=0.5",
+                       "compress.prune.kind=structured"])
+    q = load_config(None, ["compress.quantize.odd_levels=true", "compress.prune.ratio=0",
+                           "compress.quantize.bits=2", "compress.quantize.bits_classifier=8"])
+    codings: dict = {}
+    WeightQuantization(q.compress.quantize).claim_codings(build_model(SPEC), codings)
+    assert {c.odd for c in codings.values() if c.bits == 2} == {True}
+    assert {c.odd for c in codings.values() if c.bits == 8} == {False}  # 8 bits keep zero

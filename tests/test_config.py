@@ -303,7 +303,8 @@ def test_old_flat_compress_keys_load_as_each_methods_section(tmp_path):
                                            "schedule": "gradual"},
            "quantize": {"bits": 4, "qat": True, "bits_first_conv": 8, "bits_conv": 4,
                         "bits_dense": 2, "bits_last_dense": None, "bits_classifier": 8,
-                        "bits_embedding": None, "scales": "channel", "activation_bits": None},
+                        "bits_embedding": None, "scales": "channel", "odd_levels": False,
+                        "activation_bits": None},
            "cluster": {"k": 0}}
     old_file, new_file = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old_file.write_text(yaml.safe_dump({"compress": {"finetune_epochs": 2, **OLD_FLAT}, "search": {

@@ -103,14 +103,16 @@ def test_onnx_runtime_computes_what_the_decoded_artifact_computes(name, bits):
 
 
 @pytest.mark.parametrize("name", ["cnn-flatten", "cnn-separable", "conv1d", "lstm-tokens"])
-def test_per_tensor_scales_run_on_onnx_runtime_as_decoded(name):
-    """One scale per tensor (``IntCodes(per_tensor=True)``): the graph computes what the
-    decoded model computes."""
+@pytest.mark.parametrize("odd", [False, True])
+def test_per_tensor_scales_run_on_onnx_runtime_as_decoded(name, odd):
+    """One scale per tensor (``IntCodes(per_tensor=True)``), and odd levels without a zero:
+    the graph computes what the decoded model computes."""
     spec = SPECS[name]
-    model = _random_model(spec, seed=5, sparsity=0.5)
-    codings = {n: IntCodes(4, True) for n in layer_kinds(model)}
+    model = _random_model(spec, seed=5, sparsity=0.0 if odd else 0.5)
+    codings = {n: IntCodes(4, True, odd) for n in layer_kinds(model)}
     decoded = decode(encode(model, 4, {"input": _norm(spec)}, codings=codings))
-    assert all(e.get("scales") == "tensor" for e in decoded.tensors if "index" in e)
+    assert all(e.get("scales") == "tensor" and (e.get("levels") == "odd") == odd
+               for e in decoded.tensors if "index" in e)
     x = _raw_inputs(spec, 128, seed=1)
     norm = InputNorm.from_meta(decoded.meta["input"])
     with torch.no_grad():

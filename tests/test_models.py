@@ -222,6 +222,9 @@ def test_bitnetmcus_cnn16_to_the_byte_tapered_dense_layers_with_their_own_bits()
     assert spec_from_config(cfg).dense_units == (96, 64)
     assert cfg.model.dense_widths(3) == (96, 64, 43)
     assert cfg.model.__class__(dense_units=32, dense_layers=3).dense_widths(3) == (32, 32, 32)
+    lenet = build_model(spec_from_config(load_config(None, ["model.preset=lenet_300_100"])))
+    assert lenet.spec.dense_units == (300, 100)  # Deep Compression's, now exact
+    assert sum(p.numel() for p in lenet.parameters()) == 266_610
     torch.manual_seed(0)
     model = build_model(spec_from_config(cfg))
     assert list(layer_kinds(model).values())[-3:] == ["dense", "last_dense", "classifier"]

@@ -60,14 +60,15 @@ def test_tflite_micro_computes_the_integer_reference_bit_for_bit(spec, bits):
 @pytest.mark.parametrize("bits", [4, 2])
 @pytest.mark.parametrize("spec", [INTEGER_SPECS[0], INTEGER_SPECS[5], INTEGER_SPECS[-1]],
                          ids=lambda s: f"{s.family}-{s.block}")
-def test_tflite_micro_computes_per_tensor_scaled_models_bit_for_bit(spec, bits):
+@pytest.mark.parametrize("odd", [False, True])
+def test_tflite_micro_computes_per_tensor_scaled_models_bit_for_bit(spec, bits, odd):
     """compress.quantize.scales tensor: the flatbuffer states each layer's one scale per
     channel (TFLite's per-channel quantization, all equal), and the interpreter's int8 logits
-    are still the integer reference's."""
+    are still the integer reference's; with odd levels too (their odd codes as int8)."""
     from distopt.tflite_parity import tflm_parity
 
     torch.manual_seed(0)
-    decoded = decode(integer_file(build_model(spec), bits, per_tensor=True))
+    decoded = decode(integer_file(build_model(spec), bits, per_tensor=True, odd=odd))
     rng = np.random.RandomState(2)
     x = rng.randint(0, 256, size=(200, *spec.in_shape)).astype(np.float32)
     got = tflm_parity(decoded, tflite_bytes(decoded, "i.dopt"), x,

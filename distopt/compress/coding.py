@@ -18,10 +18,11 @@ class Coding:
 class IntCodes(Coding):
     """Symmetric integer codes times a per-row scale (16, 8, 4, 3 bits; 2 = ternary), or the
     float32 values themselves at 32 bits; ``per_tensor``: one scale for the whole tensor
-    (below 32 bits)."""
+    (below 32 bits); ``odd``: ``2**bits`` odd levels without a zero (4 bits or fewer)."""
 
     bits: int
     per_tensor: bool = False
+    odd: bool = False
 
 
 @dataclass(frozen=True)

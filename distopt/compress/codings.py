@@ -4,7 +4,8 @@ of gguf's type traits: format 3 writes the id first in every tensor's header ent
 has no ids (its weights are integer codes, id 0, and its other tensors floats, id 2), so a
 version-2 file reads through the same codings.
 
-Every coding is four functions of its header fields (the entry without the id): ``encode``,
+Every coding is four functions of its header fields (the entry without the id;
+:mod:`distopt.compress.tensor_coding`): ``encode``,
 ``problem`` (why fields cannot be valid, before anything is read), ``sizes`` (the bytes it takes
 in each section, so each section is decompressed to exactly what its tensors need) and
 ``decode``.
@@ -15,86 +16,25 @@ Sparse weights share one index coding (:mod:`distopt.compress.sparse_index`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from distopt.compress import codecs as K
 from distopt.compress.coding import Codebook, Coding, IntCodes
-from distopt.compress.quantization import WEIGHT_BITS, quantize_codes
+from distopt.compress.quantization import ODD_BITS, WEIGHT_BITS, quantize_codes
 from distopt.compress.sparse_index import (INDEX_BITMASK, INDEX_DENSE, INDEX_NAMES, INDEX_RICE,
                                            estimate, index_bytes, index_options, index_problem,
                                            read_index, read_symbols, symbols_bytes)
-from distopt.compress.wrapper import Reader
+from distopt.compress.tensor_coding import (CODINGS, Coded, SectionReaders, TensorCoding,
+                                            register_coding)
 
 __all__ = ["CODINGS", "Coded", "CodebookCoding", "FloatCoding", "INDEX_BITMASK", "INDEX_DENSE",
-           "INDEX_NAMES", "INDEX_RICE", "IntCoding", "IntTensorCoding", "SectionReaders",
-           "TensorCoding", "coding_class", "register_coding"]
+           "INDEX_NAMES", "INDEX_RICE", "IntCoding", "IntOddCoding", "IntTensorCoding",
+           "SectionReaders", "TensorCoding", "coding_class", "register_coding"]
 
 MAX_CODEBOOK = 1 << 16  # shared values of one tensor
-
-
-@dataclass
-class Coded:
-    """One tensor, coded: its header fields and its bytes in three sections."""
-
-    fields: list[int]
-    index: bytes = b""
-    scales: bytes = b""
-    values: list[tuple[np.ndarray, int]] | bytes = b""  # (symbols, width) or raw bytes
-
-
-@dataclass
-class SectionReaders:
-    """Bounds-checked readers of the decompressed index, scales-and-biases and values
-    sections; ``byte_layout``: the values section holds sub-byte symbols one per byte."""
-
-    index: Reader
-    scales: Reader
-    values: Reader
-    byte_layout: bool
-
-
-class TensorCoding:
-    """The protocol; one subclass per coding id, registered with :func:`register_coding`."""
-
-    id: ClassVar[int]
-    name: ClassVar[str]
-    for_weights: ClassVar[bool]  # weights (quantizable) or the other tensors (biases)
-
-    @classmethod
-    def encode(cls, a: np.ndarray, axis: int, coding: Any) -> Coded:
-        raise NotImplementedError
-
-    @classmethod
-    def problem(cls, fields: list[int], name: str, n: int, rows: int | None) -> str | None:
-        raise NotImplementedError
-
-    @classmethod
-    def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
-              ) -> tuple[int, int, int]:
-        raise NotImplementedError
-
-    @classmethod
-    def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
-               readers: SectionReaders) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
-                                                 dict[str, Any]]:
-        """(float32 values of ``shape``, integer codes and scales or None, the tensor's entry
-        for :attr:`~distopt.compress.decoded.Decoded.tensors`); raises
-        :class:`~distopt.compress.codecs.CodingError` for bytes that do not fit the fields."""
-        raise NotImplementedError
-
-
-CODINGS: dict[int, type[TensorCoding]] = {}
-
-
-def register_coding(cls: type[TensorCoding]) -> type[TensorCoding]:
-    if cls.id in CODINGS:
-        raise ValueError(f"coding id {cls.id} is taken by {CODINGS[cls.id].name!r}")
-    CODINGS[cls.id] = cls
-    return cls
 
 
 def _smallest(options: list[tuple[int, list[int], bytes, Any]]) -> tuple[list[int], bytes, Any]:
@@ -330,8 +270,72 @@ class FloatCoding(TensorCoding):
 _BY_KIND: dict[type, type[TensorCoding]] = {IntCodes: IntCoding, Codebook: CodebookCoding}
 
 
+@register_coding
+class IntOddCoding(TensorCoding):
+    """Fields ``[bits, scale_bits, per_tensor]``: odd integer codes ``-(2**bits - 1) ..
+    2**bits - 1`` (``IntCodes(odd=True)``, 4 bits or fewer) times a scale per row, or one for
+    the tensor (``per_tensor`` 1). No code is zero, so there is no index: every value is a
+    ``bits``-bit symbol ``(code + 2**bits - 1) / 2``."""
+
+    id, name, for_weights = 4, "int_odd", True
+
+    @classmethod
+    def encode(cls, a: np.ndarray, axis: int, coding: IntCodes) -> Coded:
+        q, scale = quantize_codes(torch.from_numpy(a), coding.bits, axis, coding.per_tensor,
+                                  odd=True)
+        scale = scale.numpy()
+        exact16 = bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
+        symbols = (q.numpy().ravel().astype(np.int64) + 2 ** coding.bits - 1) // 2
+        return Coded([coding.bits, 16 if exact16 else 32, int(coding.per_tensor)],
+                     scales=scale.astype("<f2" if exact16 else "<f4").tobytes(),
+                     values=[(symbols, coding.bits)])
+
+    @classmethod
+    def problem(cls, fields: list[int], name: str, n: int, rows: int | None) -> str | None:
+        if len(fields) != 3:
+            return f"tensor {name!r}: entry {fields!r} needs 3 integers"
+        bits, sbits, per_tensor = fields
+        if bits not in ODD_BITS or sbits not in (16, 32) or per_tensor not in (0, 1):
+            return f"tensor {name!r}: odd-level entry {fields!r} is not [bits in " \
+                f"{ODD_BITS}, scale bits 16 or 32, per_tensor 0 or 1]"
+        return None
+
+    @classmethod
+    def sizes(cls, fields: list[int], n: int, rows: int | None, byte_layout: bool
+              ) -> tuple[int, int, int]:
+        bits, sbits, per_tensor = fields
+        return 0, (1 if per_tensor else rows or 0) * sbits // 8, \
+            symbols_bytes(n, bits, byte_layout)
+
+    @classmethod
+    def decode(cls, fields: list[int], name: str, shape: tuple[int, ...], axis: int,
+               readers: SectionReaders) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None,
+                                                 dict[str, Any]]:
+        bits, sbits, per_tensor = fields
+        n, what, rows = math.prod(shape), f"tensor {name!r}", shape[axis]
+        scale = np.frombuffer(readers.scales.take((1 if per_tensor else rows) * sbits // 8, what),
+                              "<f2" if sbits == 16 else "<f4").astype(np.float32)
+        scale = np.broadcast_to(scale, (rows,)).copy()
+        sym = read_symbols(readers.values, n, bits, readers.byte_layout, what)
+        if n and int(sym.max()) >= 2 ** bits:
+            raise K.CodingError(f"a {bits}-bit symbol is out of range")
+        q = (2 * sym - (2 ** bits - 1)).reshape(shape).astype(np.int32)
+        shaped = scale[None, :] if axis == 1 else scale.reshape(rows, *[1] * (len(shape) - 1))
+        with np.errstate(over="ignore", invalid="ignore"):  # crafted scales
+            values = (q * shaped).astype(np.float32)
+        entry = _entry(name, shape, bits, None, INDEX_DENSE)
+        entry.update(scale_bits=sbits, levels="odd")
+        if axis == 1:
+            entry["axis"] = 1
+        if per_tensor:
+            entry["scales"] = "tensor"
+        return values, (q, scale), entry
+
+
 def coding_class(coding: Coding) -> type[TensorCoding]:
     """The file coding of a method's per-tensor coding (:mod:`distopt.compress.coding`)."""
+    if isinstance(coding, IntCodes) and coding.odd:
+        return IntOddCoding
     if isinstance(coding, IntCodes) and coding.per_tensor and coding.bits < 32:
         return IntTensorCoding
     try:

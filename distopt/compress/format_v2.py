@@ -45,8 +45,8 @@ _SPEC_DEFAULTS = {k: (list(v) if isinstance(v, tuple) else v)
 
 def version_for(codings: Mapping[str, Coding]) -> int:
     """The oldest version that holds these codings: 2 for integer codes only, else 3."""
-    return 2 if all(isinstance(c, IntCodes) and not c.per_tensor for c in codings.values()) \
-        else 3
+    return 2 if all(isinstance(c, IntCodes) and not (c.per_tensor or c.odd)
+                    for c in codings.values()) else 3
 
 
 def encode_v2(model: Model, bits: int, meta: dict[str, Any], codings: Mapping[str, Coding],

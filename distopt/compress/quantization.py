@@ -15,18 +15,23 @@ from distopt.compress.method import CompressionMethod, register
 from distopt.config import CompressConfig, QuantizeConfig
 from distopt.models import Model, layer_kinds, prunable_weights
 
-__all__ = ["WEIGHT_BITS", "QuantizedWeights", "WeightQuantization", "float_bits",
+__all__ = ["ODD_BITS", "WEIGHT_BITS", "QuantizedWeights", "WeightQuantization", "float_bits",
            "quantize_codes", "quantize_per_channel", "quantize_tensor", "stored_float"]
 
 
 WEIGHT_BITS = (32, 16, 8, 4, 3, 2)  # 2 bits = ternary codes {-1, 0, 1}
+ODD_BITS = (4, 3, 2)  # widths that may take odd levels (codes within int8: at most +-15)
 
 
-def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool = False,
+                   odd: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row (axis 0) or per-column (axis 1) quantization: ``w ~= codes * scale``;
     ``per_tensor``: one scale for the whole tensor (a scale tensor of one value), what
-    BitNetMCU uses and what lets an integer kernel keep one requantization constant a layer.
+    BitNetMCU uses and what lets an integer kernel keep one requantization constant a layer;
+    ``odd`` (:data:`ODD_BITS`): ``2**bits`` levels without a zero, the odd codes
+    ``-(2**bits - 1) .. 2**bits - 1`` (BitNetMCU's 2bitsym and 4bitsym: at 2 bits
+    ``{-3, -1, 1, 3} x scale``, the scale half the mean magnitude; above, ``max|w| /
+    (2**bits - 1)``), each weight at its nearest level.
 
     The one implementation behind both quantization-aware training and the artifact's codec,
     so the two stay bit-identical by construction. Codes are integers in ``[-qmax, qmax]``,
@@ -44,9 +49,9 @@ def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool =
         flat = flat.reshape(1, -1)
     if bits == 2:
         count = (flat != 0).sum(dim=1).clamp(min=1)
-        mag = flat.abs().sum(dim=1) / count
+        mag = flat.abs().sum(dim=1) / count / (2 if odd else 1)
     else:
-        mag = flat.abs().amax(dim=1) / qmax
+        mag = flat.abs().amax(dim=1) / (2 ** bits - 1 if odd else qmax)
     scale = torch.where(mag > 0, mag, torch.ones_like(mag)).float()
     half = scale.half()
     # Round up, never down, so that max|w| / scale stays within qmax: a rounded-down scale
@@ -58,7 +63,12 @@ def quantize_codes(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool =
     # (One choice for the whole tensor, made on its device: no host sync per weight per step.)
     exact = torch.isfinite(half).all() & ((half - scale) <= scale * 2 ** -10).all()
     scale = torch.where(exact, half, scale)
-    q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax).reshape(x.shape)
+    if odd:  # the nearest odd multiple of the scale: level (k + 1/2) of steps 2 x scale
+        half_levels = 2 ** (bits - 1)
+        k = torch.clamp(torch.floor(flat / (2 * scale[:, None])), -half_levels, half_levels - 1)
+        q = (2 * k + 1).reshape(x.shape)
+    else:
+        q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax).reshape(x.shape)
     q = q.transpose(0, 1) if axis == 1 else q
     return q.to(torch.int32), scale
 
@@ -70,10 +80,10 @@ def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
 
 
 @torch.no_grad()
-def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool = False
-                    ) -> torch.Tensor:
+def quantize_tensor(w: torch.Tensor, bits: int, axis: int = 0, per_tensor: bool = False,
+                    odd: bool = False) -> torch.Tensor:
     """What the artifact stores, in torch: :func:`quantize_codes`' codes times their scales."""
-    q, scale = quantize_codes(w, bits, axis, per_tensor)
+    q, scale = quantize_codes(w, bits, axis, per_tensor, odd)
     shape = [1] * w.dim()
     shape[axis] = -1
     return (q.float() * scale.reshape(shape)).to(w.dtype)
@@ -103,14 +113,14 @@ class QuantizedWeights:
 
     def __init__(self, model: nn.Module, bits: int,
                  weight_bits: Mapping[str, int] | None = None,
-                 per_tensor: Collection[str] = ()) -> None:
+                 per_tensor: Collection[str] = (), odd: Collection[str] = ()) -> None:
         """``weight_bits``: bits of single weights by parameter name (mixed widths); 32-bit
-        weights stay float; ``per_tensor``: the weights with one scale for the whole tensor.
-        Biases are rounded to :func:`float_bits` of ``bits``."""
+        weights stay float; ``per_tensor``: the weights with one scale for the whole tensor;
+        ``odd``: those on odd levels. Biases are rounded to :func:`float_bits` of ``bits``."""
         per_weight = dict(weight_bits or {})
         prunable = prunable_weights(model)
         names = {name for name, _, _ in prunable}
-        self.weights = [(w, axis, per_weight.get(name, bits), name in per_tensor)
+        self.weights = [(w, axis, per_weight.get(name, bits), (name in per_tensor, name in odd))
                         for name, w, axis in prunable]
         fbits = float_bits(bits)
         self.floats = [] if fbits == 32 or getattr(getattr(model, "spec", None), "batch_norm",
@@ -126,15 +136,16 @@ class QuantizedWeights:
         """The weights as ``codings`` store them: integer codes at their bits and scales;
         weights another coding stores (a codebook) stay as they are."""
         weight_bits = {n: c.bits if isinstance(c, IntCodes) else 32 for n, c in codings.items()}
-        per_tensor = {n for n, c in codings.items() if isinstance(c, IntCodes) and c.per_tensor}
-        return cls(model, bits, weight_bits, per_tensor)
+        ints = {n: c for n, c in codings.items() if isinstance(c, IntCodes)}
+        return cls(model, bits, weight_bits, {n for n, c in ints.items() if c.per_tensor},
+                   {n for n, c in ints.items() if c.odd})
 
     def __enter__(self) -> QuantizedWeights:
         with torch.no_grad():
-            for (w, axis, bits, per_tensor), keep in zip(self.weights, self.saved):
+            for (w, axis, bits, grid), keep in zip(self.weights, self.saved):
                 keep.copy_(w)
                 if bits < 32:
-                    w.copy_(quantize_tensor(w, bits, axis, per_tensor))
+                    w.copy_(quantize_tensor(w, bits, axis, *grid))
             for p, keep in zip(self.floats, self.saved[len(self.weights):]):
                 keep.copy_(p)
                 p.copy_(stored_float(p, 16))
@@ -168,7 +179,8 @@ class WeightQuantization(CompressionMethod):
         per_tensor = self.settings.scales == "tensor"
         for name, kind in layer_kinds(model).items():
             bits = self.settings.bits_of(kind)
-            codings.setdefault(name, IntCodes(bits, per_tensor and bits < 32))
+            codings.setdefault(name, IntCodes(bits, per_tensor and bits < 32,
+                                              self.settings.odd_levels and bits in ODD_BITS))
 
     @property
     def fine_tunes(self) -> bool:

@@ -11,11 +11,12 @@ from distopt.config.reference import reference_markdown
 from distopt.config.rules import ConfigError
 from distopt.config.secrets import REDACTED, expand_env_refs, redact_url, storage_url
 from distopt.config.sections import (BUILT_IN_FAMILIES, CLICKS_CATEGORICAL, CLICKS_LABEL,
-                                     CLICKS_NUMERIC, PRESETS, SIGNALS_CLASSES, SIGNALS_SHAPE,
+                                     CLICKS_NUMERIC, SIGNALS_CLASSES, SIGNALS_SHAPE,
                                      AugmentConfig, ClusterConfig, CompressConfig, DataConfig,
                                      ModelConfig, PruneConfig, QuantizeConfig, RowPruneConfig,
                                      RegularizationConfig, TrainConfig)
 from distopt.config.labels import bits_text
+from distopt.config.presets import PRESETS
 from distopt.config.search_section import SearchConfig
 from distopt.config.checks import trial_epochs
 

@@ -143,6 +143,12 @@ def cross_checks(cfg: Config, problems: list[str], check_paths: bool) -> None:
                         f"model.family {m.family!r}; integer-only models need integer weights "
                         "(bits and every bits_* 8 or fewer, cluster.k 0) and family "
                         f"{', '.join(INTEGER_FAMILIES)}")
+    if ok("compress") and q.odd_levels and ((p.ratio > 0 and p.kind == "unstructured") or
+                                            c.prune_rows.ratio > 0):
+        problems.append(f"compress.quantize.odd_levels: got true with prune.ratio {p.ratio:g} "
+                        f"({p.kind}), prune_rows.ratio {c.prune_rows.ratio:g}; odd levels have "
+                        "no zero, so a pruned weight would come back as half a step: prune "
+                        "structurally or not at all")
     if ok("compress") and c.cluster.k == 1:
         problems.append("compress.cluster.k: got 1; weight clustering needs at least 2 shared "
                         "values per tensor (0 turns it off)")

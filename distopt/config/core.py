@@ -24,7 +24,8 @@ from distopt.config.parse import (absolute_data_paths, build_section, canonical_
                                   plain, set_dotted)
 from distopt.config.rules import SLUG, ConfigError, Rule, option
 from distopt.config.secrets import redact_url
-from distopt.config.sections import (PRESETS, AugmentConfig, CompressConfig, DataConfig,
+from distopt.config.presets import PRESETS
+from distopt.config.sections import (AugmentConfig, CompressConfig, DataConfig,
                                      ModelConfig, RegularizationConfig, TrainConfig)
 from distopt.config.search_section import SearchConfig
 from distopt.config.space import check_space

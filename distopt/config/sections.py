@@ -13,7 +13,7 @@ from distopt.user_models import is_factory_path
 
 __all__ = ["AugmentConfig", "BUILT_IN_FAMILIES", "CLICKS_CATEGORICAL", "CLICKS_LABEL",
            "CLICKS_NUMERIC", "ClusterConfig", "CompressConfig",
-           "DataConfig", "ModelConfig", "PRESETS", "PruneConfig", "QuantizeConfig",
+           "DataConfig", "ModelConfig", "PruneConfig", "QuantizeConfig",
            "RegularizationConfig", "RowPruneConfig", "SIGNALS_CLASSES",
            "SIGNALS_SHAPE", "TrainConfig"]
 
@@ -290,6 +290,9 @@ class QuantizeConfig:
     scales: Literal["channel", "tensor"] = option("channel", doc="integer weights' scales: one "
         "per output channel (per column for tables), or one per tensor (BitNetMCU's: flash keeps "
         "one float32 scale, or int32 multiplier + int8 shift, a layer instead of a channel)")
+    odd_levels: bool = option(False, doc="weights at 4 bits or fewer take 2**bits levels without "
+                              "a zero (BitNetMCU's 2bitsym and 4bitsym: {-1.5, -0.5, 0.5, 1.5} x "
+                              "a step at 2 bits, not ternary); no pruning beside it")
     activation_bits: Literal[8] | None = option(
         None, doc="8: an integer-only model (TFLite's int8 scheme: activations int8 per tensor, "
         "calibrated on training inputs and trained for in fine-tune epochs; int32 accumulators, "
@@ -384,16 +387,3 @@ class CompressConfig:
         return self.finetune_epochs > 0 and any(
             getattr(self, f.name).fine_tunes for f in dataclasses.fields(self)
             if dataclasses.is_dataclass(getattr(self, f.name)))
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Keras' classic mnist_cnn: Conv32-Conv64 (3x3 valid, each + max-pool 2), Dense128: 225,034.
-    "seed_cnn": {"family": "cnn", "channels": 32, "blocks": 2, "dense_units": 128,
-                 "dense_layers": 1, "kernel_size": 3},
-    # Deep Compression's LeNet-300-100 shape needs unequal widths; closest in the family.
-    "lenet_300_100": {"family": "mlp", "blocks": 2, "dense_units": 300},
-    # The seed's Keras RNN: Embedding(5000, 128) -> SimpleRNN(128, return_sequences=True) ->
-    # SimpleRNN(128) -> Dense(10). On images (sequential MNIST) there is no embedding.
-    "seed_rnn": {"family": "rnn", "cell": "rnn", "blocks": 2, "hidden_size": 128,
-                 "embed_dim": 128, "dense_layers": 0},
-}

@@ -35,6 +35,7 @@ SEED_NEUTRAL_DEFAULTS: dict[str, Any] = {"compress.clusters": 0, "search.constra
                                          "compress.finetune_schedule": "constant",
                                          "compress.quantize.scales": "channel",
                                          "compress.quantize.bits_last_dense": None,
+                                         "compress.quantize.odd_levels": False,
                                          "model.dense_taper": 1.0}
 
 

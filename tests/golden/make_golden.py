@@ -11,7 +11,7 @@ The v1 and v2 files were written by distopt at commit 8b6d3ae (format v2 the def
 comparisons), the v3 files (coding ids: codebooks beside integer codes) by the commit that
 introduced format v3, v2_cnn_depthwise_b4 and v2_cnn_nobias_b4 by the commit that introduced
 depthwise blocks and layers without biases, the v3_cnn_int_tensor files by the commit that
-introduced per-tensor scales;
+introduced per-tensor scales, the v3_cnn_int_odd files by the commit that introduced odd levels;
 torch 2.13.0, numpy 2.x, Python 3.11's lzma and zlib.
 
     python tests/golden/make_golden.py   # refuses to overwrite an existing case
@@ -92,6 +92,11 @@ PER_TENSOR = {"v3_cnn_int_tensor_b4", "v3_cnn_int_tensor_b2"}
 CASES["v3_cnn_int_tensor_b4"] = (CNN, 4, {"classifier.5.weight": 8}, 0.5, 3)
 CASES["v3_cnn_int_tensor_b2"] = ({**CNN, "block": "bitnet", "bias": False, "in_shape": (1, 16, 16),
                                   "conv_channels": (4, 4, 4)}, 2, {}, 0.3, 3)
+# Odd levels without a zero (compress.quantize.odd_levels: the "int_odd" coding, format v3).
+ODD = {"v3_cnn_int_odd_b2", "v3_cnn_int_odd_tensor_b4"}
+PER_TENSOR.add("v3_cnn_int_odd_tensor_b4")
+CASES["v3_cnn_int_odd_b2"] = (CNN, 2, {"classifier.5.weight": 8}, 0.0, 3)
+CASES["v3_cnn_int_odd_tensor_b4"] = (CNN, 4, {}, 0.0, 3)
 CASES["v1_rnn_tokens_b8"] = (dict(family="rnn", in_shape=(7,), num_classes=3, cell="lstm",
                                   rnn_units=(6,), vocab_size=40, embed_dim=5), 8, {}, 0.3, 1)
 
@@ -146,12 +151,13 @@ def example(spec: ModelSpec, seed: int) -> torch.Tensor:
 
 def codings_of(model: torch.nn.Module, name: str, bits: int, layer_bits: dict[str, int],
                books: dict[str, int]) -> dict[str, Coding]:
-    """A case's codings: its codebooks; in a per-tensor case, every weight's integer codes
-    with one scale."""
+    """A case's codings: its codebooks; in a per-tensor or odd-level case, every weight's
+    integer codes with one scale, or on odd levels (4 bits or fewer)."""
     codings: dict[str, Coding] = {n: Codebook(size) for n, size in books.items()}
-    if name in PER_TENSOR:
-        codings.update({n: IntCodes(layer_bits.get(n, bits), True)
-                        for n, _, _ in prunable_weights(model)})
+    if name in PER_TENSOR or name in ODD:
+        for n, _, _ in prunable_weights(model):
+            b = layer_bits.get(n, bits)
+            codings[n] = IntCodes(b, name in PER_TENSOR, name in ODD and b <= 4)
     return codings
 
 
@@ -179,7 +185,7 @@ def main() -> None:
         path.write_bytes(data)
         (HERE / f"{name}.json").write_text(json.dumps(
             {"bits": bits, "weight_bits": layer_bits, "codebooks": books, "version": version,
-             "per_tensor": name in PER_TENSOR, "meta": META,
+             "per_tensor": name in PER_TENSOR, "odd": name in ODD, "meta": META,
              "tensors": dec.tensors}, indent=1) + "\n")
         print(name, len(data), "bytes", file=sys.stderr)
 

@@ -19,7 +19,12 @@ Base: a small CNN (8-16 channels, dense 32) on the embedded MNIST subset, 8 dens
 - ``3-bit`` / ``ternary``: ``compress.quantize.bits`` 3 / 2;
 - ``clusters 15`` / ``clusters 7``: weight clustering (``compress.cluster.k``: each weight
   tensor's non-zero weights share 15 or 7 fine-tuned values, a codebook: 4- or 3-bit indexes)
-  instead of 4-bit integer codes.
+  instead of 4-bit integer codes;
+- ``per-tensor scales``: ``compress.quantize.scales`` tensor (one scale a layer);
+- ``cosine fine-tune``: ``compress.finetune_schedule`` cosine (the fine-tune lr to 0);
+- ``no pruning`` / ``no pruning, odd levels``: ``compress.prune.ratio`` 0, and with it
+  ``compress.quantize.odd_levels`` (16 levels without a zero at 4 bits; they hold no pruned
+  zeros, so they are compared with the unpruned model).
 
 Bytes are format v2's (the default), split into header / index / scales+biases / values; the
 ``v1 bytes`` column is the same decoded weights written in format v1, checked to decode to the
@@ -78,12 +83,21 @@ SETUPS: dict[str, list[str]] = {
     "ternary": ["compress.quantize.bits=2"],
     "clusters 15": ["compress.cluster.k=15"],
     "clusters 7": ["compress.cluster.k=7"],
+    "per-tensor scales": ["compress.quantize.scales=tensor"],
+    "cosine fine-tune": ["compress.finetune_schedule=cosine"],
+    "no pruning": ["compress.prune.ratio=0"],
+    "no pruning, odd levels": ["compress.prune.ratio=0", "compress.quantize.odd_levels=true"],
 }
 HEADERS = ["setup", "seeds", "test acc mean", "test acc sd", "vs base (points)", "bytes mean",
            "header / index / scales+biases / values", "v1 bytes mean", "v2 saves", "flash mean"]
 # Issue 23's building blocks against the base and the nearest older block kind, in one run:
 #   python benchmarks/frontier_ablation.py --setups blocks --name frontier_blocks
 BLOCKS = ["base", "separable blocks", "depthwise blocks", "no biases", "aug prob 0.5"]
+# The codings and schedule issue 23 added next (odd levels have no zero, so they are measured
+# against the unpruned base):
+#   python benchmarks/frontier_ablation.py --setups codings --name frontier_codings
+CODINGS = ["base", "per-tensor scales", "cosine fine-tune", "no pruning",
+           "no pruning, odd levels"]
 
 
 def v1_bytes(artifact: bytes, bits: int) -> int | None:
@@ -106,12 +120,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--setups", default="all",
-                    help="all, blocks (issue 23's building blocks), or names joined by commas")
+                    help="all, blocks (issue 23's building blocks), codings (its codings), or "
+                    "names joined by commas")
     ap.add_argument("--name", default="frontier_ablation", help="results/<name>.json")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     names = list(SETUPS) if args.setups == "all" else BLOCKS if args.setups == "blocks" else \
-        args.setups.split(",")
+        CODINGS if args.setups == "codings" else args.setups.split(",")
     unknown = [n for n in names if n not in SETUPS]
     if unknown or "base" not in names:
         raise SystemExit(f"--setups: got {unknown or names}; names are {list(SETUPS)}, with base")

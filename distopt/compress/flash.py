@@ -18,7 +18,8 @@ are float32. Per tensor, by its coding in the file:
 Integer models (8-bit activations, :mod:`distopt.compress.integer`) keep no float: beside each
 weight tensor's packed codes, one int32 multiplier and one int8 shift per output channel
 (:data:`REQUANT_BYTES`; one per tensor with a per-tensor scale) replace the float32 scale,
-and biases are int32 (4 bytes a value, as float32 ones). The per-layer zero points and clamps are immediates in the code.
+and biases are int32 (4 bytes a value, as float32 ones). The per-layer zero points and clamps
+are immediates in the code.
 
 Not counted: the executor's code, the graph or layer table, alignment padding, and the
 activation buffers (RAM, :mod:`distopt.models.cost`). Reads only the file's tensor entries.

@@ -37,6 +37,13 @@ __all__ = ["CODINGS", "Coded", "CodebookCoding", "FloatCoding", "INDEX_BITMASK",
 MAX_CODEBOOK = 1 << 16  # shared values of one tensor
 
 
+def _floats(a: np.ndarray) -> tuple[int, bytes]:
+    """(bits, bytes) of float values as stored: float16 where every value is exact in it,
+    else float32."""
+    exact16 = bool(np.array_equal(a.astype(np.float16).astype(np.float32), a))
+    return (16, a.astype("<f2").tobytes()) if exact16 else (32, a.astype("<f4").tobytes())
+
+
 def _smallest(options: list[tuple[int, list[int], bytes, Any]]) -> tuple[list[int], bytes, Any]:
     _, fields, index, keep = min(options, key=lambda o: o[0])
     return fields, index, keep
@@ -71,9 +78,7 @@ class IntCoding(TensorCoding):
         else:
             q, scale = quantize_codes(torch.from_numpy(a), bits, axis, cls.per_tensor)
             q, scale = q.numpy().ravel(), scale.numpy()
-            exact16 = bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
-            sbits = 16 if exact16 else 32
-            scales = scale.astype("<f2" if exact16 else "<f4").tobytes()
+            sbits, scales = _floats(scale)
             kept_of, nz = q, q != 0
 
         def values(keep: np.ndarray | None) -> np.ndarray | bytes:
@@ -186,9 +191,8 @@ class CodebookCoding(TensorCoding):
             if len(table) > coding.size:
                 raise ValueError(f"a codebook of {coding.size} values cannot hold a tensor of "
                                  f"{len(table)} distinct values (cluster it first)")
-            exact16 = bool(np.array_equal(table.astype(np.float16).astype(np.float32), table))
-            table_bytes = table.astype("<f2" if exact16 else "<f4").tobytes()
-            fields = [len(table), 16 if exact16 else 32, idx, int(stored.size), k, ulen]
+            vbits, table_bytes = _floats(table)
+            fields = [len(table), vbits, idx, int(stored.size), k, ulen]
             options.append((estimate(index, sym, len(table_bytes)), fields, index,
                             (keep, table_bytes, sym.astype(np.int64))))
         fields, index, (keep, table_bytes, sym) = _smallest(options)
@@ -284,10 +288,9 @@ class IntOddCoding(TensorCoding):
         q, scale = quantize_codes(torch.from_numpy(a), coding.bits, axis, coding.per_tensor,
                                   odd=True)
         scale = scale.numpy()
-        exact16 = bool(np.array_equal(scale.astype(np.float16).astype(np.float32), scale))
+        sbits, scale_bytes = _floats(scale)
         symbols = (q.numpy().ravel().astype(np.int64) + 2 ** coding.bits - 1) // 2
-        return Coded([coding.bits, 16 if exact16 else 32, int(coding.per_tensor)],
-                     scales=scale.astype("<f2" if exact16 else "<f4").tobytes(),
+        return Coded([coding.bits, sbits, int(coding.per_tensor)], scales=scale_bytes,
                      values=[(symbols, coding.bits)])
 
     @classmethod
